@@ -12,12 +12,16 @@ predicts three maps over the ``H x W`` output grid (4x smaller than the input):
 
 All maps are raw network outputs: no sigmoid has been applied to the heatmaps.
 Both the losses and the decoder apply it themselves.
+
+Both also read the maps at a list of cells (the ground-truth corners, the top-K
+detected corners), each cell given by its flat index ``y * W + x``: :func:`gather_at`.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 
@@ -39,3 +43,19 @@ class CornerNetOutput(NamedTuple):
     br_tag: Tensor
     tl_off: Tensor
     br_off: Tensor
+
+
+def gather_at(maps: Tensor, index: Tensor) -> Tensor:
+    """Read ``(B, C, H, W)`` maps at flat cell indices ``(B, K)`` -> ``(B, K, C)``.
+
+    ``out[b, k, c] = maps[b, c, index[b, k] // W, index[b, k] % W]``.
+    """
+    if maps.dim() != 4 or index.dim() != 2 or index.shape[0] != maps.shape[0]:
+        raise ValueError(
+            f"expected maps (B, C, H, W) and index (B, K), got {tuple(maps.shape)} "
+            f"and {tuple(index.shape)}"
+        )
+    batch, channels = maps.shape[:2]
+    flat = maps.reshape(batch, channels, -1)  # (B, C, H*W)
+    picked = torch.gather(flat, 2, index.unsqueeze(1).expand(-1, channels, -1))  # (B, C, K)
+    return picked.transpose(1, 2)
