@@ -1,0 +1,261 @@
+"""Decoding (peaks, top-K, pairing rules) and soft-NMS against simple loop versions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cornernet_ref.decode import box_iou_plus_one, decode, local_maxima, soft_nms
+from cornernet_ref.output import CornerNetOutput
+
+LOW, HIGH = -20.0, 4.0  # background and peak logits of the hand-built maps
+
+
+def blank_maps(classes: int = 3, height: int = 16, width: int = 16) -> CornerNetOutput:
+    heat = torch.full((1, classes, height, width), LOW)
+    tag = torch.zeros(1, 1, height, width)
+    off = torch.zeros(1, 2, height, width)
+    return CornerNetOutput(heat.clone(), heat.clone(), tag.clone(), tag.clone(), off.clone(), off)
+
+
+def put_corner(out, corner, label, y, x, tag=0.0, offset=(0.0, 0.0), logit=HIGH):
+    getattr(out, f"{corner}_heat")[0, label, y, x] = logit
+    getattr(out, f"{corner}_tag")[0, 0, y, x] = tag
+    getattr(out, f"{corner}_off")[0, :, y, x] = torch.tensor(offset)
+
+
+def confident(dets, threshold: float = 0.6):
+    """(box, label, score) of the first image's detections above ``threshold``.
+
+    The flat background is a local maximum everywhere, so a peak paired with a background
+    corner scores about half a peak: the threshold keeps pairs of two peaks only.
+    """
+    keep = dets.scores[0] > threshold
+    return list(
+        zip(
+            dets.boxes[0][keep].tolist(),
+            dets.labels[0][keep].tolist(),
+            dets.scores[0][keep].tolist(),
+            strict=True,
+        )
+    )
+
+
+@pytest.mark.claim("decode-rules")
+def test_one_object_with_offsets() -> None:
+    out = blank_maps()
+    put_corner(out, "tl", 2, 3, 4, offset=(0.25, 0.5))
+    put_corner(out, "br", 2, 10, 12, offset=(0.75, 0.125), logit=2.0)
+    dets = decode(out, K=20, num_dets=50)
+    [(box, label, score)] = confident(dets)
+    assert box == pytest.approx([4.25, 3.5, 12.75, 10.125])
+    assert label == 2
+    expected = (1 / (1 + math.exp(-HIGH)) + 1 / (1 + math.exp(-2.0))) / 2
+    assert score == pytest.approx(expected)
+    assert dets.tl_scores[0, 0] == pytest.approx(1 / (1 + math.exp(-HIGH)))
+    assert dets.br_scores[0, 0] == pytest.approx(1 / (1 + math.exp(-2.0)))
+
+
+@pytest.mark.claim("decode-rules")
+def test_two_objects_of_one_class_are_paired_by_embeddings() -> None:
+    out = blank_maps()
+    put_corner(out, "tl", 0, 1, 1, tag=0.0)
+    put_corner(out, "br", 0, 12, 12, tag=0.2)
+    put_corner(out, "tl", 0, 4, 5, tag=3.0)
+    put_corner(out, "br", 0, 8, 9, tag=3.3)
+    boxes = sorted(box for box, _, _ in confident(decode(out, K=20, num_dets=100)))
+    # The cross pair (1, 1)-(8, 9) is a valid box too, but its tags are 3.3 apart.
+    assert boxes == [[1.0, 1.0, 12.0, 12.0], [5.0, 4.0, 9.0, 8.0]]
+
+
+@pytest.mark.claim("decode-rules")
+def test_corners_of_different_classes_are_not_paired() -> None:
+    out = blank_maps()
+    put_corner(out, "tl", 0, 2, 2)
+    put_corner(out, "br", 1, 9, 9)
+    assert confident(decode(out, K=20, num_dets=100)) == []
+
+
+@pytest.mark.claim("decode-rules")
+@pytest.mark.parametrize(("tl", "br"), [((2, 9), (9, 4)), ((9, 2), (4, 9)), ((9, 9), (4, 4))])
+def test_inverted_boxes_are_rejected(tl, br) -> None:
+    out = blank_maps()
+    put_corner(out, "tl", 1, *tl)
+    put_corner(out, "br", 1, *br)
+    assert confident(decode(out, K=20, num_dets=100)) == []
+
+
+@pytest.mark.claim("decode-rules")
+def test_only_local_maxima_survive() -> None:
+    heat = torch.zeros(1, 1, 5, 5)
+    heat[0, 0, 2, 2] = 0.9
+    heat[0, 0, 2, 3] = 0.5  # beside a larger peak
+    heat[0, 0, 0, 0] = 0.4  # alone in its window
+    peaks = local_maxima(heat, kernel=3)
+    assert peaks[0, 0, 2, 3] == 0
+    assert peaks[0, 0, 2, 2] == pytest.approx(0.9)
+    assert peaks[0, 0, 0, 0] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="odd"):
+        local_maxima(heat, kernel=2)
+
+
+def brute_force_pairs(out: CornerNetOutput, kernel: int, ae_threshold: float) -> list[float]:
+    """Scores of every valid pair of cells (score 0 where not a peak), by loops."""
+
+    def corners(heat, tags, offs):
+        prob = heat[0].sigmoid()
+        classes, height, width = prob.shape
+        r = (kernel - 1) // 2
+        found = []
+        for c in range(classes):
+            for y in range(height):
+                for x in range(width):
+                    window = prob[c, max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1]
+                    score = float(prob[c, y, x]) if prob[c, y, x] == window.max() else 0.0
+                    found.append(
+                        (
+                            score,
+                            c,
+                            float(tags[0, 0, y, x]),
+                            x + float(offs[0, 0, y, x]),
+                            y + float(offs[0, 1, y, x]),
+                        )
+                    )
+        return found
+
+    scores = []
+    for s1, c1, e1, x1, y1 in corners(out.tl_heat, out.tl_tag, out.tl_off):
+        for s2, c2, e2, x2, y2 in corners(out.br_heat, out.br_tag, out.br_off):
+            if c1 == c2 and abs(e1 - e2) <= ae_threshold and x2 >= x1 and y2 >= y1:
+                scores.append((s1 + s2) / 2)
+    return sorted(scores, reverse=True)
+
+
+@pytest.mark.claim("decode-rules")
+@given(seed=st.integers(0, 2**31 - 1), kernel=st.sampled_from([1, 3]))
+def test_decode_equals_brute_force_over_all_pairs(seed: int, kernel: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    classes, height, width = 2, 4, 5
+    out = CornerNetOutput(
+        torch.randn(1, classes, height, width, generator=g) * 3,
+        torch.randn(1, classes, height, width, generator=g) * 3,
+        torch.rand(1, 1, height, width, generator=g) * 2,
+        torch.rand(1, 1, height, width, generator=g) * 2,
+        torch.rand(1, 2, height, width, generator=g),
+        torch.rand(1, 2, height, width, generator=g),
+    )
+    n = classes * height * width
+    dets = decode(out, K=n, kernel=kernel, ae_threshold=0.5, num_dets=n * n)
+    valid = dets.scores[0][dets.scores[0] > -1]
+    assert valid.tolist() == pytest.approx(brute_force_pairs(out, kernel, 0.5))
+    assert torch.all(dets.scores[0][:-1] >= dets.scores[0][1:])  # best first
+
+
+def test_decode_rejects_mismatched_heatmaps() -> None:
+    out = blank_maps()
+    with pytest.raises(ValueError, match="heatmaps"):
+        decode(out._replace(br_heat=out.br_heat[:, :2]))
+
+
+# ---------------------------------------------------------------- soft-NMS
+
+
+def loop_soft_nms(boxes, scores, labels, method, sigma=0.5, nt=0.5, threshold=0.001):
+    """Soft-NMS one box at a time, each class on its own, "+1" pixel areas."""
+    kept = {}
+    for cls in set(labels):
+        pool = [[b, s] for b, s, l in zip(boxes, scores, labels, strict=True) if l == cls]
+        while pool:
+            best = max(range(len(pool)), key=lambda i: (pool[i][1], -i))
+            box, score = pool.pop(best)
+            kept[tuple(box)] = score
+            survivors = []
+            for other, s in pool:
+                iw = min(box[2], other[2]) - max(box[0], other[0]) + 1
+                ih = min(box[3], other[3]) - max(box[1], other[1]) + 1
+                if iw > 0 and ih > 0:
+                    area = lambda b: (b[2] - b[0] + 1) * (b[3] - b[1] + 1)  # noqa: E731
+                    iou = iw * ih / (area(box) + area(other) - iw * ih)
+                    if method == "gaussian":
+                        s *= math.exp(-iou * iou / sigma)
+                    elif iou > nt:
+                        s *= 1 - iou
+                    if s < threshold:
+                        continue
+                survivors.append([other, s])
+            pool = survivors
+    return kept
+
+
+box_lists = st.lists(
+    st.tuples(
+        st.integers(0, 40),
+        st.integers(0, 40),
+        st.integers(0, 30),
+        st.integers(0, 30),
+        st.floats(0.0005, 1.0),
+        st.integers(0, 2),
+    ),
+    min_size=1,
+    max_size=25,
+    unique_by=lambda t: t[:4],
+)
+
+
+@pytest.mark.claim("soft-nms")
+@given(rows=box_lists, method=st.sampled_from(["gaussian", "linear"]))
+def test_soft_nms_equals_loop_version(rows, method) -> None:
+    boxes = [[x, y, x + w, y + h] for x, y, w, h, _, _ in rows]
+    scores = [s for *_, s, _ in rows]
+    labels = [c for *_, c in rows]
+    keep, new_scores = soft_nms(
+        torch.tensor(boxes, dtype=torch.float32),
+        torch.tensor(scores, dtype=torch.float32),
+        torch.tensor(labels),
+        method=method,
+    )
+    got = {tuple(boxes[i]): s for i, s in zip(keep.tolist(), new_scores.tolist(), strict=True)}
+    expected = loop_soft_nms(boxes, scores, labels, method)
+    assert got.keys() == expected.keys()
+    for box, score in expected.items():
+        assert got[box] == pytest.approx(score, rel=1e-4, abs=1e-6)
+    assert torch.all(torch.tensor(labels)[keep].diff() >= 0)  # grouped by class
+
+
+@pytest.mark.claim("soft-nms")
+def test_soft_nms_hand_computed() -> None:
+    boxes = torch.tensor(
+        [[0, 0, 9, 9], [0, 0, 9, 9], [0, 0, 9, 4], [0, 0, 9, 9]], dtype=torch.float
+    )
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    labels = torch.tensor([0, 0, 0, 1])
+    keep, new = soft_nms(boxes, scores, labels)
+    by_index = dict(zip(keep.tolist(), new.tolist(), strict=True))
+    assert by_index[0] == pytest.approx(0.9)
+    assert by_index[3] == pytest.approx(0.6)  # another class: untouched
+    # Box 2 (half of box 0, IoU 50/100 with "+1" areas) is decayed once by box 0, then
+    # is the best left (0.7 e^{-0.5} = 0.42 > 0.8 e^{-2} = 0.108) and decays box 1 again.
+    assert by_index[2] == pytest.approx(0.7 * math.exp(-(0.5**2) / 0.5))
+    assert by_index[1] == pytest.approx(0.8 * math.exp(-2) * math.exp(-(0.5**2) / 0.5))
+    keep, new = soft_nms(boxes, scores, labels, method="linear")
+    assert 1 not in keep.tolist()  # IoU 1 > 0.5: score x (1 - 1) = 0, dropped
+    assert dict(zip(keep.tolist(), new.tolist(), strict=True))[2] == pytest.approx(
+        0.7
+    )  # IoU 0.5 is not > 0.5
+
+
+def test_iou_plus_one_convention() -> None:
+    iou, touching = box_iou_plus_one(torch.tensor([[0.0, 0, 9, 9], [10, 0, 19, 9], [9, 0, 18, 9]]))
+    assert not touching[0, 1]  # adjacent: 10 pixels each, no shared pixel
+    assert iou[0, 2] == pytest.approx(10 / 190)  # one shared pixel column of 10
+
+
+def test_soft_nms_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="boxes"):
+        soft_nms(torch.zeros(3, 5), torch.zeros(3), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="method"):
+        soft_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3), method="hard")
