@@ -11,7 +11,7 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("cornernet_ref.evaluate",)
 
 
 def build_parser() -> argparse.ArgumentParser:
