@@ -8,6 +8,7 @@
   ``chapters/NN_*.md`` by their number, the notebooks ``notebooks/NN_*.py``, "Run it
   yourself", the claims page and the API reference. A page the order does not know goes
   at the end rather than being left out.
+* **Overview.** ``<!-- chapters -->`` in ``index.md`` becomes the list of chapters.
 * **Chapter and notebook, one click apart.** A chapter ``NN_*.md`` gets a link to each
   notebook ``NN_*.py`` of the same number under its title, and the notebook a link back.
 * **Claims.** ``claims.md`` ("Paper claims and where they are tested") is generated from
@@ -300,16 +301,28 @@ def on_files(files: Files, config, **kwargs) -> Files:
     if files.get_file_from_path("claims.md") is None:
         content = claims_page(load_claims(), collect_checks())
         files.append(File.generated(config, "claims.md", content=content))
-    has_api = any(f.src_uri.startswith("api/") for f in files.documentation_pages())
-    if has_api and files.get_file_from_path("api/index.md") is None:
+    if files.get_file_from_path("api/index.md") is None:
         files.append(File.generated(config, "api/index.md", content=api_index(files)))
     config.nav = build_nav(files)
     return files
 
 
+def chapter_list(files: Files) -> str:
+    """Markdown list of the chapters (title from each one's ``# Title``), for the overview."""
+    items = []
+    for chapter in _numbered(files, "chapters", (".md",)):
+        source = Path(chapter.abs_src_path).read_text(encoding="utf-8")
+        title = re.search(r"^# (.+)$", source, flags=re.MULTILINE)
+        name = title.group(1).strip() if title else chapter.name
+        items.append(f"1. [{name}]({chapter.src_uri})")
+    return "## Chapters\n\n" + "\n".join(items) + "\n" if items else ""
+
+
 def on_page_markdown(markdown: str, page, config, files: Files, **kwargs) -> str:
-    """Put a link to the chapter's notebooks under the chapter's title."""
+    """Chapters: a link to their notebooks under the title. Overview: the chapter list."""
     uri = page.file.src_uri
+    if uri == "index.md":
+        return markdown.replace("<!-- chapters -->", chapter_list(files))
     if not (uri.startswith("chapters/") and NUMBERED.match(page.file.name)):
         return markdown
     notebooks = notebooks_of(page.file, files)
