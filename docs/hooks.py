@@ -48,9 +48,14 @@ def draw_figures(out_dir: Path) -> list[Path]:
     for script in sorted((DOCS / "figures").glob("*.py")):
         spec = importlib.util.spec_from_file_location(f"figure_{script.stem}", script)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
         out = out_dir / f"{script.stem}.png"
-        module.main(out)
+        try:
+            spec.loader.exec_module(module)
+            module.main(out)
+        except Exception as error:
+            raise RuntimeError(
+                f"figure script {script.relative_to(REPO)} failed: {error}"
+            ) from error
         written.append(out)
     return written
 
@@ -336,20 +341,23 @@ def on_page_markdown(markdown: str, page, config, files: Files, **kwargs) -> str
 
 
 def on_page_content(html: str, page, config, files: Files, **kwargs) -> str:
-    """Put a link back to the chapter at the top of each notebook page."""
+    """Put a link back to the chapter under each notebook's title."""
     uri = page.file.src_uri
     if not (uri.startswith("notebooks/") and NUMBERED.match(page.file.name)):
         return html
     number = page.file.name[:2]
     chapters = [f for f in _numbered(files, "chapters", (".md",)) if f.name.startswith(number)]
-    if not chapters:
-        return html
     links = ", ".join(
         f'<a href="{get_relative_url(c.url, page.url)}">{c.page.title if c.page else c.name}</a>'
         for c in chapters
     )
+    source = Path(uri).name  # mkdocs-jupyter's include_source puts it beside the page
+    text = f"This notebook accompanies the chapter {links}. " if chapters else ""
     back = (
-        '<div class="admonition note"><p class="admonition-title">Chapter</p>'
-        f"<p>This notebook accompanies the chapter {links}.</p></div>"
+        '<div class="admonition note"><p class="admonition-title">Notebook</p>'
+        f'<p>{text}Download it: <a href="{source}" download><code>{source}</code></a> '
+        "(a jupytext script; <code>jupytext --to ipynb</code> makes it a notebook).</p></div>"
     )
-    return back + html
+    at = html.find("</h1>")
+    at = 0 if at < 0 else at + len("</h1>")
+    return html[:at] + back + html[at:]
