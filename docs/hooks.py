@@ -303,6 +303,11 @@ def on_pre_build(config, **kwargs) -> None:
 
 
 def on_files(files: Files, config, **kwargs) -> Files:
+    # docs/chapters and docs/notebooks link to top-level folders; in a checkout where one
+    # is still empty (git keeps no empty folders) the link dangles and is no file to copy.
+    for file in list(files):
+        if file.abs_src_path and not Path(file.abs_src_path).exists():
+            files.remove(file)
     if files.get_file_from_path("claims.md") is None:
         content = claims_page(load_claims(), collect_checks())
         files.append(File.generated(config, "claims.md", content=content))
