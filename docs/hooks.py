@@ -3,7 +3,8 @@
 * **Figures.** Each ``docs/figures/<name>.py`` defines ``main(out: pathlib.Path) -> None``
   that saves one PNG. Before the build the hook runs them all into ``docs/img/<name>.png``
   (not committed), so a figure in a chapter is always what the current code draws.
-  Chapters show one with ``![alt text](../img/<name>.png)``.
+  Chapters show one with ``![alt text](../img/<name>.png)``. ``python docs/hooks.py``
+  draws them without building the site.
 * **Navigation.** Built from the files present, in paper order: the overview, the chapters
   ``chapters/NN_*.md`` by their number, the notebooks ``notebooks/NN_*.py``, "Run it
   yourself", the claims page and the API reference. A page the order does not know goes
@@ -366,3 +367,8 @@ def on_page_content(html: str, page, config, files: Files, **kwargs) -> str:
     at = html.find("</h1>")
     at = 0 if at < 0 else at + len("</h1>")
     return html[:at] + back + html[at:]
+
+
+if __name__ == "__main__":  # python docs/hooks.py: draw the figures without building the site
+    for path in draw_figures(DOCS / "img"):
+        print(path.relative_to(REPO))
