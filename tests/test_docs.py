@@ -100,6 +100,45 @@ def assert_images_loaded(dom: str) -> int:
     return int(total.group(1))
 
 
+def _load_hooks():
+    spec = importlib.util.spec_from_file_location("docs_hooks", REPO / "docs" / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_navigation_follows_the_numbers_and_keeps_every_page():
+    from mkdocs.structure.files import File, Files
+
+    hooks = _load_hooks()
+    names = [
+        "api/targets.md",
+        "chapters/02_losses.md",
+        "run.md",
+        "index.md",
+        "chapters/10_extra.md",
+        "chapters/01_targets.md",
+        "notes.md",
+        "claims.md",
+    ]
+    files = Files([File(name, "/docs", "/site", use_directory_urls=True) for name in names])
+    assert hooks.build_nav(files) == [
+        {"Overview": "index.md"},
+        {
+            "The paper, section by section": [
+                "chapters/01_targets.md",
+                "chapters/02_losses.md",
+                "chapters/10_extra.md",
+            ]
+        },
+        {"Run it yourself": "run.md"},
+        {"Paper claims": "claims.md"},
+        {"API reference": ["api/targets.md"]},
+        "notes.md",
+    ]
+
+
 def test_site_builds_with_pages_in_paper_order(site):
     nav = (site / "index.html").read_text(encoding="utf-8")
     chapters = sorted(p.name for p in (REPO / "chapters").glob("[0-9][0-9]_*.md"))
