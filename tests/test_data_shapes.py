@@ -34,7 +34,7 @@ def test_boxes_inside_image_and_labels_valid(seed, index):
     assert image.shape == (96, 96, 3) and image.dtype == np.uint8
     assert 1 <= len(boxes) == len(labels) <= 4
     assert (boxes >= 0).all() and (boxes <= 96).all()
-    assert (boxes[:, 2:] - boxes[:, :2] >= 10).all()  # sides drawn from [14, 64] px
+    assert (boxes[:, 2:] - boxes[:, :2] >= 10).all()  # sides drawn from [96 // 9, 96 // 2] px
     assert set(labels.tolist()) <= set(range(len(CLASS_NAMES)))
 
 

@@ -74,16 +74,20 @@ def render_shapes_image(
     *,
     size: int = 128,
     max_objects: int = 4,
-    min_side: int = 14,
-    max_side: int = 64,
+    min_side: int | None = None,
+    max_side: int | None = None,
     max_overlap_iou: float = 0.3,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw image ``index`` of the dataset with ``seed``.
+
+    Object sides are drawn from ``[min_side, max_side]``, by default ``[size // 9, size // 2]``.
 
     Returns:
         ``(size, size, 3)`` uint8 RGB image, ``(N, 4)`` float32 xyxy boxes, ``(N,)`` int64
         labels (0 rectangle, 1 ellipse, 2 triangle); ``1 <= N <= max_objects``.
     """
+    min_side = max(2, size // 9) if min_side is None else min_side
+    max_side = size // 2 if max_side is None else max_side
     if not 2 <= min_side <= max_side <= size:
         raise ValueError(f"need 2 <= min_side <= max_side <= size, got {min_side}, {max_side}")
     rng = np.random.default_rng([seed, index])

@@ -1,0 +1,289 @@
+"""Training configurations: typed, printable, overridable from the command line.
+
+A configuration is a :class:`TrainConfig` dataclass holding everything a run depends on; it is
+printed at the start of training and saved as ``config.json`` beside every checkpoint (and
+inside it). Two are named:
+
+* ``hourglass104_coco``: the paper's (§4.1): Hourglass-104 with two stacks, input 511 x 511,
+  output 128 x 128, Adam with learning rate $2.5 \\times 10^{-4}$, batch 49, 500k iterations,
+  learning rate $\\times 0.1$ at 450k, Gaussian radius overlap 0.3, loss weights 0.1, 0.1, 1.
+* ``small_shapes``: a small single-stack hourglass on the synthetic shapes data, trained on a
+  CPU in minutes.
+
+Every field can be overridden with ``--field value`` (``--model.nstack 1``,
+``--augment.flip false``, ``--lr-decay-iters 100,200``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from cornernet_ref.data.augment import AugmentConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Constructor arguments of :class:`cornernet_ref.model.CornerNet` (besides the classes)."""
+
+    n: int = 5
+    nstack: int = 2
+    dims: tuple[int, ...] = (256, 256, 384, 384, 384, 512)
+    modules: tuple[int, ...] = (2, 2, 2, 2, 2, 4)
+    cnv_dim: int = 256
+    pre_dim: int = 128
+    pool_dim: int = 128
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on.
+
+    Attributes:
+        name: the configuration's name.
+        model: the network.
+        augment: the training augmentation; ``augment.input_size`` is the input side.
+        output_size: side of the output maps (input 511 -> 128).
+        gaussian_iou: overlap that sets the radius of the corner Gaussians (§3.2).
+        max_objects: capacity of the target tensors per image.
+        dataset: ``"shapes"`` (generated under ``<out>/data``) or ``"coco"`` (the paths below).
+        train_images, train_annotations: COCO-format training data.
+        val_images, val_annotations: COCO-format validation data (optional for ``coco``).
+        shapes_train, shapes_val, shapes_size, shapes_seed: size and seed of the shapes splits.
+        skip_unreadable: skip unreadable training images with a warning instead of stopping.
+        batch_size: the global batch (all processes, all accumulation steps).
+        accumulation: micro-batches per process per iteration (gradient accumulation).
+        max_iters: number of optimiser steps.
+        lr: Adam learning rate.
+        lr_decay_iters: iterations at which the learning rate is multiplied by ``lr_decay``.
+        lr_decay: the decay factor.
+        pull_weight, push_weight, offset_weight: loss weights (§3.5).
+        precision: ``auto`` (bf16 where supported on CUDA, else fp16 with a grad scaler; fp32
+            on CPU), ``fp32``, ``bf16`` or ``fp16``.
+        channels_last: NHWC memory layout for the convolutions.
+        compile: wrap the model in ``torch.compile``.
+        workers: DataLoader worker processes per training process.
+        pin_memory: page-locked host memory for faster copies to the GPU.
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        seed: seed of the initial weights and of the sample stream.
+        log_every: iterations between logged scalars.
+        checkpoint_every: iterations between checkpoints (one is always written at the end).
+        val_every: iterations between validations (0: only at the end).
+        val_limit: validate on at most this many images (0: all).
+        val_flip: flip testing during validation.
+        out: output folder (checkpoints, config, metrics, logs).
+    """
+
+    name: str = "small_shapes"
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+    output_size: int = 128
+    gaussian_iou: float = 0.3
+    max_objects: int = 128
+    dataset: str = "shapes"
+    train_images: str = ""
+    train_annotations: str = ""
+    val_images: str = ""
+    val_annotations: str = ""
+    shapes_train: int = 2000
+    shapes_val: int = 100
+    shapes_size: int = 120
+    shapes_seed: int = 0
+    skip_unreadable: bool = False
+    batch_size: int = 49
+    accumulation: int = 1
+    max_iters: int = 500_000
+    lr: float = 2.5e-4
+    lr_decay_iters: tuple[int, ...] = (450_000,)
+    lr_decay: float = 0.1
+    pull_weight: float = 0.1
+    push_weight: float = 0.1
+    offset_weight: float = 1.0
+    precision: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = 2
+    pin_memory: bool = False
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    val_every: int = 0
+    val_limit: int = 0
+    val_flip: bool = True
+    out: str = "runs/train"
+
+    def __post_init__(self) -> None:
+        choices = {
+            "dataset": ("shapes", "coco"),
+            "precision": ("auto", "fp32", "bf16", "fp16"),
+            "device": ("auto", "cpu", "cuda"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("batch_size", "accumulation", "max_iters", "output_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dataset == "coco" and not (self.train_images and self.train_annotations):
+            raise ValueError("dataset 'coco' needs train_images and train_annotations")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def config_from_dict(values: dict[str, Any], cls: type = TrainConfig) -> Any:
+    """Rebuild a (nested) configuration dataclass from :meth:`TrainConfig.to_dict` output."""
+    kwargs = {}
+    for item in fields(cls):
+        if item.name not in values:
+            continue
+        value = values[item.name]
+        default = getattr(cls(), item.name)
+        if dataclasses.is_dataclass(default):
+            value = config_from_dict(value, type(default))
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[item.name] = value
+    return cls(**kwargs)
+
+
+# The named configurations.
+CONFIGS: dict[str, TrainConfig] = {
+    "hourglass104_coco": TrainConfig(
+        name="hourglass104_coco",
+        dataset="coco",
+        train_images="data/coco/train2017",
+        train_annotations="data/coco/annotations/instances_train2017.json",
+        val_images="data/coco/val2017",
+        val_annotations="data/coco/annotations/instances_val2017.json",
+        workers=4,
+        pin_memory=True,
+        channels_last=True,
+        checkpoint_every=5000,
+        val_every=50_000,
+        val_limit=500,
+        out="runs/hourglass104_coco",
+    ),
+    "small_shapes": TrainConfig(
+        name="small_shapes",
+        model=ModelConfig(
+            n=3,
+            nstack=1,
+            dims=(32, 48, 64, 64),
+            modules=(1, 1, 1, 1),
+            cnv_dim=64,
+            pre_dim=32,
+            pool_dim=32,
+        ),  # fmt: skip
+        augment=AugmentConfig(input_size=127, border=32),
+        output_size=32,
+        max_objects=16,
+        batch_size=16,
+        max_iters=1500,
+        lr=2.5e-3,
+        lr_decay_iters=(1200,),
+        workers=1,
+        checkpoint_every=250,
+        val_flip=False,
+        out="runs/small_shapes",
+    ),
+}
+
+
+def get_config(name: str) -> TrainConfig:
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
+    return CONFIGS[name]
+
+
+def _flat_fields(cls: type, prefix: str = "") -> dict[str, Any]:
+    """``{"model.nstack": default, ...}`` for every leaf field of a configuration class."""
+    leaves = {}
+    for item in fields(cls):
+        default = getattr(cls(), item.name)
+        if dataclasses.is_dataclass(default):
+            leaves.update(_flat_fields(type(default), f"{prefix}{item.name}."))
+        else:
+            leaves[prefix + item.name] = default
+    return leaves
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parser_for(default: Any):
+    """A string -> value parser of the same type as ``default``."""
+    if isinstance(default, bool):
+        return _parse_bool
+    if isinstance(default, tuple):
+        item = type(default[0]) if default else float
+
+        def parse_tuple(text: str) -> tuple:
+            return tuple(item(part) for part in text.split(",") if part.strip())
+
+        return parse_tuple
+    return type(default)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--field`` option per configuration field (``_`` written ``-``), default unset."""
+    for key, default in _flat_fields(TrainConfig).items():
+        parser.add_argument(
+            "--" + key.replace("_", "-"),
+            dest="config__" + key,
+            type=_parser_for(default),
+            default=argparse.SUPPRESS,
+            metavar=type(default).__name__.upper(),
+            help=argparse.SUPPRESS if "." in key else f"(default of the config: {default!r})",
+        )
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """``config`` with ``{"lr": 1e-3, "model.nstack": 1, ...}`` replaced."""
+    nested: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head not in TrainConfig.__dataclass_fields__:
+            raise ValueError(f"unknown config field {key!r}")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[key] = value
+    for head, values in nested.items():
+        top[head] = replace(getattr(config, head), **values)
+    return replace(config, **top)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--field value`` options given on the command line."""
+    return {
+        key.removeprefix("config__"): value
+        for key, value in vars(args).items()
+        if key.startswith("config__")
+    }
+
+
+__all__ = [
+    "CONFIGS",
+    "ModelConfig",
+    "TrainConfig",
+    "add_config_arguments",
+    "apply_overrides",
+    "config_from_dict",
+    "get_config",
+    "overrides_from_args",
+]

@@ -1,0 +1,62 @@
+"""Configurations: the paper's numbers, round trips through JSON, command-line overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from cornernet_ref.config import (
+    CONFIGS,
+    TrainConfig,
+    add_config_arguments,
+    apply_overrides,
+    config_from_dict,
+    get_config,
+    overrides_from_args,
+)
+
+
+@pytest.mark.claim("training-hyperparameters")
+def test_paper_config():
+    config = get_config("hourglass104_coco")
+    assert (config.lr, config.batch_size, config.max_iters) == (2.5e-4, 49, 500_000)
+    assert config.lr_decay_iters == (450_000,) and config.lr_decay == 0.1
+    assert (config.augment.input_size, config.output_size) == (511, 128)
+    assert config.augment.border == 128 and config.gaussian_iou == 0.3
+    assert (config.pull_weight, config.push_weight, config.offset_weight) == (0.1, 0.1, 1.0)
+    assert (config.model.nstack, config.model.n) == (2, 5)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_json_round_trip(name):
+    config = get_config(name)
+    assert config_from_dict(json.loads(str(config))) == config
+
+
+def test_command_line_overrides():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(
+        ["--lr", "0.5", "--model.nstack", "1", "--augment.flip", "false",
+         "--lr-decay-iters", "10,20", "--train-images", "x"]
+    )  # fmt: skip
+    config = apply_overrides(get_config("small_shapes"), overrides_from_args(args))
+    assert config.lr == 0.5 and config.model.nstack == 1 and config.augment.flip is False
+    assert config.lr_decay_iters == (10, 20) and config.train_images == "x"
+    assert config.model.dims == get_config("small_shapes").model.dims  # untouched
+    assert parser.parse_args([]).__dict__ == {}  # nothing given, nothing overridden
+
+
+def test_bad_values_are_named():
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="train_images"):
+        TrainConfig(dataset="coco")
+    with pytest.raises(ValueError, match="nope"):
+        apply_overrides(TrainConfig(), {"nope": 1})
+    with pytest.raises(ValueError, match="unknown config"):
+        get_config("nope")
