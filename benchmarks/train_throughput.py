@@ -1,0 +1,158 @@
+"""Training throughput of Hourglass-104 CornerNet at 511 x 511 on one GPU.
+
+For each batch size and each variant (fp32 / bf16 autocast, with and without channels_last
+and ``torch.compile``) it times full training steps (forward, the CornerNet loss on
+synthetic targets, backward, Adam) and reports images/s, peak memory and model FLOPs
+utilisation:
+
+$$ \\text{MFU} = \\frac{3 \\times \\text{forward FLOPs per image} \\times \\text{images/s}}
+{\\text{peak dense bf16 FLOP/s of the GPU}} $$
+
+(backward ~ 2x forward). Forward FLOPs are counted by ``torch.utils.flop_counter``. At the
+paper's schedule (500k iterations x 49 images) the report gives the days one GPU would need.
+
+    python benchmarks/train_throughput.py [--batch-sizes 4,8,16] [--steps 10] [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cornernet_ref.config import get_config
+from cornernet_ref.data.loader import collate
+from cornernet_ref.losses import CornerNetLoss
+from cornernet_ref.model import CornerNet
+from cornernet_ref.targets import build_targets
+
+ROOT = Path(__file__).resolve().parents[1]
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets.
+PEAK_BF16 = {"H100 80GB HBM3": 989.4e12, "H100 PCIe": 756.0e12, "H200": 989.4e12, "A100": 312e12}
+
+
+def peak_flops(name: str, override: float | None) -> float | None:
+    if override:
+        return override * 1e12
+    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
+
+
+def synthetic_batch(batch: int, device: torch.device):
+    """Random images and targets of 8 random boxes each, 80 classes, 511 -> 128."""
+    generator = torch.Generator().manual_seed(0)
+    samples = []
+    for _ in range(batch):
+        corners = torch.rand(8, 2, generator=generator) * 400
+        boxes = torch.cat((corners, corners + 20 + torch.rand(8, 2, generator=generator) * 90), 1)
+        labels = torch.randint(0, 80, (8,), generator=generator)
+        targets = build_targets(
+            boxes.numpy(), labels.numpy(), num_classes=80, input_size=511, output_size=128
+        )
+        samples.append((torch.randn(3, 511, 511, generator=generator), targets))
+    images, targets = collate(samples)
+    return images.to(device), {k: v.to(device) for k, v in targets.items()}
+
+
+def forward_flops(model: torch.nn.Module, device: torch.device) -> float:
+    """Forward FLOPs of one 511 x 511 image."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 511, 511, device=device))
+    return float(counter.get_total_flops())
+
+
+def time_variant(
+    batch: int, dtype: torch.dtype | None, channels_last: bool, compile_: bool, steps: int
+) -> dict:
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    config = get_config("hourglass104_coco")
+    model = CornerNet(80, **vars(config.model)).to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format).train()
+    network = torch.compile(model) if compile_ else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
+    criterion = CornerNetLoss()
+    images, targets = synthetic_batch(batch, device)
+    images = images.contiguous(memory_format=memory_format)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = criterion(network(images), targets)["total"]
+        loss.backward()
+        optimizer.step()
+
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(3):  # warm-up (and compilation)
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    return {
+        "images_per_s": batch / seconds,
+        "step_ms": seconds * 1e3,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", default="4,8,12")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile variants")
+    parser.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s, if not known")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks/results/train_throughput.json"
+    )
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU")
+    name = torch.cuda.get_device_name()
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    config = get_config("hourglass104_coco")
+    flops = forward_flops(CornerNet(80, **vars(config.model)).cuda().eval(), torch.device("cuda"))
+    peak = peak_flops(name, args.peak_tflops)
+    variants = [("fp32", None, False, False), ("bf16", torch.bfloat16, False, False)]
+    variants += [("bf16+channels_last", torch.bfloat16, True, False)]
+    if not args.no_compile:
+        variants += [("bf16+channels_last+compile", torch.bfloat16, True, True)]
+    rows = []
+    for batch in (int(b) for b in args.batch_sizes.split(",")):
+        for label, dtype, channels_last, compile_ in variants:
+            try:
+                row = time_variant(batch, dtype, channels_last, compile_, args.steps)
+            except torch.OutOfMemoryError:
+                row = {"error": "out of memory"}
+            torch.cuda.empty_cache()
+            row = {"batch": batch, "variant": label, **row}
+            if "images_per_s" in row:
+                achieved = 3 * flops * row["images_per_s"]
+                row["mfu_vs_bf16_peak"] = achieved / peak if peak else None
+                row["days_for_500k_x_49"] = 500_000 * 49 / row["images_per_s"] / 86400
+            print(json.dumps(row))
+            rows.append(row)
+    report = {
+        "benchmark": "train_throughput",
+        "device": name,
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "forward_gflops_per_image": flops / 1e9,
+        "peak_bf16_tflops": peak / 1e12 if peak else None,
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

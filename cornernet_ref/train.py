@@ -1,0 +1,432 @@
+"""Training CornerNet (paper §4.1), from a CPU demo to many GPUs.
+
+One iteration is one Adam step on a global batch of $B$ images (49 in the paper):
+
+$$ \\theta \\leftarrow \\operatorname{Adam}\\Big(\\theta,\\; \\nabla_\\theta \\sum_{m}
+\\frac{|b_m|}{B / R}\\, L(b_m)\\Big) $$
+
+where $L$ is the total loss of §3.5 (:class:`cornernet_ref.losses.CornerNetLoss`), each of the
+$R$ processes holds $B / R$ images split into accumulation micro-batches $b_m$, and
+DistributedDataParallel averages the gradients over processes. A single process with $R$
+times the accumulation steps computes the same update, which the tests check.
+
+The learning rate is $2.5 \\times 10^{-4}$, multiplied by 0.1 at iteration 450k of 500k.
+
+Scale-out uses PyTorch's own machinery: launched by ``torchrun``, each process reads
+``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``, joins a process group (NCCL on GPUs, gloo on
+CPU) and trains its share of every batch; rank 0 alone logs, validates and writes
+checkpoints. The batch order is a pure function of the iteration
+(:mod:`cornernet_ref.data.loader`), so ``--resume`` continues exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from cornernet_ref.config import (
+    TrainConfig,
+    add_config_arguments,
+    apply_overrides,
+    config_from_dict,
+    get_config,
+    overrides_from_args,
+)
+from cornernet_ref.data.coco import CocoDetection, load_coco
+from cornernet_ref.data.loader import StreamBatchSampler, TrainingSet, make_loader
+from cornernet_ref.data.shapes import write_shapes
+from cornernet_ref.evaluate import evaluate, model_source
+from cornernet_ref.losses import CornerNetLoss
+from cornernet_ref.model import CornerNet
+
+LOSS_TERMS = ("total", "focal", "pull", "push", "offset")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last checkpoint was left as it was."""
+
+
+class Distributed:
+    """This process's place in the job: ``rank`` of ``world_size``, and its device."""
+
+    def __init__(self, device_name: str) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+        self.device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+        if use_cuda:
+            torch.cuda.set_device(self.device)
+        self.enabled = self.world_size > 1
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_mean(self, values: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(values)
+            values /= self.world_size
+        return values
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def learning_rate(config: TrainConfig, iteration: int) -> float:
+    """Step schedule: ``lr * lr_decay ** (number of decay points passed)``."""
+    passed = sum(iteration >= point for point in config.lr_decay_iters)
+    return config.lr * config.lr_decay**passed
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``config.precision`` on ``device`` (None: full precision)."""
+    if config.precision == "fp32" or (config.precision == "auto" and device.type == "cpu"):
+        return None
+    if config.precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if config.precision == "bf16" else torch.float16
+
+
+def model_kwargs(config: TrainConfig, num_classes: int) -> dict[str, Any]:
+    """Constructor arguments of :class:`~cornernet_ref.model.CornerNet`, stored in checkpoints."""
+    kwargs = asdict(config.model)
+    kwargs = {
+        key: list(value) if isinstance(value, tuple) else value for key, value in kwargs.items()
+    }
+    return {"num_classes": num_classes, **kwargs}
+
+
+def prepare_data(config: TrainConfig) -> tuple[CocoDetection, tuple[Path, Path] | None]:
+    """The training set and the (images, annotations) of the validation split, if any.
+
+    The shapes splits are written under ``<out>/data`` (reused when already there);
+    ``shapes_val = 0`` means no validation split.
+    """
+    if config.dataset == "shapes":
+        root = Path(config.out) / "data"
+        size, seed = config.shapes_size, config.shapes_seed
+        train = write_shapes(root / "train", config.shapes_train, seed=seed, size=size)
+        if not config.shapes_val:
+            return CocoDetection(train[1], train[0]), None
+        val = write_shapes(root / "val", config.shapes_val, seed=seed + 1, size=size)
+        return CocoDetection(train[1], train[0]), val
+    source = CocoDetection(
+        config.train_annotations, config.train_images, skip_unreadable=config.skip_unreadable
+    )
+    if config.val_images and config.val_annotations:
+        if Path(config.val_annotations).is_file():
+            return source, (Path(config.val_images), Path(config.val_annotations))
+        print(f"no validation: {config.val_annotations} not found", file=sys.stderr)
+    return source, None
+
+
+def validate(
+    model: nn.Module, config: TrainConfig, val: tuple[Path, Path], device: torch.device
+) -> dict[str, float]:
+    """COCO metrics of ``model`` on the validation split (test pipeline of §4.1)."""
+    images, annotations = val
+    coco = load_coco(annotations)
+    image_ids = sorted(coco.getImgIds())
+    if config.val_limit:
+        image_ids = image_ids[: config.val_limit]
+    with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints its table
+        metrics = evaluate(
+            model_source(model, images, device), coco, flip=config.val_flip, image_ids=image_ids
+        )
+    model.train()
+    return metrics
+
+
+def rng_states() -> dict[str, Any]:
+    states = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 (the global state, if a user seeds it)
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])  # noqa: NPY002
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically: to a temporary file, then renamed over ``path``.
+
+    A run killed while writing leaves the previous checkpoint intact. ``config.json`` is
+    written beside it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+    (path.parent / "config.json").write_text(json.dumps(state["config"], indent=2) + "\n")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def micro_batches(
+    dataset: TrainingSet, config: TrainConfig, job: Distributed, start: int
+) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    sampler = StreamBatchSampler(
+        len(dataset),
+        config.batch_size,
+        start_iteration=start,
+        stop_iteration=config.max_iters,
+        rank=job.rank,
+        world_size=job.world_size,
+        accumulation=config.accumulation,
+        seed=config.seed,
+    )
+    pin = config.pin_memory and job.device.type == "cuda"
+    return iter(make_loader(dataset, sampler, workers=config.workers, pin_memory=pin))
+
+
+def train(config: TrainConfig, resume: str | Path | None = None) -> tuple[nn.Module, dict]:
+    """Train with ``config`` (continuing the checkpoint ``resume``, if given).
+
+    Returns:
+        The trained model (unwrapped, on its device) and a summary: final iteration, last
+        loss terms and, when a validation split exists, its COCO metrics (rank 0).
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite (before that step was applied).
+    """
+    job = Distributed(config.device)
+    try:
+        return _train(config, job, resume)
+    finally:
+        job.close()
+
+
+def _train(
+    config: TrainConfig, job: Distributed, resume: str | Path | None
+) -> tuple[nn.Module, dict]:
+    out = Path(config.out)
+    checkpoint_path = out / "checkpoints" / "last.pt"
+    if job.is_main:
+        print(f"config {config.name}:\n{config}", file=sys.stderr)
+        source, val = prepare_data(config)
+    job.barrier()  # rank 0 writes the shapes data first
+    if not job.is_main:
+        source, val = prepare_data(config)
+    torch.manual_seed(config.seed)
+    kwargs = model_kwargs(config, source.num_classes)
+    model = CornerNet(**kwargs).to(job.device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    dtype = autocast_dtype(config, job.device)
+    scaler = torch.amp.GradScaler(job.device.type, enabled=dtype == torch.float16)
+    start = 0
+    if resume is not None:
+        state = load_checkpoint(resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng_states(state["rng"])
+        start = state["iteration"]
+    network: nn.Module = model
+    if job.enabled:
+        device_ids = [job.device.index] if job.device.type == "cuda" else None
+        network = DistributedDataParallel(model, device_ids=device_ids)
+    if config.compile:
+        network = torch.compile(network)
+    criterion = CornerNetLoss(config.pull_weight, config.push_weight, config.offset_weight)
+    dataset = TrainingSet(
+        source,
+        config.augment,
+        output_size=config.output_size,
+        gaussian_iou=config.gaussian_iou,
+        max_objects=config.max_objects,
+        seed=config.seed,
+    )
+    batches = micro_batches(dataset, config, job, start)
+    writer = _tensorboard(out) if job.is_main else None
+    history_path = out / "history.jsonl"
+
+    def checkpoint(iteration: int) -> None:
+        if job.is_main:
+            state = {
+                "model": model.state_dict(),
+                "model_kwargs": kwargs,
+                "class_names": source.class_names,
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "iteration": iteration,
+                "rng": rng_states(),
+                "config": config.to_dict(),
+            }
+            save_checkpoint(checkpoint_path, state)
+
+    model.train()
+    rank_batch = config.batch_size // job.world_size
+    progress = tqdm(
+        total=config.max_iters,
+        initial=start,
+        disable=not job.is_main,
+        desc="train",
+        file=sys.stderr,
+    )
+    terms = dict.fromkeys(LOSS_TERMS, 0.0)
+    summary: dict[str, Any] = {}
+    tick = time.perf_counter()
+    for iteration in range(start, config.max_iters):
+        lr = learning_rate(config, iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        sums = torch.zeros(len(LOSS_TERMS), device=job.device)
+        for step in range(config.accumulation):
+            images, targets = next(batches)
+            images = images.to(job.device, non_blocking=True, memory_format=memory_format)
+            targets = {k: v.to(job.device, non_blocking=True) for k, v in targets.items()}
+            weight = len(images) / rank_batch  # micro-batch share of this rank's batch
+            last_step = step == config.accumulation - 1
+            sync = contextlib.nullcontext() if last_step or not job.enabled else network.no_sync()
+            with sync:
+                with torch.autocast(job.device.type, dtype=dtype, enabled=dtype is not None):
+                    losses = criterion(network(images), targets)
+                scaler.scale(losses["total"] * weight).backward()
+            sums += torch.stack([losses[name].detach().float() for name in LOSS_TERMS]) * weight
+        sums = job.all_mean(sums)
+        terms = dict(zip(LOSS_TERMS, sums.tolist(), strict=True))
+        if not all(math.isfinite(value) for value in terms.values()):
+            progress.close()
+            raise NonFiniteLossError(
+                f"loss became non-finite at iteration {iteration} ({terms}); the step was not "
+                f"applied and the last good checkpoint ({checkpoint_path}) is unchanged. Try a "
+                "lower learning rate or --precision fp32."
+            )
+        scaler.step(optimizer)
+        scaler.update()
+        done = iteration + 1
+        progress.update(1)
+        if done % config.log_every == 0 or done == config.max_iters:
+            seconds = time.perf_counter() - tick
+            images_per_s = config.log_every * config.batch_size / max(seconds, 1e-9)
+            tick = time.perf_counter()
+            progress.set_postfix(
+                {name: f"{value:.3f}" for name, value in terms.items()}
+                | {"img/s": f"{images_per_s:.1f}"}
+            )
+            if job.is_main:
+                record = {"iteration": done, "lr": lr, "images_per_s": images_per_s, **terms}
+                with history_path.open("a") as file:
+                    file.write(json.dumps(record) + "\n")
+                if writer is not None:
+                    for name, value in record.items():
+                        if name != "iteration":
+                            writer.add_scalar(f"train/{name}", value, done)
+        if done % config.checkpoint_every == 0 or done == config.max_iters:
+            checkpoint(done)
+        if (
+            val is not None
+            and config.val_every
+            and done % config.val_every == 0
+            and done < config.max_iters
+        ):
+            if job.is_main:
+                metrics = validate(model, config, val, job.device)
+                progress.write(f"iteration {done}: AP {metrics['AP']:.3f}")
+                if writer is not None:
+                    for name, value in metrics.items():
+                        writer.add_scalar(f"val/{name}", value, done)
+            job.barrier()
+    progress.close()
+    summary = {"iteration": config.max_iters, "loss": terms}
+    if job.is_main and val is not None:
+        summary["metrics"] = validate(model, config, val, job.device)
+        if writer is not None:
+            for name, value in summary["metrics"].items():
+                writer.add_scalar(f"val/{name}", value, config.max_iters)
+    if writer is not None:
+        writer.close()
+    return model, summary
+
+
+def _tensorboard(out: Path):
+    """A TensorBoard writer if ``tensorboard`` is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
+    """``cornernet-ref train``: with no arguments, the small config on shapes on the CPU."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train CornerNet (no arguments: a small model on synthetic shapes, CPU, minutes)",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("--config", default="small_shapes", help="named configuration")
+    parser.add_argument("--resume", type=Path, help="checkpoint to continue from")
+    parser.add_argument(
+        "--images",
+        dest="config__train_images",
+        default=argparse.SUPPRESS,
+        help="training images (COCO format)",
+    )
+    parser.add_argument(
+        "--annotations",
+        dest="config__train_annotations",
+        default=argparse.SUPPRESS,
+        help="training annotation JSON",
+    )
+    add_config_arguments(parser)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        config = config_from_dict(load_checkpoint(args.resume)["config"])
+    else:
+        config = get_config(args.config)
+    config = apply_overrides(config, overrides_from_args(args))
+    try:
+        _, summary = train(config, resume=args.resume)
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+        if "metrics" in summary:
+            path = Path(config.out) / "metrics.json"
+            path.write_text(json.dumps(summary["metrics"], indent=2) + "\n")
+            print(f"metrics written to {path}", file=sys.stderr)
+    return 0

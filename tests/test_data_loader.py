@@ -1,0 +1,117 @@
+"""The sample stream: ranks and resumes see the same batches; samples are reproducible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+pytest.importorskip("cornernet_ref.targets")
+
+from cornernet_ref.data.augment import AugmentConfig, augment
+from cornernet_ref.data.loader import StreamBatchSampler, TrainingSet, make_loader
+from cornernet_ref.data.shapes import CLASS_NAMES, shapes_detection
+
+matplotlib.use("Agg")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def keys_of(sampler: StreamBatchSampler) -> list[list[tuple[int, int]]]:
+    return list(iter(sampler))
+
+
+@given(
+    st.integers(1, 30),
+    st.sampled_from([(1, 1), (2, 1), (1, 2), (2, 2), (4, 1)]),
+    st.integers(1, 3),
+    st.integers(0, 5),
+)
+def test_ranks_and_accumulation_split_the_same_global_batches(size, layout, per_part, start):
+    world, accumulation = layout
+    batch = world * accumulation * per_part
+    common = dict(start_iteration=start, stop_iteration=start + 3, seed=7)
+    single = keys_of(StreamBatchSampler(size, batch, **common))
+    ranks = [
+        keys_of(
+            StreamBatchSampler(
+                size, batch, rank=r, world_size=world, accumulation=accumulation, **common
+            )
+        )
+        for r in range(world)
+    ]
+    for iteration in range(3):
+        joined = []
+        for rank_keys in ranks:  # rank r holds the r-th share, split into micro-batches
+            micro = rank_keys[iteration * accumulation : (iteration + 1) * accumulation]
+            joined += [key for part in micro for key in part]
+        assert joined == single[iteration]
+        positions = [position for _, position in joined]
+        assert positions == list(
+            range((start + iteration) * batch, (start + iteration + 1) * batch)
+        )
+
+
+@given(st.integers(1, 20), st.integers(0, 100))
+def test_every_epoch_is_a_permutation(size, seed):
+    sampler = StreamBatchSampler(size, 1, start_iteration=0, stop_iteration=3 * size, seed=seed)
+    indices = [part[0][0] for part in sampler]
+    for epoch in range(3):
+        assert sorted(indices[epoch * size : (epoch + 1) * size]) == list(range(size))
+
+
+def test_sampler_rejects_bad_splits():
+    with pytest.raises(ValueError, match="ranks"):
+        StreamBatchSampler(10, 5, start_iteration=0, stop_iteration=1, world_size=2)
+    with pytest.raises(ValueError, match="accumulation"):
+        StreamBatchSampler(10, 4, start_iteration=0, stop_iteration=1, accumulation=5)
+    with pytest.raises(ValueError, match="empty"):
+        StreamBatchSampler(0, 4, start_iteration=0, stop_iteration=1)
+
+
+def test_training_samples_are_reproducible_and_batched():
+    source = shapes_detection(6, seed=0, size=64)
+    config = AugmentConfig(input_size=63, border=16)
+    dataset = TrainingSet(source, config, output_size=16, max_objects=8, seed=1)
+    image, targets = dataset[(2, 11)]
+    again, targets_again = dataset[(2, 11)]
+    assert image.shape == (3, 63, 63) and image.dtype == torch.float32
+    torch.testing.assert_close(image, again, rtol=0, atol=0)
+    for name in targets:
+        torch.testing.assert_close(targets[name], targets_again[name], rtol=0, atol=0)
+    other, _ = dataset[(2, 12)]  # another stream position, another augmentation
+    assert not torch.equal(image, other)
+    sampler = StreamBatchSampler(6, 4, start_iteration=0, stop_iteration=2, accumulation=2)
+    batches = list(make_loader(dataset, sampler, workers=0, pin_memory=False))
+    assert len(batches) == 4
+    images, batch_targets = batches[0]
+    assert images.shape == (2, 3, 63, 63)
+    assert all(value.shape[0] == 2 for value in batch_targets.values())
+
+
+def test_draw_augmented_samples_for_a_person():
+    """Writes runs/test_images/augmented_shapes.png: boxes should sit on their shapes."""
+    import matplotlib.pyplot as plt
+
+    source = shapes_detection(8, seed=0, size=120)
+    config = AugmentConfig(input_size=127, border=32)
+    figure, axes = plt.subplots(2, 4, figsize=(12, 6))
+    for index, axis in enumerate(axes.flat):
+        sample = source[index]
+        image, boxes, labels = augment(
+            sample.image, sample.boxes, sample.labels, config, np.random.default_rng(index)
+        )
+        axis.imshow(np.clip(image, 0, 255).astype(np.uint8))
+        for (x0, y0, x1, y1), label in zip(boxes, labels, strict=True):
+            axis.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime"))
+            axis.text(x0, y0, CLASS_NAMES[label], color="lime", fontsize=7, va="bottom")
+        axis.set_axis_off()
+    out = REPO_ROOT / "runs" / "test_images" / "augmented_shapes.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=80)
+    plt.close(figure)
+    assert out.stat().st_size > 10_000
