@@ -14,7 +14,7 @@ paper's schedule (500k iterations x 49 images) the report gives the days one GPU
     python benchmarks/train_throughput.py [--batch-sizes 4,8,16] [--steps 10] [--no-compile]
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (until losses, model, targets exist)
 
 import argparse
 import datetime
