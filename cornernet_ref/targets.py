@@ -1,0 +1,218 @@
+r"""Ground-truth targets: what the network is asked to predict (paper §3.2).
+
+CornerNet predicts corners on an output grid ``s = 4`` times coarser than the input.
+For an object with box $(x_1, y_1, x_2, y_2)$ in input pixels and the per-axis ratio
+$\rho = \text{output} / \text{input}$, each corner is written three ways.
+
+**Heatmap.** The corner falls in cell $(\lfloor \rho x \rfloor, \lfloor \rho y \rfloor)$ of
+the channel of its class, where the target is exactly 1. Cells near it are not simply
+negatives: a corner predicted a few cells away still gives a box that overlaps the ground
+truth well. Around each corner the target therefore carries an unnormalised Gaussian
+
+$$ y_{cij} = \exp\!\left(-\frac{(i - c_x)^2 + (j - c_y)^2}{2\sigma^2}\right),
+   \qquad \sigma = \frac{2r + 1}{6}, $$
+
+cut off at the radius $r$, where $r$ is chosen so that any pair of corners within $r$ of
+the ground truth still gives a box with IoU $\ge t$ (``gaussian_iou``, 0.3). Overlapping
+bumps of one class are merged with an elementwise maximum. The focal loss
+(:mod:`cornernet_ref.losses`) uses $(1 - y_{cij})^\beta$ to reduce the penalty of these
+near-miss negatives.
+
+**Offset** (Eq. 2). Flooring loses a fraction of a cell, which the network predicts:
+
+$$ o_k = \left(\frac{x_k}{s} - \left\lfloor \frac{x_k}{s} \right\rfloor,\;
+              \frac{y_k}{s} - \left\lfloor \frac{y_k}{s} \right\rfloor\right). $$
+
+**Index.** The flat cell index $y W + x$ of each corner, so that the losses can read the
+predicted embeddings and offsets at the ground-truth corners
+(:func:`cornernet_ref.output.gather_at`). Object $k$ (in input order) occupies slot $k$
+of ``max_objects`` slots; ``mask`` marks the occupied ones.
+
+Conventions follow the official implementation: cell = floor of the scaled coordinate;
+the radius is computed from the box size on the output grid rounded up, then truncated to
+an integer (and at least 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+
+RadiusVariant = Literal["official"]
+TARGET_KEYS = ("tl_heat", "br_heat", "tl_ind", "br_ind", "mask", "tl_off", "br_off")
+
+
+def gaussian_radius(
+    height: float, width: float, min_overlap: float, *, variant: RadiusVariant = "official"
+) -> float:
+    """Radius (in cells) within which a corner may move and keep IoU >= ``min_overlap``.
+
+    ``"official"`` is the formula of the official code: three quadratics in $r$, one per
+    way the two corners can move, each assuming that a corner moves by $r$ along *both*
+    axes at once, and the smallest of their roots.
+
+    * both corners move inwards (the box shrinks):
+      $\\frac{(w - 2r)(h - 2r)}{wh} = t \\Rightarrow 4r^2 - 2(w + h)r + (1 - t)wh = 0$
+    * both corners move outwards (the box grows):
+      $\\frac{wh}{(w + 2r)(h + 2r)} = t \\Rightarrow 4t r^2 + 2t(w + h)r + (t - 1)wh = 0$
+    * one inwards, one outwards (the box shifts by $r$ along both axes):
+      $\\frac{(w - r)(h - r)}{2wh - (w - r)(h - r)} = t
+      \\Rightarrow r^2 - (w + h)r + \\frac{1 - t}{1 + t}wh = 0$
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"box size must be positive, got height={height}, width={width}")
+    if not 0 < min_overlap < 1:
+        raise ValueError(f"min_overlap must lie in (0, 1), got {min_overlap}")
+    if variant != "official":
+        raise ValueError(f"unknown radius variant {variant!r}; expected 'official'")
+    t, h, w = min_overlap, height, width
+
+    def smaller_root(a: float, b: float, c: float) -> float:  # of a r^2 + b r + c = 0
+        return (-b - math.sqrt(b * b - 4 * a * c)) / (2 * a)
+
+    def larger_root(a: float, b: float, c: float) -> float:
+        return (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
+
+    shift = smaller_root(1.0, -(h + w), w * h * (1 - t) / (1 + t))
+    shrink = smaller_root(4.0, -2 * (h + w), (1 - t) * w * h)
+    grow = larger_root(4 * t, 2 * t * (h + w), (t - 1) * w * h)
+    return min(shift, shrink, grow)
+
+
+def gaussian_bump(radius: int) -> np.ndarray:
+    """The ``(2r+1, 2r+1)`` unnormalised Gaussian with sigma = diameter / 6, peak exactly 1.
+
+    Values below float64 machine epsilon times the peak are set to 0, as in the official code.
+    """
+    diameter = 2 * radius + 1
+    sigma = diameter / 6
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    bump = np.exp(-(offsets[None, :] ** 2 + offsets[:, None] ** 2) / (2 * sigma * sigma))
+    bump[bump < np.finfo(bump.dtype).eps * bump.max()] = 0
+    return bump
+
+
+def draw_gaussian(heatmap: np.ndarray, center_xy: tuple[int, int], radius: int) -> None:
+    """Merge a Gaussian bump centred on cell ``center_xy = (x, y)`` into ``heatmap`` (H, W).
+
+    The bump is clipped at the borders and combined with an elementwise ``max``, in place.
+    """
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    x, y = center_xy
+    height, width = heatmap.shape
+    if not (0 <= x < width and 0 <= y < height):
+        raise ValueError(f"centre {center_xy} lies outside a heatmap of size {width}x{height}")
+    bump = gaussian_bump(radius)
+    left, right = min(x, radius), min(width - x, radius + 1)
+    top, bottom = min(y, radius), min(height - y, radius + 1)
+    window = heatmap[y - top : y + bottom, x - left : x + right]
+    patch = bump[radius - top : radius + bottom, radius - left : radius + right]
+    np.maximum(window, patch, out=window)
+
+
+def _size_pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
+    """``511`` or ``(511, 511)`` -> ``(height, width)``."""
+    pair = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(pair) != 2 or min(pair) <= 0:
+        raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
+    return pair
+
+
+def build_targets(
+    boxes: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    *,
+    num_classes: int,
+    input_size: int | Sequence[int],
+    output_size: int | Sequence[int],
+    gaussian_iou: float = 0.3,
+    max_objects: int = 128,
+    radius_variant: RadiusVariant = "official",
+) -> dict[str, torch.Tensor]:
+    """Targets of one image.
+
+    Args:
+        boxes: ``(N, 4)`` boxes ``x1, y1, x2, y2`` in input pixels.
+        labels: ``(N,)`` 0-based class indices.
+        num_classes: number of heatmap channels ``C``.
+        input_size, output_size: ``(height, width)`` (or one int for a square).
+        gaussian_iou: the overlap $t$ that sets the bump radius.
+        max_objects: number of slots ``K``.
+        radius_variant: see :func:`gaussian_radius`.
+
+    Degenerate boxes: boxes are first clipped to the input image
+    ``[0, width - 1] x [0, height - 1]`` (as the official pipeline does after
+    augmentation); a box with no positive width or height after clipping is skipped, and
+    the remaining objects keep their order.
+
+    Returns:
+        ``tl_heat``, ``br_heat`` ``(C, H, W)`` float32; ``tl_ind``, ``br_ind`` ``(K,)``
+        int64 flat indices ``y * W + x``; ``mask`` ``(K,)`` bool; ``tl_off``, ``br_off``
+        ``(K, 2)`` float32 offsets ``(dx, dy)``.
+
+    Raises:
+        ValueError: on malformed boxes or labels, or more than ``max_objects`` objects.
+    """
+    boxes = torch.as_tensor(boxes, dtype=torch.float64).detach().cpu().numpy()
+    labels = torch.as_tensor(labels, dtype=torch.int64).detach().cpu().numpy()
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4), got {boxes.shape}")
+    if labels.shape != (boxes.shape[0],):
+        raise ValueError(f"labels must have shape ({boxes.shape[0]},), got {labels.shape}")
+    if not np.isfinite(boxes).all():
+        raise ValueError("boxes contain NaN or infinite coordinates")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got {sorted(set(labels))}")
+    in_h, in_w = _size_pair(input_size, "input_size")
+    out_h, out_w = _size_pair(output_size, "output_size")
+
+    boxes = boxes.copy()
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, in_w - 1)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, in_h - 1)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, labels = boxes[keep], labels[keep]
+    if len(boxes) > max_objects:
+        raise ValueError(
+            f"image has {len(boxes)} objects but max_objects={max_objects}; raise max_objects"
+        )
+
+    ratio_w, ratio_h = out_w / in_w, out_h / in_h
+    heat = {corner: np.zeros((num_classes, out_h, out_w), np.float32) for corner in ("tl", "br")}
+    index = {corner: np.zeros(max_objects, np.int64) for corner in ("tl", "br")}
+    offset = {corner: np.zeros((max_objects, 2), np.float32) for corner in ("tl", "br")}
+    mask = np.zeros(max_objects, bool)
+
+    for slot, ((x1, y1, x2, y2), label) in enumerate(zip(boxes, labels, strict=True)):
+        # Radius from the box size on the output grid, rounded up, truncated to int.
+        box_h, box_w = math.ceil((y2 - y1) * ratio_h), math.ceil((x2 - x1) * ratio_w)
+        radius = max(0, int(gaussian_radius(box_h, box_w, gaussian_iou, variant=radius_variant)))
+        for corner, (x, y) in (("tl", (x1, y1)), ("br", (x2, y2))):
+            scaled_x, scaled_y = x * ratio_w, y * ratio_h
+            cell_x, cell_y = int(scaled_x), int(scaled_y)  # floor: coordinates are >= 0
+            draw_gaussian(heat[corner][label], (cell_x, cell_y), radius)
+            index[corner][slot] = cell_y * out_w + cell_x  # y * W + x
+            offset[corner][slot] = (scaled_x - cell_x, scaled_y - cell_y)  # Eq. (2)
+        mask[slot] = True
+
+    targets = {f"{c}_heat": torch.from_numpy(heat[c]) for c in ("tl", "br")}
+    targets |= {f"{c}_ind": torch.from_numpy(index[c]) for c in ("tl", "br")}
+    targets["mask"] = torch.from_numpy(mask)
+    targets |= {f"{c}_off": torch.from_numpy(offset[c]) for c in ("tl", "br")}
+    return targets
+
+
+def collate_targets(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack per-image targets of :func:`build_targets` into ``(B, ...)`` tensors."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of targets")
+    missing = [key for key in TARGET_KEYS if any(key not in sample for sample in samples)]
+    if missing:
+        raise ValueError(f"targets lack keys {missing}")
+    return {key: torch.stack([sample[key] for sample in samples]) for key in TARGET_KEYS}
