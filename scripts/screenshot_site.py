@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -50,14 +50,11 @@ def build_site(site_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def serve(
-    site_dir: Path, rewrite_html: Callable[[str], str] | None = None
-) -> Iterator[tuple[str, list[str]]]:
+def serve(site_dir: Path) -> Iterator[tuple[str, list[str]]]:
     """Serve ``site_dir`` on 127.0.0.1 in a thread.
 
-    Yields the base URL and a list that collects the paths answered with an error (a
-    missing asset shows up there). ``rewrite_html``, when given, edits every HTML page as
-    it is served (the test injects its checks this way, leaving the built site as is).
+    Yields the base URL and a list that collects the requests answered with an error (an
+    asset a page asks for but the site lacks shows up there).
     """
     failures: list[str] = []
 
@@ -65,19 +62,6 @@ def serve(
         def send_error(self, code, message=None, explain=None):
             failures.append(f"{code} {self.path}")
             super().send_error(code, message, explain)
-
-        def send_head(self):
-            path = Path(self.translate_path(self.path))
-            if path.is_dir():
-                path = path / "index.html"
-            if rewrite_html is None or path.suffix != ".html" or not path.is_file():
-                return super().send_head()
-            body = rewrite_html(path.read_text(encoding="utf-8")).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            return _BytesFile(body)
 
         def log_message(self, format, *args):
             pass
@@ -91,20 +75,6 @@ def serve(
     finally:
         server.shutdown()
         server.server_close()
-
-
-class _BytesFile:
-    """The minimal file object ``SimpleHTTPRequestHandler`` copies a response from."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def read(self, size: int = -1) -> bytes:
-        data, self.data = (self.data, b"") if size < 0 else (self.data[:size], self.data[size:])
-        return data
-
-    def close(self) -> None:
-        pass
 
 
 def chromium_command(browser: str, profile_dir: Path, dark: bool = False) -> list[str]:
@@ -140,9 +110,10 @@ def run_chromium(args: list[str], dark: bool = False, timeout: float = 60) -> st
     return result.stdout
 
 
-def dump_dom(url: str, dark: bool = False, budget_ms: int = 5000) -> str:
+def dump_dom(url: str, dark: bool = False, budget_ms: int = 5000, timeout: float = 60) -> str:
     """The page's DOM after its scripts ran for ``budget_ms`` of virtual time."""
-    return run_chromium([f"--virtual-time-budget={budget_ms}", "--dump-dom", url], dark=dark)
+    args = [f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
+    return run_chromium(args, dark=dark, timeout=timeout)
 
 
 def screenshot(url: str, out: Path, dark: bool = False, size: str = "1280,1600") -> None:
