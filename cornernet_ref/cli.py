@@ -11,7 +11,11 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ("cornernet_ref.evaluate",)
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "cornernet_ref.train",
+    "cornernet_ref.evaluate",
+    "cornernet_ref.predict",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
