@@ -1,0 +1,63 @@
+"""AP of the ground-truth oracle on the COCO sample: the ceiling of the corner representation.
+
+The annotations of ``../shared/data/coco128`` (or ``$CORNERNET_SHARED``) go through the whole
+test pipeline as if a network had predicted them (:mod:`cornernet_ref.analysis`): the padded
+canvas, decoding, soft-NMS, the top 100 per image and pycocotools, without and with flip
+testing. Chapter 7 explains what the missing AP is lost to.
+
+    python benchmarks/oracle_coco128.py [--out benchmarks/results/oracle_coco128.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import io
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+from pycocotools.coco import COCO
+
+from cornernet_ref.analysis import oracle_source
+from cornernet_ref.evaluate import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CORNERNET_SHARED", ROOT.parent / "shared"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/oracle_coco128.json")
+    args = parser.parse_args()
+    annotations = SHARED / "data" / "coco128" / "annotations" / "instances_train2017.json"
+    if not annotations.is_file():
+        raise SystemExit(f"the COCO sample is missing: {annotations} (set CORNERNET_SHARED)")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints as it loads
+        coco = COCO(str(annotations))
+    source = oracle_source(coco, num_classes=len(coco.getCatIds()))
+    results = {}
+    for flip in (False, True):
+        with contextlib.redirect_stdout(io.StringIO()):
+            results["flip" if flip else "no_flip"] = evaluate(source, coco, flip=flip)
+    report = {
+        "benchmark": "oracle_coco128",
+        "claims": ["oracle-ap"],
+        "device": f"CPU ({platform.machine()})",
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "images": len(coco.getImgIds()),
+        "boxes": len(coco.getAnnIds()),
+        "crowd_boxes": len(coco.getAnnIds(iscrowd=True)),
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
