@@ -36,6 +36,8 @@ class ModelConfig:
     cnv_dim: int = 256
     pre_dim: int = 128
     pool_dim: int = 128
+    corner_pooling: bool = True
+    batchnorm_init: str = "uniform"
 
 
 @dataclass(frozen=True)

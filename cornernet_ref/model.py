@@ -1,0 +1,223 @@
+r"""CornerNet: the stem, stacked hourglasses and the prediction modules (paper §3.5, Fig. 4).
+
+```text
+image (3, 511, 511)
+  -> stem                                   (dims[0], 128, 128)
+  -> hourglass 1 -> 3x3 CBR -> features f_1 -> prediction modules (tl, br) -> maps of stack 1
+  -> transition(x, f_1)
+  -> hourglass 2 -> 3x3 CBR -> features f_2 -> prediction modules (tl, br) -> maps of stack 2
+```
+
+**Stacking.** Hourglass-104 is two hourglasses in a row. The input $x_{s+1}$ of stack
+$s + 1$ combines the input $x_s$ of stack $s$ and its features $f_s$ (after the hourglass
+and a $3 \times 3$ Conv-BN-ReLU to ``cnv_dim`` channels):
+
+$$ x_{s+1} = R\big(\mathrm{ReLU}(\mathrm{BN}(W_x * x_s) + \mathrm{BN}(W_f * f_s))\big) $$
+
+with $1 \times 1$ convolutions $W_x$, $W_f$ and a residual block $R$. The predictions of
+stack $s$ are *not* fed back: only $f_s$ is.
+
+**Intermediate supervision.** In training every stack has its own prediction modules and
+its maps are returned (the loss averages over stacks). At test time only the last stack's
+prediction modules run and one set of maps comes back, as in the official test path.
+
+**Sizes.** The stem divides the input by 4 (rounding up twice); the hourglass then halves
+$n$ times and doubles back, so the stem's output side must be divisible by $2^n$. The
+official test canvas of side ``s | 127`` ($128k - 1$) always qualifies: 511 -> 128,
+767 -> 192, 1023 -> 256.
+
+**Initialisation.** Convolutions keep PyTorch's default; the heatmap bias starts at
+$-2.19$ (:mod:`cornernet_ref.heads`). The official model was trained under PyTorch 0.4.0,
+whose batch norm drew its scale $\gamma$ from $\mathcal{U}(0, 1)$; that is the default here
+(``batchnorm_init="uniform"``); ``"ones"`` gives today's $\gamma = 1$.
+
+Hourglass-104 with 80 classes has 201,035,212 parameters, laid out as the official
+checkpoint (:mod:`cornernet_ref.convert` maps the names).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cornernet_ref.heads import PredictionModule
+from cornernet_ref.hourglass import ConvBN, Hourglass, Residual, Stem, stem_output_size
+from cornernet_ref.output import CornerNetOutput
+
+BATCHNORM_INITS = ("uniform", "ones")
+
+
+class StackTransition(nn.Module):
+    """Input of the next stack: ``R(ReLU(BN(W_x * x) + BN(W_f * f)))``."""
+
+    def __init__(self, channels: int, feature_channels: int) -> None:
+        super().__init__()
+        self.from_input = ConvBN(channels, channels, 1, relu=False)
+        self.from_features = ConvBN(feature_channels, channels, 1, relu=False)
+        self.residual = Residual(channels, channels)
+
+    def forward(self, x: Tensor, features: Tensor) -> Tensor:
+        merged = F.relu(self.from_input(x) + self.from_features(features), inplace=True)
+        return self.residual(merged)
+
+
+class CornerNet(nn.Module):
+    """CornerNet with a stacked-hourglass backbone; the defaults build Hourglass-104.
+
+    Args:
+        num_classes: object classes $C$ (heatmap channels).
+        n: depth of each hourglass (number of halvings).
+        nstack: number of stacked hourglasses.
+        dims: channel widths of the hourglass levels, ``n + 1`` entries.
+        modules: residual blocks per hourglass level, ``n + 1`` entries.
+        cnv_dim: channels of the features after each hourglass.
+        pre_dim: channels of the stem's 7x7 convolution.
+        pool_dim: channels of the two branches of the corner pooling module.
+        corner_pooling: ``False`` replaces corner pooling by the plain sum of the two
+            branches (the paper's ablation, Table 1).
+        batchnorm_init: ``"uniform"`` (batch-norm scales from U(0, 1), as PyTorch 0.4.0 did
+            for the official training) or ``"ones"``.
+
+    Calling the model on ``(B, 3, H, W)`` images returns a list of
+    :class:`~cornernet_ref.output.CornerNetOutput` with raw maps of side ``H/4, W/4``: one
+    per stack in training mode, the last stack's only in eval mode.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 80,
+        *,
+        n: int = 5,
+        nstack: int = 2,
+        dims: Sequence[int] = (256, 256, 384, 384, 384, 512),
+        modules: Sequence[int] = (2, 2, 2, 2, 2, 4),
+        cnv_dim: int = 256,
+        pre_dim: int = 128,
+        pool_dim: int = 128,
+        corner_pooling: bool = True,
+        batchnorm_init: str = "uniform",
+    ) -> None:
+        super().__init__()
+        dims, modules = tuple(dims), tuple(modules)
+        _validate(num_classes, n, nstack, dims, modules, cnv_dim, pre_dim, pool_dim)
+        if batchnorm_init not in BATCHNORM_INITS:
+            raise ValueError(
+                f"batchnorm_init must be one of {BATCHNORM_INITS}, got {batchnorm_init!r}"
+            )
+        self.n, self.nstack = n, nstack
+        self.model_kwargs: dict[str, Any] = {
+            "num_classes": num_classes,
+            "n": n,
+            "nstack": nstack,
+            "dims": list(dims),
+            "modules": list(modules),
+            "cnv_dim": cnv_dim,
+            "pre_dim": pre_dim,
+            "pool_dim": pool_dim,
+            "corner_pooling": corner_pooling,
+            "batchnorm_init": batchnorm_init,
+        }
+        width = dims[0]
+        self.stem = Stem(width, pre_dim)
+        self.hourglasses = nn.ModuleList(Hourglass(dims, modules) for _ in range(nstack))
+        self.features = nn.ModuleList(ConvBN(width, cnv_dim) for _ in range(nstack))
+        self.top_left, self.bottom_right = (
+            nn.ModuleList(
+                PredictionModule(corner, num_classes, cnv_dim, width, pool_dim, corner_pooling)
+                for _ in range(nstack)
+            )
+            for corner in ("tl", "br")
+        )
+        self.transitions = nn.ModuleList(StackTransition(width, cnv_dim) for _ in range(nstack - 1))
+        if batchnorm_init == "uniform":
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    nn.init.uniform_(module.weight)
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` unless the hourglass can halve the stem's output ``n`` times."""
+        for name, side in (("height", height), ("width", width)):
+            out = stem_output_size(side)
+            if out % 2**self.n:
+                raise ValueError(
+                    f"input {name} {side} gives {out} cells after the stem, not a multiple of "
+                    f"2**n = {2**self.n}; use sides of the form {4 * 2**self.n}k - 1 "
+                    f"(e.g. {side | (4 * 2**self.n - 1)})"
+                )
+
+    def forward(self, images: Tensor) -> list[CornerNetOutput]:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
+        self.check_input_size(images.shape[2], images.shape[3])
+        x = self.stem(images)
+        outputs = []
+        for stack, hourglass in enumerate(self.hourglasses):
+            features = self.features[stack](hourglass(x))
+            if self.training or stack == self.nstack - 1:
+                tl_heat, tl_tag, tl_off = self.top_left[stack](features)
+                br_heat, br_tag, br_off = self.bottom_right[stack](features)
+                outputs.append(CornerNetOutput(tl_heat, br_heat, tl_tag, br_tag, tl_off, br_off))
+            if stack < self.nstack - 1:
+                x = self.transitions[stack](x, features)  # predictions are not fed back
+        return outputs
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: Any = "cpu") -> CornerNet:
+        """A model from a training checkpoint or a converted official model.
+
+        Both are ``torch.save``'d dicts with ``"model"`` (the state dict) and
+        ``"model_kwargs"`` (the constructor arguments). Checkpoints are pickles: load only
+        files you trust.
+        """
+        state = torch.load(path, map_location=map_location, weights_only=False)
+        if not isinstance(state, dict) or not {"model", "model_kwargs"} <= state.keys():
+            keys = list(state)[:3] if isinstance(state, dict) else type(state).__name__
+            if isinstance(state, dict) and any("kps.0." in str(key) for key in state):
+                raise ValueError(
+                    f"{path} holds an official CornerNet state dict; convert it first with "
+                    "`cornernet-ref convert OFFICIAL.pkl OUT.pt`"
+                )
+            raise ValueError(f"{path}: expected a dict with 'model' and 'model_kwargs', got {keys}")
+        model = cls(**state["model_kwargs"])
+        model.load_state_dict(state["model"])
+        return model
+
+
+def _validate(
+    num_classes: int,
+    n: int,
+    nstack: int,
+    dims: tuple[int, ...],
+    modules: tuple[int, ...],
+    cnv_dim: int,
+    pre_dim: int,
+    pool_dim: int,
+) -> None:
+    if n < 1:
+        raise ValueError(f"n (hourglass depth) must be >= 1, got {n}")
+    if len(dims) != n + 1 or len(modules) != n + 1:
+        raise ValueError(
+            f"dims and modules need n + 1 = {n + 1} entries, got dims={list(dims)} "
+            f"({len(dims)}) and modules={list(modules)} ({len(modules)})"
+        )
+    for name, values in (("dims", dims), ("modules", modules)):
+        if any(not isinstance(v, int) or v < 1 for v in values):
+            raise ValueError(f"{name} must be positive integers, got {list(values)}")
+    sizes = {
+        "num_classes": num_classes,
+        "nstack": nstack,
+        "cnv_dim": cnv_dim,
+        "pre_dim": pre_dim,
+        "pool_dim": pool_dim,
+    }
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+__all__ = ["BATCHNORM_INITS", "CornerNet", "StackTransition"]
