@@ -13,10 +13,11 @@ $$ y_{cij} = \exp\!\left(-\frac{(i - c_x)^2 + (j - c_y)^2}{2\sigma^2}\right),
    \qquad \sigma = \frac{2r + 1}{6}, $$
 
 cut off at the radius $r$, where $r$ is chosen so that any pair of corners within $r$ of
-the ground truth still gives a box with IoU $\ge t$ (``gaussian_iou``, 0.3). Overlapping
-bumps of one class are merged with an elementwise maximum. The focal loss
-(:mod:`cornernet_ref.losses`) uses $(1 - y_{cij})^\beta$ to reduce the penalty of these
-near-miss negatives.
+the ground truth still gives a box with IoU $\ge t$ (``gaussian_iou``, 0.3): within $r$
+along each axis for the official formula, within Euclidean distance $r$ for the exact
+one (:func:`gaussian_radius`). Overlapping bumps of one class are merged with an
+elementwise maximum. The focal loss (:mod:`cornernet_ref.losses`) uses
+$(1 - y_{cij})^\beta$ to reduce the penalty of these near-miss negatives.
 
 **Offset** (Eq. 2). Flooring loses a fraction of a cell, which the network predicts:
 
@@ -42,33 +43,58 @@ from typing import Literal
 import numpy as np
 import torch
 
-RadiusVariant = Literal["official"]
+RadiusVariant = Literal["official", "exact"]
 TARGET_KEYS = ("tl_heat", "br_heat", "tl_ind", "br_ind", "mask", "tl_off", "br_off")
 
 
 def gaussian_radius(
     height: float, width: float, min_overlap: float, *, variant: RadiusVariant = "official"
 ) -> float:
-    """Radius (in cells) within which a corner may move and keep IoU >= ``min_overlap``.
+    r"""Radius (in cells) within which a corner may move and keep IoU >= ``min_overlap``.
+
+    Both variants answer one question: how far may each corner of a ``width x height`` box
+    move so that the box they span still has IoU $\ge t$ with it? The worst pair of moves
+    always gives a box *nested* in the ground truth, of size $(w - A) \times (h - B)$ where
+    $A$ and $B$ are the total horizontal and vertical moves of the two corners, so the
+    answer is the largest $r$ for which every reachable $(A, B)$ keeps
+    $(w - A)(h - B) \ge t\,wh$ (chapter 1 proves it).
 
     ``"official"`` is the formula of the official code: three quadratics in $r$, one per
     way the two corners can move, each assuming that a corner moves by $r$ along *both*
     axes at once, and the smallest of their roots.
 
     * both corners move inwards (the box shrinks):
-      $\\frac{(w - 2r)(h - 2r)}{wh} = t \\Rightarrow 4r^2 - 2(w + h)r + (1 - t)wh = 0$
+      $\frac{(w - 2r)(h - 2r)}{wh} = t \Rightarrow 4r^2 - 2(w + h)r + (1 - t)wh = 0$
     * both corners move outwards (the box grows):
-      $\\frac{wh}{(w + 2r)(h + 2r)} = t \\Rightarrow 4t r^2 + 2t(w + h)r + (t - 1)wh = 0$
+      $\frac{wh}{(w + 2r)(h + 2r)} = t \Rightarrow 4t r^2 + 2t(w + h)r + (t - 1)wh = 0$
     * one inwards, one outwards (the box shifts by $r$ along both axes):
-      $\\frac{(w - r)(h - r)}{2wh - (w - r)(h - r)} = t
-      \\Rightarrow r^2 - (w + h)r + \\frac{1 - t}{1 + t}wh = 0$
+      $\frac{(w - r)(h - r)}{2wh - (w - r)(h - r)} = t
+      \Rightarrow r^2 - (w + h)r + \frac{1 - t}{1 + t}wh = 0$
+
+    The shrinking root is always the smallest, and it is exact for corners that move at
+    most $r$ along each axis (a square of side $2r$ around each corner).
+
+    ``"exact"`` is the largest $r$ for corners anywhere within Euclidean distance $r$ (the
+    circles of the paper's Fig. 5): half the distance from the point $(w, h)$ to the
+    hyperbola $XY = t\,wh$ of box sizes with IoU exactly $t$. It lies between the
+    official radius and $\sqrt 2$ times it. See :func:`exact_radius`.
+
+    Args:
+        height, width: box size (in cells), positive.
+        min_overlap: the IoU $t$ to keep, in $(0, 1)$.
+        variant: ``"official"`` (default) or ``"exact"``.
+
+    Raises:
+        ValueError: on a non-positive size, an overlap outside $(0, 1)$ or an unknown variant.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"box size must be positive, got height={height}, width={width}")
     if not 0 < min_overlap < 1:
         raise ValueError(f"min_overlap must lie in (0, 1), got {min_overlap}")
+    if variant == "exact":
+        return exact_radius(height, width, min_overlap)
     if variant != "official":
-        raise ValueError(f"unknown radius variant {variant!r}; expected 'official'")
+        raise ValueError(f"unknown radius variant {variant!r}; expected 'official' or 'exact'")
     t, h, w = min_overlap, height, width
 
     def smaller_root(a: float, b: float, c: float) -> float:  # of a r^2 + b r + c = 0
@@ -81,6 +107,56 @@ def gaussian_radius(
     shrink = smaller_root(4.0, -2 * (h + w), (1 - t) * w * h)
     grow = larger_root(4 * t, 2 * t * (h + w), (t - 1) * w * h)
     return min(shift, shrink, grow)
+
+
+def exact_radius(height: float, width: float, min_overlap: float) -> float:
+    r"""The largest $r$ such that corners within distance $r$ always keep IoU $\ge t$.
+
+    In units of the longer side, the box is $1 \times \rho$ ($\rho \le 1$). The worst
+    pairs of corners span nested boxes $X \times Y$ with $XY = t\rho$, and both corners
+    move by the same vector, half of $(1 - X, \rho - Y)$. So
+    $r = \tfrac12 \operatorname{dist}\big((1, \rho),\, \{XY = t\rho\}\big)$ (times the
+    longer side).
+
+    The nearest point is the foot of a normal, $(1 - X, \rho - Y) = \mu\,(Y, X)$, on the
+    side of the short axis ($0 < \mu < \rho$). With $s = \rho - \mu$ and
+    $\delta = 1 - \rho$ the foot is
+
+    $$ X = \frac{\delta + s + \mu\delta}{(\delta + s)(1 + \mu)}, \qquad
+       Y = \frac{s}{(\delta + s)(1 + \mu)}, $$
+
+    and $XY$ increases strictly with $s$ from 0 to $\rho$, so $XY = t\rho$ has one root,
+    found by bisection (on $\log s$, as the root can be tiny for nearly square boxes).
+    Then $r = \tfrac12 \mu \sqrt{X^2 + Y^2}$. A square box ($\delta = 0$) has the closed
+    form $r = \tfrac12\sqrt 2 (1 - \sqrt t)$ for $t \ge \tfrac14$ (the worst move is
+    diagonal) and $r = \tfrac12\sqrt{1 - 2t}$ below (two symmetric worst moves).
+
+    Args:
+        height, width: box size, positive.
+        min_overlap: the IoU $t$ to keep, in $(0, 1)$.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"box size must be positive, got height={height}, width={width}")
+    if not 0 < min_overlap < 1:
+        raise ValueError(f"min_overlap must lie in (0, 1), got {min_overlap}")
+    t = min_overlap
+    long_side, short_side = max(height, width), min(height, width)
+    rho, delta = short_side / long_side, (long_side - short_side) / long_side
+    if delta == 0:
+        distance = math.sqrt(2) * (1 - math.sqrt(t)) if t >= 0.25 else math.sqrt(1 - 2 * t)
+        return long_side * distance / 2
+
+    def foot(s: float) -> tuple[float, float, float]:  # (mu, X, Y) of the normal at s
+        mu = rho - s
+        denominator = (delta + s) * (1 + mu)
+        return mu, (delta + s + mu * delta) / denominator, s / denominator
+
+    low, high = t * rho * delta, rho  # XY < t rho at s = low, XY = rho > t rho at s = rho
+    while low < (middle := math.sqrt(low * high)) < high:
+        _, x, y = foot(middle)
+        low, high = (middle, high) if x * y < t * rho else (low, middle)
+    mu, x, y = foot(high)
+    return long_side * mu * math.hypot(x, y) / 2
 
 
 def gaussian_bump(radius: int) -> np.ndarray:
