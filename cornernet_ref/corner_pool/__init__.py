@@ -1,0 +1,169 @@
+r"""Corner pooling (paper §3.4, Eq. 6).
+
+A corner of a bounding box is usually outside the object: nothing at the top-left corner of
+a person says "person". Corner pooling brings the evidence to the corner. To decide whether
+cell $(i, j)$ is a top-left corner, it looks right along row $i$ for the object's top
+boundary and down along column $j$ for its left boundary. With two feature maps $f_t$ and
+$f_l$ of size $H \times W$ (Eq. 6, written for 0-based indices):
+
+$$ t_{ij} = \begin{cases} \max(f_{t,ij},\, t_{(i+1)j}) & i < H - 1 \\ f_{t,(H-1)j} & i = H - 1
+\end{cases} \qquad
+l_{ij} = \begin{cases} \max(f_{l,ij},\, l_{i(j+1)}) & j < W - 1 \\ f_{l,i(W-1)} & j = W - 1
+\end{cases} $$
+
+and the pooled map is $t_{ij} + l_{ij}$: the maximum of $f_t$ over everything below
+$(i, j)$ (itself included) plus the maximum of $f_l$ over everything to its right. The
+bottom-right pool mirrors it: the maximum above plus the maximum to the left.
+
+The four directions, for a ``(B, C, H, W)`` input ``x`` (each output includes its own cell):
+
+| direction | ``out[..., i, j]`` | the scan starts at |
+|-----------|--------------------|--------------------|
+| ``top`` | max of ``x[..., i:, j]`` (rows i..H-1) | the bottom row |
+| ``bottom`` | max of ``x[..., :i+1, j]`` (rows 0..i) | the top row |
+| ``left`` | max of ``x[..., i, j:]`` (columns j..W-1) | the rightmost column |
+| ``right`` | max of ``x[..., i, :j+1]`` (columns 0..j) | the leftmost column |
+
+and the two corners, each direction from its own map: ``tl = top(a) + left(b)``,
+``br = bottom(a) + right(b)``. The sum is computed in the input dtype.
+
+**Gradient and ties.** Each output's gradient goes to the position of its maximum. Among
+equal maxima, the official extension gives it to the one met *first* in the scan from the
+border, i.e. the farthest from the output (its running argmax moves only on a strictly
+greater value). ``torch.cummax`` gives the same values but, on ties, the *last* one met,
+the nearest: a ``cummax``-based pool trains differently wherever maps tie, as post-ReLU
+maps do on their zeros. NaN counts as larger than every number and propagates (see
+[reference][cornernet_ref.corner_pool.reference]).
+
+**Backends.** ``"reference"`` is the readable pure-PyTorch scan
+([reference][cornernet_ref.corner_pool.reference]), on any device; ``"cuda"`` the fused CUDA
+kernel ([fused][cornernet_ref.corner_pool.fused]), which computes a whole corner pool in
+one pass over the two maps and agrees with the reference bit for bit. ``backend=None``
+takes the kernel for CUDA tensors when it builds (otherwise it warns once and uses the
+reference) and the reference elsewhere. Outputs and gradients are contiguous ``(B, C, H, W)``
+tensors whatever the layout of the inputs.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from torch import Tensor, nn
+
+from cornernet_ref.corner_pool import fused, reference
+from cornernet_ref.corner_pool.reference import DIRECTIONS
+
+# corner -> (direction pooling the first map, direction pooling the second map)
+CORNERS: dict[str, tuple[str, str]] = {"tl": ("top", "left"), "br": ("bottom", "right")}
+BACKENDS = ("reference", "cuda")
+
+_warned_fallback = False
+
+
+def _check(tensors: tuple[Tensor, ...], backend: str | None) -> None:
+    """Validate the inputs and the backend name; raise ValueError naming the problem."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    for x in tensors:
+        if x.dim() != 4:
+            raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected a floating-point tensor, got {x.dtype}")
+    first = tensors[0]
+    for x in tensors[1:]:
+        if x.shape != first.shape or x.dtype != first.dtype or x.device != first.device:
+            raise ValueError(
+                "the two maps must have the same shape, dtype and device, got "
+                f"{tuple(first.shape)} {first.dtype} {first.device} and "
+                f"{tuple(x.shape)} {x.dtype} {x.device}"
+            )
+    if backend == "cuda" and not first.is_cuda:
+        raise ValueError(f"backend='cuda' needs CUDA tensors, got a tensor on {first.device}")
+
+
+def _use_cuda(x: Tensor, backend: str | None) -> bool:
+    """Whether to run the fused kernel: asked for, or automatic on a CUDA tensor that builds."""
+    global _warned_fallback
+    if backend is not None:
+        return backend == "cuda"
+    if not x.is_cuda:
+        return False
+    try:
+        fused.load_extension()
+    except RuntimeError as error:
+        if not _warned_fallback:
+            warnings.warn(f"{error}; corner pooling falls back to the reference", stacklevel=3)
+            _warned_fallback = True
+        return False
+    return True
+
+
+def pool(x: Tensor, direction: str, backend: str | None = None) -> Tensor:
+    """Max-pool a ``(B, C, H, W)`` tensor in one direction (``top``, ``bottom``, ``left``,
+    ``right``; see the table above).
+
+    Args:
+        x: the feature map.
+        direction: where each output looks: ``"top"`` pools the rows below (the maximum of
+            everything below, itself included), ``"left"`` the columns to the right,
+            ``"bottom"`` the rows above, ``"right"`` the columns to the left.
+        backend: ``"reference"``, ``"cuda"`` or None (automatic).
+
+    Returns:
+        The pooled map, contiguous, same shape and dtype.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {tuple(DIRECTIONS)}, got {direction!r}")
+    _check((x,), backend)
+    if _use_cuda(x, backend):
+        return fused.pool(x, direction)
+    return reference.pool(x, direction)
+
+
+def corner_pool(a: Tensor, b: Tensor, corner: str, backend: str | None = None) -> Tensor:
+    """Corner pooling of two ``(B, C, H, W)`` maps: ``top(a) + left(b)`` for ``"tl"``,
+    ``bottom(a) + right(b)`` for ``"br"``.
+
+    Args:
+        a: the map pooled along columns (its maximum below for ``tl``, above for ``br``).
+        b: the map pooled along rows (its maximum to the right for ``tl``, left for ``br``).
+        corner: ``"tl"`` or ``"br"``.
+        backend: ``"reference"``, ``"cuda"`` or None (automatic).
+
+    Returns:
+        The pooled map, contiguous, same shape and dtype as ``a``.
+    """
+    if corner not in CORNERS:
+        raise ValueError(f"corner must be one of {tuple(CORNERS)}, got {corner!r}")
+    _check((a, b), backend)
+    if _use_cuda(a, backend):
+        return fused.corner_pool(a, b, corner)
+    vertical, horizontal = CORNERS[corner]
+    return reference.pool(a, vertical) + reference.pool(b, horizontal)
+
+
+class CornerPool(nn.Module):
+    """Corner pooling as a module (no parameters): ``forward(a, b)`` is
+    [corner_pool][cornernet_ref.corner_pool.corner_pool]``(a, b, corner)``.
+
+    Args:
+        corner: ``"tl"`` or ``"br"``.
+        backend: ``"reference"``, ``"cuda"`` or None (automatic).
+    """
+
+    def __init__(self, corner: str, backend: str | None = None) -> None:
+        super().__init__()
+        if corner not in CORNERS:
+            raise ValueError(f"corner must be one of {tuple(CORNERS)}, got {corner!r}")
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+        self.corner, self.backend = corner, backend
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return corner_pool(a, b, self.corner, self.backend)
+
+    def extra_repr(self) -> str:
+        return f"corner={self.corner!r}, backend={self.backend!r}"
+
+
+__all__ = ["BACKENDS", "CORNERS", "DIRECTIONS", "CornerPool", "corner_pool", "pool"]
