@@ -1,0 +1,503 @@
+"""Corner pooling (paper §3.4): forward semantics, the official tie rule of the gradient, the
+difference with ``torch.cummax``, layouts and sizes, errors, and the fused CUDA kernel.
+
+The expected values are computed independently of the implementation: the forward by an
+explicit maximum over slices, the gradient by a plain Python loop that applies the rule
+("the first maximum met from the border receives the gradient"). The equivalence tests run
+for every backend: ``reference`` everywhere, ``cuda`` on a machine with a GPU (marked
+``cuda``, skipped otherwise), where the kernel must also equal the reference bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cornernet_ref.corner_pool import CornerPool, corner_pool, fused, pool
+
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
+BACKENDS = ["reference", pytest.param("cuda", marks=needs_cuda)]
+DIRECTION_NAMES = ("top", "bottom", "left", "right")
+CORNER_DIRECTIONS = {"tl": ("top", "left"), "br": ("bottom", "right")}
+NAN = float("nan")
+
+
+def device_of(backend: str) -> str:
+    return "cuda" if backend == "cuda" else "cpu"
+
+
+# --- Independent expectations -------------------------------------------------------------
+
+
+def brute_force_pool(x: torch.Tensor, direction: str) -> torch.Tensor:
+    """The maximum over the slice each output looks at, taken slice by slice."""
+    height, width = x.shape[2:]
+    if direction == "top":
+        return torch.stack([x[:, :, i:, :].amax(2) for i in range(height)], dim=2)
+    if direction == "bottom":
+        return torch.stack([x[:, :, : i + 1, :].amax(2) for i in range(height)], dim=2)
+    if direction == "left":
+        return torch.stack([x[:, :, :, j:].amax(3) for j in range(width)], dim=3)
+    return torch.stack([x[:, :, :, : j + 1].amax(3) for j in range(width)], dim=3)
+
+
+def scan_line(direction: str, i: int, j: int, height: int, width: int) -> list[tuple[int, int]]:
+    """The cells output (i, j) looks at, in scan order: from the border towards (i, j)."""
+    if direction == "top":
+        return [(k, j) for k in range(height - 1, i - 1, -1)]
+    if direction == "bottom":
+        return [(k, j) for k in range(i + 1)]
+    if direction == "left":
+        return [(i, k) for k in range(width - 1, j - 1, -1)]
+    return [(i, k) for k in range(j + 1)]
+
+
+def is_greater(value: float, best: float, ties_to_last: bool) -> bool:
+    """The official rule (strictly greater, NaN above numbers) or cummax's (greater or equal)."""
+    if ties_to_last:
+        return value >= best
+    return value > best or (math.isnan(value) and not math.isnan(best))
+
+
+def rule_gradient(
+    x: torch.Tensor, grad: torch.Tensor, direction: str, ties_to_last: bool = False
+) -> torch.Tensor:
+    """The gradient by the rule, one output at a time, in plain Python.
+
+    For every output, scan its line from the border keeping the maximum met first (or, with
+    ``ties_to_last``, the last one, as ``torch.cummax`` does), and add the output's gradient
+    to that position. The additions go in scan order, in float32 (the accumulation type of
+    float32, float16 and bfloat16), and the sums are rounded once to the dtype of ``x``.
+    """
+    values = x.double().tolist()
+    grads = grad.float().numpy()
+    batch, channels, height, width = x.shape
+    expected = np.zeros((batch, channels, height, width), dtype=np.float32)
+    for n in range(batch):
+        for c in range(channels):
+            plane, plane_grad = values[n][c], grads[n, c]
+            for i in range(height):
+                for j in range(width):
+                    line = scan_line(direction, i, j, height, width)
+                    at = line[0]
+                    for cell in line[1:]:
+                        if is_greater(plane[cell[0]][cell[1]], plane[at[0]][at[1]], ties_to_last):
+                            at = cell
+                    expected[n, c, at[0], at[1]] += plane_grad[i, j]
+    return torch.from_numpy(expected).to(x.dtype)
+
+
+def run_ordered_gradient(x: torch.Tensor, grad: torch.Tensor, direction: str) -> torch.Tensor:
+    """The gradient by runs, with the additions in the order the implementation promises.
+
+    The outputs that share a maximum are consecutive in scan order (a run); the maximum
+    receives ``((g_first + g_second) + g_third) + ...`` in float32, rounded once. Unlike
+    :func:`rule_gradient`, whose loops visit outputs in memory order, this fixes the order of
+    the additions, so with non-integer gradients it pins the result bit for bit.
+    """
+    values = x.double().tolist()
+    grads = grad.float().numpy()
+    batch, channels, height, width = x.shape
+    expected = np.zeros((batch, channels, height, width), dtype=np.float32)
+    vertical = direction in ("top", "bottom")
+    for n in range(batch):
+        for c in range(channels):
+            for line_index in range(width if vertical else height):
+                # The whole line: the scan of the output farthest from the border.
+                if vertical:
+                    end = (0 if direction == "top" else height - 1, line_index)
+                else:
+                    end = (line_index, 0 if direction == "left" else width - 1)
+                line = scan_line(direction, *end, height, width)
+                at, total = line[0], np.float32(0)
+                for step, cell in enumerate(line):
+                    value = values[n][c][cell[0]][cell[1]]
+                    if step == 0 or is_greater(value, values[n][c][at[0]][at[1]], False):
+                        if step > 0:
+                            expected[n, c, at[0], at[1]] = total
+                        at, total = cell, grads[n, c, cell[0], cell[1]]
+                    else:
+                        total = np.float32(total + grads[n, c, cell[0], cell[1]])
+                expected[n, c, at[0], at[1]] = total
+    return torch.from_numpy(expected).to(x.dtype)
+
+
+def pool_with_grad(
+    x: torch.Tensor, direction: str, grad: torch.Tensor, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    leaf = x.detach().clone().requires_grad_()
+    out = pool(leaf, direction, backend=backend)
+    out.backward(grad)
+    return out.detach(), leaf.grad
+
+
+def same_bits(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Equal bit for bit (signed zeros told apart); NaN only where NaN is expected."""
+    if actual.shape != expected.shape or actual.dtype != expected.dtype:
+        return False
+    actual, expected = actual.cpu(), expected.cpu()
+    nan = expected.isnan()
+    if not torch.equal(actual.isnan(), nan):
+        return False
+    integer = {2: torch.int16, 4: torch.int32, 8: torch.int64}[actual.element_size()]
+    return torch.equal(actual[~nan].view(integer), expected[~nan].view(integer))
+
+
+# --- Strategies ---------------------------------------------------------------------------
+
+
+@st.composite
+def maps(draw, max_side: int = 7, count: int = 1, ties: bool | None = None):
+    """``count`` float32 ``(B, C, H, W)`` maps of one shape: small integers (ties) or floats."""
+    shape = (
+        draw(st.integers(0, 2)),
+        draw(st.integers(1, 2)),
+        draw(st.integers(1, max_side)),
+        draw(st.integers(1, max_side)),
+    )
+    numel = math.prod(shape)
+    tied = draw(st.booleans()) if ties is None else ties
+    element = (
+        st.integers(-3, 3).map(float)
+        if tied
+        else st.floats(-100, 100, allow_nan=False, width=32, allow_subnormal=False)
+    )
+    tensors = [
+        torch.tensor(draw(st.lists(element, min_size=numel, max_size=numel)), dtype=torch.float32)
+        for _ in range(count)
+    ]
+    return [t.view(shape) for t in tensors]
+
+
+def integer_grad(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Integer-valued output gradients: their sums are exact in any order."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(-4, 5, shape, generator=generator).float()
+
+
+# --- Forward semantics --------------------------------------------------------------------
+
+
+@pytest.mark.claim("pool-semantics")
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(data=maps(), direction=st.sampled_from(DIRECTION_NAMES))
+def test_pool_is_the_maximum_of_the_slice(backend, data, direction):
+    (x,) = data
+    x = x.to(device_of(backend))
+    assert same_bits(pool(x, direction, backend=backend), brute_force_pool(x, direction))
+
+
+@pytest.mark.claim("pool-semantics")
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(data=maps(count=2), corner=st.sampled_from(("tl", "br")))
+def test_corner_pool_adds_the_two_directions(backend, data, corner):
+    a, b = (t.to(device_of(backend)) for t in data)
+    vertical, horizontal = CORNER_DIRECTIONS[corner]
+    expected = brute_force_pool(a, vertical) + brute_force_pool(b, horizontal)
+    assert same_bits(corner_pool(a, b, corner, backend=backend), expected)
+
+
+@pytest.mark.claim("pool-semantics")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_top_left_by_hand(backend):
+    """Below-maxima plus right-maxima, worked out by hand on a 3 x 3 map (a = b)."""
+    x = torch.tensor([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0], [2.0, 0.0, 1.0]], device=device_of(backend))
+    x = x.view(1, 1, 3, 3)
+    top = torch.tensor([[2.0, 3.0, 2.0], [2.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
+    left = torch.tensor([[2.0, 2.0, 2.0], [3.0, 3.0, 0.0], [2.0, 1.0, 1.0]])
+    assert torch.equal(pool(x, "top", backend=backend).cpu().view(3, 3), top)
+    assert torch.equal(pool(x, "left", backend=backend).cpu().view(3, 3), left)
+    assert torch.equal(corner_pool(x, x, "tl", backend=backend).cpu().view(3, 3), top + left)
+
+
+# --- The tie rule of the gradient ---------------------------------------------------------
+
+
+@pytest.mark.claim("pool-tie-rule")
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(data=maps(ties=True), direction=st.sampled_from(DIRECTION_NAMES), seed=st.integers(0, 99))
+def test_gradient_goes_to_the_first_maximum_met(backend, data, direction, seed):
+    (x,) = data
+    grad = integer_grad(x.shape, seed)
+    device = device_of(backend)
+    _, actual = pool_with_grad(x.to(device), direction, grad.to(device), backend)
+    assert same_bits(actual, rule_gradient(x, grad, direction))
+
+
+@pytest.mark.claim("pool-tie-rule")
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(data=maps(count=2, ties=True), corner=st.sampled_from(("tl", "br")), seed=st.integers(0, 99))
+def test_corner_pool_gradient_follows_the_rule_in_both_maps(backend, data, corner, seed):
+    a, b = data
+    grad = integer_grad(a.shape, seed)
+    device = device_of(backend)
+    a_leaf, b_leaf = (t.to(device).requires_grad_() for t in (a, b))
+    corner_pool(a_leaf, b_leaf, corner, backend=backend).backward(grad.to(device))
+    vertical, horizontal = CORNER_DIRECTIONS[corner]
+    assert same_bits(a_leaf.grad, rule_gradient(a, grad, vertical))
+    assert same_bits(b_leaf.grad, rule_gradient(b, grad, horizontal))
+
+
+@pytest.mark.claim("pool-tie-rule")
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(data=maps(ties=True), direction=st.sampled_from(DIRECTION_NAMES), seed=st.integers(0, 99))
+def test_gradient_sums_are_added_in_scan_order(backend, data, direction, seed):
+    """Non-integer gradients: the float32 sums must come out of the promised order exactly."""
+    (x,) = data
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+    device = device_of(backend)
+    _, actual = pool_with_grad(x.to(device), direction, grad.to(device), backend)
+    assert same_bits(actual, run_ordered_gradient(x, grad, direction))
+
+
+@pytest.mark.claim("pool-tie-rule")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tie_rule_by_hand(backend):
+    """A column 1, 3, 3, 2, 3 (top to bottom) and an output gradient of ones.
+
+    ``bottom`` scans from the top: the 3 in row 1 is met first and stays the maximum (the
+    later 3s are not greater), so it receives the gradients of rows 1-4. ``top`` scans from
+    the bottom: the 3 in row 4 is met first and receives all five.
+    """
+    x = torch.tensor([1.0, 3.0, 3.0, 2.0, 3.0], device=device_of(backend)).view(1, 1, 5, 1)
+    ones = torch.ones_like(x)
+    _, bottom = pool_with_grad(x, "bottom", ones, backend)
+    _, top = pool_with_grad(x, "top", ones, backend)
+    assert bottom.flatten().tolist() == [1.0, 4.0, 0.0, 0.0, 0.0]
+    assert top.flatten().tolist() == [0.0, 0.0, 0.0, 0.0, 5.0]
+    _, right = pool_with_grad(x.view(1, 1, 1, 5), "right", ones.view(1, 1, 1, 5), backend)
+    assert right.flatten().tolist() == [1.0, 4.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.claim("pool-tie-rule")
+def test_cummax_gives_ties_to_the_nearest_maximum():
+    """``torch.cummax`` pools the same values, but on ties its index (and so the gradient)
+    moves to the latest equal value, the one nearest the output; see the column of
+    :func:`test_tie_rule_by_hand`."""
+    x = torch.tensor([1.0, 3.0, 3.0, 2.0, 3.0]).view(1, 1, 5, 1)
+    values, indices = x.cummax(2)
+    assert indices.flatten().tolist() == [0, 1, 2, 2, 4]
+    leaf = x.clone().requires_grad_()
+    leaf.cummax(2).values.sum().backward()
+    assert leaf.grad.flatten().tolist() == [1.0, 1.0, 2.0, 0.0, 1.0]
+    _, official = pool_with_grad(x, "bottom", torch.ones_like(x), "reference")
+    assert official.flatten().tolist() == [1.0, 4.0, 0.0, 0.0, 0.0]
+    assert torch.equal(values, pool(x, "bottom"))
+
+
+def cummax_pool(x: torch.Tensor, direction: str) -> torch.Tensor:
+    """Directional pooling with ``torch.cummax`` on the flipped tensor, as it is often done."""
+    dim, flip = {"top": (2, True), "bottom": (2, False), "left": (3, True), "right": (3, False)}[
+        direction
+    ]
+    if flip:
+        return x.flip(dim).cummax(dim).values.flip(dim)
+    return x.cummax(dim).values
+
+
+@pytest.mark.claim("pool-tie-rule")
+@given(data=maps(ties=True), direction=st.sampled_from(DIRECTION_NAMES), seed=st.integers(0, 99))
+def test_cummax_pool_equals_forward_but_routes_ties_to_the_last(data, direction, seed):
+    (x,) = data
+    grad = integer_grad(x.shape, seed)
+    leaf = x.clone().requires_grad_()
+    values = cummax_pool(leaf, direction)
+    values.backward(grad)
+    assert torch.equal(values.detach(), pool(x, direction))
+    assert same_bits(leaf.grad, rule_gradient(x, grad, direction, ties_to_last=True))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("corner", ["tl", "br"])
+def test_gradcheck_in_float64(backend, corner):
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 2, 2, 5, 6, generator=generator, dtype=torch.float64)  # no ties
+    device = device_of(backend)
+    a, b = (t.to(device).requires_grad_() for t in (a, b))
+    assert torch.autograd.gradcheck(lambda a, b: corner_pool(a, b, corner, backend=backend), (a, b))
+    for direction in CORNER_DIRECTIONS[corner]:
+        assert torch.autograd.gradcheck(lambda x, d=direction: pool(x, d, backend=backend), (a,))
+
+
+# --- Sizes, layouts, dtypes, NaN ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(2, 3, 1, 5), (2, 3, 5, 1), (1, 1, 1, 1), (0, 3, 4, 4)])
+@pytest.mark.parametrize("direction", DIRECTION_NAMES)
+def test_thin_and_empty_maps(backend, shape, direction):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randint(-2, 3, shape, generator=generator).float()
+    grad = integer_grad(shape, 2)
+    device = device_of(backend)
+    out, actual = pool_with_grad(x.to(device), direction, grad.to(device), backend)
+    assert out.shape == x.shape
+    assert same_bits(out, brute_force_pool(x, direction) if x.numel() else x)
+    assert same_bits(actual, rule_gradient(x, grad, direction))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "layout",
+    [
+        pytest.param(lambda t: t.contiguous(memory_format=torch.channels_last), id="channels_last"),
+        pytest.param(lambda t: t.transpose(2, 3).contiguous().transpose(2, 3), id="transposed"),
+        pytest.param(lambda t: torch.stack([t, t], dim=-1)[..., 0], id="strided"),
+    ],
+)
+def test_any_layout_gives_the_same_bits(backend, layout):
+    generator = torch.Generator().manual_seed(3)
+    a, b, grad = torch.randint(-2, 3, (3, 2, 3, 5, 7), generator=generator).float()
+    grad = grad + 0.25 * torch.randn(grad.shape, generator=generator)
+    device = device_of(backend)
+    results = []
+    for transform in (lambda t: t.contiguous(), layout):
+        a_in, b_in = (transform(t.to(device)).detach().requires_grad_() for t in (a, b))
+        out = corner_pool(a_in, b_in, "tl", backend=backend)
+        out.backward(transform(grad.to(device)))
+        assert out.is_contiguous()
+        results.append((out.detach(), a_in.grad, b_in.grad))
+    for contiguous, other in zip(*results, strict=True):
+        assert same_bits(other, contiguous)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_types_round_once_like_float32(backend, dtype):
+    """Maxima are exact in any dtype; the corner sum is a + b in the dtype (float32 sum
+    rounded once), the gradient sums are float32 sums rounded once."""
+    generator = torch.Generator().manual_seed(4)
+    a, b = torch.randn(2, 2, 3, 9, 11, generator=generator).to(dtype)
+    a[..., ::3, :] = b[..., ::3, :] = 0  # ties, as after a ReLU
+    grad = torch.randn(a.shape, generator=generator).to(dtype)
+    device = device_of(backend)
+    a_in, b_in = (t.to(device).requires_grad_() for t in (a, b))
+    out = corner_pool(a_in, b_in, "br", backend=backend)
+    out.backward(grad.to(device))
+    expected = (brute_force_pool(a.float(), "bottom") + brute_force_pool(b.float(), "right")).to(
+        dtype
+    )
+    assert same_bits(out.detach(), expected)
+    assert same_bits(a_in.grad, run_ordered_gradient(a, grad, "bottom"))
+    assert same_bits(b_in.grad, run_ordered_gradient(b, grad, "right"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_propagates_and_the_first_nan_gets_the_gradient(backend):
+    """A NaN counts as larger than every number: it propagates to every output after it in
+    the scan, and the first NaN met receives the gradient of those outputs."""
+    x = torch.tensor([1.0, NAN, 5.0, NAN, 7.0], device=device_of(backend)).view(1, 1, 5, 1)
+    out, grad = pool_with_grad(x, "bottom", torch.ones_like(x), backend)
+    assert out.flatten()[0] == 1.0 and out.flatten()[1:].isnan().all()
+    assert grad.flatten().tolist() == [1.0, 4.0, 0.0, 0.0, 0.0]
+    out, grad = pool_with_grad(x, "top", torch.ones_like(x), backend)
+    assert out.flatten()[4] == 7.0 and out.flatten()[:4].isnan().all()
+    assert grad.flatten().tolist() == [0.0, 0.0, 0.0, 4.0, 1.0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(data=maps(max_side=5), direction=st.sampled_from(DIRECTION_NAMES), seed=st.integers(0, 99))
+def test_nan_anywhere_matches_the_rule(backend, data, direction, seed):
+    (x,) = data
+    generator = torch.Generator().manual_seed(seed)
+    x = x.masked_fill(torch.rand(x.shape, generator=generator) < 0.2, NAN)
+    grad = integer_grad(x.shape, seed)
+    device = device_of(backend)
+    out, actual = pool_with_grad(x.to(device), direction, grad.to(device), backend)
+    assert same_bits(out, brute_force_pool(x, direction) if x.numel() else x)
+    assert same_bits(actual, rule_gradient(x, grad, direction))
+
+
+# --- API and errors -----------------------------------------------------------------------
+
+
+def test_corner_pool_module_has_no_parameters_and_matches_the_function():
+    module = CornerPool("br")
+    assert list(module.parameters()) == [] and module.state_dict() == {}
+    a, b = torch.randn(2, 1, 3, 4, 5)
+    assert torch.equal(module(a, b), corner_pool(a, b, "br"))
+    assert "br" in repr(module)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda x: pool(x, "up"), "'up'"),
+        (lambda x: corner_pool(x, x, "tr"), "'tr'"),
+        (lambda x: CornerPool("bl"), "'bl'"),
+        (lambda x: CornerPool("tl", backend="triton"), "'triton'"),
+        (lambda x: pool(x, "top", backend="numpy"), "'numpy'"),
+        (lambda x: pool(x[0], "top"), "(3, 4, 5)"),
+        (lambda x: pool(x.long(), "top"), "torch.int64"),
+        (lambda x: corner_pool(x, x[:, :, :3], "tl"), "(1, 3, 3, 5)"),
+        (lambda x: corner_pool(x, x.double(), "tl"), "torch.float64"),
+        (lambda x: pool(x, "top", backend="cuda"), "needs CUDA tensors"),
+    ],
+)
+def test_bad_input_names_the_problem(call, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call(torch.zeros(1, 3, 4, 5))
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the message shown without a GPU")
+def test_kernel_without_a_gpu_says_so():
+    with pytest.raises(RuntimeError, match="needs a GPU"):
+        fused.load_extension()
+    x = torch.randn(1, 2, 3, 4)
+    assert torch.equal(pool(x, "left"), pool(x, "left", backend="reference"))  # auto on CPU
+
+
+# --- The CUDA kernel against the reference ------------------------------------------------
+
+CUDA_SHAPES = [
+    (2, 3, 5, 7),
+    (1, 2, 32, 32),  # exactly one tile
+    (2, 2, 33, 65),  # a partial strip and a partial chunk
+    (1, 3, 70, 100),  # several strips and chunks
+    (1, 1, 1, 300),  # a single row, many chunks
+    (1, 1, 300, 1),  # a single column, many strips
+    (1, 2, 600, 520),  # a plane much larger than shared memory
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.claim("pool-cuda-equivalence")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=str)
+@pytest.mark.parametrize("corner", ["tl", "br"])
+def test_cuda_kernel_equals_the_reference_bit_for_bit(dtype, shape, corner):
+    """Forward and both gradients, with many ties (a ReLU-like map with repeated values),
+    against the reference run on the CPU in the same dtype."""
+    generator = torch.Generator().manual_seed(5)
+    a, b = (torch.randn(2, *shape, generator=generator) * 4).round().clamp(min=0).to(dtype)
+    grad = torch.randn(shape, generator=generator).to(dtype)
+    results = {}
+    for backend, device in (("reference", "cpu"), ("cuda", "cuda")):
+        a_in, b_in = (t.to(device).requires_grad_() for t in (a, b))
+        out = corner_pool(a_in, b_in, corner, backend=backend)
+        out.backward(grad.to(device))
+        results[backend] = (out.detach(), a_in.grad, b_in.grad)
+    for kernel, reference in zip(results["cuda"], results["reference"], strict=True):
+        assert same_bits(kernel, reference)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.claim("pool-cuda-equivalence")
+@pytest.mark.parametrize("direction", DIRECTION_NAMES)
+def test_cuda_single_direction_equals_the_reference_and_is_deterministic(direction):
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randint(0, 3, (2, 4, 45, 77), generator=generator).float()
+    grad = torch.randn(x.shape, generator=generator)
+    expected = pool_with_grad(x, direction, grad, "reference")
+    for _ in range(2):
+        actual = pool_with_grad(x.cuda(), direction, grad.cuda(), "cuda")
+        assert all(same_bits(a, e) for a, e in zip(actual, expected, strict=True))
+    assert torch.equal(pool(x.cuda(), direction).cpu(), expected[0])  # automatic choice
