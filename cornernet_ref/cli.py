@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "cornernet_ref.train",
     "cornernet_ref.evaluate",
     "cornernet_ref.predict",
+    "cornernet_ref.convert",
 )
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -164,29 +165,73 @@ def stem_output_size(side: int) -> int:
     return side
 
 
-def receptive_field(modules: Sequence[int]) -> int:
-    r"""Theoretical receptive field (in input pixels) of an output cell of stem + hourglass.
+def receptive_field_bound(modules: Sequence[int]) -> int:
+    r"""Receptive field of stem + hourglass by the textbook rule, along the longest path.
 
-    Follows the longest path, through the bottom of the hourglass: a layer with kernel $k$
-    reading a map whose cells are $j$ input pixels apart widens the field by $(k - 1)\,j$; a
-    stride $s$ multiplies $j$ by $s$; the nearest-neighbour upsampling divides it by 2 and
-    adds nothing. A residual block adds $2j + 2sj$ (two 3x3 convs, the first with stride
-    $s$). The skip branches and the 1x1 shortcuts are shorter paths, so they do not count.
+    A layer with kernel $k$ reading cells $j$ input pixels apart widens the field by
+    $(k - 1)\,j$; a stride $s$ multiplies $j$ by $s$; nearest-neighbour upsampling divides
+    it by 2 and adds nothing. A residual block with stride $s$ adds $2j + 2sj$ (two 3x3
+    convolutions, the first with stride $s$); the longest path runs through every *down*
+    and *up* chain and the bottom, the skip branches and 1x1 shortcuts being shorter. The
+    rule assumes evenly spaced cells, which upsampling breaks: :func:`receptive_field`
+    measures the real fields.
 
     Args:
-        modules: residual blocks per level, $m_0, \dots, m_n$ (the widths do not matter).
+        modules: residual blocks per hourglass level, $m_0, \dots, m_n$.
     """
-    field, jump = 1, 1
-    field, jump = field + 6 * jump, jump * 2  # 7x7 stride-2 convolution
-    field, jump = field + 2 * jump + 2 * 2 * jump, jump * 2  # stride-2 residual block
-    for blocks in modules[:-1]:  # going down: stride-2 block, then m_k - 1 plain blocks
-        field, jump = field + 2 * jump + 2 * 2 * jump, jump * 2
+    field, jump = 1 + 6, 2  # 7x7 stride-2 convolution
+    field, jump = field + 2 * jump + 2 * 2 * jump, 2 * jump  # stride-2 residual block
+    for blocks in modules[:-1]:  # down: a stride-2 block, then m_k - 1 blocks
+        field, jump = field + 2 * jump + 2 * 2 * jump, 2 * jump
         field += 4 * jump * (blocks - 1)
-    field += 4 * jump * modules[-1]  # the bottom chain
-    for blocks in reversed(modules[:-1]):  # coming up: m_k blocks, then upsampling
+    field += 4 * jump * modules[-1]  # the bottom
+    for blocks in reversed(modules[:-1]):  # up: m_k blocks, then upsampling
         field += 4 * jump * blocks
         jump //= 2
     return field
+
+
+def receptive_field(modules: Sequence[int]) -> tuple[int, int]:
+    r"""Theoretical receptive field (input pixels, one axis) of the cells after stem + hourglass.
+
+    Measured: a copy of the stem and the hourglass with one channel everywhere and positive
+    (averaging) weights is linear and cancels nothing, so the gradient of an output cell is
+    nonzero exactly on the input pixels the cell can see. The widths of a real model do not
+    change this set; kernels, strides and block counts do. Only the middle row of each
+    kernel is kept: it sees the same columns, and the products of weights along the longest
+    path stay far from the float32 underflow.
+
+    The field depends on the cell: nearest-neighbour upsampling gives two neighbouring cells
+    the same source, so the fields are not evenly spaced and their widths differ. The
+    pattern repeats every $2^n$ cells; all of them are measured.
+
+    Args:
+        modules: residual blocks per hourglass level, $m_0, \dots, m_n$.
+
+    Returns:
+        ``(smallest, largest)`` field width over the output cells.
+    """
+    n = len(modules) - 1
+    period = 2**n  # the hourglass repeats itself every 2**n output cells
+    net = nn.Sequential(Stem(1, 1), Hourglass((1,) * (n + 1), modules)).eval()
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):  # average along the middle row of the kernel
+            weight = module.weight.detach().zero_()
+            weight[:, :, weight.shape[2] // 2] = 1.0 / (weight.shape[1] * weight.shape[3])
+    step = 4 * period  # input sides of the form step * k - 1 fit the hourglass
+    width = step * (receptive_field_bound(modules) // step + 4) - 1
+    while True:  # widened until no measured field reaches the border
+        images = torch.ones(1, 3, step - 1, width, requires_grad=True)
+        row = net(images)[0, 0, period // 2]
+        fields = []
+        for cell in range(len(row) // 2, len(row) // 2 + period):
+            (grad,) = torch.autograd.grad(row[cell], images, retain_graph=True)
+            seen = grad[0].sum((0, 1)).nonzero()
+            fields.append((int(seen.min()), int(seen.max())))
+        if all(0 < low and high < width - 1 for low, high in fields):
+            sizes = [high - low + 1 for low, high in fields]
+            return min(sizes), max(sizes)
+        width += 2 * step
 
 
 __all__ = [
@@ -195,6 +240,7 @@ __all__ = [
     "Residual",
     "Stem",
     "receptive_field",
+    "receptive_field_bound",
     "residuals",
     "stem_output_size",
 ]

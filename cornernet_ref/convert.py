@@ -1,0 +1,312 @@
+"""Official weights: map a state dict of the official implementation onto this model.
+
+The official code (princeton-vl/CornerNet) names its modules after its builder functions
+(``pre``, ``kps``, ``up1``/``low1``/``low2``/``low3``, ``tl_cnvs``...); this project names
+them after what they do. The tensors are the same, one for one, so converting is renaming.
+
+**The rule table.** A key is a dotted path. :data:`RULES` lists pairs of path fragments
+``(official, ours)``; ``#`` stands for a stack index, copied across. A key is rewritten
+from left to right: at each position the longest fragment that matches is replaced, and a
+part that no rule matches (``0``, ``weight``, ``running_mean``...) is kept. So
+``kps.1.low2.low1.0.skip.0.weight`` becomes ``hourglasses.1.inner.down.0.shortcut.conv.weight``
+(``kps.#``, ``low2``, ``low1``, ``skip.0``). The inverse mapping applies the same table with
+the two columns swapped; the tests check that both directions are inverse to each other on
+every key, which makes the mapping a bijection.
+
+**Strict.** :func:`convert_official_state_dict` uses every tensor and checks every shape
+against this model built with the same configuration (read off the official tensors by
+:func:`infer_model_kwargs`); the first missing key, unexpected key or wrong shape stops it
+with its name. The ``module.`` prefix of a model saved through ``DataParallel`` is
+dropped, and the ``num_batches_tracked`` counters, which PyTorch 0.4 did not keep, are set
+to 0 when absent (they only matter for a batch norm with ``momentum=None``).
+
+**The command.** ``cornernet-ref convert CornerNet_500000.pkl cornernet_coco.pt`` writes the
+dict :meth:`CornerNet.from_checkpoint <cornernet_ref.model.CornerNet.from_checkpoint>` reads:
+``{"model": state_dict, "model_kwargs": ..., "class_names": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# (official, ours): path fragments; "#" is a stack index.
+_SHARED_RULES: tuple[tuple[str, str], ...] = (
+    ("pre.0", "stem.conv7x7"),
+    ("pre.1", "stem.residual"),
+    ("kps.#", "hourglasses.#"),
+    ("up1", "skip_branch"),  # hourglass: full-resolution branch
+    ("low1", "down"),  # stride-2 blocks
+    ("low2", "inner"),  # the next hourglass, or the blocks at the bottom
+    ("low3", "up"),  # blocks before the upsampling
+    ("conv1", "first.conv"),  # residual block
+    ("bn1", "first.bn"),
+    ("conv2", "second.conv"),
+    ("bn2", "second.bn"),
+    ("skip.0", "shortcut.conv"),
+    ("skip.1", "shortcut.bn"),
+    ("cnvs.#", "features.#"),  # 3x3 Conv-BN-ReLU after each hourglass
+    ("inters_.#.0", "transitions.#.from_input.conv"),  # between stacks
+    ("inters_.#.1", "transitions.#.from_input.bn"),
+    ("cnvs_.#.0", "transitions.#.from_features.conv"),
+    ("cnvs_.#.1", "transitions.#.from_features.bn"),
+    ("inters.#", "transitions.#.residual"),
+)
+_CORNER_RULES: tuple[tuple[str, str], ...] = (
+    # prediction module of corner "{c}" ("tl" / "br"), called "{m}" here
+    ("{c}_cnvs.#.p1_conv1", "{m}.#.pooling.vertical"),  # into the top / bottom pool
+    ("{c}_cnvs.#.p2_conv1", "{m}.#.pooling.horizontal"),  # into the left / right pool
+    ("{c}_cnvs.#.p_conv1", "{m}.#.pooling.fuse.conv"),
+    ("{c}_cnvs.#.p_bn1", "{m}.#.pooling.fuse.bn"),
+    ("{c}_cnvs.#.conv1", "{m}.#.pooling.shortcut.conv"),
+    ("{c}_cnvs.#.bn1", "{m}.#.pooling.shortcut.bn"),
+    ("{c}_cnvs.#.conv2", "{m}.#.pooling.out"),
+    ("{c}_heats.#.0.conv", "{m}.#.heatmap.hidden"),
+    ("{c}_heats.#.1", "{m}.#.heatmap.out"),
+    ("{c}_tags.#.0.conv", "{m}.#.embedding.hidden"),
+    ("{c}_tags.#.1", "{m}.#.embedding.out"),
+    ("{c}_regrs.#.0.conv", "{m}.#.offset.hidden"),
+    ("{c}_regrs.#.1", "{m}.#.offset.out"),
+)
+RULES: tuple[tuple[str, str], ...] = _SHARED_RULES + tuple(
+    (official.format(c=c, m=m), ours.format(c=c, m=m))
+    for c, m in (("tl", "top_left"), ("br", "bottom_right"))
+    for official, ours in _CORNER_RULES
+)
+
+# The 80 COCO categories in the order of their ids: the classes of the official model.
+COCO_CLASS_NAMES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
+    "toothbrush",
+)  # fmt: skip
+
+_BATCHES_TRACKED = "num_batches_tracked"
+
+
+def _rewrite(key: str, rules: list[tuple[list[str], list[str]]]) -> str:
+    """Rewrite ``key`` left to right, replacing the longest matching fragment at each part."""
+    parts, out, i = key.split("."), [], 0
+    while i < len(parts):
+        for source, target in rules:  # sorted longest first
+            window = parts[i : i + len(source)]
+            if len(window) == len(source) and all(
+                s == p or (s == "#" and p.isdigit()) for s, p in zip(source, window, strict=True)
+            ):
+                index = next((p for s, p in zip(source, window, strict=True) if s == "#"), "")
+                out += [index if t == "#" else t for t in target]
+                i += len(source)
+                break
+        else:
+            out.append(parts[i])
+            i += 1
+    return ".".join(out)
+
+
+def _compile(pairs: tuple[tuple[str, str], ...]) -> list[tuple[list[str], list[str]]]:
+    rules = [(a.split("."), b.split(".")) for a, b in pairs]
+    return sorted(rules, key=lambda rule: -len(rule[0]))
+
+
+_TO_OURS = _compile(RULES)
+_TO_OFFICIAL = _compile(tuple((ours, official) for official, ours in RULES))
+
+
+def official_to_ours(key: str) -> str:
+    """This model's name of an official key (without the ``module.`` prefix)."""
+    return _rewrite(key, _TO_OURS)
+
+
+def ours_to_official(key: str) -> str:
+    """The official name of one of this model's keys."""
+    return _rewrite(key, _TO_OFFICIAL)
+
+
+def strip_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop the ``module.`` prefix that ``DataParallel`` adds to every key."""
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def infer_model_kwargs(official: Mapping[str, Tensor]) -> dict[str, Any]:
+    """The :class:`~cornernet_ref.model.CornerNet` arguments of an official state dict.
+
+    Read off a few tensors: classes from the heatmap layer, widths and block counts by
+    walking down the nested hourglass, ``cnv_dim``, ``pre_dim`` and ``pool_dim`` from the
+    first convolution of the features, the stem and the pooling branch.
+    """
+    state = strip_official(official)
+
+    def shape(key: str) -> torch.Size:
+        if key not in state:
+            raise ValueError(f"not an official CornerNet state dict: no {key!r}")
+        return state[key].shape
+
+    def count(prefix: str) -> int:  # blocks prefix.0, prefix.1, ...
+        return len({k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)})
+
+    level = "kps.0."
+    dims, modules = [shape(level + "up1.0.conv1.weight")[0]], []
+    while True:
+        dims.append(shape(level + "low1.0.conv1.weight")[0])
+        modules.append(count(level + "up1."))
+        if level + "low2.up1.0.conv1.weight" not in state:
+            modules.append(count(level + "low2."))
+            break
+        level += "low2."
+    return {
+        "num_classes": shape("tl_heats.0.1.weight")[0],
+        "n": len(dims) - 1,
+        "nstack": count("kps."),
+        "dims": dims,
+        "modules": modules,
+        "cnv_dim": shape("cnvs.0.conv.weight")[0],
+        "pre_dim": shape("pre.0.conv.weight")[0],
+        "pool_dim": shape("tl_cnvs.0.p1_conv1.conv.weight")[0],
+    }
+
+
+def expected_shapes(model_kwargs: Mapping[str, Any]) -> dict[str, torch.Size]:
+    """Key -> shape of this model's state dict (built on the meta device: no memory)."""
+    from cornernet_ref.model import CornerNet
+
+    with torch.device("meta"):
+        model = CornerNet(**model_kwargs)
+    return {key: value.shape for key, value in model.state_dict().items()}
+
+
+def convert_official_state_dict(
+    official: Mapping[str, Tensor], model_kwargs: Mapping[str, Any] | None = None
+) -> dict[str, Tensor]:
+    """This model's state dict from an official one, every tensor used, every shape checked.
+
+    Args:
+        official: the official state dict, with or without the ``module.`` prefix and the
+            ``num_batches_tracked`` counters.
+        model_kwargs: the configuration to check against; read off ``official`` if omitted.
+
+    Returns:
+        The state dict, in this model's order (``load_state_dict(..., strict=True)`` works).
+
+    Raises:
+        ValueError: naming the first unexpected key, wrong shape or missing key.
+    """
+    state = strip_official(official)
+    kwargs = dict(model_kwargs) if model_kwargs is not None else infer_model_kwargs(state)
+    expected = expected_shapes(kwargs)
+    renamed: dict[str, Tensor] = {}
+    for key, value in state.items():
+        name = official_to_ours(key)
+        if name not in expected:
+            raise ValueError(f"unexpected official key {key!r} (this model has no {name!r})")
+        if value.shape != expected[name]:
+            raise ValueError(
+                f"official {key!r} has shape {tuple(value.shape)}, this model's {name!r} "
+                f"expects {tuple(expected[name])}"
+            )
+        renamed[name] = value
+    converted = {}
+    for name in expected:
+        if name in renamed:
+            converted[name] = renamed[name]
+        elif name.endswith(_BATCHES_TRACKED):
+            converted[name] = torch.tensor(0, dtype=torch.long)
+        else:
+            missing = sum(n not in renamed and not n.endswith(_BATCHES_TRACKED) for n in expected)
+            raise ValueError(
+                f"official state dict has no {ours_to_official(name)!r} (this model's "
+                f"{name!r}; {missing} tensors missing in all)"
+            )
+    return converted
+
+
+def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]:
+    """Read an official ``.pkl`` (a ``torch.save``'d state dict) as tensors only.
+
+    With ``trust`` it is unpickled in full, which runs whatever code the file names: only
+    for files you trust, if the safe loader refuses one.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} holds more than tensors ({error}); if you trust the file, pass --trust"
+        ) from error
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return dict(state)
+
+
+def convert_file(source: str | Path, target: str | Path, *, trust: bool = False) -> dict:
+    """Convert an official checkpoint file into one that ``CornerNet.from_checkpoint`` loads.
+
+    Returns:
+        The model arguments read off the file.
+    """
+    official = load_official(source, trust=trust)
+    kwargs = infer_model_kwargs(official)
+    converted = convert_official_state_dict(official, kwargs)
+    names = (
+        list(COCO_CLASS_NAMES)
+        if kwargs["num_classes"] == len(COCO_CLASS_NAMES)
+        else [str(i) for i in range(kwargs["num_classes"])]
+    )
+    torch.save(
+        {
+            "model": converted,
+            "model_kwargs": kwargs,
+            "class_names": names,
+            "converted_from": Path(source).name,
+        },
+        target,
+    )
+    return kwargs
+
+
+def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert official CornerNet weights (e.g. CornerNet_500000.pkl)",
+        description="Convert an official CornerNet state dict into a checkpoint of this model.",
+    )
+    parser.add_argument("official", type=Path, help="the official .pkl (a saved state dict)")
+    parser.add_argument("out", type=Path, help="where to write the converted checkpoint")
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="unpickle in full if the safe loader refuses the file (trusted files only)",
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    kwargs = convert_file(args.official, args.out, trust=args.trust)
+    print(f"wrote {args.out}: {kwargs}")
+    return 0
+
+
+__all__ = [
+    "COCO_CLASS_NAMES",
+    "RULES",
+    "add_subcommand",
+    "convert_file",
+    "convert_official_state_dict",
+    "expected_shapes",
+    "infer_model_kwargs",
+    "load_official",
+    "official_to_ours",
+    "ours_to_official",
+]
