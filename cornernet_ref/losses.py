@@ -26,6 +26,7 @@ $$ L_{off} = \frac{1}{N + 10^{-4}} \sum_k \operatorname{SmoothL1}(o_k, \hat o_k)
 $k$ and $e_k$ their mean, per image of $N$ objects:
 
 $$ L_{pull} = \frac{1}{N + 10^{-4}} \sum_{k} \left[(e_{t_k} - e_k)^2 + (e_{b_k} - e_k)^2\right], $$
+
 $$ L_{push} = \frac{1}{N(N - 1) + 10^{-4}} \sum_{k} \sum_{j}
    \left[\max(0, \Delta - |e_k - e_j|) - \frac{1}{N + 10^{-4}}\right], \qquad \Delta = 1. $$
 
