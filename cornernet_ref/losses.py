@@ -16,7 +16,7 @@ The factor $(1 - y_{cij})^\beta$ forgives the negatives near a corner. As in the
 code $N$ is the number of positive cells ($y = 1$) in the whole batch; a batch without any
 keeps the sum of the negative terms, not divided.
 
-**Offsets** (Eq. 3). Smooth L1 ($\beta = 1$) between the predicted and the target offset
+**Offsets** (Eq. 3). Smooth L1 (quadratic below 1) between the predicted and the target offset
 at each ground-truth corner, summed over the batch and divided by the number of objects
 in the batch plus $10^{-4}$:
 
