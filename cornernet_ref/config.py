@@ -50,6 +50,10 @@ class TrainConfig:
         augment: the training augmentation; ``augment.input_size`` is the input side.
         output_size: side of the output maps (input 511 -> 128).
         gaussian_iou: overlap that sets the radius of the corner Gaussians (§3.2).
+        radius_variant: ``official`` (the official formula) or ``exact`` (corners anywhere
+            within the radius; see :func:`cornernet_ref.targets.gaussian_radius`).
+        penalty_reduction: Gaussians around the corners; ``false`` penalises every
+            negative location fully (the paper's ablation, Table 3).
         max_objects: capacity of the target tensors per image.
         dataset: ``"shapes"`` (generated under ``<out>/data``) or ``"coco"`` (the paths below).
         train_images, train_annotations: COCO-format training data.
@@ -84,6 +88,8 @@ class TrainConfig:
     augment: AugmentConfig = AugmentConfig()
     output_size: int = 128
     gaussian_iou: float = 0.3
+    radius_variant: str = "official"
+    penalty_reduction: bool = True
     max_objects: int = 128
     dataset: str = "shapes"
     train_images: str = ""
@@ -122,6 +128,7 @@ class TrainConfig:
         choices = {
             "dataset": ("shapes", "coco"),
             "precision": ("auto", "fp32", "bf16", "fp16"),
+            "radius_variant": ("official", "exact"),
             "device": ("auto", "cpu", "cuda"),
         }
         for name, allowed in choices.items():

@@ -209,6 +209,7 @@ def build_targets(
     gaussian_iou: float = 0.3,
     max_objects: int = 128,
     radius_variant: RadiusVariant = "official",
+    penalty_reduction: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Targets of one image.
 
@@ -220,6 +221,9 @@ def build_targets(
         gaussian_iou: the overlap $t$ that sets the bump radius.
         max_objects: number of slots ``K``.
         radius_variant: see :func:`gaussian_radius`.
+        penalty_reduction: draw the Gaussian bumps. ``False`` leaves only the exact corner
+            cells at 1, so that the focal loss penalises every other cell fully (the
+            paper's ablation "w/o reducing penalty", Table 3).
 
     Degenerate boxes: boxes are first clipped to the input image
     ``[0, width - 1] x [0, height - 1]`` (as the official pipeline does after
@@ -269,6 +273,7 @@ def build_targets(
         # Radius from the box size on the output grid, rounded up, truncated to int.
         box_h, box_w = math.ceil((y2 - y1) * ratio_h), math.ceil((x2 - x1) * ratio_w)
         radius = max(0, int(gaussian_radius(box_h, box_w, gaussian_iou, variant=radius_variant)))
+        radius = radius if penalty_reduction else 0  # a bump of radius 0 is the corner alone
         for corner, (x, y) in (("tl", (x1, y1)), ("br", (x2, y2))):
             scaled_x, scaled_y = x * ratio_w, y * ratio_h
             cell_x, cell_y = int(scaled_x), int(scaled_y)  # floor: coordinates are >= 0

@@ -271,6 +271,8 @@ def _train(
         config.augment,
         output_size=config.output_size,
         gaussian_iou=config.gaussian_iou,
+        radius_variant=config.radius_variant,
+        penalty_reduction=config.penalty_reduction,
         max_objects=config.max_objects,
         seed=config.seed,
     )

@@ -93,6 +93,23 @@ def test_training_samples_are_reproducible_and_batched():
     assert all(value.shape[0] == 2 for value in batch_targets.values())
 
 
+def test_target_options_reach_the_targets():
+    """The ablation options of the configuration change the targets the trainer sees."""
+    source = shapes_detection(4, seed=0, size=64)
+    config = AugmentConfig(input_size=63, border=16)
+
+    def heat(**options) -> torch.Tensor:
+        dataset = TrainingSet(source, config, output_size=16, max_objects=8, **options)
+        return dataset[(1, 3)][1]["tl_heat"]
+
+    official = heat()
+    binary = heat(penalty_reduction=False)
+    assert torch.equal(binary, (official == 1).float()) and (official < 1).any()
+    exact = heat(radius_variant="exact", gaussian_iou=0.3)
+    assert torch.equal(exact == 1, official == 1)
+    assert (exact >= official).all() and (exact > official).any()  # larger radius, wider bumps
+
+
 def test_draw_augmented_samples_for_a_person():
     """Writes runs/test_images/augmented_shapes.png: boxes should sit on their shapes."""
     import matplotlib.pyplot as plt

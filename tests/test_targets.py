@@ -342,6 +342,21 @@ def test_build_targets_layout(image):
     assert targets["mask"].dtype == torch.bool
 
 
+@given(images())
+def test_without_penalty_reduction_only_the_corners_are_positive(image):
+    """``penalty_reduction=False`` (Table 3's ablation): no bump, the rest unchanged."""
+    boxes, labels, input_size, output_size = image
+    options = dict(num_classes=3, input_size=input_size, output_size=output_size)
+    plain = build_targets(boxes, labels, penalty_reduction=False, **options)
+    gaussian = build_targets(boxes, labels, **options)
+    for key in ("tl_ind", "br_ind", "mask", "tl_off", "br_off"):
+        assert torch.equal(plain[key], gaussian[key]), key
+    for corner in ("tl", "br"):
+        heat = plain[f"{corner}_heat"]
+        assert torch.equal(heat, (gaussian[f"{corner}_heat"] == 1).float())
+        assert (heat == 1).sum() == heat.sum()  # nothing but zeros and ones
+
+
 def test_degenerate_boxes_are_skipped_and_order_kept():
     boxes = np.array(
         [

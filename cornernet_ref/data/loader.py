@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cornernet_ref.data.augment import AugmentConfig, augment
 from cornernet_ref.data.coco import CocoDetection
 from cornernet_ref.data.image import normalize
-from cornernet_ref.targets import build_targets, collate_targets
+from cornernet_ref.targets import RadiusVariant, build_targets, collate_targets
 
 StreamKey = tuple[int, int]  # (dataset index, stream position)
 
@@ -41,6 +41,9 @@ class TrainingSet(Dataset):
         augment_config: the augmentation (its ``input_size`` is the network input side).
         output_size: side of the network's output maps.
         gaussian_iou: the overlap that sets the radius of the corner Gaussians.
+        radius_variant: the radius formula (see :func:`~cornernet_ref.targets.gaussian_radius`).
+        penalty_reduction: draw the Gaussians at all (see
+            :func:`~cornernet_ref.targets.build_targets`).
         max_objects: capacity of the target tensors.
         seed: the seed of the whole stream.
     """
@@ -52,6 +55,8 @@ class TrainingSet(Dataset):
         *,
         output_size: int,
         gaussian_iou: float = 0.3,
+        radius_variant: RadiusVariant = "official",
+        penalty_reduction: bool = True,
         max_objects: int = 128,
         seed: int = 0,
     ) -> None:
@@ -59,6 +64,8 @@ class TrainingSet(Dataset):
         self.augment_config = augment_config
         self.output_size = output_size
         self.gaussian_iou = gaussian_iou
+        self.radius_variant = radius_variant
+        self.penalty_reduction = penalty_reduction
         self.max_objects = max_objects
         self.seed = seed
 
@@ -80,6 +87,8 @@ class TrainingSet(Dataset):
             input_size=self.augment_config.input_size,
             output_size=self.output_size,
             gaussian_iou=self.gaussian_iou,
+            radius_variant=self.radius_variant,
+            penalty_reduction=self.penalty_reduction,
             max_objects=self.max_objects,
         )
         return normalize(image), targets
