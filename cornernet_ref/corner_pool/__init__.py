@@ -31,8 +31,10 @@ and the two corners, each direction from its own map: ``tl = top(a) + left(b)``,
 equal maxima, the official extension gives it to the one met *first* in the scan from the
 border, i.e. the farthest from the output (its running argmax moves only on a strictly
 greater value). ``torch.cummax`` gives the same values but, on ties, the *last* one met,
-the nearest: a ``cummax``-based pool trains differently wherever maps tie, as post-ReLU
-maps do on their zeros. NaN counts as larger than every number and propagates (see
+the nearest: a ``cummax``-based pool trains differently wherever a maximum is tied, which
+is rare between float32 activations and common in float16 and bfloat16. (The zeros of a
+ReLU tie too, but the ReLU passes no gradient to them whichever one receives it.) NaN
+counts as larger than every number and propagates (see
 [reference][cornernet_ref.corner_pool.reference]).
 
 **Backends.** ``"reference"`` is the readable pure-PyTorch scan

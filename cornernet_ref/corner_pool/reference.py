@@ -28,8 +28,9 @@ the two agree bit for bit.
 earlier one: the first NaN met is the maximum from there on and receives the gradient.
 Like ``torch.maximum``, a NaN propagates to every output it can reach.
 
-The loops below run over the $L$ rows (or columns) and handle a whole row of every image
-and channel per step, so their Python overhead is $O(L)$ operations.
+The loops below run over the $L$ rows and handle a whole row of every image and channel per
+step, so their Python overhead is $O(L)$ operations. Columns are pooled as the rows of the
+transposed map. Memory: the backward keeps one boolean per input (where the argmax moved).
 """
 
 from __future__ import annotations
