@@ -79,6 +79,7 @@ RULES: tuple[tuple[str, str], ...] = _SHARED_RULES + tuple(
     for c, m in (("tl", "top_left"), ("br", "bottom_right"))
     for official, ours in _CORNER_RULES
 )
+"""``(official, ours)`` pairs of key fragments; ``#`` is a stack index, copied across."""
 
 # The 80 COCO categories in the order of their ids: the classes of the official model.
 COCO_CLASS_NAMES: tuple[str, ...] = (
