@@ -15,12 +15,14 @@ noted):
 * ``reference``: ``cornernet_ref.corner_pool`` with ``backend="reference"``.
 * ``cuda``: the fused kernel (``backend="cuda"``), on a GPU only.
 
-Reported: the median and the best time over ``--repeats`` runs, and the bandwidth the
-operation would need at that time, counting the bytes it must move at least (forward:
-read a and b, write the output; backward: read a, b and the output gradient, write two
-gradients). On a GPU, also as a fraction of the device's measured copy bandwidth (a large
-device-to-device copy, read + write). On a CPU, the copy bandwidth of ``Tensor.copy_`` is
-given for scale.
+The implementations run in turn, round after round, so that a change of load on the
+machine affects them alike. Reported per implementation: the median and the best time over
+``--repeats`` rounds; the median over rounds of the time relative to ``cummax``'s; the
+bandwidth implied by the median time, counting only the bytes the operation must move
+(forward: read a and b, write the output; backward: read a, b and the output gradient,
+write two gradients); on a GPU, that bandwidth as a fraction of the device's measured copy
+bandwidth (a large device-to-device copy, read + write). On a CPU, the copy bandwidth of
+``Tensor.copy_`` is given for scale.
 
     python benchmarks/corner_pool.py                 # on the GPU if there is one, else CPU
     python benchmarks/corner_pool.py --device cpu --repeats 5
@@ -132,24 +134,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_runs(run: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
-    """Seconds per call, after one warm-up call (which also builds the CUDA kernel)."""
+def time_once(run: Callable[[], object], device: torch.device) -> float:
+    """Seconds taken by one call."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1e3
+    start_time = time.perf_counter()
     run()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            start_time = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start_time)
-    return times
+    return time.perf_counter() - start_time
 
 
 def copy_bandwidth(device: torch.device, repeats: int) -> float:
@@ -157,44 +153,69 @@ def copy_bandwidth(device: torch.device, repeats: int) -> float:
     numel = 256 * 2**20 if device.type == "cuda" else 16 * 2**20  # 1 GiB / 64 MiB of float32
     source = torch.randn(numel, device=device)
     target = torch.empty_like(source)
-    best = min(time_runs(lambda: target.copy_(source), device, repeats))
+    target.copy_(source)
+    sync(device)
+    best = min(time_once(lambda: target.copy_(source), device) for _ in range(repeats))
     return 2 * source.numel() * source.element_size() / best
 
 
 def measure(
-    name: str, shape: tuple[int, ...], device: torch.device, repeats: int, copy_bytes_per_s: float
+    names: list[str],
+    shape: tuple[int, ...],
+    device: torch.device,
+    repeats: int,
+    copy_bytes_per_s: float,
 ) -> dict:
+    """Times of every implementation at one shape, run in turn in each round, so that a
+    change of load on the machine affects them all alike."""
     generator = torch.Generator().manual_seed(0)
     a, b, grad = (torch.randn(shape, generator=generator).to(device) for _ in range(3))
     a_leaf, b_leaf = a.clone().requires_grad_(), b.clone().requires_grad_()
-    implementation = IMPLEMENTATIONS[name]
 
-    def forward() -> None:
-        with torch.no_grad():
-            implementation(a, b)
+    def runs(implementation: Callable[[Tensor, Tensor], Tensor]) -> dict:
+        def forward() -> None:
+            with torch.no_grad():
+                implementation(a, b)
 
-    def forward_backward() -> None:
-        a_leaf.grad = b_leaf.grad = None
-        implementation(a_leaf, b_leaf).backward(grad)
+        def forward_backward() -> None:
+            a_leaf.grad = b_leaf.grad = None
+            implementation(a_leaf, b_leaf).backward(grad)
+
+        return {"forward": forward, "forward_backward": forward_backward}
+
+    calls = {name: runs(IMPLEMENTATIONS[name]) for name in names}
+    for modes in calls.values():  # warm-up (builds the CUDA kernel on first use)
+        for run in modes.values():
+            run()
+    sync(device)
+    times = {name: {mode: [] for mode in modes} for name, modes in calls.items()}
+    for _ in range(repeats):
+        for name, modes in calls.items():
+            for mode, run in modes.items():
+                times[name][mode].append(time_once(run, device))
 
     bytes_per_map = a.numel() * a.element_size()
+    maps_moved = {"forward": 3, "forward_backward": 8}
     result = {}
-    for mode, run, maps_moved in (
-        ("forward", forward, 3),
-        ("forward_backward", forward_backward, 8),
-    ):
-        times = time_runs(run, device, repeats)
-        best, median = min(times), statistics.median(times)
-        entry = {
-            "median_ms": round(median * 1e3, 3),
-            "best_ms": round(best * 1e3, 3),
-            "gb_per_s": round(maps_moved * bytes_per_map / median / 1e9, 2),
-        }
-        if device.type == "cuda":
-            entry["fraction_of_copy_bandwidth"] = round(
-                maps_moved * bytes_per_map / median / copy_bytes_per_s, 3
-            )
-        result[mode] = entry
+    for name, modes in times.items():
+        result[name] = {}
+        for mode, samples in modes.items():
+            median = statistics.median(samples)
+            entry = {
+                "median_ms": round(median * 1e3, 3),
+                "best_ms": round(min(samples) * 1e3, 3),
+                "gb_per_s": round(maps_moved[mode] * bytes_per_map / median / 1e9, 2),
+            }
+            if "cummax" in times:  # median over rounds of the time relative to cummax's
+                pairs = zip(samples, times["cummax"][mode], strict=True)
+                entry["median_ratio_to_cummax"] = round(
+                    statistics.median(t / reference for t, reference in pairs), 3
+                )
+            if device.type == "cuda":
+                entry["fraction_of_copy_bandwidth"] = round(
+                    maps_moved[mode] * bytes_per_map / median / copy_bytes_per_s, 3
+                )
+            result[name][mode] = entry
     return result
 
 
@@ -210,14 +231,14 @@ def device_name(device: torch.device) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=None, help="default: 20 GPU, 5 CPU")
+    parser.add_argument("--repeats", type=int, default=None, help="default: 20 GPU, 7 CPU")
     parser.add_argument("--only", nargs="*", choices=list(IMPLEMENTATIONS), default=None)
     parser.add_argument("--note", default="", help="free text stored in the result")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
-    repeats = args.repeats or (20 if on_gpu else 5)
+    repeats = args.repeats or (20 if on_gpu else 7)
     names = args.only or [n for n in IMPLEMENTATIONS if on_gpu or n != "cuda"]
     shapes = GPU_SHAPES if on_gpu else CPU_SHAPES
     load_start = os.getloadavg()
@@ -225,10 +246,9 @@ def main() -> None:
     results = {}
     for shape in shapes:
         key = "x".join(map(str, shape))
-        results[key] = {}
-        for name in names:
-            results[key][name] = measure(name, shape, device, repeats, copy_bytes_per_s)
-            print(key, name, json.dumps(results[key][name]), flush=True)
+        results[key] = measure(names, shape, device, repeats, copy_bytes_per_s)
+        for name, entry in results[key].items():
+            print(key, name, json.dumps(entry), flush=True)
     report = {
         "benchmark": "corner_pool",
         "corner": "tl",

@@ -54,9 +54,10 @@ def scan_positions(length: int, from_end: bool) -> list[int]:
     return list(range(length - 1, -1, -1)) if from_end else list(range(length))
 
 
-def greater(value: Tensor, best: Tensor) -> Tensor:
+def greater(value: Tensor, best: Tensor, out: Tensor) -> Tensor:
     """The comparison that moves the argmax: strictly greater, NaN above every number."""
-    return (value > best) | (value.isnan() & ~best.isnan())
+    torch.gt(value, best, out=out)
+    return out.logical_or_(value.isnan() & ~best.isnan())
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -83,7 +84,7 @@ def scan_max(x: Tensor, from_end: bool) -> tuple[Tensor, Tensor]:
     moved[:, :, rows[0]] = True
     for previous, i in pairwise(rows):
         # One step handles row i of every image and channel at once.
-        moved[:, :, i] = compare(x[:, :, i], pooled[:, :, previous])  # a tie keeps the first
+        compare(x[:, :, i], pooled[:, :, previous], out=moved[:, :, i])  # a tie keeps the first
         torch.where(moved[:, :, i], x[:, :, i], pooled[:, :, previous], out=pooled[:, :, i])
     return pooled, moved
 
@@ -103,9 +104,9 @@ def scan_max_backward(grad: Tensor, moved: Tensor, from_end: bool) -> Tensor:
     rows = scan_positions(grad.shape[2], from_end)
     running[:, :, rows[0]] = grad[:, :, rows[0]]
     for previous, i in pairwise(rows):
-        # A new maximum starts a new run; otherwise output i adds to the current run.
-        restart, current = moved[:, :, i], running[:, :, previous] + grad[:, :, i]
-        torch.where(restart, grad[:, :, i], current, out=running[:, :, i])
+        # Output i adds to the current run, unless it is a new maximum, which starts one.
+        torch.add(running[:, :, previous], grad[:, :, i], out=running[:, :, i])
+        torch.where(moved[:, :, i], grad[:, :, i], running[:, :, i], out=running[:, :, i])
     zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
     run_total = running[:, :, rows[-1]]  # the run that reaches the far border is complete
     for step in range(len(rows) - 1, -1, -1):
