@@ -53,7 +53,7 @@ class TrainConfig:
         radius_variant: ``official`` (the official formula) or ``exact`` (corners anywhere
             within the radius; see :func:`cornernet_ref.targets.gaussian_radius`).
         penalty_reduction: Gaussians around the corners; ``false`` penalises every
-            negative location fully (the paper's ablation, Table 3).
+            negative location fully (the paper's ablation, §4.4).
         max_objects: capacity of the target tensors per image.
         dataset: ``"shapes"`` (generated under ``<out>/data``) or ``"coco"`` (the paths below).
         train_images, train_annotations: COCO-format training data.
@@ -187,7 +187,7 @@ CONFIGS: dict[str, TrainConfig] = {
             nstack=1,
             dims=(32, 48, 64, 64),
             modules=(1, 1, 1, 1),
-            cnv_dim=64,
+            cnv_dim=32,
             pre_dim=32,
             pool_dim=32,
         ),  # fmt: skip
@@ -195,9 +195,9 @@ CONFIGS: dict[str, TrainConfig] = {
         output_size=32,
         max_objects=16,
         batch_size=16,
-        max_iters=1500,
+        max_iters=1200,
         lr=2.5e-3,
-        lr_decay_iters=(1200,),
+        lr_decay_iters=(1000,),
         workers=1,
         checkpoint_every=250,
         val_flip=False,

@@ -223,7 +223,7 @@ def build_targets(
         radius_variant: see :func:`gaussian_radius`.
         penalty_reduction: draw the Gaussian bumps. ``False`` leaves only the exact corner
             cells at 1, so that the focal loss penalises every other cell fully (the
-            paper's ablation "w/o reducing penalty", Table 3).
+            paper's ablation "w/o reducing penalty", §4.4).
 
     Degenerate boxes: boxes are first clipped to the input image
     ``[0, width - 1] x [0, height - 1]`` (as the official pipeline does after

@@ -344,7 +344,7 @@ def test_build_targets_layout(image):
 
 @given(images())
 def test_without_penalty_reduction_only_the_corners_are_positive(image):
-    """``penalty_reduction=False`` (Table 3's ablation): no bump, the rest unchanged."""
+    """``penalty_reduction=False`` (the paper's ablation): no bump, the rest unchanged."""
     boxes, labels, input_size, output_size = image
     options = dict(num_classes=3, input_size=input_size, output_size=output_size)
     plain = build_targets(boxes, labels, penalty_reduction=False, **options)
