@@ -5,16 +5,17 @@ and ``torch.compile``) it times full training steps (forward, the CornerNet loss
 synthetic targets, backward, Adam) and reports images/s, peak memory and model FLOPs
 utilisation:
 
-$$ \\text{MFU} = \\frac{3 \\times \\text{forward FLOPs per image} \\times \\text{images/s}}
+$$ \\text{MFU} = \\frac{3 \\times \\text{training forward FLOPs per image} \\times \\text{images/s}}
 {\\text{peak dense bf16 FLOP/s of the GPU}} $$
 
-(backward ~ 2x forward). Forward FLOPs are counted by ``torch.utils.flop_counter``. At the
+(backward ~ 2x forward). Forward FLOPs are those of the training path (both stacks' heads),
+counted by ``torch.utils.flop_counter`` (:func:`model_flops.forward_flops`). At the
 paper's schedule (500k iterations x 49 images) the report gives the days one GPU would need.
 
     python benchmarks/train_throughput.py [--batch-sizes 4,8,16] [--steps 10] [--no-compile]
 """
 
-from __future__ import annotations  # noqa: I001 (until losses, model, targets exist)
+from __future__ import annotations
 
 import argparse
 import datetime
@@ -23,9 +24,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from model_flops import forward_flops  # benchmarks/model_flops.py, beside this script
 
-from cornernet_ref.config import get_config
 from cornernet_ref.data.loader import collate
 from cornernet_ref.losses import CornerNetLoss
 from cornernet_ref.model import CornerNet
@@ -58,21 +58,12 @@ def synthetic_batch(batch: int, device: torch.device):
     return images.to(device), {k: v.to(device) for k, v in targets.items()}
 
 
-def forward_flops(model: torch.nn.Module, device: torch.device) -> float:
-    """Forward FLOPs of one 511 x 511 image."""
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, 3, 511, 511, device=device))
-    return float(counter.get_total_flops())
-
-
 def time_variant(
     batch: int, dtype: torch.dtype | None, channels_last: bool, compile_: bool, steps: int
 ) -> dict:
     device = torch.device("cuda")
     torch.manual_seed(0)
-    config = get_config("hourglass104_coco")
-    model = CornerNet(80, **vars(config.model)).to(device)
+    model = CornerNet(80).to(device)  # the defaults are Hourglass-104 as in the paper
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     network = torch.compile(model) if compile_ else model
@@ -119,8 +110,7 @@ def main() -> None:
     name = torch.cuda.get_device_name()
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    config = get_config("hourglass104_coco")
-    flops = forward_flops(CornerNet(80, **vars(config.model)).cuda().eval(), torch.device("cuda"))
+    flops = forward_flops(training=True)["total"]
     peak = peak_flops(name, args.peak_tflops)
     variants = [("fp32", None, False, False), ("bf16", torch.bfloat16, False, False)]
     variants += [("bf16+channels_last", torch.bfloat16, True, False)]
