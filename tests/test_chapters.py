@@ -7,6 +7,7 @@ chapter fails here instead of drifting. A line starting with ``...`` marks an el
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -43,3 +44,44 @@ def test_the_check_finds_a_changed_line(tmp_path: Path) -> None:
     chapter.write_text("text\n\n```python\nreturn heat * (window_max == heat)  # step 1\n```\n")
     [block] = PYTHON_BLOCK.findall(chapter.read_text())
     assert block.strip() not in source_lines()  # the comment differs from decode.py's
+
+
+def markdown_rows(chapter: str, first_cell: str) -> list[str]:
+    """The cells of the table row of ``chapter`` that starts with ``first_cell``."""
+    text = (REPO / "chapters" / chapter).read_text(encoding="utf-8")
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] == first_cell:
+            return cells[1:]
+    raise AssertionError(f"{chapter} has no table row starting with {first_cell!r}")
+
+
+def rounded(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def test_training_chapter_quotes_the_measured_main_command() -> None:
+    run = json.loads((REPO / "benchmarks/results/train_small_shapes.json").read_text())
+    metrics = run["metrics"]
+    row = markdown_rows("06_training.md", rounded(metrics["AP"]))
+    names = ("AP50", "AP75", "APs", "APm", "AR100")
+    assert row == [rounded(metrics[name]) for name in names]
+    assert f"took {round(run['wall_clock_s'])} s" in (REPO / "chapters/06_training.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("run", "label"),
+    [
+        ("baseline", "as the paper (`small_shapes`)"),
+        ("no_corner_pooling", "without corner pooling"),
+        ("no_penalty_reduction", "without penalty reduction"),
+        ("exact_radius", "exact radius"),
+        ("seed_1", "seed 1"),
+        ("seed_2", "seed 2"),
+    ],
+)
+def test_ablation_table_quotes_the_measured_runs(run: str, label: str) -> None:
+    runs = json.loads((REPO / "benchmarks/results/ablations_shapes.json").read_text())["runs"]
+    metrics = runs[run]["metrics"]
+    row = markdown_rows("07_error_analysis.md", label)
+    assert row == [rounded(metrics[name]) for name in ("AP", "AP50", "AP75")]

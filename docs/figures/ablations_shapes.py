@@ -21,6 +21,8 @@ LABELS = {
     "no_corner_pooling": "without\ncorner pooling",
     "no_penalty_reduction": "without penalty\nreduction",
     "exact_radius": "exact radius\n(chapter 1)",
+    "seed_1": "no change,\nseed 1",
+    "seed_2": "no change,\nseed 2",
 }
 METRICS = ("AP", "AP50", "AP75")
 
@@ -28,7 +30,7 @@ METRICS = ("AP", "AP50", "AP75")
 def main(out: Path) -> None:
     runs = json.loads(RESULTS.read_text())["runs"]
     names = [name for name in LABELS if name in runs]
-    figure, axis = plt.subplots(figsize=(7.5, 3.6))
+    figure, axis = plt.subplots(figsize=(9, 3.6))
     width = 0.8 / len(METRICS)
     for k, metric in enumerate(METRICS):
         values = [runs[name]["metrics"][metric] for name in names]
