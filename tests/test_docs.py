@@ -2,9 +2,10 @@
 
 The site is built with ``mkdocs build --strict``, served on 127.0.0.1 and opened in headless
 Chromium (Debian package ``chromium``) with no network access beyond that server. A
-harness page, written into the built site by the test, loads every page of the site in
-turn in a frame and records what the reader would see: formulas typeset by KaTeX or left
-raw, figures loaded or broken. Chromium dumps the harness's DOM with the results.
+harness page, written into the built site by the test, loads a page of the site in a frame
+and records what the reader would see: formulas typeset by KaTeX or left raw, figures
+loaded or broken. Chromium dumps the harness's DOM with the results; every page of the
+site is inspected this way.
 
 Without Chromium the browser checks skip, except under CI, where they fail: CI installs it.
 """
@@ -39,6 +40,9 @@ hooks = _load("docs_hooks", REPO / "docs" / "hooks.py")
 # Loads each page in a frame, waits for its scripts, and writes what it found as JSON into
 # <pre id="results">. Chapters and API pages hold math as .arithmatex elements; notebook
 # pages as $...$ in markdown cells, which must all have become KaTeX.
+# One page per Chromium run: with several frames in turn, headless Chromium's virtual clock
+# can stall and the run never ends; a page alone takes a second or two.
+PAGES_PER_RUN = 1
 HARNESS = """<!doctype html>
 <html><head><link rel="icon" href="data:,"></head><body><pre id="results"></pre><script>
 const PAGES = %s;
@@ -100,15 +104,26 @@ def site_pages(site: Path) -> list[str]:
 
 
 def inspect_pages(site: Path, pages: list[str], dark: bool = False) -> tuple[dict, list[str]]:
-    """What Chromium shows on each page, and the requests the site could not answer."""
-    (site / "__harness__.html").write_text(HARNESS % json.dumps(["/" + p for p in pages]))
-    with site_tools.serve(site) as (base, failures):
-        budget = 4000 + 1500 * len(pages)  # virtual time: skipped over while idle
-        dom = site_tools.dump_dom(base + "__harness__.html", dark=dark, budget_ms=budget)
-    found = re.search(r'<pre id="results">(.*?)</pre>', dom, flags=re.DOTALL).group(1)
-    assert found, "the harness did not finish inspecting the pages"
-    results = json.loads(html.unescape(found))
-    return {page.lstrip("/"): result for page, result in results.items()}, failures
+    """What Chromium shows on each page, and the requests the site could not answer.
+
+    Each page gets a Chromium run of its own (``PAGES_PER_RUN``).
+    """
+    results, failures = {}, []
+    for start in range(0, len(pages), PAGES_PER_RUN):
+        chunk = pages[start : start + PAGES_PER_RUN]
+        (site / "__harness__.html").write_text(HARNESS % json.dumps(["/" + p for p in chunk]))
+        with site_tools.serve(site) as (base, failed):
+            budget = 4000 + 1500 * len(chunk)  # virtual time: skipped over while idle
+            dom = site_tools.dump_dom(
+                base + "__harness__.html", dark=dark, budget_ms=budget, timeout=60
+            )
+        found = re.search(r'<pre id="results">(.*?)</pre>', dom, flags=re.DOTALL).group(1)
+        assert found, f"the harness did not finish inspecting {chunk}"
+        results |= {
+            page.lstrip("/"): seen for page, seen in json.loads(html.unescape(found)).items()
+        }
+        failures += failed
+    return results, failures
 
 
 @pytest.fixture(scope="module")
