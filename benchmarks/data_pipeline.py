@@ -23,11 +23,11 @@ import torch
 
 from cornernet_ref.config import get_config
 from cornernet_ref.data.coco import CocoDetection
+from cornernet_ref.data.examples import coco128
 from cornernet_ref.data.loader import StreamBatchSampler, TrainingSet, make_loader
 from cornernet_ref.data.shapes import shapes_detection
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CORNERNET_SHARED", ROOT.parent / "shared"))
 
 
 def cpu_name() -> str:
@@ -77,13 +77,11 @@ def main() -> None:
             shapes, args.samples, args.workers
         ),
     }
-    coco_root = SHARED / "data" / "coco128"
-    if coco_root.is_dir():
+    coco_images, coco_annotations = coco128()
+    if coco_annotations.is_file():
         paper = get_config("hourglass104_coco")
         coco = TrainingSet(
-            CocoDetection(
-                coco_root / "annotations/instances_train2017.json", coco_root / "train2017"
-            ),
+            CocoDetection(coco_annotations, coco_images),
             paper.augment,
             output_size=paper.output_size,
             max_objects=paper.max_objects,

@@ -15,29 +15,26 @@ import contextlib
 import datetime
 import io
 import json
-import os
 import platform
 from pathlib import Path
 
 import torch
-from pycocotools.coco import COCO
 
 from cornernet_ref.analysis import oracle_source
+from cornernet_ref.data.examples import coco128, load_coco_quietly
 from cornernet_ref.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CORNERNET_SHARED", ROOT.parent / "shared"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/oracle_coco128.json")
     args = parser.parse_args()
-    annotations = SHARED / "data" / "coco128" / "annotations" / "instances_train2017.json"
+    _, annotations = coco128()
     if not annotations.is_file():
         raise SystemExit(f"the COCO sample is missing: {annotations} (set CORNERNET_SHARED)")
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints as it loads
-        coco = COCO(str(annotations))
+    coco = load_coco_quietly(annotations)
     source = oracle_source(coco, num_classes=len(coco.getCatIds()))
     results = {}
     for flip in (False, True):

@@ -20,16 +20,15 @@ import argparse
 import datetime
 import json
 import math
-import os
 import platform
 from pathlib import Path
 
 import numpy as np
 
+from cornernet_ref.data.examples import coco128
 from cornernet_ref.targets import gaussian_radius
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CORNERNET_SHARED", ROOT.parent / "shared"))
 ASPECTS = (1, 1.5, 2, 3, 4, 8, 16, 64)
 
 
@@ -99,7 +98,7 @@ def main() -> None:
             for t in (0.1, 0.3, 0.5, 0.7)
         },
     }
-    annotations = SHARED / "data/coco128/annotations/instances_train2017.json"
+    _, annotations = coco128()
     if annotations.is_file():
         results["coco128_longer_side_511"] = {"t=0.3": summary(coco_sizes(annotations), 0.3)}
     report = {

@@ -22,40 +22,19 @@
 # the notebook uses a drawn image with three boxes.
 
 # %%
-import json
 import math
-import os
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from cornernet_ref.data.image import read_image
+from cornernet_ref.analysis import image_boxes
+from cornernet_ref.data import examples
 from cornernet_ref.targets import build_targets, gaussian_radius
 
-SHARED = Path(os.environ.get("CORNERNET_SHARED", "../../shared"))
-COCO128 = SHARED / "data" / "coco128"
-ANNOTATIONS = COCO128 / "annotations" / "instances_train2017.json"
-
-if ANNOTATIONS.is_file():
-    data = json.loads(ANNOTATIONS.read_text())
-    record = next(image for image in data["images"] if image["id"] == 136)
-    image = read_image(COCO128 / "train2017" / record["file_name"])
-    annotations = [a for a in data["annotations"] if a["image_id"] == 136 and not a["iscrowd"]]
-    category_ids = sorted(c["id"] for c in data["categories"])
-    names = {c["id"]: c["name"] for c in data["categories"]}
-    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)])
-    labels = np.array([category_ids.index(a["category_id"]) for a in annotations])
-    class_names = [names[i] for i in category_ids]
-else:
-    print(f"No COCO sample at {COCO128}: using a drawn image instead.")
-    image = np.full((300, 420, 3), 200, dtype=np.uint8)
-    boxes = np.array([[20.0, 60, 110, 290], [100, 40, 160, 200], [200, 120, 370, 260]])
-    for i, (x1, y1, x2, y2) in enumerate(boxes.astype(int)):
-        image[y1:y2, x1:x2] = (60 + 60 * i, 120, 220 - 60 * i)
-    labels = np.array([0, 0, 1])
-    class_names = ["tall", "wide"]
+image, coco, record = examples.example_image()  # coco128 image 136, or a drawn stand-in
+boxes, labels = (t.numpy() for t in image_boxes(coco, record["id"]))  # xyxy, 0-based labels
+class_names = examples.class_names(coco)
 print(image.shape, len(boxes), "objects:", [class_names[k] for k in labels])
 
 # %% [markdown]

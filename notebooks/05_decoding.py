@@ -22,47 +22,17 @@
 # the notebook uses a drawn image with three boxes.
 
 # %%
-import os
-from pathlib import Path
-
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
-from pycocotools.coco import COCO
 
 from cornernet_ref.analysis import oracle_source
-from cornernet_ref.data.image import read_image
+from cornernet_ref.data.examples import class_names, example_image
 from cornernet_ref.decode import decode, local_maxima, soft_nms, top_corners
 from cornernet_ref.evaluate import canvas_geometry, evaluate, postprocess
 from cornernet_ref.output import gather_at
 
-SHARED = Path(os.environ.get("CORNERNET_SHARED", "../../shared"))
-COCO128 = SHARED / "data" / "coco128"
-HAVE_COCO = (COCO128 / "annotations" / "instances_train2017.json").is_file()
-
-if HAVE_COCO:
-    coco = COCO(str(COCO128 / "annotations" / "instances_train2017.json"))
-    record = coco.loadImgs(136)[0]  # two people and two giraffes
-    image = read_image(COCO128 / "train2017" / record["file_name"])
-else:
-    print(f"No COCO sample at {COCO128}: using a drawn image instead.")
-    boxes = [(1, 20, 60, 90, 230), (1, 100, 40, 60, 160), (2, 200, 120, 170, 140)]
-    image = np.full((300, 420, 3), 200, dtype=np.uint8)
-    for i, (_, x, y, w, h) in enumerate(boxes):
-        image[y : y + h, x : x + w] = (60 + 60 * i, 120, 220 - 60 * i)
-    coco = COCO()
-    coco.dataset = {
-        "images": [{"id": 1, "file_name": "drawn.png", "height": 300, "width": 420}],
-        "annotations": [
-            {"id": i + 1, "image_id": 1, "category_id": c, "bbox": [x, y, w, h],
-             "area": w * h, "iscrowd": 0}
-            for i, (c, x, y, w, h) in enumerate(boxes)
-        ],
-        "categories": [{"id": 1, "name": "tall"}, {"id": 2, "name": "wide"}],
-    }  # fmt: skip
-    coco.createIndex()
-    record = coco.loadImgs(1)[0]
-names = [c["name"] for c in sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])]
+image, coco, record = example_image()  # coco128 image 136, or a drawn stand-in
+names = class_names(coco)
 print(record["file_name"], image.shape)
 
 # %% [markdown]

@@ -34,15 +34,13 @@ import matplotlib.pyplot as plt
 import torch
 
 from cornernet_ref.config import get_config
+from cornernet_ref.data.examples import coco128
 from cornernet_ref.predict import detect, draw_detections
 from cornernet_ref.train import train
 
-SHARED = Path(os.environ.get("CORNERNET_SHARED", "../../shared"))
-COCO128 = SHARED / "data" / "coco128"
-images = Path(os.environ.get("COCO_IMAGES", COCO128 / "train2017"))
-annotations = Path(
-    os.environ.get("COCO_ANNOTATIONS", COCO128 / "annotations" / "instances_train2017.json")
-)
+sample_images, sample_annotations = coco128()  # the COCO sample, the default data
+images = Path(os.environ.get("COCO_IMAGES", sample_images))
+annotations = Path(os.environ.get("COCO_ANNOTATIONS", sample_annotations))
 out = Path(tempfile.mkdtemp(prefix="cornernet_training_"))
 ON_GPU = torch.cuda.is_available() and annotations.is_file()
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from cornernet_ref.data.examples import shared_dir
+
 settings.register_profile(
     "ci",
     derandomize=True,
@@ -27,8 +29,7 @@ settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile("deep", max_examples=5000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("CORNERNET_SHARED", REPO_ROOT.parent / "shared"))
+SHARED_DIR = shared_dir()  # $CORNERNET_SHARED, else ../shared beside the checkout
 
 
 @pytest.fixture(scope="session")

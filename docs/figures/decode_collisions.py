@@ -6,7 +6,6 @@ is present, otherwise one drawn pair of boxes whose top-left corners share a cel
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -18,20 +17,19 @@ import torch
 from pycocotools.coco import COCO
 
 from cornernet_ref.analysis import image_boxes, oracle_source
+from cornernet_ref.data.examples import coco128, load_coco_quietly
 from cornernet_ref.data.image import read_image
 from cornernet_ref.evaluate import canvas_geometry, postprocess
 
-SHARED = Path(os.environ.get("CORNERNET_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-COCO128 = SHARED / "data" / "coco128"
 EXAMPLES = (540, 389, 164)  # coco128 images with a missed object (see chapter 7)
 
 
 def load_examples() -> tuple[COCO, list[tuple[dict, np.ndarray]]]:
-    annotations = COCO128 / "annotations" / "instances_train2017.json"
+    images, annotations = coco128()
     if annotations.is_file():
-        coco = COCO(str(annotations))
+        coco = load_coco_quietly(annotations)
         records = coco.loadImgs(list(EXAMPLES))
-        return coco, [(r, read_image(COCO128 / "train2017" / r["file_name"])) for r in records]
+        return coco, [(r, read_image(images / r["file_name"])) for r in records]
     coco = COCO()
     coco.dataset = {
         "images": [{"id": 1, "file_name": "drawn.png", "height": 120, "width": 160}],

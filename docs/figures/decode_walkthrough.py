@@ -5,7 +5,6 @@ Uses coco128 image 136 when ``../shared`` is present, otherwise a drawn stand-in
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -15,53 +14,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.colors import ListedColormap
-from pycocotools.coco import COCO
 
 from cornernet_ref.analysis import oracle_source
-from cornernet_ref.data.image import read_image
+from cornernet_ref.data.examples import class_names, example_image
 from cornernet_ref.decode import local_maxima, top_corners
 from cornernet_ref.evaluate import canvas_geometry, postprocess
 from cornernet_ref.output import gather_at
 
-SHARED = Path(os.environ.get("CORNERNET_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-COCO128 = SHARED / "data" / "coco128"
-IMAGE_ID = 136
-
-
-def load_example() -> tuple[np.ndarray, COCO, dict]:
-    """(RGB image, annotations, image record): coco128 image 136, or a drawn stand-in."""
-    annotations = COCO128 / "annotations" / "instances_train2017.json"
-    if annotations.is_file():
-        coco = COCO(str(annotations))
-        record = coco.loadImgs(IMAGE_ID)[0]
-        return read_image(COCO128 / "train2017" / record["file_name"]), coco, record
-    boxes = [(1, 20, 60, 90, 230), (1, 100, 40, 60, 160), (2, 200, 120, 170, 140)]
-    image = np.full((300, 420, 3), 200, dtype=np.uint8)
-    for i, (_, x, y, w, h) in enumerate(boxes):
-        image[y : y + h, x : x + w] = (60 + 60 * i, 120, 220 - 60 * i)
-    coco = COCO()
-    coco.dataset = {
-        "images": [{"id": 1, "file_name": "drawn.png", "height": 300, "width": 420}],
-        "annotations": [
-            {
-                "id": i + 1,
-                "image_id": 1,
-                "category_id": c,
-                "bbox": [x, y, w, h],
-                "area": w * h,
-                "iscrowd": 0,
-            }
-            for i, (c, x, y, w, h) in enumerate(boxes)
-        ],
-        "categories": [{"id": 1, "name": "tall"}, {"id": 2, "name": "wide"}],
-    }
-    coco.createIndex()
-    return image, coco, coco.loadImgs(1)[0]
-
 
 def main(out: Path) -> None:
-    image, coco, record = load_example()
-    names = [c["name"] for c in sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])]
+    image, coco, record = example_image()
+    names = class_names(coco)
     geometry = canvas_geometry(record["height"], record["width"])
     source = oracle_source(coco, num_classes=len(names))
     maps = source(record, geometry, False)

@@ -12,7 +12,6 @@ the blue cell: they come from a backward pass, not from a separate search. Witho
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -24,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from cornernet_ref.corner_pool import corner_pool, pool
+from cornernet_ref.data.examples import coco128
 from cornernet_ref.data.image import read_image
 
-SHARED = Path(os.environ.get("CORNERNET_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-IMAGE = SHARED / "data" / "coco128" / "train2017" / "000000000036.jpg"
+IMAGE = coco128()[0] / "000000000036.jpg"
 PERSON_BOX = (168, 163, 311, 465)  # its COCO annotation: x, y, width, height
 CELL = 16  # pixels per cell of the feature maps
 
