@@ -31,16 +31,15 @@ bandwidth (a large device-to-device copy, read + write). On a CPU, the copy band
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from report import header, write_result
 from torch import Tensor
 
 from cornernet_ref.corner_pool import corner_pool
@@ -219,15 +218,6 @@ def measure(
     return result
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"CPU: {line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    return f"CPU: {platform.machine()}, {os.cpu_count()} cores"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -249,15 +239,10 @@ def main() -> None:
         results[key] = measure(names, shape, device, repeats, copy_bytes_per_s)
         for name, entry in results[key].items():
             print(key, name, json.dumps(entry), flush=True)
-    report = {
-        "benchmark": "corner_pool",
+    report = header("corner_pool", device) | {
         "corner": "tl",
         "dtype": "float32",
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if on_gpu else None,
         "threads": torch.get_num_threads(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "repeats": repeats,
         "copy_gb_per_s": round(copy_bytes_per_s / 1e9, 2),
         "bytes_counted": "forward 3 maps (read a, b; write out); backward 5 (read a, b, grad; "
@@ -269,8 +254,7 @@ def main() -> None:
     if args.note:
         report["note"] = args.note
     out = args.out or ROOT / "benchmarks/results" / f"corner_pool_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(out, report)
     print(f"wrote {out}")
 
 

@@ -12,14 +12,12 @@ with ``--workers`` processes.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
+from report import header, write_result
 
 from cornernet_ref.config import get_config
 from cornernet_ref.data.coco import CocoDetection
@@ -28,13 +26,6 @@ from cornernet_ref.data.loader import StreamBatchSampler, TrainingSet, make_load
 from cornernet_ref.data.shapes import shapes_detection
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def samples_per_second(dataset: TrainingSet, samples: int) -> float:
@@ -92,17 +83,12 @@ def main() -> None:
                 coco, args.samples, args.workers
             ),
         }
-    report = {
-        "benchmark": "data_pipeline",
-        "device": f"CPU: {cpu_name()}, {os.cpu_count()} cores",
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    report = header("data_pipeline") | {
         "samples": args.samples,
         "results": results,
         "note": "per core: one process, one torch thread; loader: worker processes in parallel",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report)
     print(json.dumps(report, indent=2))
 
 

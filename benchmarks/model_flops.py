@@ -20,15 +20,14 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from report import header, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
 from cornernet_ref.config import get_config
@@ -36,23 +35,6 @@ from cornernet_ref.model import CornerNet
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("stem", "hourglasses", "features", "top_left", "bottom_right", "transitions")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
-def header(device: str) -> dict:
-    return {
-        "benchmark": "model_flops",
-        "claims": ["param-count"],
-        "device": device,
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def forward_flops(training: bool, size: int = 511) -> dict:
@@ -173,12 +155,13 @@ def main() -> None:
     if args.gpu:
         if not torch.cuda.is_available():
             raise SystemExit("--gpu needs a CUDA GPU")
-        result = header(torch.cuda.get_device_name())
+        result = header("model_flops", "cuda", claims=("param-count",))
         result.update(parameters=parameters, rows=gpu_rows(args.repeats))
         out = args.out or ROOT / "benchmarks/results/model_flops_gpu.json"
     else:
-        result = header(f"CPU ({cpu_name()}), {torch.get_num_threads()} threads")
+        result = header("model_flops", claims=("param-count",))
         result.update(
+            threads=torch.get_num_threads(),
             parameters=parameters,
             input=511,
             flops_test_path=forward_flops(training=False),
@@ -186,8 +169,7 @@ def main() -> None:
             cpu_latency=cpu_latency(args.repeats),
         )
         out = args.out or ROOT / "benchmarks/results/model_flops_cpu.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import io
 import json
-import platform
 from pathlib import Path
 
-import torch
+from report import header, write_result
 
 from cornernet_ref.analysis import oracle_source
 from cornernet_ref.data.examples import coco128, load_coco_quietly
@@ -40,19 +38,13 @@ def main() -> None:
     for flip in (False, True):
         with contextlib.redirect_stdout(io.StringIO()):
             results["flip" if flip else "no_flip"] = evaluate(source, coco, flip=flip)
-    report = {
-        "benchmark": "oracle_coco128",
-        "claims": ["oracle-ap"],
-        "device": f"CPU ({platform.machine()})",
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    report = header("oracle_coco128", claims=("oracle-ap",)) | {
         "images": len(coco.getImgIds()),
         "boxes": len(coco.getAnnIds()),
         "crowd_boxes": len(coco.getAnnIds(iscrowd=True)),
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report)
     print(json.dumps(report, indent=2))
 
 

@@ -17,26 +17,18 @@ Both the real radii and the integer radii that ``build_targets`` draws are repor
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import platform
 from pathlib import Path
 
 import numpy as np
+from report import header, write_result
 
 from cornernet_ref.data.examples import coco128
 from cornernet_ref.targets import gaussian_radius
 
 ROOT = Path(__file__).resolve().parents[1]
 ASPECTS = (1, 1.5, 2, 3, 4, 8, 16, 64)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def radii(sizes: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
@@ -101,17 +93,12 @@ def main() -> None:
     _, annotations = coco128()
     if annotations.is_file():
         results["coco128_longer_side_511"] = {"t=0.3": summary(coco_sizes(annotations), 0.3)}
-    report = {
-        "benchmark": "radius_ratio",
-        "device": f"CPU: {cpu_name()}",
-        "python": platform.python_version(),
+    report = header("radius_ratio") | {
         "numpy": np.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "results": results,
         "note": "ratio = official radius / exact radius (real values); int = as drawn",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report)
     print(json.dumps(report, indent=2))
 
 

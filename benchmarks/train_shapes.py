@@ -20,20 +20,15 @@ scale:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from report import RESULTS, header, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 ABLATIONS = {
     "no_corner_pooling": ["--model.corner-pooling", "false"],
     "no_penalty_reduction": ["--penalty-reduction", "false"],
@@ -41,22 +36,6 @@ ABLATIONS = {
     "seed_1": ["--seed", "1"],
     "seed_2": ["--seed", "2"],
 }
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
-def environment() -> dict:
-    return {
-        "device": f"CPU: {cpu_name()}, {os.cpu_count()} cores",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def run(arguments: list[str]) -> dict:
@@ -89,14 +68,12 @@ def write_ablations(runs: dict[str, dict]) -> None:
             for name, result in runs.items()
         },
     }
-    summary = {
-        "benchmark": "ablations_shapes",
-        "claims": ["ablation-corner-pooling", "ablation-penalty-reduction"],
-        **environment(),
+    claims = ("ablation-corner-pooling", "ablation-penalty-reduction")
+    summary = header("ablations_shapes", claims=claims) | {
         "note": "small scale: the small_shapes configuration on the shapes, CPU, one run each",
         "runs": {name: runs[name] for name in ["baseline", *ABLATIONS] if name in runs},
     }
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_result(path, summary)
 
 
 def main() -> None:
@@ -108,13 +85,8 @@ def main() -> None:
     runs = {}
     if not args.only:
         runs["baseline"] = baseline = run([])
-        report = {
-            "benchmark": "train_small_shapes",
-            "claims": ["main-command"],
-            **environment(),
-            **baseline,
-        }
-        (RESULTS / "train_small_shapes.json").write_text(json.dumps(report, indent=2) + "\n")
+        report = header("train_small_shapes", claims=("main-command",)) | baseline
+        write_result(RESULTS / "train_small_shapes.json", report)
         print(f"main command: AP {baseline['metrics']['AP']:.3f} in {baseline['wall_clock_s']} s")
     names = args.only or (list(ABLATIONS) if args.ablations else [])
     for name in names:

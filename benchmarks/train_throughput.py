@@ -18,13 +18,13 @@ paper's schedule (500k iterations x 49 images) the report gives the days one GPU
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import time
 from pathlib import Path
 
 import torch
 from model_flops import forward_flops  # benchmarks/model_flops.py, beside this script
+from report import header, write_result
 
 from cornernet_ref.data.loader import collate
 from cornernet_ref.losses import CornerNetLoss
@@ -131,17 +131,12 @@ def main() -> None:
                 row["days_for_500k_x_49"] = 500_000 * 49 / row["images_per_s"] / 86400
             print(json.dumps(row))
             rows.append(row)
-    report = {
-        "benchmark": "train_throughput",
-        "device": name,
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    report = header("train_throughput", "cuda") | {
         "forward_gflops_per_image": flops / 1e9,
         "peak_bf16_tflops": peak / 1e12 if peak else None,
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report)
 
 
 if __name__ == "__main__":
