@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 from cornernet_ref.data.examples import shared_dir
@@ -45,3 +46,12 @@ def coco128(shared_dir: Path) -> tuple[Path, Path]:
     """(image folder, annotation file) of the 128-image COCO sample."""
     root = shared_dir / "data" / "coco128"
     return root / "train2017", root / "annotations" / "instances_train2017.json"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny tensors: faster, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

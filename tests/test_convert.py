@@ -36,13 +36,7 @@ ODD_CLASSES = 3
 ODD_SIZE = (31, 47)  # sides 16k - 1, non-square
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def official_layout(shared_dir: Path) -> dict[str, Tensor]:
