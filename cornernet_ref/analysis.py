@@ -145,14 +145,14 @@ def oracle_source(
 ) -> OutputSource:
     """An output source (see :func:`cornernet_ref.evaluate.evaluate`) reading the annotations.
 
-    The targets are built on the test canvas: the annotation boxes shifted by the border,
-    and for the mirrored canvas mirrored in it.
+    The targets are built on the test canvas: the annotation boxes scaled as the image is
+    and shifted by the border, and for the mirrored canvas mirrored in it.
     """
 
     def outputs(record: dict, geometry: CanvasGeometry, flip: bool) -> CornerNetOutput:
         boxes, labels = image_boxes(coco, record["id"])
         top, left = geometry.border
-        boxes = boxes + torch.tensor([left, top, left, top], dtype=boxes.dtype)
+        boxes = boxes * geometry.scale + torch.tensor([left, top, left, top], dtype=boxes.dtype)
         views = [boxes, mirror_boxes(boxes, geometry.input_size[1])] if flip else [boxes]
         targets = [
             build_targets(

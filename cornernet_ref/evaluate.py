@@ -12,6 +12,12 @@ pixels by the ratio ``r = W_out / W_in`` (per axis) and the border ``b``, then i
 
 $$ x_{image} = \\operatorname{clip}(x_{heat} / r - b,\\; 0,\\; w) $$
 
+Optionally the image is also tested at other scales $s$ (the official multi-scale
+configuration uses 0.5, 0.75, 1, 1.25 and 1.5): it is resized to $\\lfloor s h \\rfloor \\times
+\\lfloor s w \\rfloor$ first, the canvas is built around the resized image, and its boxes are
+clipped to the resized image and divided by $s$. The detections of all scales are pooled
+before soft-NMS.
+
 With flip testing the batch holds the canvas and its mirror; the mirror's boxes are
 mirrored back on the heatmap grid (``x -> W_out - x``, swapping ``x1`` and ``x2``) and
 both sets are merged by soft-NMS per class (:func:`cornernet_ref.decode.soft_nms`). The
@@ -23,7 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,6 +39,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 
+from cornernet_ref.data.augment import resize_image
 from cornernet_ref.data.image import normalize, read_image
 from cornernet_ref.decode import REJECTED, decode, soft_nms
 from cornernet_ref.output import CornerNetOutput
@@ -41,12 +48,18 @@ METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100
 
 
 class CanvasGeometry(NamedTuple):
-    """Where an ``(h, w)`` image sits in its test canvas and on the output grid."""
+    """Where an ``(h, w)`` image, resized by ``scale``, sits in its test canvas and output grid."""
 
-    image_size: tuple[int, int]
+    image_size: tuple[int, int]  # the original image
     input_size: tuple[int, int]
     output_size: tuple[int, int]
     border: tuple[int, int]  # (top, left) padding of the canvas
+    scale: float = 1.0
+
+    @property
+    def scaled_size(self) -> tuple[int, int]:
+        """The image resized by ``scale``: ``(int(h * scale), int(w * scale))``."""
+        return int(self.image_size[0] * self.scale), int(self.image_size[1] * self.scale)
 
     @property
     def ratio(self) -> tuple[float, float]:
@@ -57,41 +70,47 @@ class CanvasGeometry(NamedTuple):
         )
 
 
-def canvas_geometry(height: int, width: int) -> CanvasGeometry:
-    """The official test canvas of an ``height x width`` image (no rescaling)."""
+def canvas_geometry(height: int, width: int, scale: float = 1.0) -> CanvasGeometry:
+    """The official test canvas of an ``height x width`` image resized by ``scale``."""
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height} x {width}")
-    input_size = (height | 127, width | 127)
+    if not scale > 0 or int(height * scale) < 1 or int(width * scale) < 1:
+        raise ValueError(f"scale {scale} leaves nothing of a {height} x {width} image")
+    resized_h, resized_w = int(height * scale), int(width * scale)
+    input_size = (resized_h | 127, resized_w | 127)
     output_size = ((input_size[0] + 1) // 4, (input_size[1] + 1) // 4)
     # The official crop centres the image: border = input // 2 - size // 2 = (input - size) // 2.
-    border = ((input_size[0] - height) // 2, (input_size[1] - width) // 2)
-    return CanvasGeometry((height, width), input_size, output_size, border)
+    border = ((input_size[0] - resized_h) // 2, (input_size[1] - resized_w) // 2)
+    return CanvasGeometry((height, width), input_size, output_size, border, scale)
 
 
-def pad_image(image: np.ndarray) -> tuple[Tensor, CanvasGeometry]:
+def pad_image(image: np.ndarray, scale: float = 1.0) -> tuple[Tensor, CanvasGeometry]:
     """Normalised ``(3, H_in, W_in)`` test canvas of an ``(h, w, 3)`` RGB image.
 
-    As in the official crop, the pixels of the canvas are copied up to ``size // 2 +
-    input // 2`` from the image centre, so an image whose side is already ``128 n - 1``
-    loses its last row or column (the canvas is one pixel short on that side).
+    The image is first resized by ``scale`` (bilinear, as OpenCV) unless ``scale`` is 1. As
+    in the official crop, the pixels of the canvas are copied up to ``size // 2 + input //
+    2`` from the image centre, so an image whose side is already ``128 n - 1`` loses its last
+    row or column (the canvas is one pixel short on that side).
     """
-    height, width = image.shape[:2]
-    geometry = canvas_geometry(height, width)
+    geometry = canvas_geometry(*image.shape[:2], scale)
+    if scale != 1:
+        image = resize_image(image, geometry.scaled_size)
+    height, width = geometry.scaled_size
     (top, left), (in_h, in_w) = geometry.border, geometry.input_size
     kept_h = min(height, height // 2 + in_h // 2)
     kept_w = min(width, width // 2 + in_w // 2)
-    canvas = np.zeros((in_h, in_w, 3), dtype=np.uint8)  # black padding, then normalised
+    canvas = np.zeros((in_h, in_w, 3), dtype=image.dtype)  # black padding, then normalised
     canvas[top : top + kept_h, left : left + kept_w] = image[:kept_h, :kept_w]
     return normalize(canvas), geometry
 
 
 def boxes_to_image(boxes: Tensor, geometry: CanvasGeometry) -> Tensor:
-    """Map ``(..., 4)`` heatmap boxes to image pixels: undo the ratio and border, clip."""
+    """Map ``(..., 4)`` heatmap boxes to image pixels: undo the ratio, border and scale, clip."""
     ratio_y, ratio_x = geometry.ratio
     top, left = geometry.border
-    height, width = geometry.image_size
-    x = (boxes[..., 0::2] / ratio_x - left).clamp(0, width)
-    y = (boxes[..., 1::2] / ratio_y - top).clamp(0, height)
+    height, width = geometry.scaled_size
+    x = (boxes[..., 0::2] / ratio_x - left).clamp(0, width) / geometry.scale
+    y = (boxes[..., 1::2] / ratio_y - top).clamp(0, height) / geometry.scale
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
 
 
@@ -110,7 +129,7 @@ class ImageDetections(NamedTuple):
     labels: Tensor
 
 
-def postprocess(
+def scale_detections(
     out: CornerNetOutput,
     geometry: CanvasGeometry,
     *,
@@ -119,18 +138,14 @@ def postprocess(
     kernel: int = 3,
     ae_threshold: float = 0.5,
     num_dets: int = 1000,
-    nms_method: str = "gaussian",
-    max_per_image: int = 100,
 ) -> ImageDetections:
-    """Decode the outputs of one image (and its mirror, if ``flip``) into final detections.
+    """The valid pairs of one scale (and its mirror, if ``flip``) in image pixels, before NMS.
 
     Args:
         out: raw maps of a batch of 1 (the canvas) or 2 (canvas, mirrored canvas).
-        geometry: the canvas geometry of the image.
+        geometry: the canvas geometry of the image at this scale.
         flip: whether the batch holds the mirrored canvas as its second element.
         K, kernel, ae_threshold, num_dets: see :func:`cornernet_ref.decode.decode`.
-        nms_method: ``"gaussian"`` (official) or ``"linear"`` soft-NMS.
-        max_per_image: boxes kept per image; ties with the last kept score are kept too.
     """
     expected = 2 if flip else 1
     if out.tl_heat.shape[0] != expected:
@@ -142,7 +157,19 @@ def postprocess(
     boxes = boxes_to_image(boxes, geometry).reshape(-1, 4)
     scores, labels = dets.scores.reshape(-1), dets.labels.reshape(-1)
     valid = scores > REJECTED
-    boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
+    return ImageDetections(boxes[valid], scores[valid], labels[valid])
+
+
+def merge_detections(
+    parts: Sequence[ImageDetections], *, nms_method: str = "gaussian", max_per_image: int = 100
+) -> ImageDetections:
+    """Pool the detections of every scale, soft-NMS per class, keep the best ``max_per_image``.
+
+    Ties with the last kept score are kept too, as the official threshold does.
+    """
+    boxes = torch.cat([part.boxes for part in parts])
+    scores = torch.cat([part.scores for part in parts])
+    labels = torch.cat([part.labels for part in parts])
     keep, scores = soft_nms(boxes, scores, labels, method=nms_method)
     boxes, labels = boxes[keep], labels[keep]
     if len(scores) > max_per_image:
@@ -150,6 +177,26 @@ def postprocess(
         top = scores >= threshold
         boxes, scores, labels = boxes[top], scores[top], labels[top]
     return ImageDetections(boxes, scores, labels)
+
+
+def postprocess(
+    out: CornerNetOutput,
+    geometry: CanvasGeometry,
+    *,
+    flip: bool,
+    nms_method: str = "gaussian",
+    max_per_image: int = 100,
+    **decode_options,
+) -> ImageDetections:
+    """Final detections of one image tested at one scale (and its mirror, if ``flip``).
+
+    Args:
+        out, geometry, flip, **decode_options: see :func:`scale_detections`.
+        nms_method: ``"gaussian"`` (official) or ``"linear"`` soft-NMS.
+        max_per_image: boxes kept per image.
+    """
+    part = scale_detections(out, geometry, flip=flip, **decode_options)
+    return merge_detections([part], nms_method=nms_method, max_per_image=max_per_image)
 
 
 # An output source gives the raw maps of one image: (image record, geometry, flip) -> maps.
@@ -164,8 +211,9 @@ def model_source(
 
     @torch.no_grad()
     def outputs(record: dict, geometry: CanvasGeometry, flip: bool) -> CornerNetOutput:
-        canvas, padded = pad_image(read_image(Path(images_dir) / record["file_name"]))
-        if padded.image_size != geometry.image_size:
+        image = read_image(Path(images_dir) / record["file_name"])
+        canvas, padded = pad_image(image, geometry.scale)
+        if padded != geometry:
             raise ValueError(
                 f"{record['file_name']}: image is {padded.image_size}, annotations say "
                 f"{geometry.image_size}"
@@ -223,14 +271,43 @@ def coco_metrics(coco: COCO, results: list[dict], image_ids: Iterable[int] | Non
     }
 
 
+def detect_image(
+    source: OutputSource,
+    record: dict,
+    *,
+    flip: bool = True,
+    scales: Sequence[float] = (1.0,),
+    nms_method: str = "gaussian",
+    max_per_image: int = 100,
+    **decode_options,
+) -> ImageDetections:
+    """Final detections of one image (its COCO record): every scale, flip, soft-NMS, top 100.
+
+    Args:
+        source: raw maps of the image at a scale (:func:`model_source`, or the oracle of
+            :mod:`cornernet_ref.analysis`).
+        record: the image's COCO record (``file_name``, ``height``, ``width``, ``id``).
+        flip: flip testing (the official default).
+        scales: the test scales; ``(1,)`` is the official single-scale test.
+        nms_method, max_per_image: see :func:`merge_detections`.
+        **decode_options: ``K``, ``kernel``, ``ae_threshold``, ``num_dets`` of
+            :func:`cornernet_ref.decode.decode`.
+    """
+    parts = []
+    for scale in scales:
+        geometry = canvas_geometry(record["height"], record["width"], scale)
+        out = source(record, geometry, flip)
+        parts.append(scale_detections(out, geometry, flip=flip, **decode_options))
+    return merge_detections(parts, nms_method=nms_method, max_per_image=max_per_image)
+
+
 def evaluate(
     source: OutputSource,
     coco: COCO,
     *,
-    flip: bool = True,
     image_ids: Iterable[int] | None = None,
     results_out: str | Path | None = None,
-    **postprocess_options,
+    **detect_options,
 ) -> dict:
     """Detect on every image of ``coco`` with ``source`` and score the results.
 
@@ -238,10 +315,9 @@ def evaluate(
         source: raw maps of an image (:func:`model_source`, or the oracle of
             :mod:`cornernet_ref.analysis`).
         coco: the annotations; category ``i`` of the model is the ``i``-th smallest COCO id.
-        flip: flip testing (the official default).
         image_ids: evaluate on these images only (default: all).
         results_out: where to write the COCO results JSON, if anywhere.
-        **postprocess_options: passed to :func:`postprocess`.
+        **detect_options: ``flip``, ``scales`` and the rest of :func:`detect_image`.
 
     Returns:
         The metrics of :func:`coco_metrics`.
@@ -250,10 +326,7 @@ def evaluate(
     image_ids = sorted(coco.getImgIds() if image_ids is None else image_ids)
     results = []
     for image_id in image_ids:
-        record = coco.loadImgs(image_id)[0]
-        geometry = canvas_geometry(record["height"], record["width"])
-        out = source(record, geometry, flip)
-        detections = postprocess(out, geometry, flip=flip, **postprocess_options)
+        detections = detect_image(source, coco.loadImgs(image_id)[0], **detect_options)
         results += detections_to_coco(image_id, detections, category_ids)
     if results_out is not None:
         Path(results_out).write_text(json.dumps(results))
@@ -282,12 +355,28 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=True, help="flip testing"
     )
+    parser.add_argument(
+        "--scales",
+        type=parse_scales,
+        default=(1.0,),
+        help="test scales, comma-separated (official multi-scale: 0.5,0.75,1,1.25,1.5)",
+    )
     parser.add_argument("--nms", choices=("gaussian", "linear"), default="gaussian")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--limit", type=int, help="evaluate on the first N images only")
     parser.add_argument("--results-out", type=Path, help="write the COCO results JSON here")
     parser.add_argument("--metrics-out", type=Path, required=True, help="write metrics JSON here")
     parser.set_defaults(func=_run)
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``--scales 0.5,1,1.5`` -> ``(0.5, 1.0, 1.5)``."""
+    scales = tuple(float(part) for part in text.split(",") if part.strip())
+    if not scales or min(scales) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected positive scales such as 1 or 0.5,1,1.5: {text!r}"
+        )
+    return scales
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -316,6 +405,7 @@ def _run(args: argparse.Namespace) -> int:
         source,
         coco,
         flip=args.flip,
+        scales=args.scales,
         image_ids=image_ids,
         results_out=args.results_out,
         nms_method=args.nms,

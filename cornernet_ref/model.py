@@ -110,6 +110,7 @@ class CornerNet(nn.Module):
                 f"batchnorm_init must be one of {BATCHNORM_INITS}, got {batchnorm_init!r}"
             )
         self.n, self.nstack = n, nstack
+        self.class_names: list[str] | None = None  # set by from_checkpoint when known
         self.model_kwargs: dict[str, Any] = {
             "num_classes": num_classes,
             "n": n,
@@ -171,8 +172,9 @@ class CornerNet(nn.Module):
         """A model from a training checkpoint or a converted official model.
 
         Both are ``torch.save``'d dicts with ``"model"`` (the state dict) and
-        ``"model_kwargs"`` (the constructor arguments). Checkpoints are pickles: load only
-        files you trust.
+        ``"model_kwargs"`` (the constructor arguments), and usually ``"class_names"``, kept
+        as the model's ``class_names`` (None when absent). Checkpoints are pickles: load
+        only files you trust.
         """
         state = torch.load(path, map_location=map_location, weights_only=False)
         if not isinstance(state, dict) or not {"model", "model_kwargs"} <= state.keys():
@@ -185,6 +187,7 @@ class CornerNet(nn.Module):
             raise ValueError(f"{path}: expected a dict with 'model' and 'model_kwargs', got {keys}")
         model = cls(**state["model_kwargs"])
         model.load_state_dict(state["model"])
+        model.class_names = state.get("class_names")
         return model
 
 

@@ -8,34 +8,35 @@ drawn with their class name and score.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
 from cornernet_ref.data.image import read_image
-from cornernet_ref.evaluate import ImageDetections, canvas_geometry, model_source, postprocess
+from cornernet_ref.evaluate import ImageDetections, detect_image, model_source, parse_scales
+from cornernet_ref.model import CornerNet
 
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180))
 
 
 def detect(
-    checkpoint: str | Path, image_path: str | Path, *, flip: bool = True, device: str = "cpu"
+    checkpoint: str | Path,
+    image_path: str | Path,
+    *,
+    flip: bool = True,
+    scales: Sequence[float] = (1.0,),
+    device: str = "cpu",
 ) -> tuple[ImageDetections, list[str]]:
     """Detections of one image (image pixels) and the class names of the checkpoint."""
-    from cornernet_ref.model import CornerNet
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    num_classes = state["model_kwargs"]["num_classes"]
-    names = state.get("class_names") or [str(i) for i in range(num_classes)]
     model = CornerNet.from_checkpoint(checkpoint)
+    names = model.class_names or [str(i) for i in range(model.model_kwargs["num_classes"])]
     image_path = Path(image_path)
     height, width = read_image(image_path).shape[:2]
-    geometry = canvas_geometry(height, width)
-    outputs = model_source(model, image_path.parent, device)(
-        {"file_name": image_path.name}, geometry, flip
-    )
-    return postprocess(outputs, geometry, flip=flip), names
+    record = {"file_name": image_path.name, "height": height, "width": width}
+    source = model_source(model, image_path.parent, device)
+    return detect_image(source, record, flip=flip, scales=scales), names
 
 
 def draw_detections(
@@ -78,12 +79,15 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=True, help="flip testing"
     )
+    parser.add_argument("--scales", type=parse_scales, default=(1.0,), help="test scales")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    detections, names = detect(args.checkpoint, args.image, flip=args.flip, device=args.device)
+    detections, names = detect(
+        args.checkpoint, args.image, flip=args.flip, scales=args.scales, device=args.device
+    )
     count = draw_detections(args.image, detections, names, args.out, args.threshold)
     print(f"{count} detections drawn to {args.out}")
     return 0

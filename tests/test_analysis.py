@@ -113,7 +113,8 @@ def test_oracle_rejects_unbatched_targets() -> None:
         oracle_outputs(targets)
 
 
-def test_cli_evaluates_the_oracle(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scales", ["1", "0.5,1,1.5"])
+def test_cli_evaluates_the_oracle(tmp_path: Path, scales: str) -> None:
     annotations = {
         "images": [{"id": 1, "file_name": "a.jpg", "height": 300, "width": 400}],
         "annotations": [
@@ -141,10 +142,19 @@ def test_cli_evaluates_the_oracle(tmp_path: Path) -> None:
     metrics_out = tmp_path / "metrics.json"
     status = cli.main(
         ["evaluate", "--images", str(tmp_path), "--annotations", str(path), "--oracle",
-         "--metrics-out", str(metrics_out)]
+         "--scales", scales, "--metrics-out", str(metrics_out), "--results-out",
+         str(tmp_path / "results.json")]
     )  # fmt: skip
     assert status == 0
     assert json.loads(metrics_out.read_text())["AP"] == pytest.approx(1.0)
+    # Every scale (and mirror) finds both objects exactly; soft-NMS keeps one copy of each
+    # at score 1 and decays the other copies, dropping those that fall below 0.001.
+    results = json.loads((tmp_path / "results.json").read_text())
+    truth = {a["category_id"]: a["bbox"] for a in annotations["annotations"]}
+    for result in results:
+        assert result["bbox"] == pytest.approx(truth[result["category_id"]], abs=0.01)
+    scores = sorted((r["score"] for r in results), reverse=True)
+    assert scores[:2] == [1.0, 1.0] and scores[2] < 0.2
 
 
 @pytest.mark.slow

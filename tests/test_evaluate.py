@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from PIL import Image
 from pycocotools.coco import COCO
@@ -32,26 +32,45 @@ from cornernet_ref.output import CornerNetOutput
 sizes = st.integers(1, 700)
 
 
-@given(height=sizes, width=sizes)
-def test_canvas_geometry_is_the_official_one(height: int, width: int) -> None:
-    g = canvas_geometry(height, width)
+scales = st.sampled_from([1.0, 0.5, 0.75, 1.25, 1.5])  # the official test scales
+
+
+@given(height=sizes, width=sizes, scale=scales)
+def test_canvas_geometry_is_the_official_one(height: int, width: int, scale: float) -> None:
+    assume(min(height, width) * scale >= 1)
+    g = canvas_geometry(height, width, scale)
+    assert g.image_size == (height, width)
+    assert g.scaled_size == (int(height * scale), int(width * scale))
     for size, inp, out, border in zip(
-        g.image_size, g.input_size, g.output_size, g.border, strict=True
+        g.scaled_size, g.input_size, g.output_size, g.border, strict=True
     ):
         assert inp % 128 == 127 and size <= inp < size + 128  # size | 127
         assert out * 4 == inp + 1
         assert border == (inp - size) // 2  # centred
 
 
-@given(height=sizes, width=sizes, corners=st.lists(st.floats(0, 1), min_size=4, max_size=4))
-def test_boxes_round_trip_through_the_canvas(height, width, corners) -> None:
-    g = canvas_geometry(height, width)
+def test_a_scale_that_leaves_nothing_is_refused() -> None:
+    with pytest.raises(ValueError, match="leaves nothing"):
+        canvas_geometry(3, 100, 0.2)
+
+
+@given(
+    height=sizes,
+    width=sizes,
+    scale=scales,
+    corners=st.lists(st.floats(0, 1), min_size=4, max_size=4),
+)
+def test_boxes_round_trip_through_the_canvas(height, width, scale, corners) -> None:
+    assume(min(height, width) * scale >= 1)
+    g = canvas_geometry(height, width, scale)
     x1, x2 = sorted(corners[:2])
     y1, y2 = sorted(corners[2:])
+    # Inside the image as resized (int(h * scale) may cut a fraction of a pixel off).
+    height, width = g.scaled_size[0] / scale, g.scaled_size[1] / scale
     box = torch.tensor([x1 * width, y1 * height, x2 * width, y2 * height], dtype=torch.float64)
     top, left = g.border
     ratio_y, ratio_x = g.ratio
-    on_canvas = box + torch.tensor([left, top, left, top], dtype=torch.float64)
+    on_canvas = box * scale + torch.tensor([left, top, left, top], dtype=torch.float64)
     on_grid = on_canvas * torch.tensor([ratio_x, ratio_y, ratio_x, ratio_y], dtype=torch.float64)
     assert boxes_to_image(on_grid, g).tolist() == pytest.approx(box.tolist(), abs=1e-9)
 
@@ -80,6 +99,19 @@ def test_pad_image_centres_the_image() -> None:
     assert torch.allclose(inside, white.expand_as(inside))
     assert torch.allclose(canvas[:, :13], black.expand_as(canvas[:, :13]))
     assert torch.allclose(canvas[:, :, 88:], black.expand_as(canvas[:, :, 88:]))
+
+
+def test_pad_image_resizes_by_the_scale_first() -> None:
+    image = np.zeros((100, 60, 3), dtype=np.uint8)
+    image[:, 30:] = 255  # right half white
+    canvas, g = pad_image(image, 1.5)
+    assert g.scaled_size == (150, 90) and canvas.shape == (3, *g.input_size) == (3, 255, 127)
+    top, left = g.border
+    white = normalize(np.full((1, 1, 3), 255, np.uint8))[:, 0, 0]
+    black = normalize(np.zeros((1, 1, 3), np.uint8))[:, 0, 0]
+    row = canvas[:, top + 75]  # a row through the middle of the resized image
+    assert torch.allclose(row[:, left + 43], black) and torch.allclose(row[:, left + 46], white)
+    assert torch.allclose(row[:, left + 89], white) and torch.allclose(row[:, left + 90], black)
 
 
 def test_pad_image_drops_the_last_column_of_a_full_width_image() -> None:

@@ -138,14 +138,22 @@ def full_image_crop(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, n
     return canvas, boxes + np.array([offset_x, offset_y] * 2, dtype=np.float32)
 
 
-def resize(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear resize to ``size x size`` (half-pixel centres, no antialiasing, as OpenCV)."""
-    height, width = image.shape[:2]
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``(H, W, C)`` to ``size = (height, width)``, float32 out.
+
+    Half-pixel centres and no antialiasing, as OpenCV's ``INTER_LINEAR``.
+    """
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     tensor = tensor.permute(2, 0, 1)[None]
-    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
+    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+    return resized[0].permute(1, 2, 0).numpy()
+
+
+def resize(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize to ``size x size`` (step 2); the boxes scale with the image."""
+    height, width = image.shape[:2]
     scale = np.array([size / width, size / height] * 2, dtype=np.float32)
-    return resized[0].permute(1, 2, 0).numpy(), boxes * scale
+    return resize_image(image, (size, size)), boxes * scale
 
 
 def clip_boxes(
