@@ -381,11 +381,9 @@ def _train(
 
 
 def _tensorboard(out: Path):
-    """A TensorBoard writer if ``tensorboard`` is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
+    """A TensorBoard writer of ``<out>/tensorboard`` (imported here: it is slow to import)."""
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(str(out / "tensorboard"))
 
 

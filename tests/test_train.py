@@ -171,6 +171,7 @@ def test_train_command_end_to_end(tmp_path):
     assert set(metrics) >= {"AP", "AP50", "AR100"} and -1 <= metrics["AP"] <= 1
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["iteration"] == 2 and state["model_kwargs"]["num_classes"] == 3
+    assert list((out / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard scalars"
     image = sorted((out / "data" / "val" / "images").iterdir())[0]
     drawing = tmp_path / "boxes.png"
     checkpoint = str(out / "checkpoints" / "last.pt")
