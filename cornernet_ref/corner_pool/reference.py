@@ -77,14 +77,12 @@ def scan_max(x: Tensor, from_end: bool) -> tuple[Tensor, Tensor]:
     moved = torch.empty(x.shape, dtype=torch.bool, device=x.device)
     if x.numel() == 0:
         return pooled, moved
-    # The NaN-aware comparison costs four more operations per step; without NaN it is `>`.
-    compare = greater if bool(x.amax().isnan()) else torch.gt
     rows = scan_positions(x.shape[2], from_end)
     pooled[:, :, rows[0]] = x[:, :, rows[0]]  # the border row is the first maximum
     moved[:, :, rows[0]] = True
     for previous, i in pairwise(rows):
         # One step handles row i of every image and channel at once.
-        compare(x[:, :, i], pooled[:, :, previous], out=moved[:, :, i])  # a tie keeps the first
+        greater(x[:, :, i], pooled[:, :, previous], out=moved[:, :, i])  # a tie keeps the first
         torch.where(moved[:, :, i], x[:, :, i], pooled[:, :, previous], out=pooled[:, :, i])
     return pooled, moved
 
