@@ -294,8 +294,9 @@ def test_bfloat16_autocast_on_cpu():
 
 @pytest.mark.slow
 def test_compiles_in_one_graph():
-    """The model's own code traces into one graph (the corner pool left out: it is
-    compiled separately by its module)."""
+    """The model's own code traces into one graph. The corner pool is left out: its
+    reference scan writes into row slices (``out=``), which dynamo does not trace, so with
+    it ``torch.compile`` splits the graph around each pool."""
     model = tiny_model(corner_pooling=False).eval()
     images = torch.randn(1, 3, 63, 63)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
