@@ -74,9 +74,9 @@ def canvas_geometry(height: int, width: int, scale: float = 1.0) -> CanvasGeomet
     """The official test canvas of an ``height x width`` image resized by ``scale``."""
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height} x {width}")
-    if not scale > 0 or int(height * scale) < 1 or int(width * scale) < 1:
-        raise ValueError(f"scale {scale} leaves nothing of a {height} x {width} image")
     resized_h, resized_w = int(height * scale), int(width * scale)
+    if not scale > 0 or min(resized_h, resized_w) < 1:
+        raise ValueError(f"scale {scale} leaves nothing of a {height} x {width} image")
     input_size = (resized_h | 127, resized_w | 127)
     output_size = ((input_size[0] + 1) // 4, (input_size[1] + 1) // 4)
     # The official crop centres the image: border = input // 2 - size // 2 = (input - size) // 2.
