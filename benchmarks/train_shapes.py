@@ -81,7 +81,6 @@ def main() -> None:
     parser.add_argument("--ablations", action="store_true", help="also run every ablation")
     parser.add_argument("--only", nargs="+", choices=sorted(ABLATIONS), help="run these alone")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
     runs = {}
     if not args.only:
         runs["baseline"] = baseline = run([])
