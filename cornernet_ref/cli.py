@@ -3,6 +3,11 @@
 Each subcommand lives beside the code it runs: a module listed in ``SUBCOMMAND_MODULES``
 defines ``add_subcommand(subparsers)``, which adds its parser and sets ``func`` (called
 with the parsed arguments, returning an exit status).
+
+Bad input (a missing or damaged file, an option out of range) ends the command with one
+line, ``cornernet-ref: error: ...``, and exit status 2, whether argparse or the command
+finds it (:class:`~cornernet_ref.errors.InputError`); anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Sequence
+
+from cornernet_ref.errors import InputError, print_error
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "cornernet_ref.train",
@@ -32,4 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as error:
+        print_error(str(error))
+        return 2

@@ -212,15 +212,15 @@ def get_config(name: str) -> TrainConfig:
     return CONFIGS[name]
 
 
-def _flat_fields(cls: type, prefix: str = "") -> dict[str, Any]:
-    """``{"model.nstack": default, ...}`` for every leaf field of a configuration class."""
+def _flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model.nstack": value, ...}`` for every leaf field of a (nested) configuration."""
     leaves = {}
-    for item in fields(cls):
-        default = getattr(cls(), item.name)
-        if dataclasses.is_dataclass(default):
-            leaves.update(_flat_fields(type(default), f"{prefix}{item.name}."))
+    for item in fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            leaves.update(_flat_fields(value, f"{prefix}{item.name}."))
         else:
-            leaves[prefix + item.name] = default
+            leaves[prefix + item.name] = value
     return leaves
 
 
@@ -249,15 +249,49 @@ def _parser_for(default: Any):
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--field`` option per configuration field (``_`` written ``-``), default unset."""
-    for key, default in _flat_fields(TrainConfig).items():
+    for key, default in _flat_fields(TrainConfig()).items():
         parser.add_argument(
             "--" + key.replace("_", "-"),
             dest="config__" + key,
             type=_parser_for(default),
             default=argparse.SUPPRESS,
             metavar=type(default).__name__.upper(),
-            help=argparse.SUPPRESS if "." in key else f"(default of the config: {default!r})",
+            help=argparse.SUPPRESS if "." in key else "",
         )
+    show_defaults(parser, TrainConfig())
+
+
+_DEFAULT_OF = "(default of "
+
+
+def _as_typed(value: Any) -> str:
+    """``value`` as it is typed on the command line (``true``, ``32,48``, ``'runs/x'``)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def show_defaults(parser: argparse.ArgumentParser, config: TrainConfig) -> None:
+    """Make the help of each ``--field`` option of ``parser`` show ``config``'s value."""
+    values = _flat_fields(config)
+    for action in parser._actions:
+        key = action.dest.removeprefix("config__")
+        if key == action.dest or action.help == argparse.SUPPRESS:
+            continue
+        described = (action.help or "").split(_DEFAULT_OF)[0].rstrip()
+        value = _as_typed(values[key]).replace("%", "%%")  # help strings are %-formatted
+        default = f"{_DEFAULT_OF}{config.name}: {value})"
+        action.help = f"{described} {default}" if described else default
+
+
+class ShowConfigDefaults(argparse.Action):
+    """``--config NAME``: the help of the options that follow shows NAME's values."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        show_defaults(parser, get_config(values))
+        setattr(namespace, self.dest, values)
 
 
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
@@ -289,10 +323,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 __all__ = [
     "CONFIGS",
     "ModelConfig",
+    "ShowConfigDefaults",
     "TrainConfig",
     "add_config_arguments",
     "apply_overrides",
     "config_from_dict",
     "get_config",
     "overrides_from_args",
+    "show_defaults",
 ]

@@ -20,9 +20,10 @@ with its name. The ``module.`` prefix of a model saved through ``DataParallel`` 
 dropped, and the ``num_batches_tracked`` counters, which PyTorch 0.4 did not keep, are set
 to 0 when absent (they only matter for a batch norm with ``momentum=None``).
 
-**The command.** ``cornernet-ref convert CornerNet_500000.pkl cornernet_coco.pt`` writes the
-dict :meth:`CornerNet.from_checkpoint <cornernet_ref.model.CornerNet.from_checkpoint>` reads:
-``{"model": state_dict, "model_kwargs": ..., "class_names": ...}``.
+**The command.** ``cornernet-ref convert CornerNet_500000.pkl cornernet_coco.pt`` writes a
+checkpoint (:mod:`cornernet_ref.checkpoint`) with the model, its arguments and the class
+names, which :meth:`CornerNet.from_checkpoint <cornernet_ref.model.CornerNet.from_checkpoint>`
+reads.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from cornernet_ref.checkpoint import save_checkpoint
 
 # (official, ours): path fragments; "#" is a stack index.
 _SHARED_RULES: tuple[tuple[str, str], ...] = (
@@ -265,14 +268,14 @@ def convert_file(source: str | Path, target: str | Path, *, trust: bool = False)
         if kwargs["num_classes"] == len(COCO_CLASS_NAMES)
         else [str(i) for i in range(kwargs["num_classes"])]
     )
-    torch.save(
+    save_checkpoint(
+        target,
         {
             "model": converted,
             "model_kwargs": kwargs,
             "class_names": names,
             "converted_from": Path(source).name,
         },
-        target,
     )
     return kwargs
 

@@ -40,8 +40,10 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 
 from cornernet_ref.data.augment import resize_image
+from cornernet_ref.data.coco import load_coco
 from cornernet_ref.data.image import normalize, read_image
 from cornernet_ref.decode import REJECTED, decode, soft_nms
+from cornernet_ref.errors import InputError, print_error
 from cornernet_ref.output import CornerNetOutput
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
@@ -214,7 +216,7 @@ def model_source(
         image = read_image(Path(images_dir) / record["file_name"])
         canvas, padded = pad_image(image, geometry.scale)
         if padded != geometry:
-            raise ValueError(
+            raise InputError(
                 f"{record['file_name']}: image is {padded.image_size}, annotations say "
                 f"{geometry.image_size}"
             )
@@ -363,7 +365,9 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--nms", choices=("gaussian", "linear"), default="gaussian")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--limit", type=int, help="evaluate on the first N images only")
+    parser.add_argument(
+        "--limit", type=positive_int, metavar="N", help="evaluate on the first N images only"
+    )
     parser.add_argument("--results-out", type=Path, help="write the COCO results JSON here")
     parser.add_argument("--metrics-out", type=Path, required=True, help="write metrics JSON here")
     parser.set_defaults(func=_run)
@@ -371,22 +375,49 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_scales(text: str) -> tuple[float, ...]:
     """``--scales 0.5,1,1.5`` -> ``(0.5, 1.0, 1.5)``."""
-    scales = tuple(float(part) for part in text.split(",") if part.strip())
-    if not scales or min(scales) <= 0:
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        scales = ()
+    if not scales or not all(math.isfinite(scale) and scale > 0 for scale in scales):
         raise argparse.ArgumentTypeError(
-            f"expected positive scales such as 1 or 0.5,1,1.5: {text!r}"
+            f"expected positive scales such as 1 or 0.5,1,1.5, got {text!r}"
         )
     return scales
+
+
+def positive_int(text: str) -> int:
+    """An option that counts something: ``"3"`` -> ``3``; zero or less is refused."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """A score threshold: ``"0.3"`` -> ``0.3``, within ``[0, 1]``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
 
 
 def _run(args: argparse.Namespace) -> int:
     from cornernet_ref import analysis  # the oracle builds on this module
 
     if args.ground_truth and not args.checkpoint:
-        raise SystemExit(
+        raise InputError(
             "--ground-truth needs --checkpoint (with --oracle all maps are ground truth)"
         )
-    coco = COCO(str(args.annotations))
+    if not args.images.is_dir():
+        raise InputError(f"image folder not found: {args.images}")
+    coco = load_coco(args.annotations)
     num_classes = len(coco.getCatIds())
     if args.oracle:
         source = analysis.oracle_source(coco, num_classes=num_classes)
@@ -413,4 +444,8 @@ def _run(args: argparse.Namespace) -> int:
     args.metrics_out.parent.mkdir(parents=True, exist_ok=True)
     args.metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))
-    return 0 if all(math.isfinite(value) for value in metrics.values()) else 1
+    non_finite = [name for name, value in metrics.items() if not math.isfinite(value)]
+    if non_finite:
+        print_error(f"non-finite metrics {', '.join(non_finite)} (written to {args.metrics_out})")
+        return 1
+    return 0

@@ -41,10 +41,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cornernet_ref.checkpoint import CheckpointError, load_checkpoint
 from cornernet_ref.heads import PredictionModule
 from cornernet_ref.hourglass import ConvBN, Hourglass, Residual, Stem, stem_output_size
 from cornernet_ref.output import CornerNetOutput
@@ -169,26 +169,24 @@ class CornerNet(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: Any = "cpu") -> CornerNet:
-        """A model from a training checkpoint or a converted official model.
+        """A model from a checkpoint (:mod:`cornernet_ref.checkpoint`): trained or converted.
 
-        Both are ``torch.save``'d dicts with ``"model"`` (the state dict) and
-        ``"model_kwargs"`` (the constructor arguments), and usually ``"class_names"``, kept
-        as the model's ``class_names`` (None when absent). Checkpoints are pickles: load
-        only files you trust.
+        The model is built from the checkpoint's ``model_kwargs``, loaded with its state dict
+        and given its ``class_names`` (None when absent).
+
+        Raises:
+            CheckpointError: the file is missing, damaged, not a checkpoint, or its weights
+                do not fit its model arguments.
         """
-        state = torch.load(path, map_location=map_location, weights_only=False)
-        if not isinstance(state, dict) or not {"model", "model_kwargs"} <= state.keys():
-            keys = list(state)[:3] if isinstance(state, dict) else type(state).__name__
-            if isinstance(state, dict) and any("kps.0." in str(key) for key in state):
-                raise ValueError(
-                    f"{path} holds an official CornerNet state dict; convert it first with "
-                    "`cornernet-ref convert OFFICIAL.pkl OUT.pt`"
-                )
-            raise ValueError(f"{path}: expected a dict with 'model' and 'model_kwargs', got {keys}")
-        model = cls(**state["model_kwargs"])
-        model.load_state_dict(state["model"])
+        state = load_checkpoint(path)
+        try:
+            model = cls(**state["model_kwargs"])
+            model.load_state_dict(state["model"])
+        except (TypeError, ValueError, RuntimeError) as error:
+            reason = str(error).splitlines()[0]
+            raise CheckpointError(f"checkpoint {path} does not build a model: {reason}") from error
         model.class_names = state.get("class_names")
-        return model
+        return model.to(map_location)
 
 
 def _validate(

@@ -15,7 +15,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from cornernet_ref.data.image import read_image
-from cornernet_ref.evaluate import ImageDetections, detect_image, model_source, parse_scales
+from cornernet_ref.evaluate import (
+    ImageDetections,
+    detect_image,
+    model_source,
+    parse_scales,
+    unit_interval,
+)
 from cornernet_ref.model import CornerNet
 
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180))
@@ -75,7 +81,9 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("image", type=Path, help="the image")
     parser.add_argument("--checkpoint", type=Path, required=True, help="trained checkpoint")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
-    parser.add_argument("--threshold", type=float, default=0.3, help="minimum score drawn")
+    parser.add_argument(
+        "--threshold", type=unit_interval, default=0.3, help="minimum score drawn (0 to 1)"
+    )
     parser.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=True, help="flip testing"
     )

@@ -17,6 +17,16 @@ Scale-out uses PyTorch's own machinery: launched by ``torchrun``, each process r
 CPU) and trains its share of every batch; rank 0 alone logs, validates and writes
 checkpoints. The batch order is a pure function of the iteration
 (:mod:`cornernet_ref.data.loader`), so ``--resume`` continues exactly where a run stopped.
+
+**What $R$ processes equal.** The parameters equal those of one process accumulating the
+same $R$ shares as micro-batches. The batch-norm running statistics follow the official
+``DataParallel`` training, where each GPU normalises its own share and the first replica's
+statistics are kept: each iteration's first forward pass starts from rank 0's buffers (DDP
+broadcasts them), so the statistics that rank 0 validates with and checkpoints are those
+one process obtains when only rank 0's share of every iteration (the first $1/R$ of its
+micro-batches) updates them. A NaN or infinite loss on any rank reaches every rank through
+the averaged loss terms, so all stop at the same iteration with the same
+:class:`NonFiniteLossError`.
 """
 
 from __future__ import annotations
@@ -41,17 +51,22 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from cornernet_ref.checkpoint import load_checkpoint, save_checkpoint, write_atomically
 from cornernet_ref.config import (
+    CONFIGS,
+    ShowConfigDefaults,
     TrainConfig,
     add_config_arguments,
     apply_overrides,
     config_from_dict,
     get_config,
     overrides_from_args,
+    show_defaults,
 )
 from cornernet_ref.data.coco import CocoDetection, load_coco
 from cornernet_ref.data.loader import StreamBatchSampler, TrainingSet, make_loader
 from cornernet_ref.data.shapes import write_shapes
+from cornernet_ref.errors import InputError, print_error
 from cornernet_ref.evaluate import evaluate, model_source
 from cornernet_ref.losses import CornerNetLoss
 from cornernet_ref.model import CornerNet
@@ -181,23 +196,6 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically: to a temporary file, then renamed over ``path``.
-
-    A run killed while writing leaves the previous checkpoint intact. ``config.json`` is
-    written beside it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
-    (path.parent / "config.json").write_text(json.dumps(state["config"], indent=2) + "\n")
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def micro_batches(
     dataset: TrainingSet, config: TrainConfig, job: Distributed, start: int
 ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
@@ -253,7 +251,7 @@ def _train(
     scaler = torch.amp.GradScaler(job.device.type, enabled=dtype == torch.float16)
     start = 0
     if resume is not None:
-        state = load_checkpoint(resume)
+        state = load_checkpoint(resume, resume=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -262,7 +260,7 @@ def _train(
     network: nn.Module = model
     if job.enabled:
         device_ids = [job.device.index] if job.device.type == "cuda" else None
-        network = DistributedDataParallel(model, device_ids=device_ids)
+        network = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=True)
     if config.compile:
         network = torch.compile(network)
     criterion = CornerNetLoss(config.pull_weight, config.push_weight, config.offset_weight)
@@ -293,6 +291,8 @@ def _train(
                 "config": config.to_dict(),
             }
             save_checkpoint(checkpoint_path, state)
+            config_text = (json.dumps(state["config"], indent=2) + "\n").encode()
+            write_atomically(out / "checkpoints" / "config.json", lambda f: f.write(config_text))
 
     model.train()
     rank_batch = config.batch_size // job.world_size
@@ -394,34 +394,46 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
         help="train CornerNet (no arguments: a small model on synthetic shapes, CPU, minutes)",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument("--config", default="small_shapes", help="named configuration")
+    parser.add_argument(
+        "--config",
+        default="small_shapes",
+        choices=sorted(CONFIGS),
+        action=ShowConfigDefaults,
+        help="named configuration (before --help: the defaults shown are its values)",
+    )
     parser.add_argument("--resume", type=Path, help="checkpoint to continue from")
     parser.add_argument(
         "--images",
         dest="config__train_images",
         default=argparse.SUPPRESS,
+        metavar="DIR",
         help="training images (COCO format)",
     )
     parser.add_argument(
         "--annotations",
         dest="config__train_annotations",
         default=argparse.SUPPRESS,
+        metavar="JSON",
         help="training annotation JSON",
     )
     add_config_arguments(parser)
+    show_defaults(parser, get_config(parser.get_default("config")))
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.resume is not None:
-        config = config_from_dict(load_checkpoint(args.resume)["config"])
+        config = config_from_dict(load_checkpoint(args.resume, resume=True)["config"])
     else:
         config = get_config(args.config)
-    config = apply_overrides(config, overrides_from_args(args))
+    try:
+        config = apply_overrides(config, overrides_from_args(args))
+    except ValueError as error:  # a field out of range, or a combination the config rejects
+        raise InputError(f"configuration: {error}") from error
     try:
         _, summary = train(config, resume=args.resume)
     except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print_error(str(error))
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))

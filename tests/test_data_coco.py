@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cornernet_ref.data.coco import CocoDetection
+from cornernet_ref.data.coco import AnnotationError, CocoDetection
 from cornernet_ref.data.image import ImageReadError
 
 
@@ -69,7 +69,7 @@ def test_in_memory_reader_and_argument_errors(tiny_coco):
         CocoDetection(annotations)
     with pytest.raises(IndexError):
         dataset[3]
-    with pytest.raises(FileNotFoundError, match="nothing.json"):
+    with pytest.raises(AnnotationError, match="nothing.json"):
         CocoDetection(folder / "nothing.json", folder)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from cornernet_ref.data.image import ImageReadError, read_image
+from cornernet_ref.errors import InputError
 
 
 class Sample(NamedTuple):
@@ -35,17 +36,31 @@ class Sample(NamedTuple):
     image_id: int  # the COCO image id
 
 
+class AnnotationError(InputError, ValueError):
+    """An annotation file is missing, unreadable or not in COCO format; the message names it."""
+
+
 def load_coco(annotations: str | Path | dict[str, Any]) -> COCO:
-    """A pycocotools ``COCO`` index of an annotation file or of an annotation dict."""
+    """A pycocotools ``COCO`` index of an annotation file or of an annotation dict.
+
+    Raises:
+        AnnotationError: the file is missing, not JSON, or lacks the COCO lists.
+    """
     coco = COCO()
+    where = "the annotation dict"
     if isinstance(annotations, dict):
         coco.dataset = annotations
     else:
-        path = Path(annotations)
+        path = where = Path(annotations)
         if not path.is_file():
-            raise FileNotFoundError(f"annotation file not found: {path}")
-        with path.open() as file:
-            coco.dataset = json.load(file)
+            raise AnnotationError(f"annotation file not found: {path}")
+        try:
+            with path.open("rb") as file:
+                coco.dataset = json.load(file)
+        except (OSError, ValueError) as error:  # unreadable, not UTF-8, not JSON
+            raise AnnotationError(f"cannot read annotation file {path}: {error}") from error
+    if not isinstance(coco.dataset, dict) or not {"images", "annotations"} <= coco.dataset.keys():
+        raise AnnotationError(f"{where} is not COCO: it needs 'images' and 'annotations' lists")
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
     return coco

@@ -19,12 +19,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from cornernet_ref.errors import InputError
+
 # Official constants (BGR in the official code), reversed to RGB.
 MEAN_RGB = np.array([0.47026115, 0.44719302, 0.40789654], dtype=np.float32)
 STD_RGB = np.array([0.27809835, 0.27408164, 0.28863828], dtype=np.float32)
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(InputError, RuntimeError):
     """An image file is missing or cannot be decoded; the message names the file."""
 
 

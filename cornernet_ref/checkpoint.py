@@ -1,0 +1,179 @@
+"""Checkpoint files: one format for training, resuming, evaluation, prediction and conversion.
+
+A checkpoint is a ``torch.save``'d dict:
+
+| key | holds | written by |
+| --- | --- | --- |
+| ``format``, ``version`` | :data:`FORMAT`, :data:`VERSION` | every checkpoint |
+| ``model`` | the model's state dict | every checkpoint |
+| ``model_kwargs`` | the arguments of :class:`~cornernet_ref.model.CornerNet` | every checkpoint |
+| ``class_names`` | the names of the classes, or None | every checkpoint |
+| ``iteration``, ``optimizer``, ``scaler``, ``rng``, ``config`` | the training state | training |
+| ``converted_from`` | the name of the official file | ``cornernet-ref convert`` |
+| ``digest`` | SHA-256 of every tensor above | every checkpoint |
+
+**Atomic.** :func:`save_checkpoint` writes a temporary file in the target's folder,
+forces it to disk (``fsync``), renames it over the target (``os.replace``, atomic) and
+forces the folder's entry to disk too. A process killed at any moment leaves the old
+checkpoint or the new one, never a mix; a stale temporary file is overwritten by the next
+save.
+
+**Clear errors.** :func:`load_checkpoint` raises :class:`CheckpointError`, naming the file,
+when it is missing, truncated or corrupt (the unpickler fails, or the tensors no longer
+match the digest written with them), not a checkpoint of this project (an official state
+dict is told to be converted first), written by a newer format version, or, for resuming,
+holds a model without its training state. Files written before the format had a version
+(a dict with ``model`` and ``model_kwargs``, no digest) are read as version 0.
+
+Checkpoints are pickles (the random states are Python objects): load only files you trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from cornernet_ref.errors import InputError
+
+FORMAT = "cornernet-ref checkpoint"
+VERSION = 1
+MODEL_KEYS = ("model", "model_kwargs")
+RESUME_KEYS = ("iteration", "optimizer", "scaler", "rng", "config")
+
+
+class CheckpointError(InputError, ValueError):
+    """A checkpoint file cannot be used; the message names the file and what is wrong."""
+
+
+def tensor_digest(state: Any) -> str:
+    """SHA-256 of the names, dtypes, shapes and bytes of every tensor in a nested state."""
+    digest = hashlib.sha256()
+
+    def visit(name: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{flat.dtype}:{tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                visit(f"{name}.{key}", value[key])
+        elif isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                visit(f"{name}.{index}", item)
+
+    visit("", state)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (with at least :data:`MODEL_KEYS`) to ``path`` atomically.
+
+    The format marker, the version and the tensor digest are added here.
+    """
+    missing = [key for key in (*MODEL_KEYS, "class_names") if key not in state]
+    if missing:
+        raise ValueError(f"a checkpoint needs {missing}")
+    body = {key: value for key, value in state.items() if key not in ("format", "version")}
+    payload = {"format": FORMAT, "version": VERSION, **body, "digest": tensor_digest(body)}
+    write_atomically(Path(path), lambda file: torch.save(payload, file))
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, force it to disk, rename it over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("wb") as file:
+        write(file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    if os.name == "posix":  # the rename itself reaches the disk with the folder's entry
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Read and check a checkpoint (on the CPU).
+
+    Args:
+        path: the file.
+        resume: also require the training state (:data:`RESUME_KEYS`).
+
+    Returns:
+        The dict of the table above.
+
+    Raises:
+        CheckpointError: naming ``path`` and what is wrong with it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} is a folder, not a file"
+            if path.is_dir()
+            else f"checkpoint not found: {path}"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # damaged bytes make the unpickler raise any of many types
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {reason}") from error
+    _check(path, state, resume)
+    return state
+
+
+def _check(path: Path, state: Any, resume: bool) -> None:
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path} is not a cornernet-ref checkpoint: it holds a {type(state).__name__}"
+        )
+    if state.get("format", FORMAT) != FORMAT or not set(MODEL_KEYS) <= state.keys():
+        if any("kps.0." in str(key) for key in state):
+            raise CheckpointError(
+                f"{path} holds an official CornerNet state dict; convert it first with "
+                "`cornernet-ref convert OFFICIAL.pkl OUT.pt`"
+            )
+        raise CheckpointError(
+            f"{path} is not a cornernet-ref checkpoint: expected a dict with 'model' and "
+            f"'model_kwargs', got keys {sorted(map(str, state))[:5]}"
+        )
+    version = state.get("version", 0)
+    if not isinstance(version, int) or not 0 <= version <= VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version!r}; this cornernet-ref reads "
+            f"versions 0 to {VERSION} (a newer cornernet-ref wrote it?)"
+        )
+    if version >= 1:
+        body = {key: value for key, value in state.items() if key not in ("format", "version")}
+        written = body.pop("digest", None)
+        if written != tensor_digest(body):
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: its tensors do not match the digest written "
+                "with them"
+            )
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if resume and missing:
+        raise CheckpointError(
+            f"{path} holds a model without its training state ({', '.join(missing)} missing): "
+            "it cannot be resumed"
+        )
+
+
+__all__ = [
+    "FORMAT",
+    "MODEL_KEYS",
+    "RESUME_KEYS",
+    "VERSION",
+    "CheckpointError",
+    "load_checkpoint",
+    "save_checkpoint",
+    "tensor_digest",
+    "write_atomically",
+]
