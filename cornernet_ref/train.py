@@ -150,6 +150,8 @@ def prepare_data(config: TrainConfig) -> tuple[CocoDetection, tuple[Path, Path] 
             return CocoDetection(train[1], train[0]), None
         val = write_shapes(root / "val", config.shapes_val, seed=seed + 1, size=size)
         return CocoDetection(train[1], train[0]), val
+    if not Path(config.train_images).is_dir():
+        raise InputError(f"training image folder not found: {config.train_images}")
     source = CocoDetection(
         config.train_annotations, config.train_images, skip_unreadable=config.skip_unreadable
     )
@@ -237,9 +239,12 @@ def _train(
     checkpoint_path = out / "checkpoints" / "last.pt"
     if job.is_main:
         print(f"config {config.name}:\n{config}", file=sys.stderr)
+    # Rank 0 writes the shapes data before the others read it. COCO data is read by every
+    # rank before any waits, so a bad path stops all of them rather than leaving some waiting.
+    if job.is_main or config.dataset == "coco":
         source, val = prepare_data(config)
-    job.barrier()  # rank 0 writes the shapes data first
-    if not job.is_main:
+    job.barrier()
+    if not job.is_main and config.dataset == "shapes":
         source, val = prepare_data(config)
     torch.manual_seed(config.seed)
     kwargs = model_kwargs(config, source.num_classes)

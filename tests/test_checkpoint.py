@@ -1,0 +1,157 @@
+"""The checkpoint format: round trip, atomic writes, and a clear error for every damaged file."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cornernet_ref.checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from cornernet_ref.model import CornerNet
+
+TINY_KWARGS = {
+    "num_classes": 2, "n": 1, "nstack": 1, "dims": [4, 4], "modules": [1, 1],
+    "cnv_dim": 4, "pre_dim": 4, "pool_dim": 4,
+}  # fmt: skip
+
+
+def model_state(seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    model = CornerNet(**TINY_KWARGS)
+    return {"model": model.state_dict(), "model_kwargs": TINY_KWARGS, "class_names": ["a", "b"]}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple[bytes, dict]:
+    """The bytes of a saved checkpoint and the state saved."""
+    path = tmp_path_factory.mktemp("saved") / "last.pt"
+    state = model_state() | {"iteration": 7, "optimizer": {"lr": 1.0}}
+    save_checkpoint(path, state)
+    return path.read_bytes(), state
+
+
+def assert_same_state(loaded: dict, state: dict) -> None:
+    assert loaded.keys() >= state.keys()
+    for key, value in state.items():
+        if key == "model":
+            assert loaded[key].keys() == value.keys()
+            assert all(torch.equal(loaded[key][name], value[name]) for name in value)
+        else:
+            assert loaded[key] == value
+
+
+def test_round_trip_marks_format_and_version(tmp_path, saved):
+    data, state = saved
+    path = tmp_path / "x.pt"
+    path.write_bytes(data)
+    loaded = load_checkpoint(path)
+    assert (loaded["format"], loaded["version"]) == (FORMAT, VERSION)
+    assert_same_state(loaded, state)
+    model = CornerNet.from_checkpoint(path)
+    assert model.class_names == ["a", "b"]
+
+
+@settings(max_examples=20)  # each example unpickles a file
+@given(cut=st.floats(0, 1, exclude_max=True))
+def test_a_truncated_file_gets_an_error_naming_it(tmp_path_factory, saved, cut):
+    data, _ = saved
+    path = tmp_path_factory.mktemp("cut") / "truncated.pt"
+    path.write_bytes(data[: int(cut * len(data))])
+    with pytest.raises(CheckpointError, match="truncated.pt"):
+        load_checkpoint(path)
+
+
+@settings(max_examples=20)
+@given(position=st.floats(0, 1, exclude_max=True), byte=st.integers(0, 255))
+def test_a_corrupt_byte_is_refused_or_harmless(tmp_path_factory, saved, position, byte):
+    """Damage anywhere either gets a clear error or (in padding and such) changes nothing."""
+    data, state = saved
+    index = int(position * len(data))
+    path = tmp_path_factory.mktemp("byte") / "corrupt.pt"
+    path.write_bytes(data[:index] + bytes([byte]) + data[index + 1 :])
+    try:
+        loaded = load_checkpoint(path)
+    except CheckpointError as error:
+        assert "corrupt.pt" in str(error)
+    else:
+        assert_same_state(loaded, state)
+
+
+def test_damaged_tensor_bytes_fail_the_digest(tmp_path, saved):
+    data, state = saved
+    tensor = state["model"]["stem.conv7x7.conv.weight"]
+    raw = tensor.numpy().tobytes()
+    index = data.index(raw)  # stored uncompressed
+    damaged = bytearray(data)
+    damaged[index] ^= 0x40
+    path = tmp_path / "flipped.pt"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match="flipped.pt is corrupt: its tensors"):
+        load_checkpoint(path)
+
+
+def test_files_that_are_not_checkpoints(tmp_path):
+    cases = {
+        "missing.pt": None,
+        "tensor.pt": torch.zeros(2),
+        "other.pt": {"weights": {}},
+        "official.pt": {"kps.0.up1.0.conv1.weight": torch.zeros(1)},
+        "newer.pt": {"format": FORMAT, "version": VERSION + 1, **model_state()},
+    }
+    messages = {
+        "missing.pt": "checkpoint not found: .*missing.pt",
+        "tensor.pt": "tensor.pt is not a cornernet-ref checkpoint: it holds a Tensor",
+        "other.pt": "other.pt is not a cornernet-ref checkpoint: expected a dict with 'model'",
+        "official.pt": "official.pt holds an official CornerNet state dict; convert it first",
+        "newer.pt": f"newer.pt has checkpoint format version {VERSION + 1}",
+    }
+    for name, content in cases.items():
+        if content is not None:
+            torch.save(content, tmp_path / name)
+        with pytest.raises(CheckpointError, match=messages[name]):
+            load_checkpoint(tmp_path / name)
+    (tmp_path / "folder.pt").mkdir()
+    with pytest.raises(CheckpointError, match="folder.pt is a folder"):
+        load_checkpoint(tmp_path / "folder.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="text.pt is truncated or corrupt"):
+        load_checkpoint(tmp_path / "text.pt")
+
+
+def test_resume_needs_the_training_state(tmp_path):
+    save_checkpoint(tmp_path / "model.pt", model_state())
+    with pytest.raises(CheckpointError, match="model.pt holds a model without its training"):
+        load_checkpoint(tmp_path / "model.pt", resume=True)
+
+
+def test_unversioned_files_still_load(tmp_path):
+    """A dict with 'model' and 'model_kwargs' (the layout before the version) is version 0."""
+    state = model_state(seed=1)
+    torch.save(state, tmp_path / "old.pt")
+    assert_same_state(load_checkpoint(tmp_path / "old.pt"), state)
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    first = model_state(seed=1)
+    save_checkpoint(path, first)
+    unpicklable = model_state(seed=2) | {"config": lambda: None}
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        save_checkpoint(path, unpicklable)
+    assert_same_state(load_checkpoint(path), first)
+
+
+def test_weights_that_do_not_fit_their_arguments(tmp_path):
+    state = model_state() | {"model_kwargs": TINY_KWARGS | {"num_classes": 3}}
+    save_checkpoint(tmp_path / "mismatch.pt", state)
+    with pytest.raises(CheckpointError, match="mismatch.pt does not build a model"):
+        CornerNet.from_checkpoint(tmp_path / "mismatch.pt")
