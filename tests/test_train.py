@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import random
 import socket
 import subprocess
 import sys
@@ -20,12 +20,16 @@ pytest.importorskip("cornernet_ref.targets")
 pytest.importorskip("cornernet_ref.losses")
 pytest.importorskip("cornernet_ref.model")
 
+from cornernet_ref.checkpoint import CheckpointError
 from cornernet_ref.config import ModelConfig, TrainConfig
 from cornernet_ref.data.augment import AugmentConfig
+from cornernet_ref.losses import CornerNetLoss
+from cornernet_ref.model import CornerNet
 from cornernet_ref.train import (
     NonFiniteLossError,
     learning_rate,
     load_checkpoint,
+    model_kwargs,
     train,
 )
 
@@ -51,6 +55,9 @@ TINY = TrainConfig(
 )
 
 
+TINY_KWARGS = model_kwargs(TINY, num_classes=3)
+
+
 def parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in model.named_parameters()}
 
@@ -74,67 +81,266 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _ddp_worker(rank: int, config: TrainConfig, port: int, result_dir: str) -> None:
+def _spawn(worker, *args, nprocs: int = 2, timeout: float = 300.0) -> None:
+    """Run ``worker(rank, *args)`` on ``nprocs`` processes; fail if one outlives ``timeout``."""
+    context = mp.spawn(worker, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"a rank was still running after {timeout:.0f} s: it hangs")
+
+
+def _join_gloo(rank: int, port: int) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2"
     )
     torch.set_num_threads(1)
+
+
+def _ddp_worker(rank: int, config: TrainConfig, port: int, result_dir: str) -> None:
+    _join_gloo(rank, port)
     model, _ = train(config)
-    torch.save(parameters(model), Path(result_dir) / f"rank{rank}.pt")
+    state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    torch.save(state, Path(result_dir) / f"rank{rank}.pt")
+
+
+class FirstShareStatistics(CornerNet):
+    """One process under the rule of the rank-0 statistics, for ``world_size`` ranks.
+
+    Of every ``world_size`` training forward passes (an iteration's micro-batches, one per
+    rank's share), only the first, rank 0's share, updates the batch-norm buffers: the
+    others run with momentum 0 (the running statistics stay as they are) and do not count.
+    """
+
+    world_size = 2
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.training_passes = 0
+
+    def forward(self, images):
+        first_share = not self.training or self.training_passes % self.world_size == 0
+        self.training_passes += self.training
+        if first_share:
+            return super().forward(images)
+        norms = [m for m in self.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.momentum = 0.0
+        outputs = super().forward(images)
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+            norm.num_batches_tracked -= 1
+        return outputs
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process(tmp_path):
-    """Same global batch: 2 ranks x 1 micro-batch == 1 rank x 2 accumulated micro-batches."""
+def test_two_gloo_processes_equal_one_process(tmp_path, monkeypatch):
+    """Same global batch: 2 ranks x 1 micro-batch == 1 rank x 2 accumulated micro-batches.
+
+    Parameters equal; the batch-norm buffers equal those of the documented rule (only rank
+    0's share updates them), and the checkpoint holds exactly rank 0's model.
+    """
+    import cornernet_ref.train as train_module
+
     ddp_config = replace(TINY, out=str(tmp_path / "ddp"))
-    mp.spawn(_ddp_worker, args=(ddp_config, _free_port(), str(tmp_path)), nprocs=2)
+    _spawn(_ddp_worker, ddp_config, _free_port(), str(tmp_path))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    assert_same_parameters(rank0, rank1)  # DDP keeps the replicas identical
+    names = {name for name, _ in CornerNet(**TINY_KWARGS).named_parameters()}
+    buffers = rank0.keys() - names
+    assert buffers and all("running" in n or "num_batches_tracked" in n for n in buffers)
+    assert_same_parameters({n: rank0[n] for n in names}, {n: rank1[n] for n in names})
+    monkeypatch.setattr(train_module, "CornerNet", FirstShareStatistics)
     single, _ = train(replace(TINY, accumulation=2, out=str(tmp_path / "single")))
-    assert_same_parameters(parameters(single), rank0, atol=1e-5)
-    initial = parameters(
-        type(single)(**load_checkpoint(tmp_path / "single/checkpoints/last.pt")["model_kwargs"])
-    )
+    assert_same_parameters(single.state_dict(), rank0, atol=1e-5)
+    for name in buffers:
+        if name.endswith("num_batches_tracked"):  # one update per iteration, as in one rank
+            assert rank0[name].item() == TINY.max_iters, name
+    saved = load_checkpoint(tmp_path / "ddp/checkpoints/last.pt")["model"]
+    assert saved.keys() == rank0.keys()
+    assert all(torch.equal(saved[name], rank0[name]) for name in saved)
+    torch.manual_seed(TINY.seed)  # the initial weights of both runs
+    initial = parameters(CornerNet(**TINY_KWARGS))
     assert any(not torch.equal(initial[n], rank0[n]) for n in initial)  # training moved them
+    assert any(not torch.equal(rank0[n], rank1[n]) for n in buffers)  # rank 1's are not kept
+
+
+class PoisonedLoss(CornerNetLoss):
+    """The loss, NaN from the ``poisoned_from``-th call on (counting from 0)."""
+
+    poisoned_from = 1
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def forward(self, outputs, targets):
+        losses = super().forward(outputs, targets)
+        self.calls += 1
+        if self.calls > self.poisoned_from:
+            losses = dict(losses, total=losses["total"] * float("nan"))
+        return losses
+
+
+def _nan_worker(rank: int, config: TrainConfig, port: int, result_dir: str) -> None:
+    """Rank 1 alone computes a NaN loss at its second iteration; each rank writes its error."""
+    import cornernet_ref.train as train_module
+
+    _join_gloo(rank, port)
+    if rank == 1:
+        train_module.CornerNetLoss = PoisonedLoss
+    try:
+        train(config)
+    except NonFiniteLossError as error:
+        (Path(result_dir) / f"rank{rank}.txt").write_text(str(error))
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_parameters(tmp_path):
-    config = replace(TINY, max_iters=6, checkpoint_every=2, out=str(tmp_path / "killed"))
-    checkpoint = tmp_path / "killed" / "checkpoints" / "last.pt"
-    script = (
-        "import json, sys; from cornernet_ref.config import config_from_dict; "
-        "from cornernet_ref.train import train; train(config_from_dict(json.loads(sys.argv[1])))"
-    )
-    process = subprocess.Popen([sys.executable, "-c", script, json.dumps(config.to_dict())])
-    try:
-        while not checkpoint.exists() and process.poll() is None:
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-    stopped_at = load_checkpoint(checkpoint)["iteration"]
-    assert stopped_at in (2, 4, 6)
-    resumed, _ = train(config, resume=checkpoint)
-    uninterrupted, _ = train(replace(config, out=str(tmp_path / "whole")))
-    assert_same_parameters(parameters(resumed), parameters(uninterrupted))
-    assert load_checkpoint(checkpoint)["iteration"] == 6
+def test_a_nan_on_one_rank_stops_every_rank(tmp_path):
+    config = replace(TINY, max_iters=4, checkpoint_every=1, out=str(tmp_path / "run"))
+    _spawn(_nan_worker, config, _free_port(), str(tmp_path), timeout=150)
+    messages = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert messages[0] == messages[1]
+    assert "non-finite at iteration 1 " in messages[0]
+    state = load_checkpoint(tmp_path / "run/checkpoints/last.pt", resume=True)
+    assert state["iteration"] == 1
+
+
+# The child of the fault-injection test: trains, and can stop itself inside a checkpoint
+# write (half of the temporary file written, or all of it but not yet renamed) and wait
+# there to be killed. argv: config JSON, checkpoint to resume ("" for none), where to
+# stop ("half-written", "before-rename" or "none") and at which iteration's checkpoint,
+# the file that tells the test the child has stopped.
+FAULT_CHILD = """
+import io, json, os, sys, time
+from pathlib import Path
+import torch
+from cornernet_ref.config import config_from_dict
+from cornernet_ref.train import train
+
+config = config_from_dict(json.loads(sys.argv[1]))
+resume, stop, stop_at, stopped = sys.argv[2] or None, sys.argv[3], int(sys.argv[4]), sys.argv[5]
+torch.set_num_threads(1)
+real_save, real_replace, saving = torch.save, os.replace, {}
+
+
+def wait_to_be_killed():
+    Path(stopped).write_text("stopped")
+    time.sleep(600)
+
+
+def save(obj, file, *args, **kwargs):
+    saving["iteration"] = obj.get("iteration") if isinstance(obj, dict) else None
+    if stop == "half-written" and saving["iteration"] == stop_at:
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        file.flush()
+        wait_to_be_killed()
+    real_save(obj, file, *args, **kwargs)
+
+
+def replace(source, target):
+    if stop == "before-rename" and Path(target).name == "last.pt":
+        if saving["iteration"] == stop_at:
+            wait_to_be_killed()
+    real_replace(source, target)
+
+
+torch.save, os.replace = save, replace
+train(config, resume=resume)
+"""
+
+
+def _history(path: Path, offset: int) -> list[int]:
+    """Iterations recorded in ``history.jsonl`` from byte ``offset`` on."""
+    if not path.exists():
+        return []
+    with path.open("rb") as file:
+        file.seek(offset)
+        return [json.loads(line)["iteration"] for line in file.read().splitlines()]
+
+
+@pytest.mark.slow
+def test_runs_killed_at_random_moments_resume_to_the_same_parameters(tmp_path, one_thread):
+    """SIGKILL inside checkpoint writes and at random moments; resume after each kill.
+
+    After every kill the last checkpoint loads; every resumed run trains (its history
+    continues from its checkpoint); the end equals an uninterrupted run exactly.
+    """
+    config = replace(TINY, max_iters=10, checkpoint_every=1, out=str(tmp_path / "killed"))
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    last, temporary = checkpoints / "last.pt", checkpoints / "last.pt.tmp"
+    history = tmp_path / "killed" / "history.jsonl"
+    (tmp_path / "child.py").write_text(FAULT_CHILD)
+    rng = random.Random(0)
+    stages = ["half-written", "random", "before-rename", "random", "none"]
+    for index, stage in enumerate(stages):
+        start = load_checkpoint(last, resume=True)["iteration"] if last.exists() else 0
+        offset = history.stat().st_size if history.exists() else 0
+        # Pauses fall inside this run's own work, at least one checkpoint past its start;
+        # a random kill lands between its first iteration and its final checkpoint.
+        stop, stop_at = stage, min(start + rng.randint(2, 3), config.max_iters)
+        if stage == "random":
+            stop, stop_at = "before-rename", config.max_iters
+        stopped = tmp_path / f"stopped-{index}"
+        resume = str(last) if last.exists() else ""
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                str(tmp_path / "child.py"),
+                json.dumps(config.to_dict()),
+                resume,
+                stop,
+                str(stop_at),
+                str(stopped),
+            ]  # fmt: skip
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while child.poll() is None and time.monotonic() < deadline:
+                if stage == "random" and _history(history, offset):
+                    time.sleep(rng.uniform(0.0, 0.3))
+                    break
+                if stopped.exists():
+                    break
+                time.sleep(0.02)
+            status = child.poll()
+        finally:
+            child.kill()
+            child.wait()
+        ran = _history(history, offset)
+        if stage == "none":
+            assert status == 0
+            assert ran == list(range(start + 1, config.max_iters + 1))
+            break
+        assert status is None, f"the {stage} run ended (status {status}) before being killed"
+        assert ran and ran[0] == start + 1, f"resumed at {start}, history continues {ran}"
+        state = load_checkpoint(last, resume=True)  # a loadable last checkpoint, always
+        assert state["iteration"] >= start
+        if stage == "half-written":
+            assert state["iteration"] == stop_at - 1
+            with pytest.raises(CheckpointError, match="last.pt.tmp"):
+                load_checkpoint(temporary)  # the kill did land inside the write
+        elif stage == "before-rename":
+            assert state["iteration"] == stop_at - 1
+            assert load_checkpoint(temporary)["iteration"] == stop_at
+    assert load_checkpoint(last)["iteration"] == config.max_iters
+    assert not temporary.exists()
+    train(replace(config, out=str(tmp_path / "whole")))
+    resumed = load_checkpoint(last)["model"]
+    uninterrupted = load_checkpoint(tmp_path / "whole/checkpoints/last.pt")["model"]
+    assert resumed.keys() == uninterrupted.keys()
+    for name in resumed:
+        assert torch.equal(resumed[name], uninterrupted[name]), name
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     import cornernet_ref.train as train_module
 
-    calls = {"n": 0}
-    real_loss = train_module.CornerNetLoss
-
-    class PoisonedLoss(real_loss):
-        def forward(self, outputs, targets):
-            losses = super().forward(outputs, targets)
-            calls["n"] += 1
-            if calls["n"] > 2:  # the third iteration's loss becomes NaN
-                losses = dict(losses, total=losses["total"] * float("nan"))
-            return losses
-
+    monkeypatch.setattr(PoisonedLoss, "poisoned_from", 2)  # the third iteration's loss
     monkeypatch.setattr(train_module, "CornerNetLoss", PoisonedLoss)
     config = replace(TINY, max_iters=5, checkpoint_every=1, out=str(tmp_path))
     with pytest.raises(NonFiniteLossError, match="iteration 2"):
