@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor
 
 from cornernet_ref.checkpoint import save_checkpoint
+from cornernet_ref.errors import InputError
 
 # (official, ours): path fragments; "#" is a stack index.
 _SHARED_RULES: tuple[tuple[str, str], ...] = (
@@ -243,14 +245,25 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
     With ``trust`` it is unpickled in full, which runs whatever code the file names: only
     for files you trust, if the safe loader refuses one.
     """
+    if not Path(path).is_file():
+        raise InputError(f"official weights not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} holds more than tensors ({error}); if you trust the file, pass --trust"
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found is None:
+            reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+            reason = reason[1] if reason else str(error).splitlines()[0]
+            raise InputError(f"{path} is truncated or corrupt: {reason}") from error
+        raise InputError(
+            f"{path} holds more than tensors (it names {found[1]}); if you trust the file, "
+            "pass --trust"
         ) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:  # a damaged zip or pickle
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"{path} is truncated or corrupt: {reason}") from error
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+        raise InputError(f"{path}: expected a state dict, got {type(state).__name__}")
     return dict(state)
 
 

@@ -210,6 +210,21 @@ def test_train_rejects_bad_input_before_training(files, capsys, tmp_path, argv, 
 
 
 @pytest.mark.parametrize(
+    ("official", "fragments"),
+    [
+        ("missing.pkl", ["official weights not found", "missing.pkl"]),
+        ("truncated.pt", ["truncated.pt is truncated or corrupt"]),
+        ("annotations.json", ["annotations.json is truncated or corrupt"]),
+    ],
+)
+def test_convert_names_the_bad_file(files, capsys, tmp_path, official, fragments):
+    status, err = run(["convert", files["root"] / official, tmp_path / "out.pt"], capsys)
+    assert status == 2
+    assert_one_error_line(err, *fragments)
+    assert not (tmp_path / "out.pt").exists()
+
+
+@pytest.mark.parametrize(
     "command",
     [
         ["predict", "nowhere.png", "--checkpoint", "missing.pt", "--out", "x.png"],
