@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cornernet_ref.checkpoint import (
@@ -60,7 +60,6 @@ def test_round_trip_marks_format_and_version(tmp_path, saved):
     assert model.class_names == ["a", "b"]
 
 
-@settings(max_examples=20)  # each example unpickles a file
 @given(cut=st.floats(0, 1, exclude_max=True))
 def test_a_truncated_file_gets_an_error_naming_it(tmp_path_factory, saved, cut):
     data, _ = saved
@@ -70,7 +69,6 @@ def test_a_truncated_file_gets_an_error_naming_it(tmp_path_factory, saved, cut):
         load_checkpoint(path)
 
 
-@settings(max_examples=20)
 @given(position=st.floats(0, 1, exclude_max=True), byte=st.integers(0, 255))
 def test_a_corrupt_byte_is_refused_or_harmless(tmp_path_factory, saved, position, byte):
     """Damage anywhere either gets a clear error or (in padding and such) changes nothing."""
@@ -86,7 +84,7 @@ def test_a_corrupt_byte_is_refused_or_harmless(tmp_path_factory, saved, position
         assert_same_state(loaded, state)
 
 
-def test_damaged_tensor_bytes_fail_the_digest(tmp_path, saved):
+def test_damaged_tensor_bytes_fail_the_crc(tmp_path, saved):
     data, state = saved
     tensor = state["model"]["stem.conv7x7.conv.weight"]
     raw = tensor.numpy().tobytes()
@@ -95,7 +93,7 @@ def test_damaged_tensor_bytes_fail_the_digest(tmp_path, saved):
     damaged[index] ^= 0x40
     path = tmp_path / "flipped.pt"
     path.write_bytes(bytes(damaged))
-    with pytest.raises(CheckpointError, match="flipped.pt is corrupt: its tensors"):
+    with pytest.raises(CheckpointError, match="flipped.pt is corrupt: record .* is damaged"):
         load_checkpoint(path)
 
 
