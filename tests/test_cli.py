@@ -181,6 +181,17 @@ def test_non_finite_metrics_fail_the_command(files, capsys, monkeypatch):
     assert math.isnan(json.loads((files["root"] / "metrics.json").read_text())["AP"])
 
 
+def test_a_bug_keeps_its_traceback(files, monkeypatch):
+    """Only bad input becomes one line; any other exception propagates."""
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(evaluate_module, "evaluate", broken)
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        main([str(arg) for arg in evaluate_args(files)])
+
+
 @pytest.mark.parametrize(
     ("argv", "fragments"),
     [
