@@ -177,6 +177,14 @@ MALFORMED = {
         _drop_field("images", 1, "file_name"),
         r"images\[1\] \(id 3\): field 'file_name': expected a non-empty string, got None",
     ),
+    "image without height": (
+        _drop_field("images", 2, "height"),
+        r"images\[2\] \(id 9\): field 'height': expected a positive integer, got None",
+    ),
+    "image of width 0": (
+        _set("images", 0, "width", 0),
+        r"images\[0\] \(id 7\): field 'width': expected a positive integer, got 0",
+    ),
     "category without name": (
         _drop_field("categories", 0, "name"),
         r"categories\[0\] \(id 90\): field 'name': expected a non-empty string",
@@ -236,7 +244,7 @@ def test_crowd_flag_and_area_default_as_coco_evaluation_needs(tiny_coco):
 def test_labels_are_the_ranks_of_any_category_ids(category_ids, picks):
     chosen = [category_ids[i % len(category_ids)] for i in picks]
     data = {
-        "images": [{"id": 1, "file_name": "x.png"}],
+        "images": [{"id": 1, "file_name": "x.png", "width": 4, "height": 4}],
         "categories": [{"id": c, "name": f"c{c}"} for c in category_ids],
         "annotations": [
             {"id": k, "image_id": 1, "category_id": c, "bbox": [0, 0, 1 + k, 2]}

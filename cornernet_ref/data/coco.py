@@ -70,8 +70,9 @@ def check_coco(dataset: Any, source: str = IN_MEMORY) -> None:
     """Check the structure of a COCO detection dataset; fill in ``iscrowd`` and ``area``.
 
     Checked: a JSON object with the lists ``images``, ``annotations`` and ``categories``; in
-    each record an integer ``id``, unique in its list; a non-empty ``file_name`` of every
-    image and ``name`` of every category; every annotation's ``image_id`` and
+    each record an integer ``id``, unique in its list; a non-empty ``file_name`` and positive
+    integer ``width`` and ``height`` of every image (the evaluation needs them), a non-empty
+    ``name`` of every category; every annotation's ``image_id`` and
     ``category_id`` among the listed ones, its ``bbox`` four finite numbers
     ``[x, y, width, height]`` with ``width, height >= 0``, its ``iscrowd`` 0 or 1. Absent
     ``iscrowd`` becomes 0 and absent ``area`` ``width * height`` (in place).
@@ -113,6 +114,11 @@ def check_coco(dataset: Any, source: str = IN_MEMORY) -> None:
             if not (isinstance(record.get(field), str) and record[field]):
                 text = f"expected a non-empty string, got {record.get(field)!r}"
                 raise problem(section, index, field, text)
+    for index, record in enumerate(dataset["images"]):
+        for field in ("width", "height"):
+            if not (_is_int(record.get(field)) and record[field] > 0):
+                text = f"expected a positive integer, got {record.get(field)!r}"
+                raise problem("images", index, field, text)
     for index, record in enumerate(dataset["annotations"]):
         for field, section in (("image_id", "images"), ("category_id", "categories")):
             value = record.get(field)
