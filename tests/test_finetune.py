@@ -105,8 +105,7 @@ def test_load_matching_rule(classes, architectures):
     of the model keeps its fresh values; unused: the names the model lacks."""
     source = trained_looking(classes[0], **architectures[0]).state_dict()
     model = fresh(classes[1], **architectures[1])
-    new = model.state_dict()
-    new = {name: value.clone() for name, value in new.items()}
+    new = {name: value.clone() for name, value in model.state_dict().items()}
     report = load_matching(model, source)
     matching = [n for n in new if n in source and source[n].shape == new[n].shape]
     assert report.loaded == matching

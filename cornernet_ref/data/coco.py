@@ -10,12 +10,13 @@ are not training targets. Boxes without area are dropped too. Images without any
 kept: they teach the network what background looks like.
 
 **Any COCO-format file.** Category ids may be any integers (``7`` and ``1001`` become labels 0
-and 1); ``iscrowd`` defaults to 0 and ``area`` to ``width * height``, which the COCO
+and 1); ``iscrowd`` defaults to 0 and ``area`` to the box's width times height, which the COCO
 evaluation needs. Before anything is trained, :func:`check_coco` checks the structure (the
 three lists, their ids, every annotation's image, category and box) and
 :class:`CocoDetection` checks that every image file exists; a problem stops it with an
 :class:`AnnotationError` naming the file, the record and the field, e.g.
-``train.json: annotations[17] (id 42): 'category_id' 5 is not the id of any category``.
+``train.json: annotations[17] (id 42): field 'category_id': 5 is not the id of any of the
+categories``.
 """
 
 from __future__ import annotations
