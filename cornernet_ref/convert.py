@@ -1,8 +1,9 @@
-"""Official weights: map a state dict of the official implementation onto this model.
+r"""Official weights: map a state dict of the official implementation onto this model.
 
 The official code (princeton-vl/CornerNet) names its modules after its builder functions
 (``pre``, ``kps``, ``up1``/``low1``/``low2``/``low3``, ``tl_cnvs``...); this project names
-them after what they do. The tensors are the same, one for one, so converting is renaming.
+them after what they do. The tensors are the same, one for one, so converting is renaming,
+plus one reversal of colour channels (below).
 
 **The rule table.** A key is a dotted path. :data:`RULES` lists pairs of path fragments
 ``(official, ours)``; ``#`` stands for a stack index, copied across. A key is rewritten
@@ -12,6 +13,20 @@ part that no rule matches (``0``, ``weight``, ``running_mean``...) is kept. So
 (``kps.#``, ``low2``, ``low1``, ``skip.0``). The inverse mapping applies the same table with
 the two columns swapped; the tests check that both directions are inverse to each other on
 every key, which makes the mapping a bijection.
+
+**Colour order.** The official network was trained on images read by OpenCV, in **BGR**
+order, normalised with BGR constants; this project reads RGB and reverses the constants
+(:mod:`cornernet_ref.data.image`), so its normalised input is the official one with the
+channels reversed, $x^{\mathrm{RGB}}_c = x^{\mathrm{BGR}}_{2-c}$. Only the first
+convolution sees channels, so reversing its input channels makes the two agree:
+
+$$ \sum_{c} W^{\mathrm{off}}_{:,c} * x^{\mathrm{BGR}}_c
+   = \sum_{c} W^{\mathrm{off}}_{:,2-c} * x^{\mathrm{RGB}}_c,
+   \qquad W_{:,c} = W^{\mathrm{off}}_{:,2-c} $$
+
+:func:`convert_official_state_dict` applies this to ``pre.0.conv.weight`` (this model's
+:data:`FIRST_CONV`) and :func:`to_official_state_dict` undoes it. The tests feed the
+re-stated official network a BGR image and the converted model the same pixels in RGB.
 
 **Strict.** :func:`convert_official_state_dict` uses every tensor and checks every shape
 against this model built with the same configuration (read off the official tensors by
@@ -102,6 +117,8 @@ COCO_CLASS_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 
 _BATCHES_TRACKED = "num_batches_tracked"
+FIRST_CONV = "stem.conv7x7.conv.weight"
+"""The one tensor that sees colour channels: reversed (BGR <-> RGB) by the conversion."""
 
 
 def _rewrite(key: str, rules: list[tuple[list[str], list[str]]]) -> str:
@@ -223,7 +240,7 @@ def convert_official_state_dict(
                 f"official {key!r} has shape {tuple(value.shape)}, this model's {name!r} "
                 f"expects {tuple(expected[name])}"
             )
-        renamed[name] = value
+        renamed[name] = value.flip(1) if name == FIRST_CONV else value  # BGR -> RGB inputs
     converted = {}
     for name in expected:
         if name in renamed:
@@ -237,6 +254,21 @@ def convert_official_state_dict(
                 f"{name!r}; {missing} tensors missing in all)"
             )
     return converted
+
+
+def to_official_state_dict(
+    state: Mapping[str, Tensor], prefix: str = "module."
+) -> dict[str, Tensor]:
+    """The inverse of :func:`convert_official_state_dict`: official names, BGR first convolution.
+
+    Args:
+        state: a state dict of this model.
+        prefix: put before every key (``"module."``, as the official training code saves).
+    """
+    return {
+        prefix + ours_to_official(key): value.flip(1) if key == FIRST_CONV else value
+        for key, value in state.items()
+    }
 
 
 def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]:
@@ -317,6 +349,7 @@ def _run(args: argparse.Namespace) -> int:
 
 __all__ = [
     "COCO_CLASS_NAMES",
+    "FIRST_CONV",
     "RULES",
     "add_subcommand",
     "convert_file",
@@ -326,4 +359,5 @@ __all__ = [
     "load_official",
     "official_to_ours",
     "ours_to_official",
+    "to_official_state_dict",
 ]

@@ -51,6 +51,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from cornernet_ref import finetune
 from cornernet_ref.checkpoint import load_checkpoint, save_checkpoint, write_atomically
 from cornernet_ref.config import (
     CONFIGS,
@@ -157,6 +158,7 @@ def prepare_data(config: TrainConfig) -> tuple[CocoDetection, tuple[Path, Path] 
     )
     if config.val_images and config.val_annotations:
         if Path(config.val_annotations).is_file():
+            CocoDetection(config.val_annotations, config.val_images)  # checked now, not at the end
             return source, (Path(config.val_images), Path(config.val_annotations))
         print(f"no validation: {config.val_annotations} not found", file=sys.stderr)
     return source, None
@@ -215,25 +217,39 @@ def micro_batches(
     return iter(make_loader(dataset, sampler, workers=config.workers, pin_memory=pin))
 
 
-def train(config: TrainConfig, resume: str | Path | None = None) -> tuple[nn.Module, dict]:
+def train(
+    config: TrainConfig,
+    resume: str | Path | None = None,
+    init_from: str | Path | None = None,
+) -> tuple[nn.Module, dict]:
     """Train with ``config`` (continuing the checkpoint ``resume``, if given).
+
+    ``init_from`` starts a new run from the weights of a file instead (an official ``.pkl``
+    or a checkpoint; the tensors of matching name and shape, see
+    :mod:`cornernet_ref.finetune`).
 
     Returns:
         The trained model (unwrapped, on its device) and a summary: final iteration, last
-        loss terms and, when a validation split exists, its COCO metrics (rank 0).
+        loss terms, what ``init_from`` loaded and, when a validation split exists, its COCO
+        metrics (rank 0).
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite (before that step was applied).
     """
+    if resume is not None and init_from is not None:
+        raise ValueError("give resume (continue a run) or init_from (start one), not both")
     job = Distributed(config.device)
     try:
-        return _train(config, job, resume)
+        return _train(config, job, resume, init_from)
     finally:
         job.close()
 
 
 def _train(
-    config: TrainConfig, job: Distributed, resume: str | Path | None
+    config: TrainConfig,
+    job: Distributed,
+    resume: str | Path | None,
+    init_from: str | Path | None,
 ) -> tuple[nn.Module, dict]:
     out = Path(config.out)
     checkpoint_path = out / "checkpoints" / "last.pt"
@@ -249,6 +265,11 @@ def _train(
     torch.manual_seed(config.seed)
     kwargs = model_kwargs(config, source.num_classes)
     model = CornerNet(**kwargs).to(job.device)
+    initialised = None
+    if init_from is not None:
+        initialised = finetune.init_from(model, init_from)
+        if job.is_main:
+            print(initialised.summary(), file=sys.stderr)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -375,6 +396,8 @@ def _train(
             job.barrier()
     progress.close()
     summary = {"iteration": config.max_iters, "loss": terms}
+    if initialised is not None:
+        summary["init_from"] = initialised.to_dict()
     if job.is_main and val is not None:
         summary["metrics"] = validate(model, config, val, job.device)
         if writer is not None:
@@ -406,7 +429,14 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
         action=ShowConfigDefaults,
         help="named configuration (before --help: the defaults shown are its values)",
     )
-    parser.add_argument("--resume", type=Path, help="checkpoint to continue from")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", type=Path, help="checkpoint to continue from")
+    start.add_argument(
+        "--init-from",
+        type=Path,
+        help="start a new run from these weights (official .pkl or checkpoint): tensors of "
+        "matching name and shape load, the others start fresh",
+    )
     parser.add_argument(
         "--images",
         dest="config__train_images",
@@ -436,7 +466,7 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as error:  # a field out of range, or a combination the config rejects
         raise InputError(f"configuration: {error}") from error
     try:
-        _, summary = train(config, resume=args.resume)
+        _, summary = train(config, resume=args.resume, init_from=args.init_from)
     except NonFiniteLossError as error:
         print_error(str(error))
         return 1

@@ -27,6 +27,7 @@ from cornernet_ref.convert import (
     infer_model_kwargs,
     official_to_ours,
     ours_to_official,
+    to_official_state_dict,
 )
 from cornernet_ref.heads import CornerPoolingModule
 from cornernet_ref.hourglass import receptive_field, receptive_field_bound, stem_output_size
@@ -152,11 +153,12 @@ for key in list(model.state_dict())[:3] + [
 
 # %% [markdown]
 # A full round trip: this model's state dict under official names (with the `module.`
-# prefix the official training code saves), converted back strictly.
+# prefix the official training code saves, and the first convolution's input channels in
+# the official BGR order), converted back strictly.
 
 # %%
 state = model.state_dict()
-official_state = {"module." + ours_to_official(k): v for k, v in state.items()}
+official_state = to_official_state_dict(state)
 print(infer_model_kwargs(official_state))
 back = convert_official_state_dict(official_state)
 print(all(torch.equal(back[k], state[k]) for k in state), f"{len(back)} tensors")

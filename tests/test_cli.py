@@ -113,8 +113,8 @@ def test_the_good_inputs_work(files, capsys):
         ({"--checkpoint": "truncated.pt"}, ["truncated.pt is truncated or corrupt"]),
         ({"--checkpoint": "annotations.json"}, ["annotations.json is truncated or corrupt"]),
         ({"--annotations": "missing.json"}, ["annotation file not found", "missing.json"]),
-        ({"--annotations": "broken.json"}, ["cannot read annotation file", "broken.json"]),
-        ({"--annotations": "list.json"}, ["list.json is not COCO"]),
+        ({"--annotations": "broken.json"}, ["broken.json: not valid JSON"]),
+        ({"--annotations": "list.json"}, ["list.json: expected a JSON object with 'images'"]),
         ({"--images": "nowhere"}, ["image folder not found", "nowhere"]),
     ],
 )

@@ -2,16 +2,19 @@
 
 The official network cannot run here (it needs PyTorch 0.4 and a compiled extension), so
 :func:`official_forward` re-states it from its description, reading the tensors by their
-*official* names with plain functional calls. A random model converted to official names
-and fed to it must give this model's outputs: a renaming that swapped two tensors of one
-shape (the two pooling branches, the two 1x1 convolutions between stacks, the two
-convolutions of a residual block) would not.
+*official* names with plain functional calls. Random official weights, fed to it with an
+image preprocessed the official way (BGR pixels, BGR constants), must give the outputs of
+the converted model fed the same pixels the way of this project (RGB): a renaming that
+swapped two tensors of one shape (the two pooling branches, the two 1x1 convolutions between
+stacks, the two convolutions of a residual block) would not, nor would a converter that
+left the colour channels of the first convolution in BGR order.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,12 +23,15 @@ from torch import Tensor
 from cornernet_ref import cli
 from cornernet_ref.convert import (
     COCO_CLASS_NAMES,
+    FIRST_CONV,
     RULES,
     convert_official_state_dict,
     infer_model_kwargs,
     official_to_ours,
     ours_to_official,
+    to_official_state_dict,
 )
+from cornernet_ref.data.image import normalize
 from cornernet_ref.model import CornerNet
 from cornernet_ref.output import CornerNetOutput
 
@@ -34,6 +40,9 @@ from cornernet_ref.output import CornerNetOutput
 ODD = dict(n=2, nstack=2, dims=(6, 10, 12), modules=(2, 1, 3), cnv_dim=7, pre_dim=5, pool_dim=4)
 ODD_CLASSES = 3
 ODD_SIZE = (31, 47)  # sides 16k - 1, non-square
+# The official normalisation, in its own (BGR) order: shared/reference/official_constants.md.
+OFFICIAL_MEAN_BGR = np.array([0.40789654, 0.44719302, 0.47026115], dtype=np.float32)
+OFFICIAL_STD_BGR = np.array([0.28863828, 0.27408164, 0.27809835], dtype=np.float32)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,8 +82,23 @@ def random_state(model: torch.nn.Module, seed: int = 0) -> dict[str, Tensor]:
     return state
 
 
-def to_official(state: dict[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:
-    return {prefix + ours_to_official(key): value for key, value in state.items()}
+def rgb_images(count: int, seed: int) -> np.ndarray:
+    """``(count, H, W, 3)`` uint8 RGB pixels, each channel over its own range."""
+    generator = np.random.default_rng(seed)
+    low, high = np.array([0, 60, 120]), np.array([255, 200, 140])  # R, G, B
+    return generator.integers(low, high + 1, (count, *ODD_SIZE, 3)).astype(np.uint8)
+
+
+def official_input(rgb: np.ndarray) -> Tensor:
+    """The official preprocessing: pixels in BGR order (as OpenCV reads them), BGR constants."""
+    bgr = rgb[..., ::-1].astype(np.float32) / 255
+    normalised = (bgr - OFFICIAL_MEAN_BGR) / OFFICIAL_STD_BGR
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)))
+
+
+def our_input(rgb: np.ndarray) -> Tensor:
+    """This project's preprocessing of the same pixels: RGB order, RGB constants."""
+    return torch.stack([normalize(image) for image in rgb])
 
 
 # --- The official network, re-stated from its description --------------------------------
@@ -146,8 +170,16 @@ def kp_head(state, p: str, x: Tensor) -> Tensor:
 
 
 def official_forward(state: dict[str, Tensor], image: Tensor, all_stacks: bool) -> list:
-    """The official forward pass (batch norm with running statistics)."""
-    state = {key.removeprefix("module."): value for key, value in state.items()}
+    """The official forward pass (batch norm with running statistics), in float64.
+
+    Random weights give maps of magnitude ~1e6, where float32 leaves errors of ~1e-3 in the
+    cells of small value; float64 keeps the comparison tight.
+    """
+    state = {
+        key.removeprefix("module."): value.double() if value.is_floating_point() else value
+        for key, value in state.items()
+    }
+    image = image.double()
     nstack = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("kps."))
     inter = residual(state, "pre.1.", conv_bn(state, "pre.0.conv", "pre.0.bn", image, 2), 2)
     outputs = []
@@ -173,7 +205,7 @@ def assert_same_outputs(ours: list, official: list) -> None:
     assert len(ours) == len(official)
     for mine, theirs in zip(ours, official, strict=True):
         for name, a, b in zip(CornerNetOutput._fields, mine, theirs, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
+            torch.testing.assert_close(a, b, msg=name)  # float64 tolerances
 
 
 @pytest.fixture(scope="module")
@@ -232,33 +264,40 @@ def test_every_rule_is_used(layout):
 
 def test_round_trip_of_a_small_model(odd_model):
     state = odd_model.state_dict()
-    official = to_official(state)
+    official = to_official_state_dict(state)
     assert len(official) == len(state)
     back = convert_official_state_dict(official)
     assert list(back) == list(state)
     for key in state:
         assert torch.equal(back[key], state[key]), key
+    # Besides renaming, the conversion changes exactly one tensor: the colour order of the
+    # first convolution's inputs.
+    renamed = {ours_to_official(key): value for key, value in state.items()}
+    converted = convert_official_state_dict(renamed)
+    assert [key for key in state if not torch.equal(converted[key], state[key])] == [FIRST_CONV]
+    assert torch.equal(converted[FIRST_CONV], state[FIRST_CONV][:, [2, 1, 0]])
 
 
 @pytest.mark.claim("official-weights")
 @pytest.mark.parametrize("training", [False, True])
 def test_converted_model_computes_the_official_network(odd_model, training):
-    official = to_official(odd_model.state_dict())
+    official = to_official_state_dict(odd_model.state_dict())
     model = CornerNet(ODD_CLASSES, **ODD)
     model.load_state_dict(convert_official_state_dict(official))
-    model.train(training)
+    model.double().train(training)
     for module in model.modules():  # all stacks in training mode, running statistics
         if isinstance(module, torch.nn.BatchNorm2d):
             module.eval()
-    image = torch.randn(2, 3, *ODD_SIZE, generator=torch.Generator().manual_seed(1))
+    rgb = rgb_images(2, seed=1)
     with torch.no_grad():
-        ours = model(image)
+        ours = model(our_input(rgb).double())
+        theirs = official_forward(official, official_input(rgb), all_stacks=training)
     assert len(ours) == (2 if training else 1)
-    assert_same_outputs(ours, official_forward(official, image, all_stacks=training))
+    assert_same_outputs(ours, theirs)
 
 
 def test_infer_configuration_of_a_small_model(odd_model):
-    kwargs = infer_model_kwargs(to_official(odd_model.state_dict()))
+    kwargs = infer_model_kwargs(to_official_state_dict(odd_model.state_dict()))
     expected = {
         key: list(value) if isinstance(value, tuple) else value for key, value in ODD.items()
     }
@@ -266,21 +305,21 @@ def test_infer_configuration_of_a_small_model(odd_model):
 
 
 def test_wrong_shape_is_named(odd_model):
-    official = to_official(odd_model.state_dict())
+    official = to_official_state_dict(odd_model.state_dict())
     official["module.tl_cnvs.1.p2_conv1.conv.weight"] = torch.zeros(4, 7, 3, 1)
     with pytest.raises(ValueError, match=r"tl_cnvs\.1\.p2_conv1\.conv\.weight.*\(4, 7, 3, 1\)"):
         convert_official_state_dict(official)
 
 
 def test_missing_key_is_named(odd_model):
-    official = to_official(odd_model.state_dict())
+    official = to_official_state_dict(odd_model.state_dict())
     del official["module.kps.1.low2.low3.0.bn2.running_var"]
     with pytest.raises(ValueError, match=r"no 'kps\.1\.low2\.low3\.0\.bn2\.running_var'"):
         convert_official_state_dict(official)
 
 
 def test_unexpected_key_is_named(odd_model):
-    official = to_official(odd_model.state_dict())
+    official = to_official_state_dict(odd_model.state_dict())
     official["module.kps.1.up1.2.conv1.weight"] = torch.zeros(6, 6, 3, 3)
     with pytest.raises(ValueError, match=r"unexpected official key .kps\.1\.up1\.2\.conv1"):
         convert_official_state_dict(official)
@@ -295,18 +334,19 @@ def test_not_an_official_state_dict(odd_model):
 def test_convert_command(odd_model, tmp_path):
     official = {
         key: value
-        for key, value in to_official(odd_model.state_dict()).items()
+        for key, value in to_official_state_dict(odd_model.state_dict()).items()
         if not key.endswith("num_batches_tracked")  # as in checkpoints of PyTorch 0.4
     }
     source, target = tmp_path / "CornerNet_fake.pkl", tmp_path / "converted.pt"
     torch.save(official, source)
     assert cli.main(["convert", str(source), str(target)]) == 0
-    model = CornerNet.from_checkpoint(target).eval()
+    model = CornerNet.from_checkpoint(target).double().eval()
     saved = torch.load(target, weights_only=True)
     assert saved["class_names"] == ["0", "1", "2"]
-    image = torch.randn(1, 3, *ODD_SIZE, generator=torch.Generator().manual_seed(2))
+    rgb = rgb_images(1, seed=2)
     with torch.no_grad():
-        assert_same_outputs(model(image), official_forward(official, image, all_stacks=False))
+        theirs = official_forward(official, official_input(rgb), all_stacks=False)
+        assert_same_outputs(model(our_input(rgb).double()), theirs)
     with pytest.raises(ValueError, match="cornernet-ref convert"):
         CornerNet.from_checkpoint(source)
 

@@ -1,15 +1,21 @@
-"""The COCO reader: boxes, labels, crowds, empty images, odd image modes, unreadable files."""
+"""The COCO reader: boxes, labels, crowds, empty images, odd image modes, unreadable files,
+and malformed annotation files, each named by file, record and field."""
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
-from cornernet_ref.data.coco import AnnotationError, CocoDetection
+from cornernet_ref.data.coco import AnnotationError, CocoDetection, load_coco
 from cornernet_ref.data.image import ImageReadError
+from cornernet_ref.errors import InputError
 
 
 @pytest.fixture
@@ -73,24 +79,183 @@ def test_in_memory_reader_and_argument_errors(tiny_coco):
         CocoDetection(folder / "nothing.json", folder)
 
 
-def test_missing_and_corrupt_files_name_the_file(tiny_coco):
+def test_missing_file_stops_construction_corrupt_file_stops_reading(tiny_coco):
     folder, path = tiny_coco
     (folder / "a.png").unlink()
+    message = (
+        rf"{re.escape(str(path))}: images\[0\] \(id 7\): field 'file_name': .*a\.png not found"
+    )
+    with pytest.raises(AnnotationError, match=message + r" \(1 of 3 image files missing"):
+        CocoDetection(path, folder)
+    with pytest.raises(InputError, match="image folder not found: .*nowhere"):
+        CocoDetection(path, folder / "nowhere")
+    Image.new("RGB", (30, 20)).save(folder / "a.png")
     (folder / "b.png").write_bytes(b"not an image")
-    dataset = CocoDetection(path, folder)
-    with pytest.raises(ImageReadError, match="a.png"):
-        dataset[1]
+    dataset = CocoDetection(path, folder)  # exists: decoded only when read
     with pytest.raises(ImageReadError, match="b.png"):
         dataset[0]
 
 
-def test_skip_unreadable_warns_and_moves_on(tiny_coco):
+def test_skip_unreadable_drops_missing_files_and_skips_corrupt_ones(tiny_coco):
     folder, path = tiny_coco
     (folder / "a.png").unlink()
-    dataset = CocoDetection(path, folder, skip_unreadable=True)
-    with pytest.warns(UserWarning, match="a.png"):
-        sample = dataset[1]
+    with pytest.warns(UserWarning, match=r"skipping 1 of 3 image files missing .*: a\.png"):
+        dataset = CocoDetection(path, folder, skip_unreadable=True)
+    assert dataset.image_ids == [3, 9]
+    (folder / "b.png").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="b.png"):
+        sample = dataset[0]
     assert sample.image_id == 9  # the next readable image
+    for name in ("b.png", "c.jpg"):
+        (folder / name).unlink()
+    with pytest.raises(AnnotationError, match="3 of 3 image files missing"):
+        CocoDetection(path, folder, skip_unreadable=True)  # nothing left to train on
+
+
+# --- Malformed annotation files: one case each, the message names file, record and field ---
+
+
+def _without(section: str):
+    return lambda data: data.pop(section)
+
+
+def _set(section: str, index: int, field: str, value):
+    def edit(data):
+        data[section][index][field] = value
+
+    return edit
+
+
+def _drop_field(section: str, index: int, field: str):
+    return lambda data: data[section][index].pop(field)
+
+
+MALFORMED = {
+    "no images": (_without("images"), r"field 'images' must be a list, found nothing"),
+    "no annotations": (_without("annotations"), r"field 'annotations' must be a list"),
+    "no categories": (_without("categories"), r"field 'categories' must be a list"),
+    "images not a list": (
+        lambda data: data.update(images={}),
+        r"field 'images' must be a list, found dict",
+    ),
+    "unknown image id": (
+        _set("annotations", 1, "image_id", 99),
+        r"annotations\[1\] \(id 2\): field 'image_id': 99 is not the id of any of the images",
+    ),
+    "unknown category id": (
+        _set("annotations", 3, "category_id", 1),
+        r"annotations\[3\] \(id 4\): field 'category_id': 1 is not the id of any of the categories",
+    ),
+    "negative width": (
+        _set("annotations", 0, "bbox", [1, 2, -3, 4]),
+        r"annotations\[0\] \(id 1\): field 'bbox': negative width or height in \[1, 2, -3, 4\]",
+    ),
+    "negative height": (
+        _set("annotations", 2, "bbox", [1, 2, 3, -0.5]),
+        r"annotations\[2\] \(id 3\): field 'bbox': negative width or height",
+    ),
+    "box of three numbers": (
+        _set("annotations", 0, "bbox", [1, 2, 3]),
+        r"annotations\[0\] \(id 1\): field 'bbox': expected four finite numbers",
+    ),
+    "box with text": (
+        _set("annotations", 0, "bbox", [1, 2, "3", 4]),
+        r"annotations\[0\] \(id 1\): field 'bbox': expected four finite numbers",
+    ),
+    "annotation without id": (
+        _drop_field("annotations", 2, "id"),
+        r"annotations\[2\]: field 'id': expected an integer, got None",
+    ),
+    "category id as text": (
+        _set("categories", 1, "id", "2"),
+        r"categories\[1\]: field 'id': expected an integer, got '2'",
+    ),
+    "image id twice": (
+        _set("images", 2, "id", 7),
+        r"images\[2\] \(id 7\): field 'id': 7 occurs twice",
+    ),
+    "image without file name": (
+        _drop_field("images", 1, "file_name"),
+        r"images\[1\] \(id 3\): field 'file_name': expected a non-empty string, got None",
+    ),
+    "image without height": (
+        _drop_field("images", 2, "height"),
+        r"images\[2\] \(id 9\): field 'height': expected a positive integer, got None",
+    ),
+    "image of width 0": (
+        _set("images", 0, "width", 0),
+        r"images\[0\] \(id 7\): field 'width': expected a positive integer, got 0",
+    ),
+    "category without name": (
+        _drop_field("categories", 0, "name"),
+        r"categories\[0\] \(id 90\): field 'name': expected a non-empty string",
+    ),
+    "crowd flag 2": (
+        _set("annotations", 0, "iscrowd", 2),
+        r"annotations\[0\] \(id 1\): field 'iscrowd': expected 0 or 1, got 2",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_annotations_are_named(tiny_coco, case):
+    folder, path = tiny_coco
+    edit, message = MALFORMED[case]
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(AnnotationError, match=re.escape(str(path)) + ": " + message):
+        CocoDetection(path, folder)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("{ not json", r"not valid JSON \(.*line 1 column 3"), ("[1, 2]", "expected a JSON object")],
+)
+def test_not_a_coco_json_file(tiny_coco, text, message):
+    folder, path = tiny_coco
+    path.write_text(text)
+    with pytest.raises(AnnotationError, match=re.escape(str(path)) + ": " + message):
+        CocoDetection(path, folder)
+
+
+def test_an_annotation_dict_is_named_too(tiny_coco):
+    data = json.loads(tiny_coco[1].read_text())
+    data["annotations"][0]["category_id"] = 5
+    with pytest.raises(AnnotationError, match=r"<annotation dict>: annotations\[0\] \(id 1\)"):
+        CocoDetection(data, image_reader=lambda name: np.zeros((4, 4, 3), np.uint8))
+
+
+def test_crowd_flag_and_area_default_as_coco_evaluation_needs(tiny_coco):
+    data = json.loads(tiny_coco[1].read_text())
+    for annotation in data["annotations"]:
+        del annotation["iscrowd"]
+    coco = load_coco(data)
+    assert [a["iscrowd"] for a in coco.dataset["annotations"]] == [0, 0, 0, 0]
+    assert [a["area"] for a in coco.dataset["annotations"]] == [12, 20, 600, 0]
+    explicit = copy.deepcopy(data)
+    explicit["annotations"][1]["area"] = 7.5  # a given area (of a mask, say) is kept
+    assert load_coco(explicit).anns[2]["area"] == 7.5
+
+
+@given(
+    category_ids=st.lists(st.integers(-(10**9), 10**9), min_size=1, max_size=6, unique=True),
+    picks=st.lists(st.integers(0, 5), max_size=8),
+)
+def test_labels_are_the_ranks_of_any_category_ids(category_ids, picks):
+    chosen = [category_ids[i % len(category_ids)] for i in picks]
+    data = {
+        "images": [{"id": 1, "file_name": "x.png", "width": 4, "height": 4}],
+        "categories": [{"id": c, "name": f"c{c}"} for c in category_ids],
+        "annotations": [
+            {"id": k, "image_id": 1, "category_id": c, "bbox": [0, 0, 1 + k, 2]}
+            for k, c in enumerate(chosen)
+        ],
+    }
+    dataset = CocoDetection(data, image_reader=lambda name: np.zeros((4, 4, 3), np.uint8))
+    ranks = sorted(category_ids)
+    assert dataset.class_names == [f"c{c}" for c in ranks]
+    np.testing.assert_array_equal(dataset.annotations(0)[1], [ranks.index(c) for c in chosen])
 
 
 @pytest.mark.shared
