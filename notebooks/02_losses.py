@@ -155,11 +155,13 @@ for flag in (False, True):
 
 # %% [markdown]
 # ## 6. Two stacks
-# The total sums each term over the stacks and divides by their number: two copies of the
-# same prediction give the same total, and twice every term.
+# Every term is averaged over the stacks, like the total: two copies of the same prediction
+# give the same terms and the same total, and the terms always add up to the total.
 
 # %%
 one_stack = criterion([noise], targets)
 two_stacks = criterion([noise, noise], targets)
 for name in one_stack:
     print(f"{name:>6}: one stack {one_stack[name].item():8.4f}, two {two_stacks[name].item():8.4f}")
+parts = sum(two_stacks[name] for name in ("focal", "pull", "push", "offset"))
+print("total == focal + pull + push + offset:", torch.equal(parts, two_stacks["total"]))
