@@ -16,6 +16,9 @@
   yourself", the claims page and the API reference. A page the order does not know goes
   at the end rather than being left out.
 * **Overview.** ``<!-- chapters -->`` in ``index.md`` becomes the list of chapters.
+* **Equations.** Under each equation a chapter quotes with ``<!-- equation: name -->``
+  (``tests/test_chapters.py`` checks it against the docstring of ``name``), a link to that
+  docstring in the API reference.
 * **Chapter and notebook, one click apart.** A chapter ``NN_*.md`` gets a link to each
   notebook ``NN_*.py`` of the same number under its title, and the notebook a link back.
 * **Claims.** ``claims.md`` ("Paper claims and where they are tested") is generated from
@@ -467,13 +470,40 @@ def chapter_list(files: Files) -> str:
     return "## Chapters\n\n" + "\n".join(items) + "\n" if items else ""
 
 
+QUOTED_EQUATION = re.compile(r"<!-- equation: ([\w.]+) -->(\s*\$\$.*?\$\$)", flags=re.DOTALL)
+
+
+def api_pages(api_dir: Path = DOCS / "api") -> dict[str, str]:
+    """Module -> the API page documenting it (``::: module`` lines of ``docs/api/*.md``)."""
+    pages = {}
+    for path in sorted(api_dir.glob("*.md")):
+        for module in re.findall(r"^::: ([\w.]+)", path.read_text(encoding="utf-8"), re.M):
+            pages[module] = f"api/{path.name}"
+    return pages
+
+
+def link_quoted_equations(markdown: str, pages: dict[str, str]) -> str:
+    """Under each equation a chapter quotes from a docstring, a link to that docstring."""
+
+    def source_link(match: re.Match) -> str:
+        name = match.group(1)
+        module = max((m for m in pages if name == m or name.startswith(m + ".")), key=len)
+        short = name.removeprefix(module + ".") if name != module else name
+        link = f"[`{short}`](../{pages[module]}#{name})"
+        return f"{match.group(0)}\n\n<small>Stated in the code: {link}.</small>\n"
+
+    return QUOTED_EQUATION.sub(source_link, markdown)
+
+
 def on_page_markdown(markdown: str, page, config, files: Files, **kwargs) -> str:
-    """Chapters: a link to their notebooks under the title. Overview: the chapter list."""
+    """Chapters: a link to their notebooks under the title and to the docstring under each
+    quoted equation. Overview: the chapter list."""
     uri = page.file.src_uri
     if uri == "index.md":
         return markdown.replace("<!-- chapters -->", chapter_list(files))
     if not (uri.startswith("chapters/") and NUMBERED.match(page.file.name)):
         return markdown
+    markdown = link_quoted_equations(markdown, api_pages())
     notebooks = notebooks_of(page.file, files)
     if not notebooks:
         return markdown

@@ -170,6 +170,23 @@ def test_navigation_follows_the_numbers_and_keeps_every_page():
     ]
 
 
+def test_quoted_equations_link_to_their_docstrings():
+    markdown = (
+        "Text.\n\n<!-- equation: cornernet_ref.corner_pool.reference.scan_max -->\n\n$$ y $$\n"
+    )
+    pages = {
+        "cornernet_ref.corner_pool": "api/pool.md",
+        "cornernet_ref.corner_pool.reference": "api/pool.md",
+    }
+    linked = hooks.link_quoted_equations(markdown, pages)
+    assert linked.startswith(markdown.rstrip("\n"))
+    assert linked.endswith(
+        "$$ y $$\n\n<small>Stated in the code: [`scan_max`]"
+        "(../api/pool.md#cornernet_ref.corner_pool.reference.scan_max).</small>\n\n"
+    )
+    assert hooks.api_pages()["cornernet_ref.losses"] == "api/losses.md"
+
+
 def test_claims_page_marks_gpu_claims_not_yet_measured_until_a_gpu_result(tmp_path):
     results = tmp_path / "benchmarks" / "results"
     results.mkdir(parents=True)
