@@ -99,7 +99,7 @@ hooks = [
     for s, stack in enumerate(model.features)
 ]
 with torch.no_grad():
-    model.train()(picture)  # training mode: both stacks' features are used
+    model.eval()(picture)  # both stacks compute their features; only the last one predicts
 for hook in hooks:
     hook.remove()
 fig, axes = plt.subplots(1, 3, figsize=(12, 4))
