@@ -1,44 +1,17 @@
-"""From heatmaps to boxes: decoding and soft-NMS (paper §4.1, "Testing details").
+r"""From heatmaps to boxes: decoding and soft-NMS (paper §4.1, "Testing details").
 
 The network gives, for each corner type, a heatmap per class, an embedding and an
 offset at every cell of the ``H x W`` output grid (:class:`~cornernet_ref.output.CornerNetOutput`).
-Decoding turns them into scored boxes in four steps.
+Decoding turns them into scored boxes in four steps, each function stating its rule:
 
-**1. Peaks.** Heatmap probabilities are $p = \\sigma(\\text{logit})$. A cell is a corner
-candidate only if it is the maximum of its ``k x k`` neighbourhood (a 3x3 max-pool, the
-paper's "NMS by max pooling"); every other cell is set to zero:
-
-$$ \\tilde p_{cij} = p_{cij}\\;[\\,p_{cij} = \\max_{|i'-i|,|j'-j| \\le (k-1)/2} p_{ci'j'}\\,] $$
-
-**2. Top-K.** The ``K`` best top-left and the ``K`` best bottom-right candidates are
-taken over all classes and cells together. A flat index ``n`` of the ``(C, H, W)`` map
-gives class ``n // (H W)`` and cell ``n % (H W)``, i.e. ``y = cell // W``, ``x = cell % W``.
-The predicted offset at the cell puts the corner back between cells (Eq. 2 inverted):
-
-$$ (x, y) = (\\lfloor x \\rfloor + o_x,\\; \\lfloor y \\rfloor + o_y) $$
-
-**3. Pairs.** Every top-left ``i`` is paired with every bottom-right ``j`` (``K x K``
-boxes). The box score is the mean of the two corner scores, and a pair is rejected
-(score ``-1``) when the corners disagree on the class, when their embeddings are far
-apart, or when the box is inverted:
-
-$$ s_{ij} = \\tfrac12 (s^{tl}_i + s^{br}_j), \\qquad
-\\text{reject if } c_i \\ne c_j \\;\\lor\\; |e^{tl}_i - e^{br}_j| > 0.5
-\\;\\lor\\; x^{br}_j < x^{tl}_i \\;\\lor\\; y^{br}_j < y^{tl}_i $$
-
-The ``num_dets`` best pairs are kept (rejected ones included, with score ``-1``, as the
-official decoder returns them; the test pipeline drops them).
-
-**4. Soft-NMS.** After the boxes are mapped back to the image, overlapping boxes of one
-class are merged with soft-NMS (Bodla et al., 2017): repeatedly keep the highest-scoring
-box ``M`` and decay the score of every box ``b`` that overlaps it,
-
-$$ s_b \\leftarrow s_b\\, e^{-\\mathrm{IoU}(M, b)^2 / \\sigma}
-\\;\\;(\\text{Gaussian}, \\sigma = 0.5), \\qquad
-s_b \\leftarrow s_b\\,(1 - \\mathrm{IoU}(M, b)) \\text{ if } \\mathrm{IoU}(M, b) > N_t
-\\;\\;(\\text{linear}, N_t = 0.5), $$
-
-dropping a decayed box whose score falls below 0.001. Gaussian is the official default.
+1. [local_maxima][cornernet_ref.decode.local_maxima]: corner candidates are the peaks
+   of a 3x3 max-pool ("NMS by max pooling");
+2. [top_corners][cornernet_ref.decode.top_corners]: the ``K`` best corners of each
+   type over all classes and cells, with their offsets added back;
+3. [decode][cornernet_ref.decode.decode]: every top-left paired with every bottom-right,
+   scored, and rejected on class, embedding distance or an inverted box;
+4. [soft_nms][cornernet_ref.decode.soft_nms]: after the boxes are mapped back to the
+   image, overlapping boxes of one class decay each other's scores (Bodla et al., 2017).
 """
 
 from __future__ import annotations
@@ -55,7 +28,7 @@ REJECTED = -1.0  # the score the official decoder gives to a rejected pair
 
 
 class Detections(NamedTuple):
-    """Decoded boxes of a batch, best first.
+    r"""Decoded boxes of a batch, best first.
 
     Attributes:
         boxes: ``(B, D, 4)`` boxes ``(x1, y1, x2, y2)`` in heatmap (output grid) coordinates.
@@ -73,7 +46,12 @@ class Detections(NamedTuple):
 
 
 def local_maxima(heat: Tensor, kernel: int = 3) -> Tensor:
-    """Zero every cell of ``(B, C, H, W)`` that is not the maximum of its ``kernel`` window.
+    r"""Zero every cell of ``(B, C, H, W)`` that is not the maximum of its ``kernel`` window.
+
+    With $p = \sigma(\text{logit})$ the heatmap probabilities and $k = 3$:
+
+    $$ \tilde p_{cij} = p_{cij}\,\big[\,p_{cij} = \max_{|i'-i|,\,|j'-j| \le (k-1)/2}
+       p_{ci'j'}\,\big] $$
 
     Ties survive: two equal neighbouring peaks are both kept, as in the official code.
     """
@@ -84,7 +62,7 @@ def local_maxima(heat: Tensor, kernel: int = 3) -> Tensor:
 
 
 class Corners(NamedTuple):
-    """The top-K corners of one type: each ``(B, K)``."""
+    r"""The top-K corners of one type: each ``(B, K)``."""
 
     scores: Tensor
     cells: Tensor  # flat cell index y * W + x
@@ -94,7 +72,14 @@ class Corners(NamedTuple):
 
 
 def top_corners(heat: Tensor, offsets: Tensor, k: int) -> Corners:
-    """The ``k`` best corners of ``(B, C, H, W)`` peak scores, over classes and cells.
+    r"""The ``k`` best corners of ``(B, C, H, W)`` peak scores, over classes and cells.
+
+    A flat index $n$ of the $(C, H, W)$ map gives the class $n \,\mathrm{div}\, HW$ and the
+    cell $n \bmod HW$, that is $y = \text{cell} \,\mathrm{div}\, W$ and
+    $x = \text{cell} \bmod W$. The offset $o$ predicted at the cell undoes the flooring of
+    Eq. 2 ([build_targets][cornernet_ref.targets.build_targets]):
+
+    $$ (x, y) = (\lfloor x \rfloor + o_x,\; \lfloor y \rfloor + o_y) $$
 
     Args:
         heat: peak probabilities (after :func:`local_maxima`).
@@ -119,7 +104,20 @@ def decode(
     ae_threshold: float = 0.5,
     num_dets: int = 1000,
 ) -> Detections:
-    """Decode raw network maps into the ``num_dets`` best corner pairs of each image.
+    r"""Decode raw network maps into the ``num_dets`` best corner pairs of each image.
+
+    The ``K`` best top-left corners $i$ and bottom-right corners $j$ of
+    [top_corners][cornernet_ref.decode.top_corners] (after
+    [local_maxima][cornernet_ref.decode.local_maxima]) make $K \times K$ pairs. A pair
+    scores the mean of its corner scores and is rejected (score $-1$) when the classes
+    differ, the embeddings are far apart, or the box is inverted:
+
+    $$ s_{ij} = \tfrac12 (s^{tl}_i + s^{br}_j), \qquad
+       \text{reject if } c_i \ne c_j \;\lor\; |e^{tl}_i - e^{br}_j| > 0.5
+       \;\lor\; x^{br}_j < x^{tl}_i \;\lor\; y^{br}_j < y^{tl}_i $$
+
+    The ``num_dets`` best pairs are kept, rejected ones included with score $-1$, as the
+    official decoder returns them (the test pipeline drops them).
 
     Args:
         out: raw (pre-sigmoid) maps of one stack, heatmaps ``(B, C, H, W)``.
@@ -174,7 +172,7 @@ def decode(
 
 
 def box_iou_plus_one(boxes: Tensor) -> tuple[Tensor, Tensor]:
-    """Pairwise IoU of ``(N, 4)`` boxes with the official "+1 pixel" convention.
+    r"""Pairwise IoU of ``(N, 4)`` boxes with the official "+1 pixel" convention.
 
     The official soft-NMS (from the Fast R-CNN code base) counts a box from ``x1`` to ``x2``
     as ``x2 - x1 + 1`` pixels wide, and only boxes whose "+1" intersection is positive in
@@ -204,7 +202,18 @@ def soft_nms(
     iou_threshold: float = 0.5,
     score_threshold: float = 0.001,
 ) -> tuple[Tensor, Tensor]:
-    """Soft-NMS of ``(N, 4)`` boxes, each class on its own (step 4).
+    r"""Soft-NMS of ``(N, 4)`` boxes, each class on its own (step 4).
+
+    Repeatedly keep the highest-scoring box $M$ and decay the score of every box $b$ of
+    its class that overlaps it:
+
+    $$ s_b \leftarrow s_b\, e^{-\mathrm{IoU}(M, b)^2 / \sigma}
+       \;\;(\text{Gaussian}, \sigma = 0.5), \qquad
+       s_b \leftarrow s_b\,(1 - \mathrm{IoU}(M, b)) \text{ if } \mathrm{IoU}(M, b) > N_t
+       \;\;(\text{linear}, N_t = 0.5), $$
+
+    with the IoU of [box_iou_plus_one][cornernet_ref.decode.box_iou_plus_one]. Gaussian
+    is the official default.
 
     Boxes of different classes never decay each other, so all classes run in one loop:
     each step keeps the best remaining box (the first one on ties, as the official code

@@ -1,36 +1,16 @@
 r"""The prediction module (paper §3.4, Fig. 7): corner pooling, then three heads.
 
-One prediction module per corner type (top-left, bottom-right) and per hourglass stack
-reads the ``cnv_dim``-channel features $f$ of the stack.
-
-**Corner pooling module.** Two $3 \times 3$ Conv-BN-ReLU branches with ``pool_dim``
-channels each feed one direction of the corner pool; for the top-left corner
-
-$$ a = \mathrm{CBR}_v(f), \quad b = \mathrm{CBR}_h(f), \qquad
-p_{ij} = \max_{i \le k < H} a_{kj} + \max_{j \le l < W} b_{il} $$
-
-(the largest response below and the largest to the right; the bottom-right module looks
-above and to the left; see :mod:`cornernet_ref.corner_pool`). The pooled map goes through a
-$3 \times 3$ convolution and batch norm, is added to a $1 \times 1$ Conv-BN shortcut of $f$,
-and after a ReLU a $3 \times 3$ Conv-BN-ReLU gives the module's output $g$:
-
-$$ g = \mathrm{CBR}\big(\mathrm{ReLU}(\mathrm{BN}(W_p * p) + \mathrm{BN}(W_s * f))\big) $$
-
-The design follows a residual block whose first convolution is replaced by the corner pool.
-
-**Heads.** Three heads read $g$, each a $3 \times 3$ convolution (with bias, no batch norm),
-ReLU and a $1 \times 1$ convolution: the heatmap ($C$ channels, one per class), the
-embedding (1 channel) and the offset (2 channels). Their hidden width is the hourglass
-width ``dims[0]`` (256), as in the official code.
-
-**Heatmap prior.** The last bias of the heatmap head starts at $-2.19$: every cell then
-begins with probability $\sigma(-2.19) \approx 0.1$ instead of $0.5$. Almost every cell is
-a negative, and the focal loss of a network that starts at 0.5 everywhere would be dominated
-by the flood of easy negatives in the first iterations (the prior trick of RetinaNet,
-$b = -\log((1 - \pi) / \pi)$ with $\pi \approx 0.1$).
+One [PredictionModule][cornernet_ref.heads.PredictionModule] per corner type (top-left,
+bottom-right) and per hourglass stack reads the ``cnv_dim``-channel features $f$ of the
+stack. Its [CornerPoolingModule][cornernet_ref.heads.CornerPoolingModule] is a residual
+block whose first convolution is replaced by the corner pool of
+:mod:`cornernet_ref.corner_pool` (the equation is stated there); three
+[Head][cornernet_ref.heads.Head]s then read the heatmap ($C$ channels, one per class), the
+embedding (1 channel) and the offset (2 channels).
 
 **Without corner pooling** (``corner_pooling=False``, the ablation of paper Table 1) the pool
-is replaced by the plain sum $p = a + b$: the same parameters, no pooling.
+is replaced by the plain sum of the two branches ([BranchSum][cornernet_ref.heads.BranchSum]):
+the same parameters, no pooling.
 """
 
 from __future__ import annotations
@@ -46,14 +26,23 @@ CORNERS = ("tl", "br")
 
 
 class BranchSum(nn.Module):
-    """``a + b``: what the corner pool is replaced by in the ablation without it."""
+    r"""``a + b``: what the corner pool is replaced by in the ablation without it."""
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         return a + b
 
 
 class CornerPoolingModule(nn.Module):
-    """Corner pooling module: two branches, corner pool, residual merge, Conv-BN-ReLU.
+    r"""Corner pooling module: two branches, corner pool, residual merge, Conv-BN-ReLU.
+
+    Two $3 \times 3$ Conv-BN-ReLU branches with ``pool_channels`` channels each feed one
+    direction of the corner pool (for the top-left corner, the maximum below and the
+    maximum to the right). The pooled map $p$ goes through a $3 \times 3$ convolution and
+    batch norm, is added to a $1 \times 1$ Conv-BN shortcut of the features $f$, and after
+    a ReLU a $3 \times 3$ Conv-BN-ReLU gives the module's output $g$:
+
+    $$ g = \mathrm{CBR}\big(\mathrm{ReLU}(\mathrm{BN}(W_p * p) + \mathrm{BN}(W_s * f))\big),
+    \qquad p = \mathrm{pool}(\mathrm{CBR}_v(f), \mathrm{CBR}_h(f)) $$
 
     Args:
         corner: ``"tl"`` (pools the maxima below and to the right) or ``"br"`` (above and to
@@ -83,7 +72,7 @@ class CornerPoolingModule(nn.Module):
 
 
 class Head(nn.Module):
-    """3x3 convolution (with bias) - ReLU - 1x1 convolution."""
+    r"""3x3 convolution (with bias, no batch norm) - ReLU - 1x1 convolution."""
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -95,7 +84,14 @@ class Head(nn.Module):
 
 
 class PredictionModule(nn.Module):
-    """The corner pooling module and the heatmap, embedding and offset heads of one corner.
+    r"""The corner pooling module and the heatmap, embedding and offset heads of one corner.
+
+    The heads' hidden width is the hourglass width ``dims[0]`` (256), as in the official
+    code. **Heatmap prior.** The last bias of the heatmap head starts at $-2.19$: every
+    cell then begins with probability $\sigma(-2.19) \approx 0.1$ instead of $0.5$. Almost
+    every cell is a negative, and the focal loss of a network that starts at 0.5
+    everywhere would be dominated by the flood of easy negatives in the first iterations
+    (the prior trick of RetinaNet, $b = -\log((1 - \pi) / \pi)$ with $\pi \approx 0.1$).
 
     Args:
         corner: ``"tl"`` or ``"br"``.
@@ -123,7 +119,7 @@ class PredictionModule(nn.Module):
         nn.init.constant_(self.heatmap.out.bias, HEATMAP_BIAS)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(heatmap logits (B, C, H, W), embeddings (B, 1, H, W), offsets (B, 2, H, W))``."""
+        r"""``(heatmap logits (B, C, H, W), embeddings (B, 1, H, W), offsets (B, 2, H, W))``."""
         pooled = self.pooling(features)
         return self.heatmap(pooled), self.embedding(pooled), self.offset(pooled)
 

@@ -1,35 +1,17 @@
 r"""The backbone: Hourglass-104 (paper §3.5, after Newell et al., 2016).
 
-An hourglass module maps a feature map to one of the same size, and in between it looks at
-the image at every scale from full to $2^{-n}$ resolution. It is recursive. For depth $n$,
-widths $d_0, \dots, d_n$ and block counts $m_0, \dots, m_n$:
-
-$$ \mathrm{HG}_n(x) = \underbrace{R^{m_0}_{d_0 \to d_0}(x)}_{\text{skip branch}}
-\;+\; \mathrm{Up}_2\Big(\underbrace{R^{m_0}_{d_1 \to d_0}}_{\text{up}}\big(
-\underbrace{\mathrm{HG}_{n-1}}_{\text{inner}}(\underbrace{R^{m_0}_{d_0 \to d_1,\,
-\downarrow 2}(x)}_{\text{down}})\big)\Big), \qquad
-\mathrm{HG}_0 = R^{m_n}_{d_n \to d_n} $$
-
-where $R^m_{a \to b}$ is a chain of $m$ residual blocks from $a$ to $b$ channels, $\downarrow
-2$ means its first block has stride 2 and $\mathrm{Up}_2$ is nearest-neighbour upsampling.
-CornerNet changes Newell's hourglass in two ways (§3.5): it halves the resolution with a
-stride-2 convolution instead of max-pooling, and it uses more blocks at the bottom (4).
-
-The widths change where the first block of *down* (going in) and the last block of *up*
-(coming out) change them. With $n = 5$, widths ``(256, 256, 384, 384, 384, 512)`` and blocks
-``(2, 2, 2, 2, 2, 4)`` this is the hourglass of Hourglass-104.
-
-Before the first hourglass, a stem brings a ``511 x 511`` image down to ``128 x 128``: a
-``7 x 7`` stride-2 convolution to 128 channels and a stride-2 residual block to 256.
-
-A **residual block** (He et al., 2016) with stride $s$:
-
-$$ R(x) = \mathrm{ReLU}\big(\mathrm{BN}(W_2 * \mathrm{ReLU}(\mathrm{BN}(W_1 *_s x)))
-+ \mathrm{shortcut}(x)\big) $$
-
-with $3 \times 3$ kernels $W_1$, $W_2$ and the shortcut the identity, or a $1 \times 1$
-stride-$s$ convolution and batch norm when the stride or the width changes. Convolutions
-followed by batch norm have no bias (the norm's shift replaces it).
+Built from two units, [ConvBN][cornernet_ref.hourglass.ConvBN] and the residual block
+[Residual][cornernet_ref.hourglass.Residual]. A [Stem][cornernet_ref.hourglass.Stem]
+brings a ``511 x 511`` image down to ``128 x 128``; an
+[Hourglass][cornernet_ref.hourglass.Hourglass] (the recursion is stated there) then maps
+a feature map to one of the same size, looking at it at every scale in between. CornerNet
+changes Newell's hourglass in two ways (§3.5): it halves the resolution with a stride-2
+convolution instead of max-pooling, and it uses more blocks at the bottom (4). With
+$n = 5$, widths ``(256, 256, 384, 384, 384, 512)`` and blocks ``(2, 2, 2, 2, 2, 4)`` this
+is the hourglass of Hourglass-104.
+[receptive_field_bound][cornernet_ref.hourglass.receptive_field_bound] and
+[receptive_field][cornernet_ref.hourglass.receptive_field] say how far an output cell
+sees.
 
 Module names here are this project's own; :mod:`cornernet_ref.convert` maps them onto the
 names of the official implementation.
@@ -45,7 +27,7 @@ from torch import Tensor, nn
 
 
 class ConvBN(nn.Module):
-    """``k x k`` convolution (no bias) + batch norm, followed by a ReLU if ``relu``.
+    r"""``k x k`` convolution (no bias) + batch norm, followed by a ReLU if ``relu``.
 
     Padding ``(k - 1) // 2`` keeps the size at stride 1 and halves it (rounding up) at 2.
     """
@@ -77,7 +59,16 @@ class ConvBN(nn.Module):
 
 
 class Residual(nn.Module):
-    """Residual block: 3x3 conv-BN-ReLU, 3x3 conv-BN, plus the shortcut, then ReLU."""
+    r"""Residual block (He et al., 2016) with stride $s$: 3x3 conv-BN-ReLU, 3x3 conv-BN,
+    plus the shortcut, then ReLU:
+
+    $$ R(x) = \mathrm{ReLU}\big(\mathrm{BN}(W_2 * \mathrm{ReLU}(\mathrm{BN}(W_1 *_s x)))
+    + \mathrm{shortcut}(x)\big) $$
+
+    with $3 \times 3$ kernels $W_1$, $W_2$ and the shortcut the identity, or a $1 \times 1$
+    stride-$s$ convolution and batch norm when the stride or the width changes.
+    Convolutions followed by batch norm have no bias (the norm's shift replaces it).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
@@ -97,7 +88,7 @@ class Residual(nn.Module):
 def residuals(
     count: int, in_channels: int, out_channels: int, *, stride: int = 1, change_last: bool = False
 ) -> nn.Sequential:
-    """``count`` residual blocks from ``in_channels`` to ``out_channels``.
+    r"""``count`` residual blocks from ``in_channels`` to ``out_channels``.
 
     The first block changes the width and applies the stride (going down), or, with
     ``change_last``, the last block changes the width (coming back up).
@@ -112,7 +103,7 @@ def residuals(
 
 
 class Stem(nn.Module):
-    """4x downsampling before the hourglasses: 7x7 stride-2 conv-BN-ReLU, stride-2 residual."""
+    r"""4x downsampling before the hourglasses: 7x7 stride-2 conv-BN-ReLU, stride-2 residual."""
 
     def __init__(self, out_channels: int, mid_channels: int = 128) -> None:
         super().__init__()
@@ -124,7 +115,19 @@ class Stem(nn.Module):
 
 
 class Hourglass(nn.Module):
-    r"""An hourglass of depth ``len(dims) - 1`` (see the module docstring for the recursion).
+    r"""An hourglass of depth $n$ = ``len(dims) - 1``, defined recursively.
+
+    For widths $d_0, \dots, d_n$ and block counts $m_0, \dots, m_n$:
+
+    $$ \mathrm{HG}_n(x) = \underbrace{R^{m_0}_{d_0 \to d_0}(x)}_{\text{skip}}
+    \;+\; \mathrm{Up}_2\Big(\underbrace{R^{m_0}_{d_1 \to d_0}}_{\text{up}}\big(
+    \underbrace{\mathrm{HG}_{n-1}}_{\text{inner}}(\underbrace{R^{m_0}_{d_0 \to d_1,\,
+    \downarrow 2}(x)}_{\text{down}})\big)\Big), \qquad \mathrm{HG}_0 = R^{m_n}_{d_n \to d_n} $$
+
+    where $R^m_{a \to b}$ is a chain of $m$ residual blocks from $a$ to $b$ channels
+    ([residuals][cornernet_ref.hourglass.residuals]: the first block of *down* changes the
+    width and has stride 2, the last block of *up* changes it back) and $\mathrm{Up}_2$ is
+    nearest-neighbour upsampling.
 
     Args:
         dims: channel widths $d_0, \dots, d_n$, from the outer level to the bottom.
@@ -156,7 +159,7 @@ class Hourglass(nn.Module):
 
 
 def stem_output_size(side: int) -> int:
-    """Output side of the stem for an input side: two stride-2 steps, each rounding up.
+    r"""Output side of the stem for an input side: two stride-2 steps, each rounding up.
 
     ``511 -> 256 -> 128``; ``767 -> 384 -> 192``; ``1023 -> 512 -> 256``.
     """

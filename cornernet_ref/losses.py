@@ -1,49 +1,16 @@
 r"""The training losses: heatmaps, embeddings, offsets (paper §3.2, §3.3, §3.5, §4.1).
 
-The network is trained on the targets of :mod:`cornernet_ref.targets`: per corner type a
-heatmap per class, and at the $N$ ground-truth corners an index (where to read the
-predicted maps), an offset and a mask of the occupied slots.
+The network's raw maps (:class:`~cornernet_ref.output.CornerNetOutput`) are compared with
+the targets of :mod:`cornernet_ref.targets`. Each loss carries its equation in its own
+docstring, beside the lines that compute it:
 
-**Heatmaps** (Eq. 1). A variant of the focal loss, with $p_{cij} = \sigma(\text{logit})$
-clamped to $[10^{-4}, 1 - 10^{-4}]$ and the Gaussian targets $y_{cij}$:
+* :func:`focal_loss`: the heatmaps (Eq. 1);
+* :func:`ae_loss`: the embeddings, pull and push (Eq. 4, 5), and the single-object rule;
+* :func:`offset_loss`: the offsets (Eq. 3);
+* :class:`CornerNetLoss`: the weighted total over every hourglass stack (§3.5, §4.1).
 
-$$ L_{det} = \frac{-1}{N} \sum_{c,i,j} \begin{cases}
-   (1 - p_{cij})^{\alpha} \log p_{cij} & \text{if } y_{cij} = 1 \\
-   (1 - y_{cij})^{\beta}\, p_{cij}^{\alpha} \log(1 - p_{cij}) & \text{otherwise}
-   \end{cases} \qquad \alpha = 2,\ \beta = 4. $$
-
-The factor $(1 - y_{cij})^\beta$ forgives the negatives near a corner. As in the official
-code $N$ is the number of positive cells ($y = 1$) in the whole batch; a batch without any
-keeps the sum of the negative terms, not divided.
-
-**Offsets** (Eq. 3). Smooth L1 (quadratic below 1) between the predicted and the target offset
-at each ground-truth corner, summed over the batch and divided by the number of objects
-in the batch plus $10^{-4}$:
-
-$$ L_{off} = \frac{1}{N + 10^{-4}} \sum_k \operatorname{SmoothL1}(o_k, \hat o_k). $$
-
-**Embeddings** (Eq. 4, 5). With $e_{t_k}, e_{b_k}$ the tags of the two corners of object
-$k$ and $e_k$ their mean, per image of $N$ objects:
-
-$$ L_{pull} = \frac{1}{N + 10^{-4}} \sum_{k} \left[(e_{t_k} - e_k)^2 + (e_{b_k} - e_k)^2\right], $$
-
-$$ L_{push} = \frac{1}{N(N - 1) + 10^{-4}} \sum_{k} \sum_{j}
-   \left[\max(0, \Delta - |e_k - e_j|) - \frac{1}{N + 10^{-4}}\right], \qquad \Delta = 1. $$
-
-The official code sums over *all* ordered pairs, $j = k$ included: each diagonal pair
-contributes $\max(0, 1 - 0) = 1$, which the $-1/(N + 10^{-4})$ terms cancel up to a
-constant of about $10^{-4} / (N(N-1))$ (no gradient). Both terms are summed, not
-averaged, over the images of the batch. For an image with one object the constant becomes
-$(1 - 1/(1 + 10^{-4})) / 10^{-4} \approx 0.9999$; here images with fewer than two objects
-add no push term unless ``single_object_push=True`` restores that constant.
-
-**Total** (§4.1), applied to the output of every hourglass stack (§3.5):
-
-$$ L = \frac{1}{S} \sum_{s=1}^{S} \left(L_{det} + 0.1\, L_{pull} + 0.1\, L_{push}
-   + L_{off}\right)_s $$
-
-with each $L_{det}$ the sum of the top-left and bottom-right losses, each normalised on
-its own, and likewise $L_{off}$.
+Where the paper is silent (epsilons, what $N$ counts in a batch) the code does what the
+official implementation does.
 """
 
 from __future__ import annotations
@@ -63,15 +30,25 @@ EPSILON = 1e-4  # the official normaliser epsilon and probability clamp
 def focal_loss(logits: Tensor, target: Tensor, *, alpha: float = 2.0, beta: float = 4.0) -> Tensor:
     r"""CornerNet's focal loss (Eq. 1) of ``(B, C, H, W)`` heatmap logits and targets.
 
+    With $p_{cij}$ the sigmoid of the logit, clamped to $[10^{-4}, 1 - 10^{-4}]$ so that
+    the logarithms stay finite, and $y_{cij}$ the Gaussian target:
+
+    $$ L_{det} = \frac{-1}{N} \sum_{c=1}^{C} \sum_{i=1}^{H} \sum_{j=1}^{W} \begin{cases}
+       (1 - p_{cij})^{\alpha} \log p_{cij} & \text{if } y_{cij} = 1 \\
+       (1 - y_{cij})^{\beta}\, p_{cij}^{\alpha} \log(1 - p_{cij}) & \text{otherwise}
+       \end{cases} \qquad \alpha = 2,\ \beta = 4. $$
+
+    As in the official code, $N$ is the number of positive cells ($y = 1$) in the whole
+    batch; a batch without any keeps the sum of the negative terms, not divided.
+
     Args:
         logits: raw heatmap logits.
         target: Gaussian targets in $[0, 1]$, exactly 1 at the corners.
-        alpha, beta: the exponents $\alpha$ (focusing) and $\beta$ (forgiveness near a
-            corner).
+        alpha: the focusing exponent $\alpha$.
+        beta: the exponent $\beta$ of the forgiveness $(1 - y)^\beta$ near a corner.
 
     Returns:
-        The scalar loss, normalised by the number of positive cells in the batch (not
-        normalised when there is none).
+        The scalar loss $L_{det}$.
     """
     if logits.shape != target.shape:
         raise ValueError(
@@ -92,14 +69,36 @@ def ae_loss(
 ) -> tuple[Tensor, Tensor]:
     r"""Pull and push losses (Eq. 4, 5) of the embeddings read at the ground-truth corners.
 
+    With $e_{t_k}, e_{b_k}$ the tags of the two corners of object $k$, $e_k$ their mean and
+    $N$ the number of objects of the image:
+
+    $$ L_{pull} = \frac{1}{N + 10^{-4}} \sum_{k=1}^{N}
+       \left[(e_{t_k} - e_k)^2 + (e_{b_k} - e_k)^2\right], $$
+
+    $$ L_{push} = \frac{1}{N(N - 1) + 10^{-4}} \sum_{k=1}^{N} \sum_{j=1}^{N}
+       \left[\max(0, \Delta - |e_k - e_j|) - \frac{1}{N + 10^{-4}}\right],
+       \qquad \Delta = 1. $$
+
+    The paper sums over $j \ne k$ and divides by $N(N - 1)$; the official code, followed
+    here, sums over *all* ordered pairs: each of the $N$ diagonal pairs adds
+    $\max(0, 1 - 0) = 1$, which the $N^2$ terms $-1/(N + 10^{-4})$ cancel up to a constant
+    of about $10^{-4} / (N(N - 1))$ (no gradient). Both losses are computed per image and
+    summed, not averaged, over the images of the batch.
+
+    **Single object.** For an image with one object, $N(N - 1) = 0$ and the official push
+    is the residue alone, blown up by the vanishing denominator:
+
+    $$ \frac{1 - 1/(1 + 10^{-4})}{0 + 10^{-4}} = \frac{1}{1 + 10^{-4}} \approx 0.9999 . $$
+
+    A constant, without gradient. By default images with fewer than two objects add no
+    push term; ``single_object_push=True`` adds the constant, as the official code does.
+
     Args:
-        tl_tag, br_tag: ``(B, K)`` embeddings of the top-left and bottom-right corner of each
-            object slot (or ``(B, K, 1)``).
+        tl_tag: ``(B, K)`` embeddings of the top-left corner of each object slot (or
+            ``(B, K, 1)``).
+        br_tag: the same for the bottom-right corners.
         mask: ``(B, K)`` bool, the occupied slots.
-        single_object_push: ``True`` adds the official constant
-            $(1 - 1/(1 + 10^{-4})) / 10^{-4} \approx 0.9999$ for each image with exactly one
-            object; by default images with fewer than two objects add no push term. The
-            constant has no gradient, so training is the same either way.
+        single_object_push: add the official single-object constant (see above).
 
     Returns:
         ``(pull, push)``, each summed over the images of the batch.
@@ -129,14 +128,23 @@ def ae_loss(
 def offset_loss(pred_off: Tensor, target_off: Tensor, mask: Tensor) -> Tensor:
     r"""Smooth L1 offset loss (Eq. 3) at the ground-truth corners.
 
+    With $o_k$ the target offset of corner $k$
+    (Eq. 2, [build_targets][cornernet_ref.targets.build_targets]), $\hat o_k$ the
+    prediction read at its cell and $N$ the number of objects in the batch:
+
+    $$ L_{off} = \frac{1}{N + 10^{-4}} \sum_{k=1}^{N} \operatorname{SmoothL1}(o_k, \hat o_k),
+       \qquad \operatorname{SmoothL1}(d) = \begin{cases} d^2 / 2 & |d| < 1 \\
+       |d| - 1/2 & \text{otherwise} \end{cases} $$
+
+    summed over both coordinates.
+
     Args:
         pred_off: ``(B, K, 2)`` predicted offsets read at the corners.
         target_off: ``(B, K, 2)`` target offsets.
         mask: ``(B, K)`` bool, the occupied slots.
 
     Returns:
-        The loss summed over corners and both coordinates, divided by the number of objects
-        in the batch plus $10^{-4}$.
+        The scalar loss $L_{off}$.
     """
     if pred_off.shape != target_off.shape or pred_off.shape[:2] != mask.shape:
         raise ValueError(
@@ -154,18 +162,14 @@ class CornerNetLoss(nn.Module):
     r"""The full training loss, over every hourglass stack (§3.5, §4.1).
 
     Calling it on the list of stack outputs and the batched targets of
-    :func:`~cornernet_ref.targets.collate_targets` returns a dict of scalar tensors:
-    ``"focal"``, ``"pull"``, ``"push"`` and ``"offset"``, each summed over the $S$ stacks
-    and multiplied by its weight, and ``"total"``, the loss to minimise:
-
-    $$ \text{total} = (\text{focal} + \text{pull} + \text{push} + \text{offset}) / S. $$
-
-    All maps are cast to float32 first, so the loss is computed in full precision under
-    mixed-precision autocast.
+    :func:`~cornernet_ref.targets.collate_targets` returns the dict of scalar tensors
+    described in :meth:`forward`. All maps are cast to float32 first, so the loss is
+    computed in full precision under mixed-precision autocast.
 
     Args:
-        pull_weight, push_weight, offset_weight: the weights of the pull, push and offset
-            terms (0.1, 0.1 and 1 in the paper); the focal term has weight 1.
+        pull_weight: the weight of the pull term (0.1 in the paper).
+        push_weight: the weight of the push term (0.1).
+        offset_weight: the weight of the offset term (1); the focal term has weight 1.
         single_object_push: see :func:`ae_loss`.
     """
 
@@ -188,7 +192,21 @@ class CornerNetLoss(nn.Module):
         outputs: Sequence[CornerNetOutput] | CornerNetOutput,
         targets: dict[str, Tensor],
     ) -> dict[str, Tensor]:
-        """Loss terms of the raw stack outputs (a single output counts as one stack)."""
+        r"""Loss terms of the raw stack outputs (a single output counts as one stack).
+
+        The losses are applied to the maps of every stack $s = 1, \dots, S$ (intermediate
+        supervision, §3.5) and averaged:
+
+        $$ L = \frac{1}{S} \sum_{s=1}^{S} \Big(L_{det}^{tl} + L_{det}^{br} + 0.1\, L_{pull}
+             + 0.1\, L_{push} + L_{off}^{tl} + L_{off}^{br}\Big)_s $$
+
+        with each of the two heatmap losses (:func:`focal_loss`) and each of the two offset
+        losses (:func:`offset_loss`) normalised on its own, and $0.1, 0.1, 1$ the weights.
+
+        Returns:
+            ``"focal"``, ``"pull"``, ``"push"`` and ``"offset"``, each weighted and averaged
+            over the stacks, and ``"total"``, the loss to minimise, their sum $L$.
+        """
         if isinstance(outputs, CornerNetOutput):
             outputs = [outputs]
         _check_inputs(outputs, targets)
@@ -208,18 +226,19 @@ class CornerNetLoss(nn.Module):
                     getattr(out, f"{corner}_off").float(), targets[f"{corner}_ind"]
                 )
                 offset = offset + offset_loss(predicted, targets[f"{corner}_off"], mask)
+        stacks = len(outputs)
         terms = {
-            "focal": focal,
-            "pull": self.pull_weight * pull,
-            "push": self.push_weight * push,
-            "offset": self.offset_weight * offset,
+            "focal": focal / stacks,
+            "pull": self.pull_weight * pull / stacks,
+            "push": self.push_weight * push / stacks,
+            "offset": self.offset_weight * offset / stacks,
         }
-        total = (terms["focal"] + terms["pull"] + terms["push"] + terms["offset"]) / len(outputs)
+        total = terms["focal"] + terms["pull"] + terms["push"] + terms["offset"]
         return {"total": total, **terms}
 
 
 def _check_inputs(outputs: Sequence[CornerNetOutput], targets: dict[str, Tensor]) -> None:
-    """Raise ``ValueError`` naming the problem when outputs and targets do not fit together."""
+    r"""Raise ``ValueError`` naming the problem when outputs and targets do not fit together."""
     if len(outputs) == 0:
         raise ValueError("outputs is empty: expected one CornerNetOutput per hourglass stack")
     missing = [key for key in TARGET_KEYS if key not in targets]

@@ -8,14 +8,10 @@ image (3, 511, 511)
   -> hourglass 2 -> 3x3 CBR -> features f_2 -> prediction modules (tl, br) -> maps of stack 2
 ```
 
-**Stacking.** Hourglass-104 is two hourglasses in a row. The input $x_{s+1}$ of stack
-$s + 1$ combines the input $x_s$ of stack $s$ and its features $f_s$ (after the hourglass
-and a $3 \times 3$ Conv-BN-ReLU to ``cnv_dim`` channels):
-
-$$ x_{s+1} = R\big(\mathrm{ReLU}(\mathrm{BN}(W_x * x_s) + \mathrm{BN}(W_f * f_s))\big) $$
-
-with $1 \times 1$ convolutions $W_x$, $W_f$ and a residual block $R$. The predictions of
-stack $s$ are *not* fed back: only $f_s$ is.
+**Stacking.** Hourglass-104 is two hourglasses in a row. The input of each stack after the
+first combines the input and the features of the one before
+([StackTransition][cornernet_ref.model.StackTransition]); the predictions of a stack are
+*not* fed back.
 
 **Intermediate supervision.** In training every stack has its own prediction modules and
 its maps are returned (the loss averages over stacks). At test time only the last stack's
@@ -53,7 +49,17 @@ BATCHNORM_INITS = ("uniform", "ones")
 
 
 class StackTransition(nn.Module):
-    """Input of the next stack: ``R(ReLU(BN(W_x * x) + BN(W_f * f)))``."""
+    r"""Input of the next stack, from the input and the features of this one.
+
+    The input $x_{s+1}$ of stack $s + 1$ combines the input $x_s$ of stack $s$ and its
+    features $f_s$ (after the hourglass and a $3 \times 3$ Conv-BN-ReLU to ``cnv_dim``
+    channels):
+
+    $$ x_{s+1} = R\big(\mathrm{ReLU}(\mathrm{BN}(W_x * x_s) + \mathrm{BN}(W_f * f_s))\big) $$
+
+    with $1 \times 1$ convolutions $W_x$, $W_f$ and a residual block $R$. The predictions of
+    stack $s$ are not fed back: only $f_s$ is.
+    """
 
     def __init__(self, channels: int, feature_channels: int) -> None:
         super().__init__()
@@ -67,7 +73,7 @@ class StackTransition(nn.Module):
 
 
 class CornerNet(nn.Module):
-    """CornerNet with a stacked-hourglass backbone; the defaults build Hourglass-104.
+    r"""CornerNet with a stacked-hourglass backbone; the defaults build Hourglass-104.
 
     Args:
         num_classes: object classes $C$ (heatmap channels).
@@ -141,7 +147,7 @@ class CornerNet(nn.Module):
                     nn.init.uniform_(module.weight)
 
     def check_input_size(self, height: int, width: int) -> None:
-        """Raise ``ValueError`` unless the hourglass can halve the stem's output ``n`` times."""
+        r"""Raise ``ValueError`` unless the hourglass can halve the stem's output ``n`` times."""
         for name, side in (("height", height), ("width", width)):
             out = stem_output_size(side)
             if out % 2**self.n:

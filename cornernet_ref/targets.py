@@ -1,37 +1,20 @@
 r"""Ground-truth targets: what the network is asked to predict (paper §3.2).
 
-CornerNet predicts corners on an output grid ``s = 4`` times coarser than the input.
-For an object with box $(x_1, y_1, x_2, y_2)$ in input pixels and the per-axis ratio
-$\rho = \text{output} / \text{input}$, each corner is written three ways.
+CornerNet predicts corners on an output grid about 4 times coarser than the input. Each
+box becomes, for each of its two corners, a heatmap peak of its class surrounded by a
+Gaussian bump, an offset (the fraction of a cell lost on the coarse grid) and the index of
+its cell. The equations sit with the code that computes them:
 
-**Heatmap.** The corner falls in cell $(\lfloor \rho x \rfloor, \lfloor \rho y \rfloor)$ of
-the channel of its class, where the target is exactly 1. Cells near it are not simply
-negatives: a corner predicted a few cells away still gives a box that overlaps the ground
-truth well. Around each corner the target therefore carries an unnormalised Gaussian
+* [build_targets][cornernet_ref.targets.build_targets]: the cell, the offset (Eq. 2), the
+  index and the slots of one image;
+* [gaussian_bump][cornernet_ref.targets.gaussian_bump]: the unnormalised Gaussian around
+  a corner;
+* [gaussian_radius][cornernet_ref.targets.gaussian_radius] (official) and
+  [exact_radius][cornernet_ref.targets.exact_radius]: how far a corner may move and keep
+  IoU $\ge t$ with the ground truth;
+* [draw_gaussian][cornernet_ref.targets.draw_gaussian]: bumps merged by a maximum.
 
-$$ y_{cij} = \exp\!\left(-\frac{(i - c_x)^2 + (j - c_y)^2}{2\sigma^2}\right),
-   \qquad \sigma = \frac{2r + 1}{6}, $$
-
-cut off at the radius $r$, where $r$ is chosen so that any pair of corners within $r$ of
-the ground truth still gives a box with IoU $\ge t$ (``gaussian_iou``, 0.3): within $r$
-along each axis for the official formula, within Euclidean distance $r$ for the exact
-one (:func:`gaussian_radius`). Overlapping bumps of one class are merged with an
-elementwise maximum. The focal loss (:mod:`cornernet_ref.losses`) uses
-$(1 - y_{cij})^\beta$ to reduce the penalty of these near-miss negatives.
-
-**Offset** (Eq. 2). Flooring loses a fraction of a cell, which the network predicts:
-
-$$ o_k = \left(\frac{x_k}{s} - \left\lfloor \frac{x_k}{s} \right\rfloor,\;
-              \frac{y_k}{s} - \left\lfloor \frac{y_k}{s} \right\rfloor\right). $$
-
-**Index.** The flat cell index $y W + x$ of each corner, so that the losses can read the
-predicted embeddings and offsets at the ground-truth corners
-(:func:`cornernet_ref.output.gather_at`). Object $k$ (in input order) occupies slot $k$
-of ``max_objects`` slots; ``mask`` marks the occupied ones.
-
-Conventions follow the official implementation: cell = floor of the scaled coordinate;
-the radius is computed from the box size on the output grid rounded up, then truncated to
-an integer (and at least 0).
+Conventions follow the official implementation.
 """
 
 from __future__ import annotations
@@ -60,16 +43,18 @@ def gaussian_radius(
     $(w - A)(h - B) \ge t\,wh$ (chapter 1 proves it).
 
     ``"official"`` is the formula of the official code: three quadratics in $r$, one per
-    way the two corners can move, each assuming that a corner moves by $r$ along *both*
-    axes at once, and the smallest of their roots.
+    way the two corners can move (both inwards, both outwards, one each way: a shift),
+    each assuming that a corner moves by $r$ along *both* axes at once, and the smallest
+    of their roots:
 
-    * both corners move inwards (the box shrinks):
-      $\frac{(w - 2r)(h - 2r)}{wh} = t \Rightarrow 4r^2 - 2(w + h)r + (1 - t)wh = 0$
-    * both corners move outwards (the box grows):
-      $\frac{wh}{(w + 2r)(h + 2r)} = t \Rightarrow 4t r^2 + 2t(w + h)r + (t - 1)wh = 0$
-    * one inwards, one outwards (the box shifts by $r$ along both axes):
-      $\frac{(w - r)(h - r)}{2wh - (w - r)(h - r)} = t
-      \Rightarrow r^2 - (w + h)r + \frac{1 - t}{1 + t}wh = 0$
+    $$ \begin{aligned}
+    \text{both in:}\quad & (w - 2r)(h - 2r) = t\,wh
+      &&\Rightarrow\; 4r^2 - 2(w + h)r + (1 - t)\,wh = 0 \\
+    \text{both out:}\quad & wh = t\,(w + 2r)(h + 2r)
+      &&\Rightarrow\; 4t\,r^2 + 2t(w + h)r - (1 - t)\,wh = 0 \\
+    \text{shift:}\quad & (w - r)(h - r) = t\,\big(2wh - (w - r)(h - r)\big)
+      &&\Rightarrow\; r^2 - (w + h)r + \tfrac{1 - t}{1 + t}\,wh = 0
+    \end{aligned} $$
 
     The shrinking root is always the smallest, and it is exact for corners that move at
     most $r$ along each axis (a square of side $2r$ around each corner).
@@ -80,7 +65,8 @@ def gaussian_radius(
     official radius and $\sqrt 2$ times it. See :func:`exact_radius`.
 
     Args:
-        height, width: box size (in cells), positive.
+        height: box height $h$ (in cells), positive.
+        width: box width $w$ (in cells), positive.
         min_overlap: the IoU $t$ to keep, in $(0, 1)$.
         variant: ``"official"`` (default) or ``"exact"``.
 
@@ -112,11 +98,14 @@ def gaussian_radius(
 def exact_radius(height: float, width: float, min_overlap: float) -> float:
     r"""The largest $r$ such that corners within distance $r$ always keep IoU $\ge t$.
 
-    In units of the longer side, the box is $1 \times \rho$ ($\rho \le 1$). The worst
-    pairs of corners span nested boxes $X \times Y$ with $XY = t\rho$, and both corners
-    move by the same vector, half of $(1 - X, \rho - Y)$. So
-    $r = \tfrac12 \operatorname{dist}\big((1, \rho),\, \{XY = t\rho\}\big)$ (times the
-    longer side).
+    The worst pairs of corners span nested boxes $X \times Y$ with $XY = t\,wh$, both
+    corners moving inwards by half of $(w - X, h - Y)$, so the radius is half the distance
+    from $(w, h)$ to that hyperbola:
+
+    $$ r^\ast = \tfrac12 \operatorname{dist}\!\big((w, h),\ \{XY = t\,wh\}\big). $$
+
+    In units of the longer side, the box is $1 \times \rho$ ($\rho \le 1$) and the
+    hyperbola $XY = t\rho$.
 
     The nearest point is the foot of a normal, $(1 - X, \rho - Y) = \mu\,(Y, X)$, on the
     side of the short axis ($0 < \mu < \rho$). With $s = \rho - \mu$ and
@@ -132,7 +121,8 @@ def exact_radius(height: float, width: float, min_overlap: float) -> float:
     diagonal) and $r = \tfrac12\sqrt{1 - 2t}$ below (two symmetric worst moves).
 
     Args:
-        height, width: box size, positive.
+        height: box height, positive.
+        width: box width, positive.
         min_overlap: the IoU $t$ to keep, in $(0, 1)$.
     """
     if height <= 0 or width <= 0:
@@ -160,9 +150,19 @@ def exact_radius(height: float, width: float, min_overlap: float) -> float:
 
 
 def gaussian_bump(radius: int) -> np.ndarray:
-    """The ``(2r+1, 2r+1)`` unnormalised Gaussian with sigma = diameter / 6, peak exactly 1.
+    r"""The ``(2r+1, 2r+1)`` unnormalised Gaussian around a corner at $(c_x, c_y)$, peak 1.
 
-    Values below float64 machine epsilon times the peak are set to 0, as in the official code.
+    A corner predicted a few cells away still gives a box that overlaps the ground truth
+    well, so the cells near a corner are negatives with a reduced penalty: the focal loss
+    ([focal_loss][cornernet_ref.losses.focal_loss]) weighs them by $(1 - y_{ij})^\beta$,
+    with the target
+
+    $$ y_{ij} = \exp\!\left(-\frac{(i - c_x)^2 + (j - c_y)^2}{2\sigma^2}\right), \qquad
+       \sigma = \frac{2r + 1}{6}, \qquad |i - c_x|, |j - c_y| \le r, $$
+
+    $\sigma$ being a sixth of the diameter as in the official code (the paper says a third
+    of the radius). Values below float64 machine epsilon times the peak are set to 0, as
+    in the official code.
     """
     diameter = 2 * radius + 1
     sigma = diameter / 6
@@ -173,7 +173,7 @@ def gaussian_bump(radius: int) -> np.ndarray:
 
 
 def draw_gaussian(heatmap: np.ndarray, center_xy: tuple[int, int], radius: int) -> None:
-    """Merge a Gaussian bump centred on cell ``center_xy = (x, y)`` into ``heatmap`` (H, W).
+    r"""Merge a Gaussian bump centred on cell ``center_xy = (x, y)`` into ``heatmap`` (H, W).
 
     The bump is clipped at the borders and combined with an elementwise ``max``, in place.
     """
@@ -192,7 +192,7 @@ def draw_gaussian(heatmap: np.ndarray, center_xy: tuple[int, int], radius: int) 
 
 
 def _size_pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
-    """``511`` or ``(511, 511)`` -> ``(height, width)``."""
+    r"""``511`` or ``(511, 511)`` -> ``(height, width)``."""
     pair = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
     if len(pair) != 2 or min(pair) <= 0:
         raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
@@ -211,13 +211,32 @@ def build_targets(
     radius_variant: RadiusVariant = "official",
     penalty_reduction: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Targets of one image.
+    r"""Targets of one image.
+
+    With the per-axis ratio $\rho = \text{output} / \text{input}$ (about $1/4$), a corner
+    at $(x, y)$ input pixels falls in the cell
+
+    $$ (\lfloor \rho x \rfloor, \lfloor \rho y \rfloor), $$
+
+    whose flat index is $yW + x$ (the layout
+    [gather_at][cornernet_ref.output.gather_at] reads). Its heatmap channel gets a bump of
+    the radius of [gaussian_radius][cornernet_ref.targets.gaussian_radius] (box measured
+    on the output grid, each side rounded up; radius truncated to an integer), and the
+    fraction lost by the floor is the offset target (Eq. 2, written with the ratio
+    instead of the paper's downsampling factor):
+
+    $$ o_k = \left(\rho x_k - \lfloor \rho x_k \rfloor,\;
+       \rho y_k - \lfloor \rho y_k \rfloor\right). $$
+
+    Object $k$ (in input order) occupies slot $k$ of ``max_objects`` slots, and ``mask``
+    marks the occupied ones.
 
     Args:
         boxes: ``(N, 4)`` boxes ``x1, y1, x2, y2`` in input pixels.
         labels: ``(N,)`` 0-based class indices.
         num_classes: number of heatmap channels ``C``.
-        input_size, output_size: ``(height, width)`` (or one int for a square).
+        input_size: ``(height, width)`` of the input (or one int for a square).
+        output_size: ``(height, width)`` of the output grid (or one int).
         gaussian_iou: the overlap $t$ that sets the bump radius.
         max_objects: number of slots ``K``.
         radius_variant: see :func:`gaussian_radius`.
@@ -290,7 +309,7 @@ def build_targets(
 
 
 def collate_targets(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack per-image targets of :func:`build_targets` into ``(B, ...)`` tensors."""
+    r"""Stack per-image targets of :func:`build_targets` into ``(B, ...)`` tensors."""
     if not samples:
         raise ValueError("cannot collate an empty list of targets")
     missing = [key for key in TARGET_KEYS if any(key not in sample for sample in samples)]

@@ -5,26 +5,43 @@
   (not committed), so a figure in a chapter is always what the current code draws.
   Chapters show one with ``![alt text](../img/<name>.png)``. ``python docs/hooks.py``
   draws them without building the site.
+* **Notebooks, executed.** Each jupytext script ``notebooks/NN_*.py`` is executed top to
+  bottom (in its small CPU mode) into ``.cache/executed/notebooks/NN_*.ipynb``, and its
+  page shows that executed notebook: printed values and figures. An executed notebook is
+  reused while its key (the script, the package's source files, the Python and torch
+  versions, ``CORNERNET_SHARED``) is unchanged, so the build and ``tests/test_notebooks.py``
+  execute each notebook once between them. A notebook that raises fails the build.
 * **Navigation.** Built from the files present, in paper order: the overview, the chapters
   ``chapters/NN_*.md`` by their number, the notebooks ``notebooks/NN_*.py``, "Run it
   yourself", the claims page and the API reference. A page the order does not know goes
   at the end rather than being left out.
 * **Overview.** ``<!-- chapters -->`` in ``index.md`` becomes the list of chapters.
+* **Equations.** Under each equation a chapter quotes with ``<!-- equation: name -->``
+  (``tests/test_chapters.py`` checks it against the docstring of ``name``), a link to that
+  docstring in the API reference.
 * **Chapter and notebook, one click apart.** A chapter ``NN_*.md`` gets a link to each
   notebook ``NN_*.py`` of the same number under its title, and the notebook a link back.
 * **Claims.** ``claims.md`` ("Paper claims and where they are tested") is generated from
   the registry ``docs/claims.yml``, the ``@pytest.mark.claim("<id>")`` markers found by
   parsing ``tests/*.py`` (nothing is executed) and the benchmark results
   ``benchmarks/results/*.json`` whose top-level ``"claims"`` list names the claims they
-  measure. ``tests/test_claims.py`` checks the same data.
+  measure. Per claim it shows the test node ids, the result files (device, date, and the
+  figure scripts of ``docs/figures`` that read them), and marks a claim whose only checks
+  are GPU tests as not yet measured. ``tests/test_claims.py`` checks the same data.
 """
 
 from __future__ import annotations
 
 import ast
+import fnmatch
+import hashlib
+import importlib.metadata
 import importlib.util
 import json
+import os
 import re
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +76,83 @@ def draw_figures(out_dir: Path) -> list[Path]:
             ) from error
         written.append(out)
     return written
+
+
+# --- Notebooks -------------------------------------------------------------------------
+
+EXECUTED = REPO / ".cache" / "executed" / "notebooks"
+# The kernel draws figures into the notebook, whatever MPLBACKEND the build runs under.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+def notebook_key(script: Path) -> str:
+    """What an executed notebook depends on: its script, the package, the versions, the data."""
+    digest = hashlib.sha256()
+    package = sorted(
+        path
+        for path in (REPO / "cornernet_ref").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    )
+    digest.update(script.name.encode() + script.read_bytes())
+    for path in package:
+        digest.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
+    versions = [sys.version, importlib.metadata.version("torch")]
+    digest.update(repr([*versions, os.environ.get("CORNERNET_SHARED")]).encode())
+    return digest.hexdigest()
+
+
+def executed_notebook(script: Path, out_dir: Path = EXECUTED, timeout: int = 900) -> Path:
+    """The jupytext ``script`` as a notebook executed top to bottom; returns its path.
+
+    The notebook runs in ``notebooks/`` (so that relative paths work as for a reader) with
+    the inline matplotlib backend, and is written atomically with its key in the metadata;
+    a notebook already there with the same key is returned as it is.
+
+    Raises:
+        RuntimeError: naming the notebook, when a cell raises.
+    """
+    import jupytext
+    import nbclient
+    import nbformat
+
+    script = script.resolve()
+    out = out_dir / f"{script.stem}.ipynb"
+    key = notebook_key(script)
+    if out.exists():
+        metadata = json.loads(out.read_text(encoding="utf-8")).get("metadata", {})
+        if metadata.get("cornernet_ref", {}).get("key") == key:
+            return out
+    notebook = jupytext.read(script)
+    backend = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = INLINE_BACKEND  # inherited by the kernel
+    try:
+        client = nbclient.NotebookClient(
+            notebook,
+            timeout=timeout,
+            kernel_name="python3",
+            # The kernel's startup notices are no warnings of the build; cell errors still
+            # come back as outputs and raise.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            resources={"metadata": {"path": str(script.parent)}},
+        )
+        client.execute()
+    except nbclient.exceptions.CellExecutionError as error:
+        raise RuntimeError(f"notebook {script.relative_to(REPO)} failed:\n{error}") from error
+    finally:
+        if backend is None:
+            os.environ.pop("MPLBACKEND")
+        else:
+            os.environ["MPLBACKEND"] = backend
+    notebook.metadata["cornernet_ref"] = {"key": key}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial")
+    nbformat.write(notebook, partial)
+    partial.replace(out)
+    return out
+
+
+def _is_notebook_page(file: File) -> bool:
+    return file.src_uri.startswith("notebooks/") and file.src_uri.endswith(".py")
 
 
 # --- Claims ----------------------------------------------------------------------------
@@ -182,38 +276,82 @@ def collect_checks(root: Path = REPO) -> dict[str, list[Check]]:
     return checks
 
 
-def _check_note(check: Check) -> str:
-    if check.kind == "benchmark":
-        return " (benchmark)"
-    return " **GPU**" if check.gpu_only else ""
+def measured_on_gpu(result: dict) -> bool:
+    """Whether a benchmark result was measured on a GPU (its ``cuda`` or ``device`` says so)."""
+    device = str(result.get("device", ""))
+    return bool(result.get("cuda")) or any(word in device for word in ("GPU", "NVIDIA", "CUDA"))
 
 
-def claims_page(claims: list[dict], checks: dict[str, list[Check]]) -> str:
+def figures_reading(result_name: str, figures_dir: Path = DOCS / "figures") -> list[str]:
+    """The figure scripts that read a benchmark result (they name it, or a glob matching it)."""
+    names = []
+    for script in sorted(figures_dir.glob("*.py")):
+        patterns = re.findall(r"[\w*]+\.json", script.read_text(encoding="utf-8"))
+        if any(fnmatch.fnmatch(result_name, pattern) for pattern in patterns):
+            names.append(script.stem)
+    return names
+
+
+def _check_cell(check: Check, root: Path) -> str:
+    """One check: the test's node id, or the result file with its device, date and figures."""
+    if check.kind != "benchmark":
+        return f"`{check.name}`" + (" (GPU only)" if check.gpu_only else "")
+    result = json.loads((root / check.name).read_text())
+    measured = ", ".join(str(result[key]) for key in ("device", "date") if result.get(key))
+    figures = ", ".join(
+        f"[{name}](img/{name}.png)" for name in figures_reading(Path(check.name).name)
+    )
+    return f"`{check.name}` ({measured})" + (f", figure {figures}" if figures else "")
+
+
+def claim_status(checks: list[Check], root: Path = REPO) -> str:
+    """Measured where, or not yet: a claim checked only on a GPU waits for a GPU result."""
+    if not checks:
+        return "*not checked yet*"
+    cpu_tests = [c for c in checks if c.kind == "test" and not c.gpu_only]
+    benchmarks = [json.loads((root / c.name).read_text()) for c in checks if c.kind == "benchmark"]
+    gpu_results = [result for result in benchmarks if measured_on_gpu(result)]
+    if not cpu_tests and not benchmarks:
+        return "**not yet measured**: its tests need a CUDA GPU"
+    parts = []
+    if cpu_tests:
+        parts.append(f"tests, on every `pytest` run ({len(cpu_tests)})")
+    if benchmarks:
+        parts.append(f"benchmark ({len(gpu_results)} of {len(benchmarks)} on a GPU)")
+    gpu_tests = [c for c in checks if c.kind == "test" and c.gpu_only]
+    if gpu_tests and not gpu_results:
+        parts.append(f"its {len(gpu_tests)} GPU-only tests: **not yet measured**")
+    return "; ".join(parts)
+
+
+def claims_page(claims: list[dict], checks: dict[str, list[Check]], root: Path = REPO) -> str:
     """Markdown of the page "Paper claims and where they are tested"."""
     lines = [
         "# Paper claims and where they are tested",
         "",
         "Each concrete claim of the paper (and of the official implementation this project",
-        "reproduces) with the tests and benchmarks that check it. The page is generated at",
-        'build time from the registry `docs/claims.yml`, the `@pytest.mark.claim("<id>")`',
-        "markers in `tests/` and the benchmark results in `benchmarks/results/`, so it",
-        "cannot drift from the code; `tests/test_claims.py` fails when a marker names no",
-        "claim or a claim has no check.",
+        "reproduces), what checks it and where: the test functions (pytest node ids) and the",
+        "benchmark results (`benchmarks/results/*.json`, with the device and date of the",
+        "measurement and the figure drawn from them). The page is generated at build time",
+        'from the registry `docs/claims.yml`, the `@pytest.mark.claim("<id>")` markers in',
+        "`tests/` and the benchmark results, so it cannot drift from the code;",
+        "`tests/test_claims.py` fails when a marker names no claim or a claim has no check.",
         "",
-        "`pytest -m claim` runs every test that checks a claim. Tests marked **GPU** run",
-        "only on a CUDA machine (see",
-        "[Run it yourself](run.md)). A benchmark names the claims it measures in its result",
-        'file, as a top-level list: `"claims": ["<id>", ...]`.',
+        "`pytest -m claim` runs every test that checks a claim. A test marked *GPU only* runs",
+        "only on a CUDA machine (see [Run it yourself](run.md)); a claim checked by such tests",
+        "alone is **not yet measured** until a GPU run records a result. A benchmark names the",
+        'claims it measures in its result file, as a top-level list: `"claims": ["<id>", ...]`.',
         "",
-        "| Claim | Paper | Checked by |",
-        "| --- | --- | --- |",
+        "| Claim | Paper | Measured | Checked by |",
+        "| --- | --- | --- | --- |",
     ]
     for entry in claims:
         found = checks.get(entry["id"], [])
-        cells = [f"`{c.name}`" + _check_note(c) for c in found]
+        cells = [_check_cell(c, root) for c in found]
         checked_by = "<br>".join(cells) if cells else "*not checked yet*"
         claim = f'<a id="{entry["id"]}"></a>**{entry["id"]}**: {entry["claim"]}'
-        lines.append(f"| {claim} | {entry.get('section', '')} | {checked_by} |")
+        status = claim_status(found, root)
+        lines.append(f"| {claim} | {entry.get('section', '')} | {status} | {checked_by} |")
     unknown = sorted(set(checks) - {entry["id"] for entry in claims})
     if unknown:
         lines += ["", "Markers naming no registered claim: " + ", ".join(f"`{u}`" for u in unknown)]
@@ -309,6 +447,9 @@ def on_files(files: Files, config, **kwargs) -> Files:
     for file in list(files):
         if file.abs_src_path and not Path(file.abs_src_path).exists():
             files.remove(file)
+    for file in files:
+        if _is_notebook_page(file):  # the page shows the executed notebook
+            file.abs_src_path = str(executed_notebook(Path(file.abs_src_path)))
     if files.get_file_from_path("claims.md") is None:
         content = claims_page(load_claims(), collect_checks())
         files.append(File.generated(config, "claims.md", content=content))
@@ -329,13 +470,40 @@ def chapter_list(files: Files) -> str:
     return "## Chapters\n\n" + "\n".join(items) + "\n" if items else ""
 
 
+QUOTED_EQUATION = re.compile(r"<!-- equation: ([\w.]+) -->(\s*\$\$.*?\$\$)", flags=re.DOTALL)
+
+
+def api_pages(api_dir: Path = DOCS / "api") -> dict[str, str]:
+    """Module -> the API page documenting it (``::: module`` lines of ``docs/api/*.md``)."""
+    pages = {}
+    for path in sorted(api_dir.glob("*.md")):
+        for module in re.findall(r"^::: ([\w.]+)", path.read_text(encoding="utf-8"), re.M):
+            pages[module] = f"api/{path.name}"
+    return pages
+
+
+def link_quoted_equations(markdown: str, pages: dict[str, str]) -> str:
+    """Under each equation a chapter quotes from a docstring, a link to that docstring."""
+
+    def source_link(match: re.Match) -> str:
+        name = match.group(1)
+        module = max((m for m in pages if name == m or name.startswith(m + ".")), key=len)
+        short = name.removeprefix(module + ".") if name != module else name
+        link = f"[`{short}`](../{pages[module]}#{name})"
+        return f"{match.group(0)}\n\n<small>Stated in the code: {link}.</small>\n"
+
+    return QUOTED_EQUATION.sub(source_link, markdown)
+
+
 def on_page_markdown(markdown: str, page, config, files: Files, **kwargs) -> str:
-    """Chapters: a link to their notebooks under the title. Overview: the chapter list."""
+    """Chapters: a link to their notebooks under the title and to the docstring under each
+    quoted equation. Overview: the chapter list."""
     uri = page.file.src_uri
     if uri == "index.md":
         return markdown.replace("<!-- chapters -->", chapter_list(files))
     if not (uri.startswith("chapters/") and NUMBERED.match(page.file.name)):
         return markdown
+    markdown = link_quoted_equations(markdown, api_pages())
     notebooks = notebooks_of(page.file, files)
     if not notebooks:
         return markdown
@@ -357,16 +525,28 @@ def on_page_content(html: str, page, config, files: Files, **kwargs) -> str:
         f'<a href="{get_relative_url(c.url, page.url)}">{c.page.title if c.page else c.name}</a>'
         for c in chapters
     )
-    source = Path(uri).name  # mkdocs-jupyter's include_source puts it beside the page
+    script = Path(uri).name  # copied beside the page by on_post_page
+    executed = Path(uri).with_suffix(".ipynb").name  # by mkdocs-jupyter's include_source
     text = f"This notebook accompanies the chapter {links}. " if chapters else ""
     back = (
         '<div class="admonition note"><p class="admonition-title">Notebook</p>'
-        f'<p>{text}Download it: <a href="{source}" download><code>{source}</code></a> '
-        "(a jupytext script; <code>jupytext --to ipynb</code> makes it a notebook).</p></div>"
+        f"<p>{text}The outputs below were computed from this code when the site was built. "
+        f'Download it with its outputs, <a href="{executed}" download><code>{executed}</code></a>,'
+        f' or as the jupytext script <a href="{script}" download><code>{script}</code></a>'
+        " (<code>jupyter lab notebooks/</code> in a checkout opens the scripts as notebooks)."
+        "</p></div>"
     )
     at = html.find("</h1>")
     at = 0 if at < 0 else at + len("</h1>")
     return html[:at] + back + html[at:]
+
+
+def on_post_page(output: str, page, config, **kwargs) -> str:
+    """Copy a notebook's jupytext script beside its page (the executed one is already)."""
+    if _is_notebook_page(page.file):
+        script = REPO / "notebooks" / Path(page.file.src_uri).name
+        shutil.copyfile(script, Path(page.file.abs_dest_path).parent / script.name)
+    return output
 
 
 if __name__ == "__main__":  # python docs/hooks.py: draw the figures without building the site

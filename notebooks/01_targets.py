@@ -26,6 +26,7 @@ import math
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from PIL import Image
 
 from cornernet_ref.analysis import image_boxes
@@ -173,3 +174,55 @@ for ax, tg, title in ((axes[0], targets, "official radius"), (axes[1], exact_tar
     ax.imshow(tg["tl_heat"].amax(0), cmap="magma")
     ax.set_title(f"top-left bumps, {title}")
 plt.show()
+
+
+# %% [markdown]
+# ## Solutions to the exercises of chapter 1
+#
+# ### Exercise 1
+# Both corners move inwards by $r$ along both axes: $(w - 2r)(h - 2r) = t\,wh$. For
+# $w = h = 10$ and $t = 0.7$, $(10 - 2r)^2 = 70$, so $10 - 2r = \sqrt{70}$ (the root with
+# $r < 5$) and $r = (10 - \sqrt{70}) / 2 \approx 0.817$.
+
+# %%
+radius = gaussian_radius(10, 10, 0.7)
+by_hand = (10 - math.sqrt(70)) / 2
+print(f"gaussian_radius: {radius:.6f}, by hand: {by_hand:.6f}")
+assert math.isclose(radius, by_hand, rel_tol=1e-12)
+
+# %% [markdown]
+# ### Exercise 2
+# For a square of side $w$ and $t \ge 1/4$: $r_{official} = \tfrac12 (1 - \sqrt t)\,w$ (the
+# "both in" root) and $r^\ast = \tfrac{\sqrt 2}{2}(1 - \sqrt t)\,w$. The ratio is
+# $1/\sqrt 2 \approx 0.707$, whatever the side and $t$.
+
+# %%
+ratio = gaussian_radius(40, 40, 0.3) / gaussian_radius(40, 40, 0.3, variant="exact")
+print(f"official / exact for 40 x 40 at t = 0.3: {ratio:.6f}")
+assert math.isclose(ratio, 1 / math.sqrt(2), rel_tol=1e-9)
+
+# %% [markdown]
+# ### Exercise 3
+# Without penalty reduction the radius is 0: the bump is the corner's cell alone, value 1.
+# So the nonzero cells are exactly the distinct corner cells (two corners of one class in
+# one cell count once), all equal to 1.
+
+# %%
+plain = build_targets(
+    input_boxes,
+    labels,
+    num_classes=len(class_names),
+    input_size=INPUT,
+    output_size=OUTPUT,
+    penalty_reduction=False,
+)
+for corner in ("tl", "br"):
+    heat = plain[f"{corner}_heat"]
+    ind = plain[f"{corner}_ind"][plain["mask"]]
+    cells = {(int(c), int(i)) for c, i in zip(torch.as_tensor(labels), ind, strict=True)}
+    values = heat[heat != 0].unique().tolist()
+    print(
+        f"{corner}: {int((heat != 0).sum())} nonzero cells with values {values}, "
+        f"{len(cells)} distinct corner cells"
+    )
+    assert int((heat != 0).sum()) == len(cells) and values == [1.0]

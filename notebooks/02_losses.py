@@ -155,11 +155,55 @@ for flag in (False, True):
 
 # %% [markdown]
 # ## 6. Two stacks
-# The total sums each term over the stacks and divides by their number: two copies of the
-# same prediction give the same total, and twice every term.
+# Every term is averaged over the stacks, like the total: two copies of the same prediction
+# give the same terms and the same total, and the terms always add up to the total.
 
 # %%
 one_stack = criterion([noise], targets)
 two_stacks = criterion([noise, noise], targets)
 for name in one_stack:
     print(f"{name:>6}: one stack {one_stack[name].item():8.4f}, two {two_stacks[name].item():8.4f}")
+parts = sum(two_stacks[name] for name in ("focal", "pull", "push", "offset"))
+print("total == focal + pull + push + offset:", torch.equal(parts, two_stacks["total"]))
+
+
+# %% [markdown]
+# ## Solutions to the exercises of chapter 2
+#
+# ### Exercise 1
+# A negative cell pays $(1 - y)^\beta\, p^\alpha \log(1 - p)$: everything but the factor
+# $(1 - y)^4$ is the same, so $y = 0.5$ pays $0.5^4 = 1/16$ of what $y = 0$ pays.
+
+# %%
+logit = torch.full((1, 1, 1, 1), 0.3)
+near = focal_loss(logit, torch.full((1, 1, 1, 1), 0.5)).item()
+far = focal_loss(logit, torch.zeros(1, 1, 1, 1)).item()
+print(f"near / far = {near / far:.6f}")
+assert abs(near / far - 1 / 16) < 1e-6
+
+# %% [markdown]
+# ### Exercise 2
+# Both corners of an object share its tag, so $L_{pull} = 0$. The four ordered pairs have
+# hinges $1, 1$ (the diagonal) and $1 - 0.25 = 0.75$ twice; each pair also subtracts
+# $1 / (2 + 10^{-4})$:
+# $L_{push} = \big(2 + 1.5 - 4 / (2 + 10^{-4})\big) / (2 + 10^{-4}) \approx 0.75$.
+
+# %%
+tags = torch.tensor([[0.0, 0.25]])
+two = torch.ones(1, 2, dtype=torch.bool)
+pull, push = ae_loss(tags, tags, two)
+expected = (2 + 1.5 - 4 / (2 + 1e-4)) / (2 + 1e-4)
+print(f"pull {pull.item():.6f}, push {push.item():.6f}, by hand {expected:.6f}")
+assert pull.item() == 0 and abs(push.item() - expected) < 1e-6
+
+# %% [markdown]
+# ### Exercise 3
+# Every reported term is averaged over the stacks, like the total: three identical stacks
+# report the same five numbers as one (up to float rounding of the mean).
+
+# %%
+one = criterion([noise], targets)
+three = criterion([noise] * 3, targets)
+for name in one:
+    print(f"{name:>6}: one stack {one[name].item():.6f}, three {three[name].item():.6f}")
+    assert torch.allclose(one[name], three[name], rtol=1e-6)

@@ -21,9 +21,12 @@
 # %%
 import time
 
+import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 
 from cornernet_ref.corner_pool import CornerPool, corner_pool, pool
+from cornernet_ref.data.examples import example_image
 
 torch.set_printoptions(precision=3, sci_mode=False)
 
@@ -55,6 +58,36 @@ by_slices = torch.stack([f_t[:, :, i:, :].amax(2) for i in range(height)], dim=2
 print("equal:", torch.equal(by_slices, pool(f_t, "top")))
 
 # %% [markdown]
+# ### On a real image
+#
+# Two edge maps of an image stand in for the two learned branches: $f_t$, the vertical
+# edges (where a left boundary can be), and $f_l$, the horizontal edges (top boundaries),
+# one value per $8 \times 8$-pixel cell. `top` carries each column's strongest vertical edge
+# up to every cell above it, `left` each row's strongest horizontal edge to every cell on
+# its left; the top-left pool, their sum, is high where a cell has a left boundary below it
+# and a top boundary to its right: above and left of objects.
+
+# %%
+image, _, _ = example_image()
+gray = torch.from_numpy(image).float().mean(-1)[None, None] / 255
+across = F.pad((gray[..., :, 1:] - gray[..., :, :-1]).abs(), (0, 1))  # changes along x
+down = F.pad((gray[..., 1:, :] - gray[..., :-1, :]).abs(), (0, 0, 0, 1))  # changes along y
+edges_t, edges_l = F.max_pool2d(across, 8), F.max_pool2d(down, 8)
+panels = [
+    ("image", image),
+    ("$f_t$: vertical edges", edges_t[0, 0]),
+    ("top($f_t$)", pool(edges_t, "top")[0, 0]),
+    ("left($f_l$)", pool(edges_l, "left")[0, 0]),
+    ("top-left pool", corner_pool(edges_t, edges_l, "tl")[0, 0]),
+]
+fig, axes = plt.subplots(1, len(panels), figsize=(17, 3.4))
+for ax, (title, picture) in zip(axes, panels, strict=True):
+    ax.imshow(picture, cmap=None if picture.ndim == 3 else "magma")
+    ax.set_title(title)
+    ax.axis("off")
+plt.show()
+
+# %% [markdown]
 # In the model, the pool is a module without parameters that takes the two branch outputs:
 
 # %%
@@ -82,6 +115,16 @@ print("values equal:        ", torch.equal(pool(column, "bottom"), column.cummax
 print("cummax indices:      ", column.cummax(2).indices.flatten().tolist())
 print("official gradient:   ", official.grad.flatten().tolist())
 print("cummax gradient:     ", nearest.grad.flatten().tolist())
+
+fig, ax = plt.subplots(figsize=(6.5, 2.8))
+positions = torch.arange(5.0)
+ax.bar(positions - 0.2, official.grad.flatten(), width=0.4, label="official: first met")
+ax.bar(positions + 0.2, nearest.grad.flatten(), width=0.4, label="cummax: last met")
+ax.set_xticks(positions.tolist(), [f"row {i}\nx = {v:g}" for i, v in enumerate(column.flatten())])
+ax.set_ylabel("gradient received")
+ax.set_title("pool 'bottom' of 1, 3, 3, 2, 3: who receives the gradient of the ties")
+ax.legend()
+plt.show()
 
 # %% [markdown]
 # How often does this change training? Ties between float32 activations are rare; with
@@ -171,3 +214,53 @@ else:
             torch.equal(k, r) for k, r in zip(results["cuda"], results["reference"], strict=True)
         )
         print(f"{dtype}: kernel equals the reference (output, grad a, grad b): {same}")
+
+
+# %% [markdown]
+# ## Solutions to the exercises of chapter 3
+#
+# ### Exercise 1
+# Scanning up from the bottom row: row 3 (value 1) is the first maximum; row 2 (5) is a new
+# maximum; row 1 (5) ties, so the argmax stays at row 2; row 0 (2) is smaller. Row 3 gets
+# its own output's gradient (1) and row 2 those of rows 2, 1 and 0 (3). `cummax` moves on
+# the tie: row 1 takes the gradients of rows 1 and 0.
+
+# %%
+column = torch.tensor([2.0, 5.0, 5.0, 1.0]).view(1, 1, 4, 1)
+by_rule = column.clone().requires_grad_()
+pool(by_rule, "top").sum().backward()
+by_cummax = column.clone().requires_grad_()
+by_cummax.flip(2).cummax(2).values.flip(2).sum().backward()
+print("official:", by_rule.grad.flatten().tolist(), " cummax:", by_cummax.grad.flatten().tolist())
+assert by_rule.grad.flatten().tolist() == [0.0, 0.0, 3.0, 1.0]
+assert by_cummax.grad.flatten().tolist() == [0.0, 2.0, 1.0, 1.0]
+
+# %% [markdown]
+# ### Exercise 2
+# Unrolling $t_{ij} = \max(f_{t,ij}, t_{(i+1)j})$ down to the last row gives
+# $t_{0j} = \max_k f_{t,kj}$, the whole column $j$; likewise $l_{i0} = \max_k f_{l,ik}$, the
+# whole row $i$. At $(0, 0)$: the first column of $f_t$ plus the first row of $f_l$.
+
+# %%
+f_t, f_l = torch.randn(2, 3, 4, 9, 11, generator=generator)
+pooled = corner_pool(f_t, f_l, "tl")
+expected = f_t[:, :, :, 0].amax(-1) + f_l[:, :, 0, :].amax(-1)
+assert torch.equal(pooled[:, :, 0, 0], expected)
+print("tl pool at (0, 0) = max of column 0 of f_t + max of row 0 of f_l: True")
+
+# %% [markdown]
+# ### Exercise 3
+# Fewer significant bits make more values equal, and every tie of a maximum is a place where
+# the two rules route the gradient differently; bfloat16 keeps 8 bits against float32's 24.
+
+# %%
+shares = {}
+for dtype in (torch.float32, torch.bfloat16):
+    x = activations.to(dtype)
+    rule, near = x.clone().requires_grad_(), x.clone().requires_grad_()
+    pool(rule, "top").sum().backward()
+    near.flip(2).cummax(2).values.flip(2).sum().backward()
+    positive = x > 0
+    shares[dtype] = float(((rule.grad != near.grad) & positive).sum() / positive.sum())
+    print(f"{str(dtype):15s} {shares[dtype]:.3%}")
+assert shares[torch.bfloat16] > 10 * max(shares[torch.float32], 1e-6)

@@ -22,6 +22,8 @@
 # the notebook uses a drawn image with three boxes.
 
 # %%
+import math
+
 import matplotlib.pyplot as plt
 import torch
 
@@ -113,3 +115,43 @@ for method in ("gaussian", "linear"):
 image_ids = sorted(coco.getImgIds())[:16]
 metrics = evaluate(source, coco, flip=False, image_ids=image_ids)
 {k: round(v, 4) for k, v in metrics.items()}
+
+
+# %% [markdown]
+# ## Solutions to the exercises of chapter 5
+#
+# ### Exercise 1
+# An exact duplicate has IoU 1 with the kept box: its score is multiplied by
+# $e^{-1^2 / 0.5} = e^{-2} \approx 0.135$.
+
+# %%
+twins = torch.tensor([[0.0, 0, 9, 9], [0, 0, 9, 9]])
+keep, new = soft_nms(twins, torch.tensor([0.9, 0.8]), torch.zeros(2, dtype=torch.long))
+print("kept", keep.tolist(), "scores", new.tolist())
+assert math.isclose(new[1].item(), 0.8 * math.exp(-2), rel_tol=1e-6)
+
+# %% [markdown]
+# ### Exercise 2
+# $480 \,|\, 127 = 511$ and $640 \,|\, 127 = 767$: a $511 \times 767$ canvas, a grid of
+# $(511 + 1) / 4 = 128$ by $(767 + 1) / 4 = 192$ cells, and borders
+# $\lfloor 31 / 2 \rfloor = 15$ and $\lfloor 127 / 2 \rfloor = 63$.
+
+# %%
+geometry = canvas_geometry(480, 640)
+print(geometry)
+assert geometry.input_size == (511, 767) and geometry.output_size == (128, 192)
+assert geometry.border == (15, 63)
+
+# %% [markdown]
+# ### Exercise 3
+# Equal neighbours are both the maximum of their windows: both survive. Raised a little, the
+# higher one is the only maximum of the other's window, which is then zeroed.
+
+# %%
+heat = torch.zeros(1, 1, 5, 5)
+heat[0, 0, 2, 1] = heat[0, 0, 2, 2] = 0.8
+print("equal peaks kept:", int((local_maxima(heat) > 0).sum()))
+assert int((local_maxima(heat) > 0).sum()) == 2
+heat[0, 0, 2, 2] = 0.81
+assert int((local_maxima(heat) > 0).sum()) == 1
+print("one raised: 1 kept")

@@ -25,6 +25,7 @@
 
 # %%
 import json
+import math
 import os
 import tempfile
 from dataclasses import replace
@@ -36,7 +37,7 @@ import torch
 from cornernet_ref.config import get_config
 from cornernet_ref.data.examples import coco128
 from cornernet_ref.predict import detect, draw_detections
-from cornernet_ref.train import train
+from cornernet_ref.train import learning_rate, train
 
 sample_images, sample_annotations = coco128()  # the COCO sample, the default data
 images = Path(os.environ.get("COCO_IMAGES", sample_images))
@@ -125,3 +126,28 @@ plt.imshow(plt.imread(out / "detections.png"))
 plt.title(f"{drawn} detections with score >= 0.3")
 plt.axis("off")
 plt.show()
+
+
+# %% [markdown]
+# ## Solutions to the exercises of chapter 6
+#
+# ### Exercise 1
+# The step schedule multiplies $2.5 \times 10^{-4}$ by 0.1 from iteration 450,000 on.
+
+# %%
+paper = get_config("hourglass104_coco")
+rates = [learning_rate(paper, i) for i in (0, 449_999, 450_000)]
+print(rates)
+assert rates[0] == rates[1] == 2.5e-4 and math.isclose(rates[2], 2.5e-5)
+
+# %% [markdown]
+# ### Exercise 2
+# Each term of `CornerNetLoss` is averaged over the stacks like the total, so they add up
+# to it in every micro-batch; the logged values are averages over micro-batches and
+# iterations, which preserve sums (up to float rounding).
+
+# %%
+for record in history:
+    parts = sum(record[name] for name in ("focal", "pull", "push", "offset"))
+    assert math.isclose(record["total"], parts, rel_tol=1e-5, abs_tol=1e-6), record
+print(f"total = focal + pull + push + offset on all {len(history)} logged lines")

@@ -170,6 +170,51 @@ def test_navigation_follows_the_numbers_and_keeps_every_page():
     ]
 
 
+def test_quoted_equations_link_to_their_docstrings():
+    markdown = (
+        "Text.\n\n<!-- equation: cornernet_ref.corner_pool.reference.scan_max -->\n\n$$ y $$\n"
+    )
+    pages = {
+        "cornernet_ref.corner_pool": "api/pool.md",
+        "cornernet_ref.corner_pool.reference": "api/pool.md",
+    }
+    linked = hooks.link_quoted_equations(markdown, pages)
+    assert linked.startswith(markdown.rstrip("\n"))
+    assert linked.endswith(
+        "$$ y $$\n\n<small>Stated in the code: [`scan_max`]"
+        "(../api/pool.md#cornernet_ref.corner_pool.reference.scan_max).</small>\n\n"
+    )
+    assert hooks.api_pages()["cornernet_ref.losses"] == "api/losses.md"
+
+
+def test_claims_page_marks_gpu_claims_not_yet_measured_until_a_gpu_result(tmp_path):
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    claims = [{"id": "kernel", "claim": "The kernel is exact.", "section": "§3.4"}]
+    gpu_test = hooks.Check("tests/test_x.py::test_kernel", gpu_only=True)
+    page = hooks.claims_page(claims, {"kernel": [gpu_test]}, root=tmp_path)
+    [row] = [line for line in page.splitlines() if 'id="kernel"' in line]
+    assert "**not yet measured**" in row and "`tests/test_x.py::test_kernel` (GPU only)" in row
+
+    cpu_result = {"device": "CPU: 2 cores", "date": "2026-01-02", "claims": ["kernel"]}
+    (results / "kernel_cpu.json").write_text(json.dumps(cpu_result))
+    gpu_result = {"device": "NVIDIA H100", "cuda": "12.8", "date": "2026-01-03"}
+    for gpu, name in ((False, "kernel_cpu.json"), (True, "kernel_gpu.json")):
+        if gpu:
+            (results / name).write_text(json.dumps(gpu_result | {"claims": ["kernel"]}))
+        checks = {"kernel": [gpu_test, *hooks.benchmark_claims(results, root=tmp_path)["kernel"]]}
+        page = hooks.claims_page(claims, checks, root=tmp_path)
+        [row] = [line for line in page.splitlines() if 'id="kernel"' in line]
+        assert ("not yet measured" in row) == (not gpu), row
+        assert "`benchmarks/results/kernel_cpu.json` (CPU: 2 cores, 2026-01-02)" in row
+
+
+def test_claims_page_names_the_figure_drawn_from_a_result():
+    assert hooks.figures_reading("ablations_shapes.json") == ["ablations_shapes"]
+    assert hooks.figures_reading("corner_pool_h100.json") == ["pool_benchmark"]
+    assert hooks.figures_reading("nothing_reads_this.json") == []
+
+
 def test_site_builds_with_pages_in_paper_order(site):
     nav = (site / "index.html").read_text(encoding="utf-8")
     chapters = sorted(p.stem for p in (REPO / "chapters").glob("[0-9][0-9]_*.md"))

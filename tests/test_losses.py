@@ -102,13 +102,14 @@ def official_loss_by_loops(outputs, targets, weights=(0.1, 0.1, 1.0), single_obj
                     for ej in means:
                         hinge = max(0.0, 1 - abs(ek - ej))
                         push += (hinge - 1 / (n + EPS)) / (n * (n - 1) + EPS)
+    stacks = len(outputs)
     terms = {
-        "focal": focal,
-        "pull": pull_weight * pull,
-        "push": push_weight * push,
-        "offset": offset_weight * offset,
+        "focal": focal / stacks,
+        "pull": pull_weight * pull / stacks,
+        "push": push_weight * push / stacks,
+        "offset": offset_weight * offset / stacks,
     }
-    terms["total"] = sum(terms.values()) / len(outputs)
+    terms["total"] = sum(terms.values())
     return terms
 
 
@@ -140,22 +141,35 @@ def test_flag_restores_the_official_single_object_push(seed, counts):
     expected = official_loss_by_loops(outputs, targets, weights, single_object_push=True)
     # In float32, 1 - 1/(1 + 1e-4) keeps only about three digits (as in the official code):
     # the single-object constant is within 1e-3 of its value.
-    singles = 2 * sum(n == 1 for n in counts)  # per image, summed over both stacks
+    singles = sum(n == 1 for n in counts)  # per image, averaged over the stacks
     for name, value in expected.items():
         tolerance = 1e-6 + (1e-3 * singles if name in ("push", "total") else 0)
         assert losses[name].item() == pytest.approx(value, rel=1e-5, abs=tolerance), name
 
 
 @pytest.mark.claim("official-loss-values")
-def test_total_is_the_weighted_sum_over_stacks():
+def test_each_term_is_the_weighted_mean_over_stacks():
     outputs, targets = random_case(3, counts=[2, 3], stacks=2)
     losses = CornerNetLoss(0.2, 0.3, 4.0)(outputs, targets)
     single = [CornerNetLoss(1.0, 1.0, 1.0)(out, targets) for out in outputs]
     for name, weight in (("focal", 1.0), ("pull", 0.2), ("push", 0.3), ("offset", 4.0)):
-        by_stack = sum(terms[name] for terms in single)
+        by_stack = sum(terms[name] for terms in single) / len(single)
         assert losses[name].item() == pytest.approx(weight * by_stack.item(), rel=1e-6)
-    parts = sum(losses[name] for name in ("focal", "pull", "push", "offset"))
-    assert losses["total"].item() == pytest.approx(parts.item() / 2, rel=1e-6)
+
+
+@settings(max_examples=15)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.lists(st.sampled_from([0, 1, 2, 4]), min_size=1, max_size=3),
+    st.integers(1, 3),
+    st.tuples(*[st.floats(0.0, 5.0)] * 3),
+    st.booleans(),
+)
+def test_total_is_exactly_the_sum_of_the_reported_terms(seed, counts, stacks, weights, single):
+    outputs, targets = random_case(seed, counts=counts, stacks=stacks)
+    losses = CornerNetLoss(*weights, single_object_push=single)(outputs, targets)
+    parts = losses["focal"] + losses["pull"] + losses["push"] + losses["offset"]
+    assert torch.equal(losses["total"], parts)
 
 
 # --- Focal loss -------------------------------------------------------------------------

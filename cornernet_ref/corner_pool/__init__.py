@@ -1,21 +1,11 @@
 r"""Corner pooling (paper §3.4, Eq. 6).
 
 A corner of a bounding box is usually outside the object: nothing at the top-left corner of
-a person says "person". Corner pooling brings the evidence to the corner. To decide whether
-cell $(i, j)$ is a top-left corner, it looks right along row $i$ for the object's top
-boundary and down along column $j$ for its left boundary. With two feature maps $f_t$ and
-$f_l$ of size $H \times W$ (Eq. 6, written for 0-based indices):
-
-$$ t_{ij} = \begin{cases} \max(f_{t,ij},\, t_{(i+1)j}) & i < H - 1 \\ f_{t,(H-1)j} & i = H - 1
-\end{cases} \qquad
-l_{ij} = \begin{cases} \max(f_{l,ij},\, l_{i(j+1)}) & j < W - 1 \\ f_{l,i(W-1)} & j = W - 1
-\end{cases} $$
-
-and the pooled map is $t_{ij} + l_{ij}$: the maximum of $f_t$ over everything below
-$(i, j)$ (itself included) plus the maximum of $f_l$ over everything to its right. The
-bottom-right pool mirrors it: the maximum above plus the maximum to the left.
-
-The four directions, for a ``(B, C, H, W)`` input ``x`` (each output includes its own cell):
+a person says "person". Corner pooling brings the evidence to the corner: the top-left pool
+of a cell adds the largest response below it to the largest response to its right
+([corner_pool][cornernet_ref.corner_pool.corner_pool] states Eq. 6); the bottom-right pool
+looks above and to the left. Each of the four directions is a running maximum from a
+border ([pool][cornernet_ref.corner_pool.pool]):
 
 | direction | ``out[..., i, j]`` | the scan starts at |
 |-----------|--------------------|--------------------|
@@ -24,18 +14,13 @@ The four directions, for a ``(B, C, H, W)`` input ``x`` (each output includes it
 | ``left`` | max of ``x[..., i, j:]`` (columns j..W-1) | the rightmost column |
 | ``right`` | max of ``x[..., i, :j+1]`` (columns 0..j) | the leftmost column |
 
-and the two corners, each direction from its own map: ``tl = top(a) + left(b)``,
-``br = bottom(a) + right(b)``. The sum is computed in the input dtype.
-
-**Gradient and ties.** Each output's gradient goes to the position of its maximum. Among
-equal maxima, the official extension gives it to the one met *first* in the scan from the
-border, i.e. the farthest from the output (its running argmax moves only on a strictly
-greater value). ``torch.cummax`` gives the same values but, on ties, the *last* one met,
-the nearest: a ``cummax``-based pool trains differently wherever a maximum is tied, which
-is rare between float32 activations and common in float16 and bfloat16. (The zeros of a
-ReLU tie too, but the ReLU passes no gradient to them whichever one receives it.) NaN
-counts as larger than every number and propagates (see
-[reference][cornernet_ref.corner_pool.reference]).
+**Gradient, ties and NaN.** Each output's gradient goes to the position of its maximum;
+among equal maxima, to the one met first in the scan from the border, as the official
+extension does ([scan_max][cornernet_ref.corner_pool.reference.scan_max] states the
+rule, [scan_max_backward][cornernet_ref.corner_pool.reference.scan_max_backward] the
+gradient). ``torch.cummax`` gives the same values but sends the gradient of a tie to the
+last one met, the nearest. NaN counts as larger than every number
+([greater][cornernet_ref.corner_pool.reference.greater]).
 
 **Backends.** ``"reference"`` is the readable pure-PyTorch scan
 ([reference][cornernet_ref.corner_pool.reference]), on any device; ``"cuda"`` the fused CUDA
@@ -63,7 +48,7 @@ _warned_fallback = False
 
 
 def _check(tensors: tuple[Tensor, ...], backend: str | None) -> None:
-    """Validate the inputs and the backend name; raise ValueError naming the problem."""
+    r"""Validate the inputs and the backend name; raise ValueError naming the problem."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
     for x in tensors:
@@ -84,7 +69,7 @@ def _check(tensors: tuple[Tensor, ...], backend: str | None) -> None:
 
 
 def _use_cuda(x: Tensor, backend: str | None) -> bool:
-    """Whether to run the fused kernel: asked for, or automatic on a CUDA tensor that builds."""
+    r"""Whether to run the fused kernel: asked for, or automatic on a CUDA tensor that builds."""
     global _warned_fallback
     if backend is not None:
         return backend == "cuda"
@@ -101,7 +86,7 @@ def _use_cuda(x: Tensor, backend: str | None) -> bool:
 
 
 def pool(x: Tensor, direction: str, backend: str | None = None) -> Tensor:
-    """Max-pool a ``(B, C, H, W)`` tensor in one direction (``top``, ``bottom``, ``left``,
+    r"""Max-pool a ``(B, C, H, W)`` tensor in one direction (``top``, ``bottom``, ``left``,
     ``right``; see the table above).
 
     Args:
@@ -123,8 +108,24 @@ def pool(x: Tensor, direction: str, backend: str | None = None) -> Tensor:
 
 
 def corner_pool(a: Tensor, b: Tensor, corner: str, backend: str | None = None) -> Tensor:
-    """Corner pooling of two ``(B, C, H, W)`` maps: ``top(a) + left(b)`` for ``"tl"``,
+    r"""Corner pooling of two ``(B, C, H, W)`` maps: ``top(a) + left(b)`` for ``"tl"``,
     ``bottom(a) + right(b)`` for ``"br"``.
+
+    To decide whether cell $(i, j)$ is a top-left corner, the pool looks down column $j$
+    of $f_t$ (``a``) for the object's left boundary and right along row $i$ of $f_l$
+    (``b``) for its top boundary. For maps of size $H \times W$ (Eq. 6, with 0-based
+    indices):
+
+    $$ t_{ij} = \begin{cases} \max\big(f_{t,ij},\; t_{(i+1)j}\big) & i < H - 1 \\
+    f_{t,(H-1)j} & i = H - 1 \end{cases}
+    \qquad
+    l_{ij} = \begin{cases} \max\big(f_{l,ij},\; l_{i(j+1)}\big) & j < W - 1 \\
+    f_{l,i(W-1)} & j = W - 1 \end{cases} $$
+
+    and the output is $t_{ij} + l_{ij}$, computed in the input dtype: the maximum of $f_t$
+    over everything below $(i, j)$, itself included, plus the maximum of $f_l$ over
+    everything to its right. The bottom-right pool mirrors it: the maximum above plus the
+    maximum to the left.
 
     Args:
         a: the map pooled along columns (its maximum below for ``tl``, above for ``br``).
@@ -145,7 +146,7 @@ def corner_pool(a: Tensor, b: Tensor, corner: str, backend: str | None = None) -
 
 
 class CornerPool(nn.Module):
-    """Corner pooling as a module (no parameters): ``forward(a, b)`` is
+    r"""Corner pooling as a module (no parameters): ``forward(a, b)`` is
     [corner_pool][cornernet_ref.corner_pool.corner_pool]``(a, b, corner)``.
 
     Args:

@@ -2,33 +2,15 @@ r"""The reference implementation: directional max pooling as a scan from the bor
 
 Each direction pools along one axis of a ``(B, C, H, W)`` tensor, starting at the border the
 pooling comes from: the bottom row for ``top``, the rightmost column for ``left``, the top
-row for ``bottom``, the leftmost column for ``right``. Number the rows (or columns) in that
-*scan order* $k = 0, 1, \dots, L - 1$ from the border. The scan keeps a running maximum $m$
-and the step $p$ where it was met:
+row for ``bottom``, the leftmost column for ``right``.
+[scan_max][cornernet_ref.corner_pool.reference.scan_max] keeps a running maximum and
+where the argmax moved (the official tie rule is stated there),
+[scan_max_backward][cornernet_ref.corner_pool.reference.scan_max_backward] sends each
+output's gradient to its argmax, and [greater][cornernet_ref.corner_pool.reference.greater]
+is the comparison, NaN included. The CUDA kernel adds the same numbers in the same order,
+so the two agree bit for bit.
 
-$$ m_0 = x_0,\; p_0 = 0; \qquad
-(m_k, p_k) = \begin{cases} (x_k, k) & \text{if } x_k > m_{k-1}, \\
-(m_{k-1}, p_{k-1}) & \text{otherwise;} \end{cases} \qquad y_k = m_k = x_{p_k} $$
-
-$y_k$ is the maximum of everything between the border and step $k$. The argmax moves only
-on a *strictly* greater value: among equal maxima the one met first, the farthest from
-$k$, is kept, as in the official extension.
-
-**Backward.** Each output sends its gradient to its argmax:
-
-$$ \frac{\partial L}{\partial x_q} = \sum_{k \,:\, p_k = q} \frac{\partial L}{\partial y_k}. $$
-
-The outputs that share an argmax $q$ are consecutive: from $q$ up to the step before the
-next new maximum (a *run*). The sum is taken in scan order, starting with $q$'s own
-output; it is kept in float32 for float16 and bfloat16 inputs (in the input dtype
-otherwise) and rounded once. The CUDA kernel adds the same numbers in the same order, so
-the two agree bit for bit.
-
-**NaN.** A NaN counts as larger than every number, and a later NaN is not larger than an
-earlier one: the first NaN met is the maximum from there on and receives the gradient.
-Like ``torch.maximum``, a NaN propagates to every output it can reach.
-
-The loops below run over the $L$ rows and handle a whole row of every image and channel per
+The loops run over the $L$ rows and handle a whole row of every image and channel per
 step, so their Python overhead is $O(L)$ operations. Columns are pooled as the rows of the
 transposed map. Memory: the backward keeps one boolean per input (where the argmax moved).
 """
@@ -50,23 +32,39 @@ DIRECTIONS: dict[str, tuple[int, bool]] = {
 
 
 def scan_positions(length: int, from_end: bool) -> list[int]:
-    """Indices along the pooled axis in scan order: the border first."""
+    r"""Indices along the pooled axis in scan order: the border first."""
     return list(range(length - 1, -1, -1)) if from_end else list(range(length))
 
 
 def greater(value: Tensor, best: Tensor, out: Tensor) -> Tensor:
-    """The comparison that moves the argmax: strictly greater, NaN above every number."""
+    r"""The comparison that moves the argmax: strictly greater, NaN above every number.
+
+    A NaN counts as larger than every number, and a later NaN is not larger than an earlier
+    one: the first NaN met is the maximum from there on and receives the gradient. Like
+    ``torch.maximum``, a NaN propagates to every output it can reach.
+    """
     torch.gt(value, best, out=out)
     return out.logical_or_(value.isnan() & ~best.isnan())
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Gradient sums are kept in float32 for 16-bit inputs, in the input dtype otherwise."""
+    r"""Gradient sums are kept in float32 for 16-bit inputs, in the input dtype otherwise."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def scan_max(x: Tensor, from_end: bool) -> tuple[Tensor, Tensor]:
-    """Pool the rows of ``x``: running maximum down (or, ``from_end``, up) each column.
+    r"""Pool the rows of ``x``: running maximum down (or, ``from_end``, up) each column.
+
+    Number the rows in *scan order* $k = 0, 1, \dots, L - 1$ from the border. The scan
+    keeps a running maximum $m$ and the step $p$ where it was met:
+
+    $$ m_0 = x_0,\; p_0 = 0; \qquad (m_k, p_k) = \begin{cases} (x_k, k) & x_k > m_{k-1} \\
+    (m_{k-1}, p_{k-1}) & \text{otherwise} \end{cases} \qquad y_k = m_k = x_{p_k} $$
+
+    $y_k$ is the maximum of everything between the border and step $k$. The argmax moves
+    only on a *strictly* greater value (:func:`greater`, which also ranks NaN): among
+    equal maxima the one met first, the farthest from $k$, is kept, as in the official
+    extension.
 
     Returns:
         ``(pooled, moved)``, both ``(B, C, H, W)`` and contiguous: the running maximum, and
@@ -88,7 +86,16 @@ def scan_max(x: Tensor, from_end: bool) -> tuple[Tensor, Tensor]:
 
 
 def scan_max_backward(grad: Tensor, moved: Tensor, from_end: bool) -> Tensor:
-    """Gradient of :func:`scan_max` with respect to ``x``, given that of ``pooled``.
+    r"""Gradient of :func:`scan_max` with respect to ``x``, given that of ``pooled``.
+
+    Each output sends its gradient to its argmax $p_k$:
+
+    $$ \frac{\partial L}{\partial x_q} = \sum_{k : p_k = q} \frac{\partial L}{\partial y_k} $$
+
+    The outputs that share an argmax $q$ are consecutive: from $q$ up to the step before
+    the next new maximum (a *run*). The sum is taken in scan order, starting with $q$'s
+    own output; it is kept in float32 for float16 and bfloat16 inputs (in the input dtype
+    otherwise) and rounded once.
 
     Two passes over the rows: in scan order, a running sum of the gradients that restarts
     at every new maximum; then back from the far border, each maximum receives the sum at
@@ -116,7 +123,7 @@ def scan_max_backward(grad: Tensor, moved: Tensor, from_end: bool) -> Tensor:
 
 
 class RowPool(torch.autograd.Function):
-    """Autograd function of row pooling (``top`` or ``bottom``) with the official tie rule."""
+    r"""Autograd function of row pooling (``top`` or ``bottom``) with the official tie rule."""
 
     @staticmethod
     def forward(ctx, x: Tensor, from_end: bool) -> Tensor:
@@ -132,7 +139,7 @@ class RowPool(torch.autograd.Function):
 
 
 def pool(x: Tensor, direction: str) -> Tensor:
-    """One pooling direction of a ``(B, C, H, W)`` tensor (see the module docstring)."""
+    r"""One pooling direction of a ``(B, C, H, W)`` tensor (see the module docstring)."""
     dim, from_end = DIRECTIONS[direction]
     if dim == 3:
         # Columns: pool the rows of the transposed map, so that every step of the scan
