@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -174,3 +175,27 @@ def test_dry_run_end_to_end(tmp_path, shared_dir):
     assert [row["precision"] for row in inference["rows"]] == ["fp32", "bf16"]
     assert inference["weights"].startswith("coco128_training")  # the step before's checkpoint
     assert out.with_suffix(".log").is_file()
+
+
+@pytest.mark.slow
+def test_the_few_examples_plugin_caps_hypothesis(tmp_path):
+    """``pytest -p few_examples`` (used under compute-sanitizer) runs 3 examples per test,
+    although tests/conftest.py loads a profile of 60 in CI."""
+    (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
+    (tmp_path / "test_count.py").write_text(
+        "from hypothesis import given, strategies\n"
+        "seen = []\n"
+        "@given(strategies.integers())\n"
+        "def test_integers(x):\n"
+        "    seen.append(x)\n"
+        "def test_seen():\n"
+        "    assert len(seen) == 3, len(seen)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "few_examples", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        env={**os.environ, "CI": "true", "PYTHONPATH": f"{ROOT / 'benchmarks'}:{ROOT}"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
