@@ -3,6 +3,7 @@
     python benchmarks/gpu_check.py                  # -> benchmarks/results/gpu_check_<gpu>.json
     python benchmarks/gpu_check.py --wheels .whl    # first install carried wheels (pycocotools)
     python benchmarks/gpu_check.py --dry-run        # every step at toy size on the CPU
+    python benchmarks/gpu_check.py --only inference --checkpoint official.pt   # some steps
 
 The steps, in this order, each in its own process with its own time budget (seconds on one
 H100 or H200; the whole run stops at ``--time-limit``, 480 s by default):
@@ -19,13 +20,14 @@ H100 or H200; the whole run stops at ``--time-limit``, 480 s by default):
   fits, without and with ``torch.compile``: images/s, peak memory, MFU
   (``benchmarks/train_throughput.py``).
 * ``coco128_training``: a short Hourglass-104 training on the COCO sample with the
-  configuration of the training notebook (the training images double as validation): loss
-  curve and AP.
+  configuration of the training notebook, for the iterations its budget allows: loss curve
+  and AP (on the first 32 training images, which double as validation).
 * ``inference``: images/s end to end at the paper's test setting (official padding, flip,
   decoding, soft-NMS; :func:`cornernet_ref.evaluate.detect_image`) in fp32 and bf16,
-  against the official 244 ms per image (Titan X) and mmdetection's 238 ms (V100).
+  against the official 244 ms per image (Titan X) and mmdetection's 238 ms (V100), with
+  the weights of ``--checkpoint`` or else those ``coco128_training`` left.
 * ``compute_sanitizer``: the corner pooling tests once under ``compute-sanitizer``
-  (memcheck, racecheck).
+  (memcheck, racecheck), three examples per hypothesis test (``few_examples.py``).
 
 Every step is guarded: one that fails, or runs past its budget, is recorded as such and
 the others still run. The combined JSON is rewritten after every step (and while a long
