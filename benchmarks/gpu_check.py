@@ -58,6 +58,7 @@ import traceback
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from importlib.util import find_spec
 from pathlib import Path
 from typing import IO
 
@@ -132,6 +133,15 @@ class Context:
 def require_gpu(context: Context) -> None:
     if not context.dry_run and not torch.cuda.is_available():
         raise Skipped("no CUDA GPU visible (torch.cuda.is_available() is False); try --dry-run")
+
+
+def require_pycocotools() -> None:
+    """The COCO data and the AP go through pycocotools (and so does ``cornernet_ref.data``)."""
+    if find_spec("pycocotools") is None:
+        raise Skipped(
+            "pycocotools is missing: pass --wheels DIR holding its wheel for this Python "
+            f"({platform.python_version()}; docs/run.md says how to download it)"
+        )
 
 
 # --- Steps ------------------------------------------------------------------------------
@@ -271,6 +281,10 @@ def step_build_and_cuda_tests(context: Context) -> dict:
             build = {"status": "failed", "error": describe(error)}
         build["seconds"] = round(time.perf_counter() - start, 1)
     context.partial({"build": build})
+    try:
+        require_pycocotools()  # tests/conftest.py imports it
+    except Skipped as reason:
+        return {"build": build, "status": "skipped", "reason": f"the tests: {reason}"}
     files = cuda_test_files()
     tests = run_pytest(
         ["-m", "cuda", *files], context.work / "junit_cuda.xml", context.seconds_left() - 5
@@ -330,10 +344,12 @@ def step_train_throughput(context: Context) -> dict:
     """Hourglass-104 training steps at 511: bf16, channels_last, the largest batch that fits
     (peak memory fitted linearly over the batch, then backed off on out-of-memory),
     without and with ``torch.compile``."""
+    require_gpu(context)
+    require_pycocotools()
+
     import train_throughput as benchmark
     from model_flops import forward_flops
 
-    require_gpu(context)
     device = context.device
     torch.backends.cudnn.benchmark = True
     if context.dry_run:  # aot_eager: dynamo and autograd tracing, without the slow codegen
@@ -450,9 +466,11 @@ def coco128_config(context: Context, iterations: int):
 def step_coco128_training(context: Context) -> dict:
     """A short Hourglass-104 training on coco128 (the notebook's configuration): loss curve,
     images/s and AP on the training images."""
+    require_gpu(context)
+    require_pycocotools()
+
     from cornernet_ref.train import train
 
-    require_gpu(context)
     # Iterations from the slowest measured speed (the notebook's micro-batches of 12 are
     # smaller than the benchmark's): 40% of the budget training, the rest for the data
     # loader's start, the first steps' autotuning and the validation.
@@ -503,12 +521,14 @@ def step_inference(context: Context) -> dict:
     fp32 and bf16, on coco128: the weights of ``--checkpoint``, else those ``coco128_training``
     left. How long soft-NMS takes depends on the weights: an under-trained model sends it
     many more candidate boxes than a trained one."""
+    require_gpu(context)
+    require_pycocotools()
+
     from cornernet_ref.data.coco import load_coco
     from cornernet_ref.data.examples import coco128
     from cornernet_ref.evaluate import detect_image, model_source
     from cornernet_ref.model import CornerNet
 
-    require_gpu(context)
     device = context.device
     images, annotations = coco128()
     if not annotations.is_file():
@@ -590,6 +610,7 @@ def step_compute_sanitizer(context: Context) -> dict:
     """The corner pooling tests once under compute-sanitizer, memcheck then racecheck, with
     three examples per hypothesis test (every launch runs instrumented, many times slower)."""
     require_gpu(context)
+    require_pycocotools()  # tests/conftest.py imports it
     executable = shutil.which("compute-sanitizer") or sanitizer_path()
     if context.device.type != "cuda":
         raise NotAvailable("compute-sanitizer needs a CUDA GPU (dry run on the CPU)")

@@ -20,7 +20,7 @@ import gpu_check  # noqa: E402 (benchmarks/ is not a package)
 STATUSES = {"ok", "failed", "skipped", "timeout", "not available"}
 
 
-def run_child_step(monkeypatch, tmp_path, function) -> dict:
+def run_child_step(monkeypatch, tmp_path, function, dry_run: bool = False) -> dict:
     """Run ``function`` as the step ``environment`` through the child's entry point."""
     monkeypatch.setitem(gpu_check.STEPS, "environment", (function, 10))
     results = tmp_path / "results.json"
@@ -28,7 +28,11 @@ def run_child_step(monkeypatch, tmp_path, function) -> dict:
     out = tmp_path / "step.json"
     arguments = ["--step", "environment", "--step-out", str(out), "--results", str(results)]
     arguments += ["--work", str(tmp_path), "--deadline", str(time.time() + 60)]
-    assert gpu_check.main(arguments) == 0
+    threads = gpu_check.torch.get_num_threads()  # a dry run sets one thread
+    try:
+        assert gpu_check.main(arguments + ["--dry-run"] * dry_run) == 0
+    finally:
+        gpu_check.torch.set_num_threads(threads)
     return json.loads(out.read_text())
 
 
@@ -199,3 +203,10 @@ def test_the_few_examples_plugin_caps_hypothesis(tmp_path):
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_steps_needing_pycocotools_say_how_to_carry_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(gpu_check, "find_spec", lambda name: None)
+    record = run_child_step(monkeypatch, tmp_path, gpu_check.step_coco128_training, True)
+    assert record["status"] == "skipped"
+    assert "pycocotools is missing: pass --wheels" in record["reason"]
