@@ -164,11 +164,12 @@ def measure(
     device: torch.device,
     repeats: int,
     copy_bytes_per_s: float,
+    dtype: torch.dtype = torch.float32,
 ) -> dict:
-    """Times of every implementation at one shape, run in turn in each round, so that a
-    change of load on the machine affects them all alike."""
+    """Times of every implementation at one shape and dtype, run in turn in each round, so
+    that a change of load on the machine affects them all alike."""
     generator = torch.Generator().manual_seed(0)
-    a, b, grad = (torch.randn(shape, generator=generator).to(device) for _ in range(3))
+    a, b, grad = (torch.randn(shape, generator=generator).to(device, dtype) for _ in range(3))
     a_leaf, b_leaf = a.clone().requires_grad_(), b.clone().requires_grad_()
 
     def runs(implementation: Callable[[Tensor, Tensor], Tensor]) -> dict:

@@ -37,10 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("stem", "hourglasses", "features", "top_left", "bottom_right", "transitions")
 
 
-def forward_flops(training: bool, size: int = 511) -> dict:
-    """FLOPs of one image through Hourglass-104, in total and per top-level part."""
+def forward_flops(training: bool, size: int = 511, model_kwargs: dict | None = None) -> dict:
+    """FLOPs of one image through Hourglass-104 (or the CornerNet of ``model_kwargs``), in
+    total and per top-level part."""
+    model_kwargs = {"num_classes": 80, **(model_kwargs or {}), "corner_pooling": False}
     with torch.device("meta"):
-        model = CornerNet(80, corner_pooling=False).train(training)
+        model = CornerNet(**model_kwargs).train(training)
         images = torch.zeros(1, 3, size, size)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():

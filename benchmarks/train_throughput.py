@@ -42,56 +42,95 @@ def peak_flops(name: str, override: float | None) -> float | None:
     return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
 
 
-def synthetic_batch(batch: int, device: torch.device):
-    """Random images and targets of 8 random boxes each, 80 classes, 511 -> 128."""
+def synthetic_batch(
+    batch: int, device: torch.device, input_size: int = 511, num_classes: int = 80
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Random images and targets of 8 random boxes each (511 -> 128 by default)."""
     generator = torch.Generator().manual_seed(0)
+    unit = input_size / 511  # the boxes' sizes below are those of a 511 x 511 input
     samples = []
     for _ in range(batch):
-        corners = torch.rand(8, 2, generator=generator) * 400
-        boxes = torch.cat((corners, corners + 20 + torch.rand(8, 2, generator=generator) * 90), 1)
-        labels = torch.randint(0, 80, (8,), generator=generator)
+        corners = torch.rand(8, 2, generator=generator) * 400 * unit
+        sizes = (20 + torch.rand(8, 2, generator=generator) * 90) * unit
+        boxes = torch.cat((corners, corners + sizes), 1)
+        labels = torch.randint(0, num_classes, (8,), generator=generator)
         targets = build_targets(
-            boxes.numpy(), labels.numpy(), num_classes=80, input_size=511, output_size=128
+            boxes.numpy(),
+            labels.numpy(),
+            num_classes=num_classes,
+            input_size=input_size,
+            output_size=(input_size + 1) // 4,
         )
-        samples.append((torch.randn(3, 511, 511, generator=generator), targets))
+        samples.append((torch.randn(3, input_size, input_size, generator=generator), targets))
     images, targets = collate(samples)
     return images.to(device), {k: v.to(device) for k, v in targets.items()}
 
 
 def time_variant(
-    batch: int, dtype: torch.dtype | None, channels_last: bool, compile_: bool, steps: int
+    batch: int,
+    dtype: torch.dtype | None,
+    channels_last: bool,
+    compile_: bool,
+    steps: int,
+    device: torch.device | str = "cuda",
+    model_kwargs: dict | None = None,
+    input_size: int = 511,
+    compile_backend: str = "inductor",
 ) -> dict:
-    device = torch.device("cuda")
+    """Images/s, step time and (on a GPU) peak memory of ``steps`` timed training steps.
+
+    ``model_kwargs`` (default: Hourglass-104, 80 classes, as in the paper) and
+    ``input_size`` allow a small model on the CPU; ``compile_backend`` is that of
+    ``torch.compile``.
+    """
+    device = torch.device(device)
+    on_gpu = device.type == "cuda"
     torch.manual_seed(0)
-    model = CornerNet(80).to(device)  # the defaults are Hourglass-104 as in the paper
+    model_kwargs = model_kwargs or {"num_classes": 80}
+    model = CornerNet(**model_kwargs).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
-    network = torch.compile(model) if compile_ else model
+    network = torch.compile(model, backend=compile_backend) if compile_ else model
     optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
     criterion = CornerNetLoss()
-    images, targets = synthetic_batch(batch, device)
+    images, targets = synthetic_batch(batch, device, input_size, model_kwargs["num_classes"])
     images = images.contiguous(memory_format=memory_format)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = criterion(network(images), targets)["total"]
         loss.backward()
         optimizer.step()
 
-    torch.cuda.reset_peak_memory_stats()
+    def sync() -> None:
+        if on_gpu:
+            torch.cuda.synchronize(device)
+
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(3):  # warm-up (and compilation)
         step()
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    sync()
     seconds = (time.perf_counter() - start) / steps
     return {
         "images_per_s": batch / seconds,
         "step_ms": seconds * 1e3,
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else None,
+    }
+
+
+def utilisation(images_per_s: float, flops: float, peak: float | None) -> dict:
+    """MFU against ``peak`` FLOP/s (3 x forward FLOPs per image) and the days the paper's
+    schedule would take at this speed."""
+    achieved = 3 * flops * images_per_s
+    return {
+        "mfu_vs_bf16_peak": achieved / peak if peak else None,
+        "days_for_500k_x_49": 500_000 * 49 / images_per_s / 86400,
     }
 
 
@@ -126,9 +165,7 @@ def main() -> None:
             torch.cuda.empty_cache()
             row = {"batch": batch, "variant": label, **row}
             if "images_per_s" in row:
-                achieved = 3 * flops * row["images_per_s"]
-                row["mfu_vs_bf16_peak"] = achieved / peak if peak else None
-                row["days_for_500k_x_49"] = 500_000 * 49 / row["images_per_s"] / 86400
+                row |= utilisation(row["images_per_s"], flops, peak)
             print(json.dumps(row))
             rows.append(row)
     report = header("train_throughput", "cuda") | {

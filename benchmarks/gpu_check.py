@@ -1,0 +1,956 @@
+"""One command for a GPU: build, test, benchmark and train CornerNet in under 8 minutes.
+
+    python benchmarks/gpu_check.py                  # -> benchmarks/results/gpu_check_<gpu>.json
+    python benchmarks/gpu_check.py --wheels .whl    # first install carried wheels (pycocotools)
+    python benchmarks/gpu_check.py --dry-run        # every step at toy size on the CPU
+    python benchmarks/gpu_check.py --only inference --checkpoint official.pt   # some steps
+
+The steps, in this order, each in its own process with its own time budget (seconds on one
+H100 or H200; the whole run stops at ``--time-limit``, 480 s by default):
+
+* ``environment``: versions, the GPU, and the two ceilings measured on the spot: the copy
+  bandwidth (a large device-to-device copy, read + write) and the bf16 matrix rate
+  (8192 x 8192 x 8192 products on random data).
+* ``build_and_cuda_tests``: builds the corner pooling extension and runs the tests marked
+  ``cuda``.
+* ``kernel_benchmark``: fused kernel vs reference vs ``cummax``, forward and
+  forward + backward, float32 and bfloat16 (``benchmarks/corner_pool.py``), as a fraction
+  of the copy bandwidth.
+* ``train_throughput``: Hourglass-104 at 511, bf16, channels_last, the largest batch that
+  fits, without and with ``torch.compile``: images/s, peak memory, MFU
+  (``benchmarks/train_throughput.py``).
+* ``coco128_training``: a short Hourglass-104 training on the COCO sample with the
+  configuration of the training notebook, for the iterations its budget allows: loss curve
+  and AP (on the first 32 training images, which double as validation).
+* ``inference``: images/s end to end at the paper's test setting (official padding, flip,
+  decoding, soft-NMS; :func:`cornernet_ref.evaluate.detect_image`) in fp32 and bf16,
+  against the official 244 ms per image (Titan X) and mmdetection's 238 ms (V100), with
+  the weights of ``--checkpoint`` or else those ``coco128_training`` left.
+* ``compute_sanitizer``: the corner pooling tests once under ``compute-sanitizer``
+  (memcheck, racecheck), three examples per hypothesis test (``few_examples.py``).
+
+Every step is guarded: one that fails, or runs past its budget, is recorded as such and
+the others still run. The combined JSON is rewritten after every step (and while a long
+step runs), so a run killed from outside keeps what it finished. A log of every step's
+output goes beside it (``<out>.log``). ``--dry-run`` runs each step at toy size on the CPU
+so that every line of this script has run before a GPU minute is spent; its JSON says that
+it is not a measurement, and goes to a temporary folder unless ``--out`` says otherwise.
+
+pycocotools (needed for the COCO data and AP) is absent on some GPU machines with no
+package index; ``--wheels DIR`` installs the wheels of DIR with ``pip --no-index`` into a
+private folder first (``docs/run.md`` says how to download them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from importlib.util import find_spec
+from pathlib import Path
+from typing import IO
+
+import torch
+from report import RESULTS, header
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TIME_LIMIT_S = 480  # the whole check, on one H100 or H200
+STEP_MARGIN_S = 5  # a step aims to end this long before it is killed, to write its result
+DRY_RUN_NOTE = (
+    "DRY RUN, not a measurement: every step ran at toy size on the CPU to check that the "
+    "script runs; no figure in this file measures anything."
+)
+OFFICIAL_MS_PER_IMAGE = {"official (Titan X)": 244.0, "mmdetection (V100)": 238.0}
+INFERENCE_GOAL_IMAGES_PER_S = 30.0
+PACKAGES = ("pycocotools", "triton", "ninja", "numpy", "matplotlib", "onnxruntime")  # versions
+# The toy network of a dry run (two stacks, as Hourglass-104, so every path of it runs).
+TOY_MODEL = {
+    "n": 2,
+    "nstack": 2,
+    "dims": (8, 8, 8),
+    "modules": (1, 1, 1),
+    "cnv_dim": 8,
+    "pre_dim": 8,
+    "pool_dim": 8,
+}
+TOY_INPUT = 63
+NOTEBOOK_BATCH = 49  # the paper's batch, accumulated over 4 micro-batches as the notebook does
+# AP on this many training images (the notebook takes all 128): an under-trained model
+# sends up to 2000 candidate boxes per image to soft-NMS, on the CPU, which takes time.
+VAL_IMAGES = 32
+
+
+class Skipped(Exception):
+    """The step cannot run here; the message says why."""
+
+
+class NotAvailable(Skipped):
+    """A tool the step needs is missing here (recorded as ``not available``)."""
+
+
+class StepFailed(Exception):
+    """The step ran and found a failure; ``result`` holds what it measured."""
+
+    def __init__(self, result: dict, message: str) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a step knows: toy sizes or not, where to work, what earlier steps found."""
+
+    dry_run: bool
+    work: Path  # scratch folder shared by the steps (checkpoint, junit files)
+    results: dict  # the combined JSON so far (earlier steps' results)
+    deadline: float  # time.time() by which the step must have finished
+    partial: Callable[[dict], None]  # records a partial result (kept if the step is killed)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu" if self.dry_run else "cuda")
+
+    def seconds_left(self) -> float:
+        return self.deadline - time.time()
+
+    def earlier(self, step: str) -> dict:
+        return self.results.get("steps", {}).get(step, {}).get("result") or {}
+
+
+def require_gpu(context: Context) -> None:
+    if not context.dry_run and not torch.cuda.is_available():
+        raise Skipped("no CUDA GPU visible (torch.cuda.is_available() is False); try --dry-run")
+
+
+def require_pycocotools() -> None:
+    """The COCO data and the AP go through pycocotools (and so does ``cornernet_ref.data``)."""
+    if find_spec("pycocotools") is None:
+        raise Skipped(
+            "pycocotools is missing: pass --wheels DIR holding its wheel for this Python "
+            f"({platform.python_version()}; docs/run.md says how to download it)"
+        )
+
+
+# --- Steps ------------------------------------------------------------------------------
+
+
+def step_environment(context: Context) -> dict:
+    """Versions, tools, the GPU, and the copy bandwidth and bf16 matrix rate measured here."""
+    from corner_pool import copy_bandwidth, time_once
+
+    require_gpu(context)
+    device = context.device
+    info = {
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "packages": {name: package_version(name) for name in PACKAGES},
+        "nvcc": command_line_output(["nvcc", "--version"], last_line=True),
+        "compute_sanitizer": shutil.which("compute-sanitizer") or sanitizer_path(),
+        "cpu_count": os.cpu_count(),
+    }
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        info["gpu"] = {
+            "name": properties.name,
+            "memory_gib": round(properties.total_memory / 2**30, 1),
+            "multiprocessors": properties.multi_processor_count,
+            "capability": f"{properties.major}.{properties.minor}",
+        }
+        info["driver"] = command_line_output(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+        )
+    info["copy_gb_per_s"] = round(copy_bandwidth(device, 10) / 1e9, 1)
+    size = 256 if context.dry_run else 8192
+    dtype = torch.float32 if context.dry_run else torch.bfloat16
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):  # warm-up
+        a @ b
+    seconds = statistics.median(time_once(lambda: a @ b, device) for _ in range(10))
+    info[f"matmul_{'fp32' if context.dry_run else 'bf16'}_tflops"] = round(
+        2 * size**3 / seconds / 1e12, 1
+    )
+    return info
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution, or None if it is missing."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def command_line_output(command: list[str], last_line: bool = False) -> str | None:
+    """The stripped output of a short command, or None where it does not run."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = done.stdout.strip()
+    return text.splitlines()[-1] if last_line and text else text or None
+
+
+def sanitizer_path() -> str | None:
+    """compute-sanitizer beside nvcc when it is not on the PATH."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    candidate = Path(CUDA_HOME or "/usr/local/cuda") / "bin" / "compute-sanitizer"
+    return str(candidate) if candidate.is_file() else None
+
+
+def cuda_test_files() -> list[str]:
+    """The test files holding tests marked ``cuda``."""
+    return [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "tests").glob("test_*.py"))
+        if "mark.cuda" in path.read_text()
+    ]
+
+
+def run_pytest(arguments: list[str], junit: Path, timeout: float, prefix: tuple = ()) -> dict:
+    """Run pytest (under ``prefix``, e.g. compute-sanitizer); counts from its junit report.
+    This folder is on its path, for the plugin ``few_examples``."""
+    command = [*prefix, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs"]
+    command += ["--junitxml", str(junit), *arguments]
+    path = os.pathsep.join(filter(None, (str(HERE), os.environ.get("PYTHONPATH"))))
+    print("$", " ".join(command), flush=True)
+    try:
+        done = subprocess.run(
+            command,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=path),
+            capture_output=True,
+            text=True,
+            timeout=max(timeout, 1),
+        )
+    except subprocess.TimeoutExpired as expired:
+        output = (
+            (expired.stdout or b"").decode(errors="replace")
+            if isinstance(expired.stdout, bytes)
+            else (expired.stdout or "")
+        )
+        print(output, flush=True)
+        return {"returncode": None, "timed_out_after_s": round(timeout), "tail": tail(output)}
+    print(done.stdout + done.stderr, flush=True)
+    result = {"returncode": done.returncode, "tail": tail(done.stdout + done.stderr)}
+    if junit.is_file():
+        suite = ElementTree.parse(junit).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        result |= {
+            key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")
+        }
+    return result
+
+
+def tail(text: str, lines: int = 15) -> list[str]:
+    return [line for line in text.strip().splitlines()[-lines:] if line.strip()]
+
+
+def step_build_and_cuda_tests(context: Context) -> dict:
+    """Build the corner pooling extension (timed), then ``pytest -m cuda``."""
+    from cornernet_ref.corner_pool import fused
+
+    require_gpu(context)
+    missing = fused.missing_requirement()
+    if missing:
+        build = {"status": "skipped", "reason": missing}
+    else:
+        start = time.perf_counter()
+        try:
+            fused.load_extension()
+            build = {"status": "ok"}
+        except RuntimeError as error:  # the tests still run: they say what fails
+            build = {"status": "failed", "error": describe(error)}
+        build["seconds"] = round(time.perf_counter() - start, 1)
+    context.partial({"build": build})
+    try:
+        require_pycocotools()  # tests/conftest.py imports it
+    except Skipped as reason:
+        return {"build": build, "status": "skipped", "reason": f"the tests: {reason}"}
+    files = cuda_test_files()
+    tests = run_pytest(
+        ["-m", "cuda", *files], context.work / "junit_cuda.xml", context.seconds_left() - 5
+    )
+    result = {"build": build, "test_files": files, "pytest": tests}
+    if build["status"] == "failed":
+        raise StepFailed(result, f"the extension did not build: {build['error']}")
+    if tests["returncode"] not in (0, 5):  # 5: no test collected
+        raise StepFailed(result, f"pytest -m cuda: return code {tests['returncode']}")
+    if missing:
+        result |= {"status": "skipped", "reason": f"{missing}; the CUDA tests skipped"}
+    return result
+
+
+def step_kernel_benchmark(context: Context) -> dict:
+    """The fused kernel, the reference and cummax: forward and forward + backward, float32
+    and bfloat16, as a fraction of the measured copy bandwidth."""
+    import corner_pool as benchmark
+
+    from cornernet_ref.corner_pool import fused
+
+    require_gpu(context)
+    device = context.device
+    names = ["reference", "cummax"]
+    result: dict = {}
+    if device.type == "cuda":
+        try:
+            fused.load_extension()  # built by the step before: loaded from the cache
+            names.insert(0, "cuda")
+        except RuntimeError as error:
+            result["cuda_left_out"] = describe(error)
+    shapes = [(1, 8, 16, 16)] if context.dry_run else benchmark.GPU_SHAPES
+    repeats = 2 if context.dry_run else 20
+    copy_bytes_per_s = benchmark.copy_bandwidth(device, repeats)
+    result |= {
+        "implementations": names,
+        "repeats": repeats,
+        "copy_gb_per_s": round(copy_bytes_per_s / 1e9, 1),
+        "bytes_counted": "forward 3 maps (read a, b; write out); forward_backward 8",
+        "results": {},
+    }
+    for dtype in (torch.float32, torch.bfloat16):
+        by_shape = result["results"].setdefault(str(dtype).removeprefix("torch."), {})
+        for shape in shapes:
+            key = "x".join(map(str, shape))
+            try:
+                by_shape[key] = benchmark.measure(
+                    names, shape, device, repeats, copy_bytes_per_s, dtype
+                )
+            except Exception as error:  # one dtype or shape failing keeps the others
+                by_shape[key] = {"error": describe(error)}
+            context.partial(result)
+    return result
+
+
+def step_train_throughput(context: Context) -> dict:
+    """Hourglass-104 training steps at 511: bf16, channels_last, the largest batch that fits
+    (peak memory fitted linearly over the batch, then backed off on out-of-memory),
+    without and with ``torch.compile``."""
+    require_gpu(context)
+    require_pycocotools()
+
+    import train_throughput as benchmark
+    from model_flops import forward_flops
+
+    device = context.device
+    torch.backends.cudnn.benchmark = True
+    if context.dry_run:  # aot_eager: dynamo and autograd tracing, without the slow codegen
+        model_kwargs = {"num_classes": 80, **TOY_MODEL}
+        size, steps, backend = TOY_INPUT, 1, "aot_eager"
+    else:
+        model_kwargs, size, steps, backend = {"num_classes": 80}, 511, 6, "inductor"
+    flops = forward_flops(training=True, size=size, model_kwargs=model_kwargs)["total"]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    peak = benchmark.peak_flops(name, None)
+    measured_tflops = context.earlier("environment").get("matmul_bf16_tflops")
+    result = {
+        "input": size,
+        "forward_gflops_per_image": flops / 1e9,
+        "peak_bf16_tflops_datasheet": peak / 1e12 if peak else None,
+        "matmul_bf16_tflops_measured": measured_tflops,
+        "rows": [],
+    }
+
+    def run(batch: int, compile_: bool) -> dict:
+        row = {"batch": batch, "variant": "bf16+channels_last" + ("+compile" if compile_ else "")}
+        try:
+            row |= benchmark.time_variant(
+                batch, torch.bfloat16, True, compile_, steps, device, model_kwargs, size, backend
+            )
+        except torch.OutOfMemoryError:
+            row["error"] = "out of memory"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if "images_per_s" in row:
+            row |= benchmark.utilisation(row["images_per_s"], flops, peak)
+            if measured_tflops:
+                row["mfu_vs_measured_matmul"] = (
+                    3 * flops * row["images_per_s"] / (measured_tflops * 1e12)
+                )
+        print(json.dumps(row), flush=True)
+        result["rows"].append(row)
+        context.partial(result)
+        return row
+
+    if context.dry_run:
+        largest = max(batch for batch in (1, 2) if "images_per_s" in run(batch, False))
+    else:
+        largest = largest_batch(run, torch.cuda.get_device_properties(device).total_memory, context)
+    result["largest_batch"] = largest
+    run(largest, True)
+    return result
+
+
+def largest_batch(run: Callable[[int, bool], dict], memory: int, context: Context) -> int:
+    """The largest batch whose training step fits in ``memory`` bytes: peak memory at
+    batches 8 and 16 fitted by a line, the batch it predicts at 92% of the memory tried,
+    then 15% less on each out-of-memory (three tries)."""
+    first, second = run(8, False), run(16, False)
+    if "images_per_s" not in second:
+        return 8
+    per_image = (second["peak_memory_gib"] - first["peak_memory_gib"]) / 8 * 2**30
+    fixed = first["peak_memory_gib"] * 2**30 - 8 * per_image
+    batch = int((0.92 * memory - fixed) / max(per_image, 1))
+    for _ in range(3):
+        if batch <= 16 or context.seconds_left() < 90:  # keep time for the compiled run
+            return 16
+        if "images_per_s" in run(batch, False):
+            return batch
+        batch = int(batch * 0.85)
+    return 16
+
+
+def coco128_config(context: Context, iterations: int):
+    """The configuration of the training notebook (``notebooks/06_training.py``) on the COCO
+    sample, for ``iterations`` iterations; toy-sized for a dry run."""
+    from cornernet_ref.config import ModelConfig, get_config
+    from cornernet_ref.data.augment import AugmentConfig
+    from cornernet_ref.data.examples import coco128
+
+    images, annotations = coco128()
+    if not annotations.is_file():
+        raise Skipped(
+            f"the COCO sample is not at {annotations.parent.parent} (set CORNERNET_SHARED; "
+            "docs/run.md says how to carry it)"
+        )
+    config = replace(
+        get_config("hourglass104_coco"),
+        train_images=str(images),
+        train_annotations=str(annotations),
+        val_images=str(images),
+        val_annotations=str(annotations),
+        max_iters=iterations,
+        lr_decay_iters=(int(iterations * 0.9),),
+        accumulation=4,
+        checkpoint_every=iterations,  # one checkpoint, at the end
+        val_every=0,
+        val_limit=VAL_IMAGES,
+        log_every=max(1, iterations // 50),
+        workers=max(1, min(8, (os.cpu_count() or 2) - 2)),
+        out=str(context.work / "coco128_training"),
+    )
+    if context.dry_run:
+        config = replace(
+            config,
+            model=ModelConfig(**TOY_MODEL),
+            augment=AugmentConfig(input_size=TOY_INPUT, border=16),
+            output_size=(TOY_INPUT + 1) // 4,
+            batch_size=2,
+            accumulation=1,
+            workers=0,
+            val_limit=2,
+            device="cpu",
+            precision="fp32",
+        )
+    return config
+
+
+def step_coco128_training(context: Context) -> dict:
+    """A short Hourglass-104 training on coco128 (the notebook's configuration): loss curve,
+    images/s and AP on the training images."""
+    require_gpu(context)
+    require_pycocotools()
+
+    from cornernet_ref.train import train
+
+    # Iterations from the slowest measured speed (the notebook's micro-batches of 12 are
+    # smaller than the benchmark's): 40% of the budget training, the rest for the data
+    # loader's start, the first steps' autotuning and the validation.
+    rows = context.earlier("train_throughput").get("rows", [])
+    speeds = [
+        row["images_per_s"]
+        for row in rows
+        if "images_per_s" in row and not row["variant"].endswith("compile")
+    ]
+    if context.dry_run:
+        iterations = 2
+    elif speeds:
+        iterations = int(0.4 * context.seconds_left() * min(speeds) / NOTEBOOK_BATCH)
+        iterations = max(10, min(iterations, 2000))
+    else:
+        iterations = 100
+    config = coco128_config(context, iterations)
+    start = time.perf_counter()
+    _, summary = train(config)
+    history_path = Path(config.out) / "history.jsonl"
+    history = [json.loads(line) for line in history_path.read_text().splitlines()]
+    return {
+        "config": {
+            key: config.to_dict()[key]
+            for key in (
+                "max_iters",
+                "batch_size",
+                "accumulation",
+                "precision",
+                "channels_last",
+                "workers",
+                "lr",
+                "val_flip",
+                "val_limit",
+            )
+        },
+        "model": f"toy {TOY_MODEL} (dry run)" if context.dry_run else "Hourglass-104",
+        "seconds": round(time.perf_counter() - start, 1),
+        "loss_curve": history,
+        "final_loss": summary["loss"],
+        "metrics_on_training_images": summary.get("metrics"),
+        "checkpoint": str(Path(config.out) / "checkpoints" / "last.pt"),
+    }
+
+
+def step_inference(context: Context) -> dict:
+    """Images/s end to end at the paper's test setting (padding, flip, decoding, soft-NMS),
+    fp32 and bf16, on coco128: the weights of ``--checkpoint``, else those ``coco128_training``
+    left. How long soft-NMS takes depends on the weights: an under-trained model sends it
+    many more candidate boxes than a trained one."""
+    require_gpu(context)
+    require_pycocotools()
+
+    from cornernet_ref.data.coco import load_coco
+    from cornernet_ref.data.examples import coco128
+    from cornernet_ref.evaluate import detect_image, model_source
+    from cornernet_ref.model import CornerNet
+
+    device = context.device
+    images, annotations = coco128()
+    if not annotations.is_file():
+        raise Skipped(f"the COCO sample is not at {annotations.parent.parent}")
+    given = context.results.get("options", {}).get("checkpoint")
+    trained = Path(context.earlier("coco128_training").get("checkpoint", "/nonexistent"))
+    if given:
+        model, weights = CornerNet.from_checkpoint(given), f"--checkpoint {given}"
+    elif trained.is_file():
+        model, weights = CornerNet.from_checkpoint(trained), f"coco128_training ({trained})"
+    elif context.dry_run:
+        model, weights = CornerNet(80, **TOY_MODEL), "random"
+    else:
+        model, weights = CornerNet(80), "random (no coco128_training checkpoint)"
+    coco = load_coco(annotations)
+    records = coco.loadImgs(sorted(coco.getImgIds()))[: 2 if context.dry_run else 100]
+    warm_up = 1 if context.dry_run else 5
+    result = {
+        "weights": weights,
+        "flip": True,
+        "scales": [1.0],
+        "nms": "gaussian soft-NMS",
+        "rows": [],
+    }
+    for index, precision in enumerate(("fp32", "bf16")):
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        source, source_seconds = timed_source(
+            model_source(model, images, device), dtype, device.type
+        )
+        for record in records[:warm_up]:
+            detect_image(source, record)
+        source_seconds.clear()
+        # Each precision gets its share of the time left; it stops early rather than overrun.
+        stop = time.time() + (context.seconds_left() - 5) / (2 - index)
+        start, timed = time.perf_counter(), 0
+        for record in records[warm_up:]:
+            detect_image(source, record)
+            timed += 1
+            if time.time() > stop:
+                break
+        ms = (time.perf_counter() - start) / timed * 1e3
+        in_source = sum(source_seconds) / timed * 1e3
+        row = {
+            "precision": precision,
+            "images_timed": timed,
+            "ms_per_image": round(ms, 2),
+            "images_per_s": round(1e3 / ms, 2),
+            "ms_read_pad_network_per_image": round(in_source, 2),
+            "ms_decode_soft_nms_per_image": round(ms - in_source, 2),
+            "speedup_vs": {
+                name: round(reference / ms, 2) for name, reference in OFFICIAL_MS_PER_IMAGE.items()
+            },
+            "meets_goal_30_images_per_s": 1e3 / ms >= INFERENCE_GOAL_IMAGES_PER_S,
+        }
+        print(json.dumps(row), flush=True)
+        result["rows"].append(row)
+        context.partial(result)
+    return result
+
+
+def timed_source(source, dtype: torch.dtype | None, device_type: str):
+    """``source`` under autocast to ``dtype`` (outputs back in float32), and the list of the
+    seconds each call took (image reading, padding, transfers and the network)."""
+    from cornernet_ref.output import CornerNetOutput
+
+    seconds: list[float] = []
+
+    def outputs(record, geometry, flip):
+        start = time.perf_counter()
+        with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = source(record, geometry, flip)
+        seconds.append(time.perf_counter() - start)
+        return CornerNetOutput(*(t.float() for t in out))
+
+    return outputs, seconds
+
+
+def step_compute_sanitizer(context: Context) -> dict:
+    """The corner pooling tests once under compute-sanitizer, memcheck then racecheck, with
+    three examples per hypothesis test (every launch runs instrumented, many times slower)."""
+    require_gpu(context)
+    require_pycocotools()  # tests/conftest.py imports it
+    executable = shutil.which("compute-sanitizer") or sanitizer_path()
+    if context.device.type != "cuda":
+        raise NotAvailable("compute-sanitizer needs a CUDA GPU (dry run on the CPU)")
+    if executable is None:
+        raise NotAvailable("compute-sanitizer is not on the PATH nor beside nvcc")
+    files = [f for f in cuda_test_files() if Path(f).name.startswith("test_corner_pool")]
+    result: dict = {"executable": executable, "test_files": files, "hypothesis_examples": 3}
+    tools = ("memcheck", "racecheck")
+    for index, tool in enumerate(tools):
+        share = context.seconds_left() / (len(tools) - index) - 2
+        prefix = (executable, "--tool", tool, "--error-exitcode", "86")
+        arguments = ["-p", "few_examples", "-m", "cuda", "-x", *files]
+        run = run_pytest(arguments, context.work / f"junit_{tool}.xml", share, prefix)
+        output = "\n".join(run.pop("tail"))
+        run["summary"] = [line for line in output.splitlines() if line.startswith("=========")]
+        run["tail"] = tail(output, 8)
+        result[tool] = run
+        context.partial(result)
+        if "device not supported" in output.lower():  # seen on gVisor machines
+            reason = "compute-sanitizer does not support this device (its output: "
+            return result | {"status": "not available", "reason": f"{reason}{tail(output, 3)})"}
+    failed = [tool for tool in tools if result[tool]["returncode"] not in (0, 5)]
+    if failed:
+        raise StepFailed(result, f"compute-sanitizer found problems or failed: {failed}")
+    return result
+
+
+STEPS: dict[str, tuple[Callable[[Context], dict], int]] = {  # name -> (function, budget s)
+    "environment": (step_environment, 15),
+    "build_and_cuda_tests": (step_build_and_cuda_tests, 75),
+    "kernel_benchmark": (step_kernel_benchmark, 30),
+    "train_throughput": (step_train_throughput, 150),  # a cold torch.compile takes minutes
+    "coco128_training": (step_coco128_training, 80),
+    "inference": (step_inference, 35),
+    "compute_sanitizer": (step_compute_sanitizer, 60),
+}
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+# --- The orchestration ------------------------------------------------------------------
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically: a run killed while writing keeps the previous file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def run_child(args: argparse.Namespace) -> int:
+    """Run one step in this process; its result (or error) goes to ``--step-out``."""
+    function, _ = STEPS[args.step]
+    out = Path(args.step_out)
+    results = json.loads(Path(args.results).read_text())
+    context = Context(
+        dry_run=args.dry_run,
+        work=Path(args.work),
+        results=results,
+        deadline=args.deadline,
+        partial=lambda result: write_json(out, {"status": "running", "result": result}),
+    )
+    if args.dry_run:
+        torch.set_num_threads(1)  # toy sizes: one thread is faster on a busy machine
+    try:
+        result = function(context)
+        status = result.pop("status", "ok")
+        record = {"status": status, "result": result}
+        if "reason" in result:
+            record["reason"] = result.pop("reason")
+    except NotAvailable as reason:
+        record = {"status": "not available", "reason": str(reason)}
+    except Skipped as reason:
+        record = {"status": "skipped", "reason": str(reason)}
+    except StepFailed as failure:
+        record = {"status": "failed", "error": str(failure), "result": failure.result}
+    except Exception as error:
+        traceback.print_exc()
+        previous = json.loads(out.read_text()).get("result") if out.is_file() else None
+        record = {
+            "status": "failed",
+            "error": describe(error),
+            "traceback": tail(traceback.format_exc(), 12),
+            "result": previous,
+        }
+    write_json(out, record)
+    return 0
+
+
+def install_wheels(wheels: Path, target: Path) -> dict:
+    """``pip install --no-index --no-deps`` every wheel of ``wheels`` into ``target``."""
+    files = sorted(str(path) for path in wheels.glob("*.whl"))
+    if not files:
+        return {"folder": str(wheels), "installed": False, "error": "no .whl file there"}
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        "--no-cache-dir",
+        "--upgrade",
+        "--target",
+        str(target),
+        *files,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    record = {
+        "folder": str(wheels),
+        "wheels": [Path(f).name for f in files],
+        "installed": done.returncode == 0,
+    }
+    if done.returncode:
+        record["error"] = tail(done.stdout + done.stderr, 6)
+    return record
+
+
+def device_slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def summary_lines(results: dict) -> list[str]:
+    """The short printed summary: one line per step, its main figures."""
+    lines = []
+    for name, step in results["steps"].items():
+        result = step.get("result") or {}
+        figures = ""
+        if name == "environment" and result:
+            figures = (
+                f"copy {result.get('copy_gb_per_s')} GB/s, matmul "
+                f"{result.get('matmul_bf16_tflops', result.get('matmul_fp32_tflops'))} "
+                f"TFLOP/s, pycocotools {result.get('packages', {}).get('pycocotools')}"
+            )
+        elif name == "build_and_cuda_tests" and "pytest" in result:
+            counts = result["pytest"]
+            figures = " ".join(f"{k} {counts.get(k)}" for k in ("tests", "failures", "skipped"))
+        elif name == "kernel_benchmark" and "results" in result:
+            figures = kernel_figures(result["results"])
+        elif name == "train_throughput":
+            figures = "; ".join(
+                f"{row['variant']} batch {row['batch']}: "
+                + (f"{row['images_per_s']:.4g} img/s" if "images_per_s" in row else row["error"])
+                for row in result.get("rows", [])
+            )
+        elif name == "inference":
+            figures = "; ".join(
+                f"{row['precision']}: {row['images_per_s']} img/s "
+                f"({row['ms_decode_soft_nms_per_image']} ms of it decoding and soft-NMS)"
+                for row in result.get("rows", [])
+            )
+        elif name == "coco128_training" and result.get("loss_curve"):
+            curve = result["loss_curve"]
+            metrics = result.get("metrics_on_training_images") or {}
+            figures = (
+                f"{result['config']['max_iters']} iterations, loss "
+                f"{curve[0]['total']:.3g} -> {curve[-1]['total']:.3g}, AP {metrics.get('AP')}"
+            )
+        elif name == "compute_sanitizer" and result:
+            figures = "; ".join(
+                f"{tool}: {(result[tool].get('summary') or ['?'])[-1]}"
+                for tool in ("memcheck", "racecheck")
+                if tool in result
+            )
+        detail = step.get("reason") or step.get("error") or figures
+        lines.append(f"{name:22} {step['status']:13} {step.get('seconds', '')!s:>6}s  {detail}")
+    return lines
+
+
+def kernel_figures(results: dict) -> str:
+    parts = []
+    for dtype, shapes in results.items():
+        for shape, entries in shapes.items():
+            for implementation in ("cuda", "reference"):
+                entry = entries.get(implementation, {}).get("forward_backward", {})
+                if "fraction_of_copy_bandwidth" in entry:
+                    fraction = entry["fraction_of_copy_bandwidth"]
+                    parts.append(f"{implementation} {dtype} {shape} fwd+bwd {fraction:.2f} of copy")
+                elif "median_ms" in entry:
+                    parts.append(
+                        f"{implementation} {dtype} {shape} fwd+bwd {entry['median_ms']} ms"
+                    )
+    return "; ".join(parts[:4])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU")
+    parser.add_argument("--out", type=Path, help="the JSON (default: see the module docstring)")
+    parser.add_argument("--wheels", type=Path, help="install these wheels first (pip --no-index)")
+    parser.add_argument("--only", nargs="+", choices=list(STEPS), help="run these steps only")
+    parser.add_argument("--time-limit", type=float, default=TIME_LIMIT_S, help="seconds, all")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="weights timed by the inference step (e.g. the official)"
+    )
+    parser.add_argument("--step", choices=list(STEPS), help=argparse.SUPPRESS)  # child process
+    for hidden in ("--step-out", "--results", "--work"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.step:
+        return run_child(args)
+
+    if not args.dry_run and not torch.cuda.is_available():
+        raise SystemExit(
+            "gpu_check: no CUDA GPU here (torch.cuda.is_available() is False); "
+            "--dry-run runs every step at toy size on the CPU"
+        )
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))  # removed at the end
+    device = "cpu" if args.dry_run else "cuda"
+    if args.out is None:
+        args.out = (
+            Path(tempfile.gettempdir()) / "gpu_check_dry_run.json"
+            if args.dry_run
+            else RESULTS / f"gpu_check_{device_slug(torch.cuda.get_device_name())}.json"
+        )
+    log = args.out.with_suffix(".log")
+    results = header("gpu_check", device) | {
+        "dry_run": args.dry_run,
+        "note": DRY_RUN_NOTE if args.dry_run else "measured on the device named above",
+        "time_limit_s": args.time_limit,
+        "options": {"checkpoint": str(args.checkpoint) if args.checkpoint else None},
+        "steps": {
+            name: {"status": "pending", "budget_s": STEPS[name][1]} for name in (args.only or STEPS)
+        },
+    }
+    environment = dict(os.environ, PYTHONUNBUFFERED="1")
+    python_path = [str(ROOT)]
+    if args.wheels:
+        site = work / "site"
+        results["wheels"] = install_wheels(args.wheels, site)
+        python_path.insert(0, str(site))
+    environment["PYTHONPATH"] = os.pathsep.join(
+        python_path + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    write_json(args.out, results)
+    print(f"gpu_check: {results['device']}; writing {args.out} (log {log})", flush=True)
+    with log.open("w") as log_file:
+        for name in results["steps"]:
+            budget = STEPS[name][1]
+            left = args.time_limit - (time.time() - started)
+            if left < 5:
+                results["steps"][name] = {
+                    "status": "skipped",
+                    "budget_s": budget,
+                    "reason": "the time limit was reached",
+                }
+                write_json(args.out, results)
+                continue
+            allowed = min(budget, left)
+            results["steps"][name] = run_step(
+                name, allowed, args.dry_run, work, results, environment, log_file
+            ) | {"budget_s": budget}
+            write_json(args.out, results)
+            print(summary_lines({"steps": {name: results["steps"][name]}})[0], flush=True)
+    results["seconds"] = round(time.time() - started, 1)
+    write_json(args.out, results)
+    shutil.rmtree(work, ignore_errors=True)
+    print(
+        "\n".join(
+            ["", f"gpu_check summary ({results['device']}, {results['seconds']} s):"]
+            + summary_lines(results)
+            + [f"wrote {args.out}"]
+        )
+    )
+    if args.dry_run:
+        print(DRY_RUN_NOTE)
+    return 0
+
+
+def run_step(
+    name: str,
+    allowed: float,
+    dry_run: bool,
+    work: Path,
+    results: dict,
+    environment: dict,
+    log_file: IO[str],
+) -> dict:
+    """Run one step in a child process, killed after ``allowed`` seconds."""
+    step_out = work / f"step_{name}.json"
+    results_in = work / "results_so_far.json"
+    write_json(results_in, results)
+    start = time.time()
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--step",
+        name,
+        "--step-out",
+        str(step_out),
+        "--results",
+        str(results_in),
+        "--work",
+        str(work),
+        "--deadline",
+        str(start + allowed - STEP_MARGIN_S),
+    ]
+    if dry_run:
+        command.append("--dry-run")
+    log_file.write(f"\n===== {name} (budget {allowed:.0f} s) =====\n")
+    log_file.flush()
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=environment,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        process.wait(timeout=allowed)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)  # the step and the processes it started (data loaders)
+        process.wait()
+        timed_out = True
+    seconds = round(time.time() - start, 1)
+    record = json.loads(step_out.read_text()) if step_out.is_file() else {}
+    if timed_out:
+        record = {
+            "status": "timeout",
+            "reason": f"killed after {seconds} s",
+            "result": record.get("result"),
+        }
+    elif not record or record.get("status") == "running":
+        record = {
+            "status": "failed",
+            "error": f"the step's process ended with code "
+            f"{process.returncode} before writing its result",
+            "result": record.get("result"),
+        }
+    return record | {"seconds": seconds}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
