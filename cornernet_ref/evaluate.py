@@ -31,7 +31,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -147,7 +147,10 @@ def scale_detections(
         out: raw maps of a batch of 1 (the canvas) or 2 (canvas, mirrored canvas).
         geometry: the canvas geometry of the image at this scale.
         flip: whether the batch holds the mirrored canvas as its second element.
-        K, kernel, ae_threshold, num_dets: see :func:`cornernet_ref.decode.decode`.
+        K: corners kept per heatmap (see :func:`cornernet_ref.decode.decode`).
+        kernel: side of the max-pooling window that finds the peaks.
+        ae_threshold: largest embedding distance of a pair.
+        num_dets: pairs kept per image.
     """
     expected = 2 if flip else 1
     if out.tl_heat.shape[0] != expected:
@@ -188,12 +191,16 @@ def postprocess(
     flip: bool,
     nms_method: str = "gaussian",
     max_per_image: int = 100,
-    **decode_options,
+    **decode_options: Any,
 ) -> ImageDetections:
     """Final detections of one image tested at one scale (and its mirror, if ``flip``).
 
     Args:
-        out, geometry, flip, **decode_options: see :func:`scale_detections`.
+        out: raw maps, as in :func:`scale_detections`.
+        geometry: the canvas geometry, as in :func:`scale_detections`.
+        flip: whether the batch holds the mirrored canvas too.
+        **decode_options: ``K``, ``kernel``, ``ae_threshold``, ``num_dets`` of
+            :func:`scale_detections`.
         nms_method: ``"gaussian"`` (official) or ``"linear"`` soft-NMS.
         max_per_image: boxes kept per image.
     """
@@ -281,7 +288,7 @@ def detect_image(
     scales: Sequence[float] = (1.0,),
     nms_method: str = "gaussian",
     max_per_image: int = 100,
-    **decode_options,
+    **decode_options: Any,
 ) -> ImageDetections:
     """Final detections of one image (its COCO record): every scale, flip, soft-NMS, top 100.
 
@@ -291,7 +298,9 @@ def detect_image(
         record: the image's COCO record (``file_name``, ``height``, ``width``, ``id``).
         flip: flip testing (the official default).
         scales: the test scales; ``(1,)`` is the official single-scale test.
-        nms_method, max_per_image: see :func:`merge_detections`.
+        nms_method: ``"gaussian"`` (official) or ``"linear"`` soft-NMS, see
+            :func:`merge_detections`.
+        max_per_image: boxes kept per image.
         **decode_options: ``K``, ``kernel``, ``ae_threshold``, ``num_dets`` of
             :func:`cornernet_ref.decode.decode`.
     """
@@ -309,7 +318,7 @@ def evaluate(
     *,
     image_ids: Iterable[int] | None = None,
     results_out: str | Path | None = None,
-    **detect_options,
+    **detect_options: Any,
 ) -> dict:
     """Detect on every image of ``coco`` with ``source`` and score the results.
 
