@@ -16,13 +16,14 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "cornernet_ref.evaluate",
     "cornernet_ref.predict",
     "cornernet_ref.convert",
+    "cornernet_ref.export",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cornernet-ref",
-        description="CornerNet (Law & Deng, ECCV 2018): train, evaluate, predict, convert.",
+        description="CornerNet (Law & Deng, ECCV 2018): train, evaluate, predict, convert, export.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
