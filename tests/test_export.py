@@ -205,22 +205,27 @@ def test_the_normalisation_of_the_metadata_is_applied(model, exported, images, t
     assert relative_difference(maps.tl_heat, other.tl_heat) > MAP_TOLERANCE
 
 
-# Values with many ties, signed zeros, infinities and NaN, as in the reference's tests.
-special_values = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.5, float("inf"), float("-inf")])
-values = st.one_of(special_values, st.floats(-4, 4, width=32), st.just(float("nan")))
+# Many ties (small integers), signed zeros and infinities; NaN in a few cells only, so that
+# long runs free of NaN, where the window length matters, are common.
+values = st.one_of(
+    st.integers(-3, 3).map(float),
+    st.floats(-4, 4, width=32),
+    st.sampled_from([0.0, -0.0, float("inf"), float("-inf")]),
+)
 
 
 @st.composite
 def maps(draw: st.DrawFn, batch: int = 2, count: int = 1) -> tuple[Tensor, ...]:
     """``count`` maps of one shape ``(B <= batch, 2, H <= 32, W <= 32)``."""
-    shape = (
-        draw(st.integers(1, batch)), 2, draw(st.integers(1, 32)), draw(st.integers(1, 32))
-    )  # fmt: skip
+    side = st.sampled_from([1, 2, 31, 32]) | st.integers(1, 32)  # the bound, often
+    shape = (draw(st.integers(1, batch)), 2, draw(side), draw(side))
     size = int(np.prod(shape))
-    return tuple(
-        torch.tensor(draw(st.lists(values, min_size=size, max_size=size))).reshape(shape)
-        for _ in range(count)
-    )
+    drawn = []
+    for _ in range(count):
+        flat = torch.tensor(draw(st.lists(values, min_size=size, max_size=size)))
+        flat[draw(st.lists(st.integers(0, size - 1), max_size=3))] = float("nan")
+        drawn.append(flat.reshape(shape))
+    return tuple(drawn)
 
 
 @given(x=maps(), direction=st.sampled_from(sorted(DIRECTIONS)))
@@ -229,6 +234,15 @@ def test_doubling_pool_equals_the_reference_scan(x: tuple[Tensor], direction: st
     expected = pool(x[0], direction, backend="reference")
     found = doubling_pool(x[0], direction, steps=5)
     torch.testing.assert_close(found, expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("direction", sorted(DIRECTIONS))
+def test_doubling_reaches_the_far_border_at_the_bound(direction: str) -> None:
+    """32 cells, 5 steps: the single 1 on the far border is every cell's maximum (by hand)."""
+    dim, from_end = DIRECTIONS[direction]
+    x = torch.zeros(1, 1, 32, 32)
+    x.select(dim, 31 if from_end else 0).fill_(1.0)  # the border the scan starts from
+    assert torch.equal(doubling_pool(x, direction, steps=5), torch.ones(1, 1, 32, 32))
 
 
 class BothCorners(nn.Module):
@@ -278,14 +292,17 @@ def test_onnxruntime_corner_pools_equal_the_reference(pool_graph, ab) -> None:
         torch.testing.assert_close(pooled, expected, rtol=0, atol=0, equal_nan=True)
 
 
-def test_the_doubling_bound_is_needed_and_checked(pool_graph, session) -> None:
-    """Beyond 2**steps cells the window is too short, so eager pools and OnnxModel refuse."""
+def test_the_doubling_bound_is_needed_and_checked(pool_graph) -> None:
+    """Beyond 2**steps cells the window is too short, so the eager pool refuses."""
     x = torch.zeros(1, 2, 40, 3)
     x[:, :, -1] = 1.0  # the maximum is 39 rows below the top: 5 steps reach 31 rows
     (tl, _) = run_pool_graph(pool_graph, x, x)
     assert not torch.equal(tl, corner_pool(x, x, "tl", backend="reference"))
     with pytest.raises(ValueError, match="5 doubling steps pool at most 32 cells, got 40"):
         doubling_pool(x, "top", steps=5)
+
+
+def test_onnx_model_refuses_sizes_the_graph_cannot_take(session) -> None:
     with pytest.raises(ValueError, match="exceeds 1024, the largest side"):
         session.check_input_size(1151, 127)
     with pytest.raises(ValueError, match="input width 100 is not accepted"):
