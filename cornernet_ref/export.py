@@ -155,6 +155,47 @@ def input_side_rule(n: int) -> str:
     return f"sides whose stem output (side - 1) // 4 + 1 is a multiple of {2**n}"
 
 
+def onnx_program(
+    module: nn.Module,
+    sample: tuple[Tensor, ...],
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: tuple[dict[int, Any], ...],
+) -> torch.onnx.ONNXProgram:
+    """``torch.onnx.export`` (the dynamo exporter) of ``module`` traced on ``sample``, the
+    dimensions of ``dynamic_shapes`` (one ``{dim: torch.export.Dim}`` per input) left free."""
+    with warnings.catch_warnings(), _quiet_exporter_logs():
+        # torch 2.13's exporter deep-copies its own pytree leaf spec, whose class is
+        # deprecated and warns on every construction; nothing of ours is involved.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+            category=FutureWarning,
+        )
+        return torch.onnx.export(
+            module,
+            sample,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            dynamo=True,
+            verbose=False,
+        )
+
+
+@contextlib.contextmanager
+def _quiet_exporter_logs() -> Iterator[None]:
+    """Hide the exporter's log lines about the torchvision operators it does not register."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_onnx(
     model: nn.Module,
     out: str | Path,
@@ -219,47 +260,6 @@ def export_onnx(
     finally:
         temporary.unlink(missing_ok=True)
     return out
-
-
-def onnx_program(
-    module: nn.Module,
-    sample: tuple[Tensor, ...],
-    *,
-    input_names: list[str],
-    output_names: list[str],
-    dynamic_shapes: tuple[dict[int, Any], ...],
-) -> torch.onnx.ONNXProgram:
-    """``torch.onnx.export`` (the dynamo exporter) of ``module`` traced on ``sample``, the
-    dimensions of ``dynamic_shapes`` (one ``{dim: torch.export.Dim}`` per input) left free."""
-    with warnings.catch_warnings(), _quiet_exporter_logs():
-        # torch 2.13's exporter deep-copies its own pytree leaf spec, whose class is
-        # deprecated and warns on every construction; nothing of ours is involved.
-        warnings.filterwarnings(
-            "ignore",
-            message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-            category=FutureWarning,
-        )
-        return torch.onnx.export(
-            module,
-            sample,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_shapes=dynamic_shapes,
-            dynamo=True,
-            verbose=False,
-        )
-
-
-@contextlib.contextmanager
-def _quiet_exporter_logs() -> Iterator[None]:
-    """Hide the exporter's log lines about the torchvision operators it does not register."""
-    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 class OnnxModel:

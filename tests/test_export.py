@@ -36,6 +36,7 @@ from cornernet_ref.model import CornerNet
 from cornernet_ref.predict import detect
 from cornernet_ref.targets import collate_targets
 
+# Tests marked slow share one briefly trained network and its export (a minute on 2 cores).
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TRAINING_STEPS = 60
@@ -115,6 +116,7 @@ def relative_difference(onnx_map: Tensor, torch_map: Tensor) -> float:
     return ((onnx_map - torch_map).abs().max() / torch_map.abs().max()).item()
 
 
+@pytest.mark.slow
 def test_graph_takes_any_size_and_returns_the_six_maps(exported: Path) -> None:
     graph = onnx.load(exported).graph
     (image,) = graph.input
@@ -125,6 +127,7 @@ def test_graph_takes_any_size_and_returns_the_six_maps(exported: Path) -> None:
     assert {node.domain for node in graph.node} <= {"", "ai.onnx"}, "a custom operator"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(127, 127), (96, 158), (255, 63)])
 def test_onnx_maps_equal_pytorch_maps(model, session, size) -> None:
     """At sizes other than the export's sample (63 x 63), square or not, 128k - 1 or not."""
@@ -137,6 +140,7 @@ def test_onnx_maps_equal_pytorch_maps(model, session, size) -> None:
         assert relative_difference(onnx_map, torch_map) <= MAP_TOLERANCE, name
 
 
+@pytest.mark.slow
 def test_predict_from_onnx_finds_the_checkpoints_detections(checkpoint, exported, images):
     """The whole test pipeline (canvas, flip, decoding, soft-NMS) on both: same boxes."""
     for image in images:
@@ -149,6 +153,7 @@ def test_predict_from_onnx_finds_the_checkpoints_detections(checkpoint, exported
         torch.testing.assert_close(from_onnx.scores, from_torch.scores, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_same_detections_after_decoding_one_canvas(model, session, images) -> None:
     """Decoding the maps of one canvas (no flip): the same detections from both."""
     pixels = read_image(images[1])
@@ -163,6 +168,7 @@ def test_same_detections_after_decoding_one_canvas(model, session, images) -> No
     torch.testing.assert_close(found.scores, expected.scores, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_command_from_onnx(checkpoint, exported, images, tmp_path, capsys) -> None:
     printed = []
     for model_file in (checkpoint, exported):
@@ -174,6 +180,7 @@ def test_predict_command_from_onnx(checkpoint, exported, images, tmp_path, capsy
     assert printed[0].split()[0] == printed[1].split()[0], printed  # the same count
 
 
+@pytest.mark.slow
 def test_metadata_labels_and_normalises_without_the_checkpoint(session) -> None:
     assert session.class_names == list(CLASS_NAMES)
     np.testing.assert_array_equal(session.mean, MEAN_RGB)
@@ -181,6 +188,7 @@ def test_metadata_labels_and_normalises_without_the_checkpoint(session) -> None:
     assert session.max_input_side == MAX_INPUT_SIDE and session.hourglass_depth == 3
 
 
+@pytest.mark.slow
 def test_the_normalisation_of_the_metadata_is_applied(model, exported, images, tmp_path):
     """An ONNX file that says mean 0, std 1: its canvases are normalised that way."""
     graph = onnx.load(exported)
@@ -282,6 +290,7 @@ def run_pool_graph(path: Path, a: Tensor, b: Tensor) -> list[Tensor]:
     return [torch.from_numpy(output) for output in outputs]
 
 
+@pytest.mark.slow
 @given(ab=maps(batch=1, count=2))
 def test_onnxruntime_corner_pools_equal_the_reference(pool_graph, ab) -> None:
     """The graph onnxruntime runs, with H and W other than the sample's."""
@@ -292,6 +301,7 @@ def test_onnxruntime_corner_pools_equal_the_reference(pool_graph, ab) -> None:
         torch.testing.assert_close(pooled, expected, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.slow
 def test_the_doubling_bound_is_needed_and_checked(pool_graph) -> None:
     """Beyond 2**steps cells the window is too short, so the eager pool refuses."""
     x = torch.zeros(1, 2, 40, 3)
@@ -302,6 +312,7 @@ def test_the_doubling_bound_is_needed_and_checked(pool_graph) -> None:
         doubling_pool(x, "top", steps=5)
 
 
+@pytest.mark.slow
 def test_onnx_model_refuses_sizes_the_graph_cannot_take(session) -> None:
     with pytest.raises(ValueError, match="exceeds 1024, the largest side"):
         session.check_input_size(1151, 127)
@@ -309,6 +320,7 @@ def test_onnx_model_refuses_sizes_the_graph_cannot_take(session) -> None:
         session(torch.zeros(1, 3, 127, 100))
 
 
+@pytest.mark.slow
 def test_clear_errors(model, checkpoint, exported, pool_graph, tmp_path) -> None:
     missing = tmp_path / "missing.pt"
     with pytest.raises(SystemExit, match=f"checkpoint not found: {missing}"):
@@ -328,8 +340,9 @@ def test_clear_errors(model, checkpoint, exported, pool_graph, tmp_path) -> None
         OnnxModel(not_onnx)
 
 
-def test_an_interrupted_export_leaves_the_previous_file(model, tmp_path, monkeypatch) -> None:
+def test_an_interrupted_export_leaves_the_previous_file(tmp_path, monkeypatch) -> None:
     """The graph goes to a temporary file first; a failed write keeps the old file whole."""
+    model = CornerNet(len(CLASS_NAMES), **asdict(get_config("small_shapes").model))
     out = tmp_path / "model.onnx"
     out.write_bytes(b"previous export")
 
