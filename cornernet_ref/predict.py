@@ -1,4 +1,4 @@
-"""Detect objects in one image with a trained checkpoint and draw them.
+"""Detect objects in one image with a trained checkpoint (or its ONNX export) and draw them.
 
 The image goes through the test pipeline of §4.1 (:mod:`cornernet_ref.evaluate`: official
 padding, flip testing, decoding and soft-NMS); boxes scoring at least ``--threshold`` are
