@@ -26,10 +26,12 @@ $-0$ and $+0$ may keep the other zero) and NaN where the reference has NaN (``Ma
 graph does not have.
 
 The number of steps is fixed when exporting: ``S = 10`` by default covers maps of up to
-$2^{10} = 1024$ cells a side, inputs of up to 4096 pixels (the official canvases are 511
-to 1023 at scale 1, 1535 at scale 1.5). A larger input would be pooled over a window of
-$2^S$ cells only, so the bound is recorded in the file and checked by
-[OnnxModel][cornernet_ref.export.OnnxModel]; ``--max-input-side`` raises it.
+$2^{10} = 1024$ cells a side, inputs of up to 4096 pixels (the test canvases of COCO
+images are at most 767 pixels a side at scale 1, 1023 at scale 1.5). A larger input would
+be pooled over a window of $2^S$ cells only, so the bound is recorded in the file;
+``--max-input-side`` raises it. The graph itself checks neither this bound nor the
+network's size rule (an unaccepted size fails inside onnxruntime with a shape error);
+[OnnxModel][cornernet_ref.export.OnnxModel] checks both before running it.
 
 **Metadata.** The file records the class names, the input normalisation and the size rules
 (``metadata_props``, keys ``cornernet_ref.*``), so that ``cornernet-ref predict
@@ -325,7 +327,7 @@ class OnnxModel:
             raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
         self.check_input_size(images.shape[2], images.shape[3])
         runs = [
-            self.session.run(None, {INPUT_NAME: image[None].numpy()})
+            self.session.run(None, {INPUT_NAME: np.ascontiguousarray(image[None].numpy())})
             for image in images.detach().cpu().float()
         ]
         return CornerNetOutput(
