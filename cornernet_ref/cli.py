@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "cornernet_ref.evaluate",
     "cornernet_ref.predict",
     "cornernet_ref.convert",
+    "cornernet_ref.export",
 )
 
 
@@ -37,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cornernet-ref",
-        description="CornerNet (Law & Deng, ECCV 2018): train, evaluate, predict, convert.",
+        description="CornerNet (Law & Deng, ECCV 2018): train, evaluate, predict, convert, export.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from cornernet_ref.data.augment import resize_image
 from cornernet_ref.data.coco import load_coco
-from cornernet_ref.data.image import normalize, read_image
+from cornernet_ref.data.image import MEAN_RGB, STD_RGB, normalize, read_image
 from cornernet_ref.decode import REJECTED, decode, soft_nms
 from cornernet_ref.errors import InputError, print_error
 from cornernet_ref.output import CornerNetOutput
@@ -86,8 +86,12 @@ def canvas_geometry(height: int, width: int, scale: float = 1.0) -> CanvasGeomet
     return CanvasGeometry((height, width), input_size, output_size, border, scale)
 
 
-def pad_image(image: np.ndarray, scale: float = 1.0) -> tuple[Tensor, CanvasGeometry]:
+def pad_image(
+    image: np.ndarray, scale: float = 1.0, *, mean: np.ndarray = MEAN_RGB, std: np.ndarray = STD_RGB
+) -> tuple[Tensor, CanvasGeometry]:
     """Normalised ``(3, H_in, W_in)`` test canvas of an ``(h, w, 3)`` RGB image.
+
+    ``mean`` and ``std`` are those of :func:`cornernet_ref.data.image.normalize`.
 
     The image is first resized by ``scale`` (bilinear, as OpenCV) unless ``scale`` is 1. As
     in the official crop, the pixels of the canvas are copied up to ``size // 2 + input //
@@ -103,7 +107,7 @@ def pad_image(image: np.ndarray, scale: float = 1.0) -> tuple[Tensor, CanvasGeom
     kept_w = min(width, width // 2 + in_w // 2)
     canvas = np.zeros((in_h, in_w, 3), dtype=image.dtype)  # black padding, then normalised
     canvas[top : top + kept_h, left : left + kept_w] = image[:kept_h, :kept_w]
-    return normalize(canvas), geometry
+    return normalize(canvas, mean, std), geometry
 
 
 def boxes_to_image(boxes: Tensor, geometry: CanvasGeometry) -> Tensor:

@@ -1,4 +1,4 @@
-"""Detect objects in one image with a trained checkpoint and draw them.
+"""Detect objects in one image with a trained checkpoint (or its ONNX export) and draw them.
 
 The image goes through the test pipeline of §4.1 (:mod:`cornernet_ref.evaluate`: official
 padding, flip testing, decoding and soft-NMS); boxes scoring at least ``--threshold`` are
@@ -35,13 +35,23 @@ def detect(
     scales: Sequence[float] = (1.0,),
     device: str = "cpu",
 ) -> tuple[ImageDetections, list[str]]:
-    """Detections of one image (image pixels) and the class names of the checkpoint."""
-    model = CornerNet.from_checkpoint(checkpoint)
-    names = model.class_names or [str(i) for i in range(model.model_kwargs["num_classes"])]
+    """Detections of one image (image pixels) and the class names of the checkpoint.
+
+    ``checkpoint`` may also be a file written by ``cornernet-ref export`` (``.onnx``), run
+    by onnxruntime on the CPU (``device`` is then ignored).
+    """
     image_path = Path(image_path)
+    if Path(checkpoint).suffix == ".onnx":
+        from cornernet_ref.export import OnnxModel, onnx_source
+
+        exported = OnnxModel(checkpoint)
+        names, source = exported.class_names, onnx_source(exported, image_path.parent)
+    else:
+        model = CornerNet.from_checkpoint(checkpoint)
+        names = model.class_names or [str(i) for i in range(model.model_kwargs["num_classes"])]
+        source = model_source(model, image_path.parent, device)
     height, width = read_image(image_path).shape[:2]
     record = {"file_name": image_path.name, "height": height, "width": width}
-    source = model_source(model, image_path.parent, device)
     return detect_image(source, record, flip=flip, scales=scales), names
 
 
@@ -79,7 +89,12 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
         "predict", help="detect objects in an image and draw them", description=__doc__
     )
     parser.add_argument("image", type=Path, help="the image")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="trained checkpoint")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="trained checkpoint, or an ONNX file written by `cornernet-ref export` (.onnx)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument(
         "--threshold", type=unit_interval, default=0.3, help="minimum score drawn (0 to 1)"

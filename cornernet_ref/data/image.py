@@ -48,10 +48,12 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"cannot decode image file {path}: {error}") from error
 
 
-def normalize(image: np.ndarray) -> torch.Tensor:
+def normalize(
+    image: np.ndarray, mean: np.ndarray = MEAN_RGB, std: np.ndarray = STD_RGB
+) -> torch.Tensor:
     """``(H, W, 3)`` RGB uint8 (or float in [0, 255]) -> ``(3, H, W)`` float32 tensor."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
     scaled = image.astype(np.float32) / 255.0
-    normalised = (scaled - MEAN_RGB) / STD_RGB  # (x/255 - mu) / sigma
+    normalised = (scaled - mean) / std  # (x/255 - mu) / sigma
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
