@@ -59,7 +59,7 @@ at::Tensor forward(const MaybeTensor& a, const MaybeTensor& b, bool reverse, int
   const int64_t planes = map.size(0) * map.size(1);
   const int height = map.size(2), width = map.size(3);
   at::Tensor column_carry;
-  if (width > corner_pool::TILE && a_in.defined()) {
+  if (corner_pool::needs_column_carry(a_in.defined(), width)) {
     column_carry = at::empty({planes, width}, map.options().dtype(accumulation_type(map.scalar_type())));
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, map.scalar_type(), "corner_pool_forward", [&] {
@@ -88,7 +88,7 @@ std::vector<at::Tensor> backward(const MaybeTensor& a, const MaybeTensor& b,
   const int64_t planes = map.size(0) * map.size(1);
   const int height = map.size(2), width = map.size(3);
   at::Tensor carry_best, carry_at, carry_sum;
-  if (width > corner_pool::TILE && a_in.defined()) {
+  if (corner_pool::needs_column_carry(a_in.defined(), width)) {
     const auto options = map.options().dtype(accumulation_type(map.scalar_type()));
     carry_best = at::empty({planes, width}, options);
     carry_sum = at::empty({planes, width}, options);

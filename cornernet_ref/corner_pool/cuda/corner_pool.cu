@@ -67,6 +67,14 @@
 
 #include "corner_pool.h"
 
+// A kernel launch, kernel<<<blocks, threads, 0, stream>>>(args...), is written
+// LAUNCH_KERNEL(kernel, blocks, threads, stream)(args...): a host C++ compiler cannot parse
+// <<< >>>, and the CPU build of this file (cuda/emulation/cuda_runtime.h) defines the macro
+// its own way.
+#ifndef LAUNCH_KERNEL
+#define LAUNCH_KERNEL(kernel, blocks, threads, stream) kernel<<<blocks, threads, 0, stream>>>
+#endif
+
 namespace corner_pool {
 namespace {
 
@@ -81,7 +89,10 @@ constexpr int STAGED = TILE * TILE / THREADS;  // tile cells each thread loads a
 // all 32 threads would hit the same bank and wait for one another.
 constexpr int PITCH = TILE + 1;
 
-__host__ __device__ constexpr int ceil_div(int n, int d) { return (n + d - 1) / d; }
+// n / d rounded up, in 64 bits: n + d - 1 overflows an int for n near 2^31.
+__host__ __device__ constexpr int ceil_div(int n, int d) {
+  return static_cast<int>((static_cast<int64_t>(n) + d - 1) / d);
+}
 
 // The comparison that moves the argmax: strictly greater, NaN above every number. An equal
 // value does not move it, so among equal maxima the first one met keeps the gradient.
@@ -360,15 +371,23 @@ const char* launch_error() {
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
+// What is wrong with the sizes, or nullptr. The grid has one block per plane, and CUDA
+// allows at most 2^31 - 1 blocks.
+const char* size_problem(int64_t planes, int height, int width) {
+  if (planes < 1 || height < 1 || width < 1) return "corner_pool: every size must be at least 1";
+  if (planes > INT32_MAX) return "corner_pool: more than 2^31 - 1 planes (B * C)";
+  return nullptr;
+}
+
 }  // namespace
 
 template <typename T>
 const char* launch_forward(const T* a, const T* b, T* out,
                            typename Accumulate<T>::type* column_carry, int64_t planes,
                            int height, int width, bool reverse, void* stream) {
-  forward_kernel<T><<<static_cast<unsigned int>(planes), THREADS, 0,
-                      static_cast<cudaStream_t>(stream)>>>(a, b, out, column_carry, height,
-                                                           width, reverse);
+  if (const char* problem = size_problem(planes, height, width)) return problem;
+  LAUNCH_KERNEL(forward_kernel<T>, static_cast<unsigned int>(planes), THREADS,
+                static_cast<cudaStream_t>(stream))(a, b, out, column_carry, height, width, reverse);
   return launch_error();
 }
 
@@ -377,9 +396,10 @@ const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a
                             typename Accumulate<T>::type* carry_best, int32_t* carry_at,
                             typename Accumulate<T>::type* carry_sum, int64_t planes, int height,
                             int width, bool reverse, void* stream) {
-  backward_kernel<T><<<static_cast<unsigned int>(planes), THREADS, 0,
-                       static_cast<cudaStream_t>(stream)>>>(
-      a, b, grad_out, grad_a, grad_b, carry_best, carry_at, carry_sum, height, width, reverse);
+  if (const char* problem = size_problem(planes, height, width)) return problem;
+  LAUNCH_KERNEL(backward_kernel<T>, static_cast<unsigned int>(planes), THREADS,
+                static_cast<cudaStream_t>(stream))(a, b, grad_out, grad_a, grad_b, carry_best,
+                                                   carry_at, carry_sum, height, width, reverse);
   return launch_error();
 }
 

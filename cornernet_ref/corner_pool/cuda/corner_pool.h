@@ -21,6 +21,10 @@ struct Accumulate<double> {
   using type = double;
 };
 
+// Whether the kernels need the column carry buffers (planes * width values each, see below):
+// only when the map pooled along columns is present and the plane is wider than one tile.
+constexpr bool needs_column_carry(bool has_a, int width) { return has_a && width > TILE; }
+
 // Forward of one pool over `planes` contiguous H x W planes: out = V(a) + H(b), where V pools
 // the rows (top if reverse, else bottom) and H the columns (left if reverse, else right).
 // a or b may be nullptr: then out is the pool of the other one alone. `column_carry` holds
