@@ -61,6 +61,17 @@ VERSIONS: dict[str, dict] = {
         "forward": {"cells": 1024, "warps": 2, "inner": [8, 8]},
         "backward": {"cells": 1024, "warps": 2, "inner": [8] * 4},
     },
+    "after": {
+        "commit": None,
+        "block_warps": 4,
+        "design": "no shared memory: forward, one warp per plane, a pass is one row of a "
+        "128-column chunk (lane l: 4 columns, one vector load per map; vertical scan in "
+        "registers, horizontal by 5 shuffle steps); backward, one warp per plane for each "
+        "gradient, a pass is one row step of the vertical warp (4 columns per lane) and one "
+        "column step of the horizontal warp (lane l: row l, 4 columns)",
+        "forward": {"cells": 128, "warps": 1, "inner": []},
+        "backward": {"cells": 128, "warps": 1, "loops": 2, "inner": []},
+    },
 }
 
 
@@ -95,10 +106,14 @@ def compile_kernel(source: Path, scratch: Path) -> tuple[str, str]:
 
 
 def kernel_name(mangled: str) -> tuple[str, str] | None:
-    """(``forward`` or ``backward``, dtype name) of a mangled kernel name, or None."""
-    kind = next((k for k in MAPS_MOVED if f"{k}_kernel" in mangled), None)
-    dtype = next((name for key, (name, _) in DTYPES.items() if f"kernel{key}" in mangled), None)
-    return (kind, dtype) if kind and dtype else None
+    """(``forward`` or ``backward``, dtype name, corner) of a mangled kernel name, or None.
+    The corner is ``""`` for a kernel that takes it as an argument, else ``tl`` or ``br``."""
+    found = re.search(r"(forward|backward)_kernelI(f|N3c108BFloat16E)(?:Lb([01])E)?E", mangled)
+    if not found:
+        return None
+    dtype = DTYPES["IfE" if found.group(2) == "f" else "IN3c108BFloat16EE"][0]
+    corner = {None: "", "1": "tl", "0": "br"}[found.group(3)]
+    return found.group(1), dtype, corner
 
 
 def resources(report: str) -> dict[tuple[str, str], dict]:
@@ -111,7 +126,10 @@ def resources(report: str) -> dict[tuple[str, str], dict]:
         if name:
             registers = int(re.search(r"(\d+) registers", used).group(1))
             shared = re.search(r"(\d+) bytes smem", used)
-            found[name] = {"registers": registers, "shared_bytes": int(shared.group(1) or 0)}
+            found[name] = {
+                "registers": registers,
+                "shared_bytes": int(shared.group(1)) if shared else 0,
+            }
     return found
 
 
@@ -130,22 +148,47 @@ def instructions(sass: str) -> dict[tuple[str, str], list[tuple[int, str]]]:
     return kernels
 
 
+# A branch and its target: "BRA 0x...", "@P0 BRA 0x...", "BRA P1, 0x..." (taken when P1 is
+# also true), "BRA `(.L_x_3) 0x..."; not BRA.DIV (see divergence_fallbacks).
+BRANCH = re.compile(r"\bBRA(?:\.U)? (?:!?P\d, )?(?:`\(.*?\) )?0x([0-9a-f]+)")
+
+
 def opcode(text: str) -> str:
     return text.split()[1 if text.startswith("@") else 0].split(".")[0]
 
 
+def divergence_fallbacks(code: list[tuple[int, str]]) -> set[int]:
+    """Addresses of the out-of-line code that a ``BRA.DIV`` jumps to when the warp is not
+    converged (up to its branch back): the steady state, converged, never runs it."""
+    targets = {
+        int(m.group(1), 16) for _, t in code if (m := re.search(r"BRA\.DIV \S+ 0x([0-9a-f]+)", t))
+    }
+    fallback, inside = set(), False
+    for address, text in code:
+        inside = inside or address in targets
+        if inside:
+            fallback.add(address)
+            if opcode(text) == "BRA" and not text.startswith("@"):
+                inside = False
+    return fallback
+
+
 def loops(code: list[tuple[int, str]]) -> list[tuple[int, int]]:
     """(first, last) address of every loop: each backward branch and its target."""
-    found = set()
+    found, fallback = set(), divergence_fallbacks(code)
     for address, text in code:
-        branch = re.search(r"\bBRA (?:`\(.*?\) )?0x([0-9a-f]+)", text)
-        if branch and int(branch.group(1), 16) < address:
+        branch = BRANCH.search(text)
+        if branch and int(branch.group(1), 16) < address and address not in fallback:
             found.add((int(branch.group(1), 16), address))
     return sorted(found)
 
 
 def steady_state(code: list[tuple[int, str]], kind: str, spec: dict, dtype_bytes: int) -> dict:
-    """The steady-state loop of a kernel and the instructions per KB one pass executes."""
+    """The steady-state loop(s) of a kernel and the instructions per KB one pass executes.
+
+    A pass runs ``spec["loops"]`` loops once each (the ones with the most global accesses
+    outside their inner loops: the vertical and the horizontal scan when different warps run
+    them), each by ``spec["warps"]`` warps, and moves ``spec["cells"]`` cells of each map."""
     all_loops = loops(code)
 
     def inner_loops(outer):
@@ -164,41 +207,70 @@ def steady_state(code: list[tuple[int, str]], kind: str, spec: dict, dtype_bytes
     def global_accesses(loop):
         return sum(opcode(t) in ("LDG", "STG") for _, t in body(loop, inner_loops(loop)))
 
-    loop = max(all_loops, key=lambda candidate: (global_accesses(candidate), -candidate[0]))
-    inner = inner_loops(loop)
-    if len(inner) != len(spec["inner"]):
-        raise SystemExit(
-            f"{kind}: {len(inner)} inner loops in the SASS, {len(spec['inner'])} given"
-        )
-    path = longest_path(body(loop), loop, dict(zip(inner, spec["inner"], strict=True)))
-    executed = spec["warps"] * path
+    ranked = sorted(all_loops, key=lambda candidate: (-global_accesses(candidate), candidate[0]))
+    chosen = sorted(ranked[: spec.get("loops", 1)])
+    trips = iter(spec["inner"])
+    found, executed = [], 0
+    for loop in chosen:
+        inner = inner_loops(loop)
+        counts = {i: next(trips) for i in inner}
+        path = longest_path(body(loop), loop, counts, scalar_twins(body(loop)))
+        executed += spec["warps"] * path
+        mix: dict[str, int] = {}
+        for _, text in body(loop):
+            mix[opcode(text)] = mix.get(opcode(text), 0) + 1
+        found.append({
+            "range": [hex(loop[0]), hex(loop[1])],
+            "static_instructions": len(body(loop)),
+            "inner_loops": [
+                {"range": [hex(i[0]), hex(i[1])], "instructions": len(body(i)), "iterations": t}
+                for i, t in counts.items()
+            ],
+            "longest_path_per_warp": path,
+            "opcodes": dict(sorted(mix.items(), key=lambda item: -item[1])[:16]),
+        })  # fmt: skip
+    if next(trips, None) is not None:
+        raise SystemExit(f"{kind}: fewer inner loops in the SASS than given")
     kilobytes = spec["cells"] * MAPS_MOVED[kind] * dtype_bytes / 1024
-    mix: dict[str, int] = {}
-    for _, text in body(loop):
-        mix[opcode(text)] = mix.get(opcode(text), 0) + 1
     return {
-        "loop": [hex(loop[0]), hex(loop[1])],
-        "static_instructions": len(body(loop)),
-        "inner_loops": [
-            {"range": [hex(i[0]), hex(i[1])], "instructions": len(body(i)), "iterations": t}
-            for i, t in zip(inner, spec["inner"], strict=True)
-        ],
-        "longest_path_per_warp": path,
+        "steady_state_loops": found,
         "executed_warp_instructions_per_pass": executed,
         "kilobytes_moved_per_pass": kilobytes,
         "warp_instructions_per_kilobyte": round(executed / kilobytes, 1),
-        "opcodes": dict(sorted(mix.items(), key=lambda item: -item[1])[:16]),
+    }
+
+
+def scalar_twins(code: list[tuple[int, str]]) -> set[int]:
+    """Single-element loads and stores that have a vector twin (a 64- or 128-bit access from
+    the same address register): the path for rows that are not vector-aligned, which the
+    steady state does not take."""
+
+    def base(text):
+        found = re.search(r"\[(R\d+)\.64", text)
+        return found and found.group(1)
+
+    accesses = [(a, t) for a, t in code if opcode(t) in ("LDG", "STG")]
+    vector = {base(t) for _, t in accesses if re.search(r"\.(64|128) ", t.split("[")[0] + " ")}
+    return {
+        a
+        for a, t in accesses
+        if base(t) in vector and not re.search(r"\.(64|128) ", t.split("[")[0] + " ")
     }
 
 
 def longest_path(
-    code: list[tuple[int, str]], loop: tuple[int, int], inner: dict[tuple[int, int], int]
+    code: list[tuple[int, str]],
+    loop: tuple[int, int],
+    inner: dict[tuple[int, int], int],
+    untaken: set[int] = frozenset(),
 ) -> int:
     """Instructions on the longest path from the head of ``loop`` to its backward branch.
 
     Each instruction issues once (predicated ones too); an inner loop counts as its whole
-    body times its iterations. Taking the longer side of every branch follows the steady
-    state (both maps present, full tiles) wherever the code has cheaper special cases."""
+    body times its iterations; no path goes through the addresses in ``untaken``. Taking the
+    longer side of every branch follows the steady state (both maps present, full tiles)
+    wherever the code has cheaper special cases, and counts both sides of a branch that
+    divides the lanes of a warp, which a warp runs one after the other."""
     addresses = [address for address, _ in code]
     position = {address: i for i, address in enumerate(addresses)}
     best = [-math.inf] * (len(code) + 1)
@@ -217,9 +289,14 @@ def longest_path(
                 best[successor] = max(best[successor], best[i] + cost)
             i = last + 1
             continue
+        if address in untaken:  # no path goes through it
+            i += 1
+            continue
         successors = []
-        branch = re.search(r"\bBRA (?:`\(.*?\) )?0x([0-9a-f]+)", text)
-        unconditional = (branch and not text.startswith("@")) or opcode(text) in ("EXIT", "RET")
+        branch = BRANCH.search(text)
+        unconditional = (branch and not text.startswith("@") and ", 0x" not in text) or opcode(
+            text
+        ) in ("EXIT", "RET")
         if branch and int(branch.group(1), 16) in position:
             target = position[int(branch.group(1), 16)]
             if target > i:
@@ -249,13 +326,14 @@ def analyse(source: Path, version: dict) -> dict:
         report, sass = compile_kernel(source, Path(scratch))
     used, code = resources(report), instructions(sass)
     kernels = {}
-    for (kind, dtype), listing in sorted(code.items()):
+    for (kind, dtype, corner), listing in sorted(code.items()):
         dtype_bytes = next(size for name, size in DTYPES.values() if name == dtype)
         spec = version[kind]
-        kernels[f"{kind}_{dtype}"] = (
-            used[(kind, dtype)]
-            | occupancy(used[(kind, dtype)]["registers"], used[(kind, dtype)]["shared_bytes"],
-                        spec["warps"])
+        block_warps = version.get("block_warps", spec["warps"])
+        name = (kind, dtype, corner)
+        kernels["_".join(filter(None, name))] = (
+            used[name]
+            | occupancy(used[name]["registers"], used[name]["shared_bytes"], block_warps)
             | steady_state(listing, kind, spec, dtype_bytes)
         )  # fmt: skip
     return {"design": version["design"], "kernels": kernels}

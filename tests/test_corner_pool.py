@@ -514,10 +514,10 @@ def test_kernel_without_a_gpu_says_so():
 
 # --- The kernel against the reference ----------------------------------------------------
 
-# Shapes that reach every path of the kernel: one tile and one cell, partial strips and
-# chunks on each side of the 32-wide tiles (31, 32, 33, 64, 65), several strips and chunks
-# (the column carry between strips), single rows and columns, planes much larger than
-# shared memory.
+# Shapes that reach every path of the kernel: a row as wide as one 128-column chunk (the
+# training shape), one short of it and one past it; several chunks (the row carry between
+# them); widths that are and are not multiples of 4 (vector and single loads and stores); 31,
+# 32, 33, 64 and 65 rows and columns (the 32-lane groups); single rows and columns.
 KERNEL_SHAPES = [
     (2, 3, 5, 7),
     (1, 2, 32, 32),
@@ -527,9 +527,12 @@ KERNEL_SHAPES = [
     (1, 1, 65, 64),
     (2, 2, 33, 65),
     (1, 3, 70, 100),
+    (1, 2, 9, 127),
+    (5, 1, 9, 128),
+    (1, 2, 9, 129),
     (1, 1, 1, 300),
     (1, 1, 300, 1),
-    (1, 2, 200, 300),
+    (1, 2, 40, 520),
 ]
 
 
@@ -581,6 +584,27 @@ def test_kernel_single_direction_equals_the_reference_and_is_deterministic(backe
         assert torch.equal(pool(x.cuda(), direction).cpu(), expected[0])  # automatic choice
 
 
+@pytest.mark.claim("pool-cuda-equivalence")
+@pytest.mark.parametrize("backend", KERNELS)
+def test_kernel_handles_maps_that_start_off_a_vector_boundary(backend):
+    """Contiguous maps that start one element into their storage (as views do): rows of 128
+    whose first element is not 16-byte aligned must take the single-element path."""
+    generator = torch.Generator().manual_seed(7)
+    shape = (2, 2, 9, 128)
+    storage = torch.randint(0, 3, (2, math.prod(shape) + 1), generator=generator).float()
+    grad = torch.randn(storage.shape[1], generator=generator).to(device_of(backend))[1:]
+    grad = grad.view(shape)
+    for direction, row in (("top", storage[0]), ("right", storage[1])):
+        expected = pool_with_grad(row[1:].view(shape), direction, grad.cpu(), "reference")
+        leaf = row.to(device_of(backend), copy=True).requires_grad_()
+        x = leaf[1:].view(shape)
+        assert x.is_contiguous() and x.data_ptr() % 16 != 0 and grad.data_ptr() % 16 != 0
+        out = pool_with(backend, x, direction)
+        out.backward(grad)
+        assert same_bits(out.detach(), expected[0])
+        assert same_bits(leaf.grad[1:].view(shape), expected[1]) and leaf.grad[0] == 0
+
+
 @pytest.mark.parametrize("backend", KERNELS)
 def test_kernel_refuses_a_second_derivative(backend):
     """The backward is a kernel: differentiating it again must fail loudly, not treat the
@@ -593,20 +617,32 @@ def test_kernel_refuses_a_second_derivative(backend):
 
 
 @pytest.mark.parametrize(
-    ("planes", "message"), [(0, "at least 1"), (2**31, "2^31 - 1 planes")], ids=["0", "2^31"]
+    ("sizes", "message"),
+    [
+        ((0, 4, 4), "at least 1"),
+        ((2**31, 4, 4), "2^31 - 1 planes"),
+        ((1, 2**31 - 1, 1), "2^31 - 257 values"),  # H within 31 of 2^31 - 1
+        ((1, 1, 2**31 - 20), "2^31 - 257 values"),
+        ((1, 2**16, 2**15), "2^31 - 257 values"),
+    ],
+    ids=str,
 )
-def test_kernel_launch_rejects_a_grid_cuda_cannot_run(planes, message):
-    """The launch checks the sizes before it runs anything (so null pointers are safe)."""
+def test_kernel_launch_rejects_sizes_it_cannot_run(sizes, message):
+    """The launch checks the sizes before it runs anything (so null pointers are safe), and
+    says what is wrong instead of silently writing nothing."""
     library = emulated().library
-    error = library.corner_pool_forward(0, None, None, None, planes, 4, 4, False)
-    assert error is not None and message in error.decode()
+    for launch in (library.corner_pool_forward, library.corner_pool_backward):
+        pointers = [None] * (3 if launch is library.corner_pool_forward else 5)
+        error = launch(0, *pointers, *sizes, False)
+        assert error is not None and message in error.decode()
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-def test_cuda_kernel_pools_a_column_of_2_31_minus_1_rows():
-    """H within 31 of 2^31 - 1: the number of tiles must not overflow (4 GiB per map)."""
-    height = 2**31 - 1
+def test_cuda_kernel_pools_the_tallest_column_it_accepts():
+    """H = 2^31 - 257, the largest plane the 32-bit offsets allow: the counts of chunks and
+    rows must not overflow (4 GiB per map in float16)."""
+    height = 2**31 - 257
     x = torch.zeros(1, 1, height, 1, dtype=torch.float16, device="cuda")
     x[0, 0, 1000] = 1
     x[0, 0, height - 5] = 2

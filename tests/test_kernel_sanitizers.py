@@ -1,9 +1,11 @@
 """The CPU build of the corner pooling kernel under ThreadSanitizer and UndefinedBehaviorSanitizer.
 
-The threads of an emulated block really run at the same time (``kernel_emulation.py``), so a
-missing ``__syncthreads()`` is a data race that ThreadSanitizer reports, whether or not the
-result happens to come out right. UndefinedBehaviorSanitizer reports signed overflows,
-out-of-range shifts and indices into fixed-size arrays. Each sanitizer runs the program
+The threads of an emulated block really run at the same time (``kernel_emulation.py``), so
+two threads that write one value, or a missing synchronisation, is a data race that
+ThreadSanitizer reports, whether or not the result happens to come out right.
+UndefinedBehaviorSanitizer reports signed overflows, out-of-range shifts, misaligned accesses
+(a vector load from an address that is not a multiple of its size) and indices into
+fixed-size arrays. Each sanitizer runs the program
 ``cuda/emulation/sanitize.cpp`` on a few shapes (several strips and chunks, the column
 carry, partial tiles), and must report nothing; a copy of the kernel altered on purpose
 checks that each of them does report.
@@ -21,9 +23,9 @@ from pathlib import Path
 import kernel_emulation
 import pytest
 
-# planes x height x width: partial tiles on both sides, several strips and chunks (the column
-# carry), one row, one column.
-SHAPES = ["2x33x65", "1x70x40", "1x1x40", "1x40x1"]
+# planes x height x width: 33 rows (two groups of 32 lanes) and single loads (65 columns),
+# vector rows of one chunk, of several (the row carry).
+SHAPES = ["2x33x65", "1x35x128", "1x5x260"]
 OPTIONS = {
     "thread": {"TSAN_OPTIONS": "halt_on_error=1 exitcode=66"},
     "undefined": {"UBSAN_OPTIONS": "halt_on_error=1 print_stacktrace=1"},
@@ -65,21 +67,26 @@ def test_sanitizer_reports_nothing(variant):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_thread_sanitizer_catches_a_missing_syncthreads(tmp_path):
-    """Without the barrier between the scans and the store of the forward, threads read
-    the shared tiles while others still write them: a race, reported."""
-    source = altered_copy(tmp_path, r"^\s*__syncthreads\(\);\s*// both scans are done$", "")
-    result = run(sanitized_program("thread", source), "thread", SHAPES[:1])
+def test_thread_sanitizer_catches_two_threads_writing_one_row(tmp_path):
+    """The kernels have no barrier to forget: each warp works alone, and each gradient has
+    one owner. Give one row of the horizontal backward to two lanes, and both write it: a
+    race, reported (the threads of an emulated block really run at once)."""
+    source = altered_copy(
+        tmp_path,
+        r"for \(int row = lane; row < height; row \+= WARP\)",
+        "for (int row = lane / 2; row < height; row += WARP)",
+    )
+    result = run(sanitized_program("thread", source), "thread", ["1x3x8"])
     assert REPORTS["thread"] in result.stderr and result.returncode != 0
 
 
-def test_undefined_behaviour_sanitizer_catches_an_index_past_a_tile(tmp_path):
-    """One step too many in the forward's column scan reads row 32 of a 32-row shared tile:
-    an index past the array, reported."""
+def test_undefined_behaviour_sanitizer_catches_an_index_past_a_vector(tmp_path):
+    """One step too many when a loaded vector is widened reads past its VEC values: an index
+    past the array, reported."""
     source = altered_copy(
         tmp_path,
-        r"(for \(int r = 0; r )<( tile\.rows; \+\+r\) \{\n\s*const Acc value = a_tile\[r\]\[c\];)",
-        r"\1<=\2",
+        r"for \(int j = 0; j < VEC; \+\+j\) (values\[j\] = static_cast<Acc>\(loaded)",
+        r"for (int j = 0; j <= VEC; ++j) \1",
     )
-    result = run(sanitized_program("undefined", source), "undefined", SHAPES[:1])
+    result = run(sanitized_program("undefined", source), "undefined", ["1x3x128"])
     assert REPORTS["undefined"] in result.stderr and result.returncode != 0

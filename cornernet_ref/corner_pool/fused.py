@@ -1,17 +1,19 @@
 """The fused CUDA kernel of corner pooling: one pass computes a whole corner pool.
 
-For each (image, channel) plane, one thread block reads the two maps once, in 32 x 32 tiles,
-runs the vertical and the horizontal scan on each tile in shared memory and writes their
-sum: three tensors of traffic, the minimum for this operation. The backward pass reads the
-two maps and the output gradient and writes both input gradients, with the tie rule of the
-reference and the same order of additions, without atomics. The source,
-``cuda/corner_pool.cu``, is commented for readers new to CUDA; ``cuda/binding.cpp`` is its
-PyTorch binding.
+For each (image, channel) plane, one warp reads the two maps once, row by row in vectors of 4
+numbers, keeps the vertical running maxima in registers, scans each row across its lanes
+with shuffles and writes the sum: three tensors of traffic, the minimum for this operation.
+The backward pass reads the two maps and the output gradient and writes both input
+gradients, with the tie rule of the reference and the same order of additions, without
+atomics. The source, ``cuda/corner_pool.cu``, is commented for readers new to CUDA;
+``cuda/binding.cpp`` is its PyTorch binding. The same source also builds for the CPU
+(``cuda/emulation``), which is how the tests check it on machines without a GPU.
 
 The extension is compiled on first use by ``torch.utils.cpp_extension.load`` (nvcc and
 ninja; a minute or so) into PyTorch's extension cache (``$TORCH_EXTENSIONS_DIR``, by
 default ``~/.cache/torch_extensions``), and loaded from there afterwards. Supported dtypes:
-float32, float64, float16, bfloat16; any size; any layout (inputs are made contiguous).
+float32, float64, float16, bfloat16; planes of up to 2^31 - 257 values; any layout (inputs
+are made contiguous).
 """
 
 from __future__ import annotations

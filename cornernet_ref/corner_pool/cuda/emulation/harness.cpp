@@ -1,7 +1,7 @@
 // C entry points to the kernels of corner_pool.cu built for the CPU (see cuda_runtime.h in this
 // folder), for the tests: tests/kernel_emulation.py loads them with ctypes, and the sanitizer
 // program (sanitize.cpp) links them. They do what binding.cpp does for PyTorch, minus the
-// tensors: allocate the carry buffers and call launch_forward / launch_backward.
+// tensors: allocate the forward's row carry and call launch_forward / launch_backward.
 //
 // dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16. A map that is absent is nullptr.
 // Returns nullptr, or the error message of the launch.
@@ -17,26 +17,19 @@ template <typename T>
 const char* forward(const void* a, const void* b, void* out, int64_t planes, int height,
                     int width, bool reverse) {
   using Acc = typename Accumulate<T>::type;
-  const bool carry = corner_pool::needs_column_carry(a != nullptr, width);
-  std::vector<Acc> column_carry(carry ? planes * width : 0);
+  const bool carry = corner_pool::needs_row_carry(b != nullptr, width);
+  std::vector<Acc> row_carry(carry ? planes * height : 0);
   return corner_pool::launch_forward<T>(static_cast<const T*>(a), static_cast<const T*>(b),
-                                        static_cast<T*>(out), carry ? column_carry.data() : nullptr,
+                                        static_cast<T*>(out), carry ? row_carry.data() : nullptr,
                                         planes, height, width, reverse, nullptr);
 }
 
 template <typename T>
 const char* backward(const void* a, const void* b, const void* grad_out, void* grad_a,
                      void* grad_b, int64_t planes, int height, int width, bool reverse) {
-  using Acc = typename Accumulate<T>::type;
-  const bool carry = corner_pool::needs_column_carry(a != nullptr, width);
-  const size_t slots = carry ? planes * width : 0;
-  std::vector<Acc> carry_best(slots), carry_sum(slots);
-  std::vector<int32_t> carry_at(slots);
   return corner_pool::launch_backward<T>(
       static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(grad_out),
-      static_cast<T*>(grad_a), static_cast<T*>(grad_b), carry ? carry_best.data() : nullptr,
-      carry ? carry_at.data() : nullptr, carry ? carry_sum.data() : nullptr, planes, height,
-      width, reverse, nullptr);
+      static_cast<T*>(grad_a), static_cast<T*>(grad_b), planes, height, width, reverse, nullptr);
 }
 
 }  // namespace

@@ -5,8 +5,9 @@
 //
 //   sanitize PLANESxHEIGHTxWIDTH ...
 //
-// For each shape: float32 and bfloat16, both corners, both maps and each map alone, forward
-// and backward, on integer maps full of ties. Every output starts as NaN and the inputs hold
+// For each shape: float32 and bfloat16, both corners, both maps and each map alone, and both
+// maps starting one element off a vector boundary; forward and backward, on integer maps
+// full of ties. Every output starts as NaN and the inputs hold
 // none, so an output left unwritten is caught too. Exit status 0 when all went well.
 #include <cmath>
 #include <cstdint>
@@ -37,23 +38,25 @@ template <typename T>
 bool run(int dtype, int64_t planes, int height, int width, std::mt19937& random) {
   const size_t count = planes * height * width;
   std::uniform_int_distribution<int> tie(0, 3), gradient(-4, 4);
-  std::vector<T> a(count), b(count), grad(count);
-  for (size_t i = 0; i < count; ++i) {
+  // One value more than needed: the inputs start at element 0 (aligned) or 1 (not).
+  std::vector<T> a(count + 1), b(count + 1), grad(count + 1);
+  for (size_t i = 0; i <= count; ++i) {
     a[i] = static_cast<T>(tie(random));
     b[i] = static_cast<T>(tie(random));
     grad[i] = static_cast<T>(gradient(random));
   }
   bool ok = true;
   for (const bool reverse : {true, false}) {
-    for (const int maps : {0, 1, 2}) {  // both, a alone, b alone
-      const T* a_in = maps == 2 ? nullptr : a.data();
-      const T* b_in = maps == 1 ? nullptr : b.data();
+    for (const int maps : {0, 1, 2, 3}) {  // both, a alone, b alone, both off alignment
+      const size_t shift = maps == 3 ? 1 : 0;
+      const T* a_in = maps == 2 ? nullptr : a.data() + shift;
+      const T* b_in = maps == 1 ? nullptr : b.data() + shift;
       const T nan = static_cast<T>(NAN);
       std::vector<T> out(count, nan), grad_a(a_in ? count : 0, nan), grad_b(b_in ? count : 0, nan);
       const char* error =
           corner_pool_forward(dtype, a_in, b_in, out.data(), planes, height, width, reverse);
       if (error == nullptr)
-        error = corner_pool_backward(dtype, a_in, b_in, grad.data(),
+        error = corner_pool_backward(dtype, a_in, b_in, grad.data() + shift,
                                      a_in ? grad_a.data() : nullptr,
                                      b_in ? grad_b.data() : nullptr, planes, height, width,
                                      reverse);
