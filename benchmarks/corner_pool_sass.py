@@ -64,13 +64,14 @@ VERSIONS: dict[str, dict] = {
     "after": {
         "commit": None,
         "block_warps": 4,
-        "design": "no shared memory: forward, one warp per plane, a pass is one row of a "
-        "128-column chunk (lane l: 4 columns, one vector load per map; vertical scan in "
-        "registers, horizontal by 5 shuffle steps); backward, one warp per plane for each "
-        "gradient, a pass is one row step of the vertical warp (4 columns per lane) and one "
-        "column step of the horizontal warp (lane l: row l, 4 columns)",
-        "forward": {"cells": 128, "warps": 1, "inner": []},
-        "backward": {"cells": 128, "warps": 1, "loops": 2, "inner": []},
+        "design": "no shared memory: forward, one warp per plane, a pass is 4 rows of a "
+        "128-column chunk (lane l: 4 columns, one vector load per map and row, the loads of "
+        "the 4 rows first; vertical scan in registers, horizontal by 5 shuffle steps); "
+        "backward, one warp per plane for each gradient, a pass is 4 row steps of the "
+        "vertical warp (4 columns per lane) and 4 column steps of the horizontal warp "
+        "(lane l: row l, 4 columns a step)",
+        "forward": {"cells": 512, "warps": 1, "inner": []},
+        "backward": {"cells": 512, "warps": 1, "loops": 2, "inner": []},
     },
 }
 

@@ -28,7 +28,9 @@
 // Forward: one warp per plane
 // ---------------------------
 // Lane l owns the VEC = 4 consecutive columns 4l .. 4l + 3 of a 128-column *chunk* and walks
-// the rows in scan order. For each row it loads its 4 values of a and of b:
+// the rows in scan order, AHEAD = 4 rows at a time: first the loads of the 4 rows, then their
+// scans, so that each warp has several rows on their way from memory. For each row it has
+// its 4 values of a and of b:
 //
 //   vertical   (a): the running maximum of each of its 4 columns stays in its registers;
 //   horizontal (b): the row's running maximum is a *scan across the warp*: each lane scans its
@@ -82,6 +84,7 @@ namespace {
 constexpr int WARP = 32;
 constexpr int VEC = CHUNK / WARP;  // consecutive columns per lane (4)
 constexpr int WARPS = 4;           // warps per block
+constexpr int AHEAD = 4;           // rows (or vectors) a lane loads before it uses the first
 constexpr int THREADS = WARPS * WARP;
 constexpr unsigned int ALL_LANES = 0xffffffffu;
 
@@ -231,34 +234,47 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
     for (int j = 0; j < VEC; ++j) column_max[j] = neutral<Acc>();
 
-    // Rows in scan order; `offset` is this lane's first cell in the row, inside the plane.
-    for (int step = 0; step < height; ++step) {
-      const int row = Reverse ? height - 1 - step : step;
-      const int offset = row * width + first;
-      Acc pooled[VEC] = {};
-      if (a != nullptr) {
-        Acc values[VEC];
-        load(a, offset, count, vector, values);
+    // Rows in scan order, AHEAD at a time: first the loads of all of them, so that they
+    // travel from memory together (a load does not wait for its value; the instruction
+    // that uses the value does), then the scans. `offset`: the lane's first cell of a row.
+    for (int first_step = 0; first_step < height; first_step += AHEAD) {
+      Acc a_rows[AHEAD][VEC], b_rows[AHEAD][VEC];
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-          column_max[j] = first_max(column_max[j], values[j]);
-          pooled[j] = column_max[j];
+      for (int r = 0; r < AHEAD; ++r) {
+        const int step = min(first_step + r, height - 1);  // past the end: the last row again
+        const int offset = (Reverse ? height - 1 - step : step) * width + first;
+        if (a != nullptr) load(a, offset, count, vector, a_rows[r]);
+        if (b != nullptr) load(b, offset, count, vector, b_rows[r]);
+      }
+#pragma unroll
+      for (int r = 0; r < AHEAD; ++r) {
+        const int step = first_step + r;
+        if (step >= height) break;
+        const int row = Reverse ? height - 1 - step : step;
+        const int offset = row * width + first;
+        Acc pooled[VEC] = {};
+        if (a != nullptr) {
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) {
+            column_max[j] = first_max(column_max[j], a_rows[r][j]);
+            pooled[j] = column_max[j];
+          }
         }
-      }
-      if (b != nullptr) {
-        Acc values[VEC];
-        load(b, offset, count, vector, values);
-        // A wide plane: the row's maximum over the chunks before, kept by the lane that
-        // starts the scan of each chunk (so it reads what it wrote itself).
-        const bool starts = lane == (Reverse ? WARP - 1 : 0);
-        const Acc before = starts && k > 0 ? carry[row] : neutral<Acc>();
-        const Acc row_max = scan_row<Reverse>(values, before, lane);
-        if (starts && k + 1 < chunks) carry[row] = row_max;
+        if (b != nullptr) {
+          Acc (&values)[VEC] = b_rows[r];
+          // A wide plane: the row's maximum over the chunks before, kept by the lane that
+          // starts the scan of each chunk (so it reads what it wrote itself).
+          const bool starts = lane == (Reverse ? WARP - 1 : 0);
+          const Acc before = starts && k > 0 ? carry[row] : neutral<Acc>();
+          const Acc row_max = scan_row<Reverse>(values, before, lane);
+          if (starts && k + 1 < chunks) carry[row] = row_max;
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) pooled[j] = a == nullptr ? values[j] : pooled[j] + values[j];
+          for (int j = 0; j < VEC; ++j)
+            pooled[j] = a == nullptr ? values[j] : pooled[j] + values[j];
+        }
+        // out = top + left, computed in Acc and rounded once to T, as PyTorch rounds a + b.
+        store(out, offset, count, vector, pooled);
       }
-      // out = top + left, computed in Acc and rounded once to T, as PyTorch rounds a + b.
-      store(out, offset, count, vector, pooled);
     }
   }
 }
@@ -301,15 +317,25 @@ __device__ void backward_columns(const T* __restrict__ a, const T* __restrict__ 
     Run<Acc> runs[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) runs[j] = {0, -1, 0};
-    for (int step = 0; step < height; ++step) {
-      const int offset = (Reverse ? height - 1 - step : step) * width + column;
-      Acc values[VEC], grads[VEC];
-      load(a, offset, count, vector, values);
-      load(grad_out, offset, count, vector, grads);
-      store(grad_a, offset, count, vector, zeros);  // not a maximum, unless a run says so later
+    for (int first_step = 0; first_step < height; first_step += AHEAD) {  // as the forward
+      Acc values[AHEAD][VEC], grads[AHEAD][VEC];
 #pragma unroll
-      for (int j = 0; j < VEC; ++j)
-        if (j < count) runs[j].step(values[j], grads[j], offset + j, grad_a);
+      for (int r = 0; r < AHEAD; ++r) {
+        const int step = min(first_step + r, height - 1);
+        const int offset = (Reverse ? height - 1 - step : step) * width + column;
+        load(a, offset, count, vector, values[r]);
+        load(grad_out, offset, count, vector, grads[r]);
+      }
+#pragma unroll
+      for (int r = 0; r < AHEAD; ++r) {
+        const int step = first_step + r;
+        if (step >= height) break;
+        const int offset = (Reverse ? height - 1 - step : step) * width + column;
+        store(grad_a, offset, count, vector, zeros);  // not a maximum, unless a run says so
+#pragma unroll
+        for (int j = 0; j < VEC; ++j)
+          if (j < count) runs[j].step(values[r][j], grads[r][j], offset + j, grad_a);
+      }
     }
 #pragma unroll
     for (int j = 0; j < VEC; ++j)
@@ -328,17 +354,28 @@ __device__ void backward_rows(const T* __restrict__ b, const T* __restrict__ gra
   const int vectors = ceil_div(width, VEC);
   for (int row = lane; row < height; row += WARP) {
     Run<Acc> run{0, -1, 0};
-    for (int v = 0; v < vectors; ++v) {
-      const int column = (Reverse ? vectors - 1 - v : v) * VEC;
-      const int count = min(VEC, width - column), offset = row * width + column;
-      Acc values[VEC], grads[VEC];
-      load(b, offset, count, vector, values);
-      load(grad_out, offset, count, vector, grads);
-      store(grad_b, offset, count, vector, zeros);
+    for (int first_v = 0; first_v < vectors; first_v += AHEAD) {  // AHEAD vectors at a time
+      Acc values[AHEAD][VEC], grads[AHEAD][VEC];
 #pragma unroll
-      for (int step = 0; step < VEC; ++step) {
-        const int j = Reverse ? VEC - 1 - step : step;
-        if (j < count) run.step(values[j], grads[j], offset + j, grad_b);
+      for (int r = 0; r < AHEAD; ++r) {
+        const int v = min(first_v + r, vectors - 1);
+        const int column = (Reverse ? vectors - 1 - v : v) * VEC;
+        const int count = min(VEC, width - column), offset = row * width + column;
+        load(b, offset, count, vector, values[r]);
+        load(grad_out, offset, count, vector, grads[r]);
+      }
+#pragma unroll
+      for (int r = 0; r < AHEAD; ++r) {
+        const int v = first_v + r;
+        if (v >= vectors) break;
+        const int column = (Reverse ? vectors - 1 - v : v) * VEC;
+        const int count = min(VEC, width - column), offset = row * width + column;
+        store(grad_b, offset, count, vector, zeros);
+#pragma unroll
+        for (int step = 0; step < VEC; ++step) {
+          const int j = Reverse ? VEC - 1 - step : step;
+          if (j < count) run.step(values[r][j], grads[r][j], offset + j, grad_b);
+        }
       }
     }
     grad_b[run.at] = static_cast<T>(run.sum);  // the last run of the row
