@@ -15,7 +15,7 @@
 // at which it moves bytes, and the limit is the memory bandwidth only if the warps issue few
 // enough instructions per byte. The kernels below are written for that: every warp works on
 // its own, without shared memory or __syncthreads(); each lane loads and stores whole vectors;
-// addresses inside a plane are 32-bit offsets that grow by one row at a time.
+// addresses inside a plane are 32-bit offsets, computed once per row.
 //
 // What is computed
 // ----------------
