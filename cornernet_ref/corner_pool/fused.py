@@ -1,17 +1,19 @@
 """The fused CUDA kernel of corner pooling: one pass computes a whole corner pool.
 
-For each (image, channel) plane, one thread block reads the two maps once, in 32 x 32 tiles,
-runs the vertical and the horizontal scan on each tile in shared memory and writes their
-sum: three tensors of traffic, the minimum for this operation. The backward pass reads the
-two maps and the output gradient and writes both input gradients, with the tie rule of the
-reference and the same order of additions, without atomics. The source,
-``cuda/corner_pool.cu``, is commented for readers new to CUDA; ``cuda/binding.cpp`` is its
-PyTorch binding.
+For each (image, channel) plane, one warp reads the two maps once, row by row in vectors of 4
+numbers, keeps the vertical running maxima in registers, scans each row across its lanes
+with shuffles and writes the sum: three tensors of traffic, the minimum for this operation.
+The backward pass reads the two maps and the output gradient and writes both input
+gradients, with the tie rule of the reference and the same order of additions, without
+atomics. The source, ``cuda/corner_pool.cu``, is commented for readers new to CUDA;
+``cuda/binding.cpp`` is its PyTorch binding. The same source also builds for the CPU
+(``cuda/emulation``), which is how the tests check it on machines without a GPU.
 
 The extension is compiled on first use by ``torch.utils.cpp_extension.load`` (nvcc and
 ninja; a minute or so) into PyTorch's extension cache (``$TORCH_EXTENSIONS_DIR``, by
 default ``~/.cache/torch_extensions``), and loaded from there afterwards. Supported dtypes:
-float32, float64, float16, bfloat16; any size; any layout (inputs are made contiguous).
+float32, float64, float16, bfloat16; planes of up to 2^31 - 257 values; any layout (inputs
+are made contiguous).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 SOURCE_DIR = Path(__file__).resolve().parent / "cuda"
 SOURCES = (SOURCE_DIR / "binding.cpp", SOURCE_DIR / "corner_pool.cu")
@@ -78,38 +81,66 @@ def load_extension() -> ModuleType:
     raise RuntimeError(_build_error)
 
 
-class FusedCornerPool(torch.autograd.Function):
-    """Autograd function around the kernels: ``V(a) + H(b)``, either map may be None."""
+class CudaKernels:
+    """The kernels of the compiled extension, run on the current CUDA stream.
 
-    @staticmethod
-    def forward(ctx, a: Tensor | None, b: Tensor | None, reverse: bool) -> Tensor:
-        extension = load_extension()
+    :class:`FusedCornerPool` takes any object with these two methods; the tests pass the
+    CPU build of the same source (``tests/kernel_emulation.py``).
+    """
+
+    def forward(self, a: Tensor | None, b: Tensor | None, reverse: bool) -> Tensor:
+        """``V(a) + H(b)`` (either map may be None), contiguous."""
         present = a if a is not None else b
         stream = torch.cuda.current_stream(present.device).cuda_stream
-        ctx.save_for_backward(a, b)
-        ctx.reverse = reverse
-        return extension.forward(a, b, reverse, stream)
+        return load_extension().forward(a, b, reverse, stream)
+
+    def backward(
+        self, a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """``(grad_a, grad_b)`` from the output gradient; None for an absent map."""
+        stream = torch.cuda.current_stream(grad.device).cuda_stream
+        return tuple(load_extension().backward(a, b, grad, reverse, stream))
+
+
+CUDA_KERNELS = CudaKernels()
+
+
+class FusedCornerPool(torch.autograd.Function):
+    """Autograd function around the kernels: ``V(a) + H(b)``, either map may be None.
+
+    The backward is a kernel, not a graph of differentiable operations: a second derivative
+    through it (``create_graph=True``, then backward again) raises an error instead of
+    silently treating the gradient as a constant.
+    """
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    def forward(
+        ctx, a: Tensor | None, b: Tensor | None, reverse: bool, kernels: CudaKernels
+    ) -> Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.reverse, ctx.kernels = reverse, kernels
+        return kernels.forward(a, b, reverse)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         a, b = ctx.saved_tensors
         # Skip the scan of a map whose gradient nobody needs.
         a = a if ctx.needs_input_grad[0] else None
         b = b if ctx.needs_input_grad[1] else None
         if a is None and b is None:
-            return None, None, None
-        stream = torch.cuda.current_stream(grad.device).cuda_stream
-        grad_a, grad_b = load_extension().backward(a, b, grad, ctx.reverse, stream)
-        return grad_a, grad_b, None
+            return None, None, None, None
+        grad_a, grad_b = ctx.kernels.backward(a, b, grad, ctx.reverse)
+        return grad_a, grad_b, None, None
 
 
-def pool(x: Tensor, direction: str) -> Tensor:
+def pool(x: Tensor, direction: str, kernels: CudaKernels = CUDA_KERNELS) -> Tensor:
     """One pooling direction of a CUDA ``(B, C, H, W)`` tensor with the fused kernel."""
     which, reverse = KERNEL_DIRECTIONS[direction]
     maps = (x, None) if which == 0 else (None, x)
-    return FusedCornerPool.apply(*maps, reverse)
+    return FusedCornerPool.apply(*maps, reverse, kernels)
 
 
-def corner_pool(a: Tensor, b: Tensor, corner: str) -> Tensor:
+def corner_pool(a: Tensor, b: Tensor, corner: str, kernels: CudaKernels = CUDA_KERNELS) -> Tensor:
     """``top(a) + left(b)`` (``"tl"``) or ``bottom(a) + right(b)`` (``"br"``), fused."""
-    return FusedCornerPool.apply(a, b, KERNEL_CORNERS[corner])
+    return FusedCornerPool.apply(a, b, KERNEL_CORNERS[corner], kernels)

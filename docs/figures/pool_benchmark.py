@@ -56,6 +56,7 @@ def draw(ax: plt.Axes, report: dict) -> None:
 
 def main(out: Path) -> None:
     reports = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("corner_pool_*.json"))]
+    reports = [report for report in reports if report["benchmark"] == "corner_pool"]  # timings
     if not reports:
         raise FileNotFoundError(
             f"no corner_pool_*.json in {RESULTS}: run benchmarks/corner_pool.py"

@@ -1,5 +1,5 @@
 // PyTorch binding of the corner pooling kernels (corner_pool.cu): checks the tensors, makes
-// them contiguous, allocates the outputs and the carry buffers, picks the kernel for the
+// them contiguous, allocates the outputs and the forward's row carry, picks the kernel for the
 // dtype. It includes no CUDA header, so it compiles against any PyTorch build; the caller
 // passes the CUDA stream to run on (torch.cuda.current_stream().cuda_stream).
 #include <torch/extension.h>
@@ -58,15 +58,16 @@ at::Tensor forward(const MaybeTensor& a, const MaybeTensor& b, bool reverse, int
   if (out.numel() == 0) return out;
   const int64_t planes = map.size(0) * map.size(1);
   const int height = map.size(2), width = map.size(3);
-  at::Tensor column_carry;
-  if (width > corner_pool::TILE && a_in.defined()) {
-    column_carry = at::empty({planes, width}, map.options().dtype(accumulation_type(map.scalar_type())));
+  at::Tensor row_carry;
+  if (corner_pool::needs_row_carry(b_in.defined(), width)) {
+    const auto options = map.options().dtype(accumulation_type(map.scalar_type()));
+    row_carry = at::empty({planes, height}, options);
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, map.scalar_type(), "corner_pool_forward", [&] {
     using Acc = typename corner_pool::Accumulate<scalar_t>::type;
     check_launch(corner_pool::launch_forward<scalar_t>(
         pointer<scalar_t>(a_in), pointer<scalar_t>(b_in), out.data_ptr<scalar_t>(),
-        pointer<Acc>(column_carry), planes, height, width, reverse,
+        pointer<Acc>(row_carry), planes, height, width, reverse,
         reinterpret_cast<void*>(stream)));
   });
   return out;
@@ -87,19 +88,10 @@ std::vector<at::Tensor> backward(const MaybeTensor& a, const MaybeTensor& b,
   if (grad.numel() == 0) return {grad_a, grad_b};
   const int64_t planes = map.size(0) * map.size(1);
   const int height = map.size(2), width = map.size(3);
-  at::Tensor carry_best, carry_at, carry_sum;
-  if (width > corner_pool::TILE && a_in.defined()) {
-    const auto options = map.options().dtype(accumulation_type(map.scalar_type()));
-    carry_best = at::empty({planes, width}, options);
-    carry_sum = at::empty({planes, width}, options);
-    carry_at = at::empty({planes, width}, map.options().dtype(at::kInt));
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, map.scalar_type(), "corner_pool_backward", [&] {
-    using Acc = typename corner_pool::Accumulate<scalar_t>::type;
     check_launch(corner_pool::launch_backward<scalar_t>(
         pointer<scalar_t>(a_in), pointer<scalar_t>(b_in), grad.data_ptr<scalar_t>(),
-        pointer<scalar_t>(grad_a), pointer<scalar_t>(grad_b), pointer<Acc>(carry_best),
-        pointer<int32_t>(carry_at), pointer<Acc>(carry_sum), planes, height, width, reverse,
+        pointer<scalar_t>(grad_a), pointer<scalar_t>(grad_b), planes, height, width, reverse,
         reinterpret_cast<void*>(stream)));
   });
   return {grad_a, grad_b};

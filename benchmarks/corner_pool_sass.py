@@ -1,0 +1,374 @@
+"""A proxy for the speed of the corner pooling kernel that needs no GPU: its machine code.
+
+Corner pooling moves bytes and does almost no arithmetic, so the kernel reaches the memory
+bandwidth only if its warps issue few enough instructions per byte. This script compiles
+``cornernet_ref/corner_pool/cuda/corner_pool.cu`` for the H100/H200 (sm_90) with the flags of
+CI, disassembles it (``cuobjdump -sass``) and reports, for each kernel and dtype:
+
+* from ``ptxas -v``: registers per thread, shared memory per block, and the occupancy they
+  allow (resident warps per SM, from the sm_90 limits below);
+* from the SASS: the *steady-state loop*, the loop whose body (outside its own inner loops)
+  holds the most global loads and stores, and the warp instructions one pass of it executes,
+  per KB the pass moves between the kernel and global memory (3 maps forward, 5 backward).
+
+How a pass is counted. Every instruction of the loop body counts once per warp that runs the
+pass; an instruction of an inner loop counts once per inner iteration, by the warps that run
+that inner loop (both given per kernel version in ``VERSIONS``, read off its design). Both
+sides of every branch inside the loop count, as do code paths for an absent map that the
+steady state does not take: the figure is an upper bound of what a warp issues. It is a
+proxy, not a speed: latency, occupancy and the memory system decide the rest, and only a GPU
+measures those (``benchmarks/corner_pool.py``).
+
+    python benchmarks/corner_pool_sass.py      # writes benchmarks/results/corner_pool_sass.json
+
+The versions compared are a git commit of the kernel (``"before"``) and the working tree.
+Needs nvcc, and cuobjdump with nvdisasm (the ``nvidia-cuda-cuobjdump`` and
+``nvidia-cuda-nvdisasm`` wheels provide them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from report import RESULTS, header, write_result
+from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL = Path("cornernet_ref/corner_pool/cuda/corner_pool.cu")
+ARCH = "sm_90"
+DTYPES = {"IfE": ("float32", 4), "IN3c108BFloat16EE": ("bfloat16", 2)}  # mangled -> name, bytes
+MAPS_MOVED = {"forward": 3, "backward": 5}  # read a, b (and grad_out); write out (or 2 grads)
+# sm_90 limits per SM: registers, shared memory (bytes, 1 KB of it reserved per block),
+# threads, warps, blocks; registers are allocated per warp in units of 256.
+SM_REGISTERS, SM_SHARED, SM_THREADS, SM_BLOCKS = 65536, 233472, 2048, 32
+
+# What a pass of each version's steady-state loop covers: the cells of each map it moves, the
+# warps of a block that run it, and for each inner loop (in address order) its iterations
+# per pass and the warps that run it.
+VERSIONS: dict[str, dict] = {
+    "before": {
+        "commit": "2493d69",
+        "design": "one 64-thread block per plane; a pass is one 32 x 32 tile through shared "
+        "memory; warp 0 scans its columns, warp 1 its rows (inner loops unrolled 4 times: "
+        "8 iterations per tile)",
+        "forward": {"cells": 1024, "warps": 2, "inner": [8, 8]},
+        "backward": {"cells": 1024, "warps": 2, "inner": [8] * 4},
+    },
+    "after": {
+        "commit": None,
+        "block_warps": 4,
+        "design": "no shared memory: forward, one warp per plane, a pass is 4 rows of a "
+        "128-column chunk (lane l: 4 columns, one vector load per map and row, the loads of "
+        "the 4 rows first; vertical scan in registers, horizontal by 5 shuffle steps); "
+        "backward, one warp per plane for each gradient, a pass is 4 row steps of the "
+        "vertical warp (4 columns per lane) and 4 column steps of the horizontal warp "
+        "(lane l: row l, 4 columns a step)",
+        "forward": {"cells": 512, "warps": 1, "inner": []},
+        "backward": {"cells": 512, "warps": 1, "loops": 2, "inner": []},
+    },
+}
+
+
+def tool(name: str) -> str:
+    """The path of a CUDA tool: on PATH, or in the nvidia wheels of this Python."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for base in map(Path, sys.path):
+        candidate = base / "nvidia" / "cu13" / "bin" / name
+        if candidate.is_file():
+            return str(candidate)
+    raise SystemExit(f"{name} not found: put it on PATH or pip install nvidia-cuda-{name}")
+
+
+def compile_kernel(source: Path, scratch: Path) -> tuple[str, str]:
+    """(ptxas -v report, SASS listing) of the kernel compiled for ARCH as CI compiles it."""
+    cubin = scratch / "corner_pool.cubin"
+    flags = [f"-I{path}" for path in include_paths()] + COMMON_NVCC_FLAGS
+    command = [tool("nvcc"), "-std=c++20", "-O3", *flags, f"-I{source.parent}"]
+    command += [f"-arch={ARCH}", "-cubin", "-Xptxas", "-v", str(source), "-o", str(cubin)]
+    report = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    environment = {"PATH": str(Path(tool("nvdisasm")).parent) + ":/usr/bin:/bin"}
+    sass = subprocess.run(
+        [tool("cuobjdump"), "-sass", str(cubin)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=environment,
+    ).stdout
+    return report, sass
+
+
+def kernel_name(mangled: str) -> tuple[str, str] | None:
+    """(``forward`` or ``backward``, dtype name, corner) of a mangled kernel name, or None.
+    The corner is ``""`` for a kernel that takes it as an argument, else ``tl`` or ``br``."""
+    found = re.search(r"(forward|backward)_kernelI(f|N3c108BFloat16E)(?:Lb([01])E)?E", mangled)
+    if not found:
+        return None
+    dtype = DTYPES["IfE" if found.group(2) == "f" else "IN3c108BFloat16EE"][0]
+    corner = {None: "", "1": "tl", "0": "br"}[found.group(3)]
+    return found.group(1), dtype, corner
+
+
+def resources(report: str) -> dict[tuple[str, str], dict]:
+    """Registers and shared memory of each kernel, from ptxas -v."""
+    found = {}
+    for function, used in re.findall(
+        r"Compiling entry function '(\w+)' for '\w+'\n(?:.*\n)*?ptxas info\s*: Used (.*)", report
+    ):
+        name = kernel_name(function)
+        if name:
+            registers = int(re.search(r"(\d+) registers", used).group(1))
+            shared = re.search(r"(\d+) bytes smem", used)
+            found[name] = {
+                "registers": registers,
+                "shared_bytes": int(shared.group(1)) if shared else 0,
+            }
+    return found
+
+
+def instructions(sass: str) -> dict[tuple[str, str], list[tuple[int, str]]]:
+    """The (address, instruction) list of each kernel in a cuobjdump listing."""
+    kernels, current = {}, None
+    for line in sass.splitlines():
+        function = re.match(r"\s+Function : (\w+)", line)
+        if function:
+            current = kernels.setdefault(kernel_name(function.group(1)), [])
+            continue
+        instruction = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
+        if instruction and current is not None:
+            current.append((int(instruction.group(1), 16), instruction.group(2)))
+    kernels.pop(None, None)
+    return kernels
+
+
+# A branch and its target: "BRA 0x...", "@P0 BRA 0x...", "BRA P1, 0x..." (taken when P1 is
+# also true), "BRA `(.L_x_3) 0x..."; not BRA.DIV (see divergence_fallbacks).
+BRANCH = re.compile(r"\bBRA(?:\.U)? (?:!?P\d, )?(?:`\(.*?\) )?0x([0-9a-f]+)")
+
+
+def opcode(text: str) -> str:
+    return text.split()[1 if text.startswith("@") else 0].split(".")[0]
+
+
+def divergence_fallbacks(code: list[tuple[int, str]]) -> set[int]:
+    """Addresses of the out-of-line code that a ``BRA.DIV`` jumps to when the warp is not
+    converged (up to its branch back): the steady state, converged, never runs it."""
+    targets = {
+        int(m.group(1), 16) for _, t in code if (m := re.search(r"BRA\.DIV \S+ 0x([0-9a-f]+)", t))
+    }
+    fallback, inside = set(), False
+    for address, text in code:
+        inside = inside or address in targets
+        if inside:
+            fallback.add(address)
+            if opcode(text) == "BRA" and not text.startswith("@"):
+                inside = False
+    return fallback
+
+
+def loops(code: list[tuple[int, str]]) -> list[tuple[int, int]]:
+    """(first, last) address of every loop: each backward branch and its target."""
+    found, fallback = set(), divergence_fallbacks(code)
+    for address, text in code:
+        branch = BRANCH.search(text)
+        if branch and int(branch.group(1), 16) < address and address not in fallback:
+            found.add((int(branch.group(1), 16), address))
+    return sorted(found)
+
+
+def steady_state(code: list[tuple[int, str]], kind: str, spec: dict, dtype_bytes: int) -> dict:
+    """The steady-state loop(s) of a kernel and the instructions per KB one pass executes.
+
+    A pass runs ``spec["loops"]`` loops once each (the ones with the most global accesses
+    outside their inner loops: the vertical and the horizontal scan when different warps run
+    them), each by ``spec["warps"]`` warps, and moves ``spec["cells"]`` cells of each map."""
+    all_loops = loops(code)
+
+    def inner_loops(outer):
+        nested = [loop for loop in all_loops if loop != outer and outer[0] <= loop[0] <= outer[1]]
+        return [loop for loop in nested if not any(o != loop and o[0] <= loop[0] and
+                                                   loop[1] <= o[1] for o in nested)]  # fmt: skip
+
+    def body(loop, exclude=()):
+        return [
+            (address, text)
+            for address, text in code
+            if loop[0] <= address <= loop[1]
+            and not any(inner[0] <= address <= inner[1] for inner in exclude)
+        ]
+
+    def global_accesses(loop):
+        return sum(opcode(t) in ("LDG", "STG") for _, t in body(loop, inner_loops(loop)))
+
+    ranked = sorted(all_loops, key=lambda candidate: (-global_accesses(candidate), candidate[0]))
+    chosen = sorted(ranked[: spec.get("loops", 1)])
+    trips = iter(spec["inner"])
+    found, executed = [], 0
+    for loop in chosen:
+        inner = inner_loops(loop)
+        counts = {i: next(trips) for i in inner}
+        path = longest_path(body(loop), loop, counts, scalar_twins(body(loop)))
+        executed += spec["warps"] * path
+        mix: dict[str, int] = {}
+        for _, text in body(loop):
+            mix[opcode(text)] = mix.get(opcode(text), 0) + 1
+        found.append({
+            "range": [hex(loop[0]), hex(loop[1])],
+            "static_instructions": len(body(loop)),
+            "inner_loops": [
+                {"range": [hex(i[0]), hex(i[1])], "instructions": len(body(i)), "iterations": t}
+                for i, t in counts.items()
+            ],
+            "longest_path_per_warp": path,
+            "opcodes": dict(sorted(mix.items(), key=lambda item: -item[1])[:16]),
+        })  # fmt: skip
+    if next(trips, None) is not None:
+        raise SystemExit(f"{kind}: fewer inner loops in the SASS than given")
+    kilobytes = spec["cells"] * MAPS_MOVED[kind] * dtype_bytes / 1024
+    return {
+        "steady_state_loops": found,
+        "executed_warp_instructions_per_pass": executed,
+        "kilobytes_moved_per_pass": kilobytes,
+        "warp_instructions_per_kilobyte": round(executed / kilobytes, 1),
+    }
+
+
+def scalar_twins(code: list[tuple[int, str]]) -> set[int]:
+    """Single-element loads and stores that have a vector twin (a 64- or 128-bit access from
+    the same address register): the path for rows that are not vector-aligned, which the
+    steady state does not take."""
+
+    def base(text):
+        found = re.search(r"\[(R\d+)\.64", text)
+        return found and found.group(1)
+
+    accesses = [(a, t) for a, t in code if opcode(t) in ("LDG", "STG")]
+    vector = {base(t) for _, t in accesses if re.search(r"\.(64|128) ", t.split("[")[0] + " ")}
+    return {
+        a
+        for a, t in accesses
+        if base(t) in vector and not re.search(r"\.(64|128) ", t.split("[")[0] + " ")
+    }
+
+
+def longest_path(
+    code: list[tuple[int, str]],
+    loop: tuple[int, int],
+    inner: dict[tuple[int, int], int],
+    untaken: set[int] = frozenset(),
+) -> int:
+    """Instructions on the longest path from the head of ``loop`` to its backward branch.
+
+    Each instruction issues once (predicated ones too); an inner loop counts as its whole
+    body times its iterations; no path goes through the addresses in ``untaken``. Taking the
+    longer side of every branch follows the steady state (both maps present, full tiles)
+    wherever the code has cheaper special cases, and counts both sides of a branch that
+    divides the lanes of a warp, which a warp runs one after the other."""
+    addresses = [address for address, _ in code]
+    position = {address: i for i, address in enumerate(addresses)}
+    best = [-math.inf] * (len(code) + 1)
+    best[0] = 0
+    i = 0
+    while i < len(code):
+        address, text = code[i]
+        region = next((r for r in inner if r[0] == address), None)
+        if region is not None:  # the whole inner loop, then what follows it
+            last = max(j for j, a in enumerate(addresses) if a <= region[1])
+            cost = (last - i + 1) * inner[region]
+            branches = [t for a, t in code[i : last + 1]]
+            targets = [j for j in range(len(code)) if j > last and any(
+                f"0x{addresses[j]:x} " in t + " " for t in branches)]  # fmt: skip
+            for successor in [last + 1, *targets]:
+                best[successor] = max(best[successor], best[i] + cost)
+            i = last + 1
+            continue
+        if address in untaken:  # no path goes through it
+            i += 1
+            continue
+        successors = []
+        branch = BRANCH.search(text)
+        unconditional = (branch and not text.startswith("@") and ", 0x" not in text) or opcode(
+            text
+        ) in ("EXIT", "RET")
+        if branch and int(branch.group(1), 16) in position:
+            target = position[int(branch.group(1), 16)]
+            if target > i:
+                successors.append(target)
+        if not unconditional or address == loop[1]:
+            successors.append(i + 1)
+        for successor in successors:
+            best[successor] = max(best[successor], best[i] + 1)
+        i += 1
+    return int(best[len(code)])
+
+
+def occupancy(registers: int, shared: int, warps: int) -> dict:
+    """Resident blocks and warps per SM under the sm_90 limits."""
+    per_warp = math.ceil(registers * 32 / 256) * 256
+    blocks = min(
+        SM_REGISTERS // (per_warp * warps),
+        SM_SHARED // (shared + 1024),
+        SM_THREADS // (32 * warps),
+        SM_BLOCKS,
+    )
+    return {"blocks_per_sm": blocks, "warps_per_sm": blocks * warps}
+
+
+def analyse(source: Path, version: dict) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        report, sass = compile_kernel(source, Path(scratch))
+    used, code = resources(report), instructions(sass)
+    kernels = {}
+    for (kind, dtype, corner), listing in sorted(code.items()):
+        dtype_bytes = next(size for name, size in DTYPES.values() if name == dtype)
+        spec = version[kind]
+        block_warps = version.get("block_warps", spec["warps"])
+        name = (kind, dtype, corner)
+        kernels["_".join(filter(None, name))] = (
+            used[name]
+            | occupancy(used[name]["registers"], used[name]["shared_bytes"], block_warps)
+            | steady_state(listing, kind, spec, dtype_bytes)
+        )  # fmt: skip
+    return {"design": version["design"], "kernels": kernels}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=RESULTS / "corner_pool_sass.json")
+    args = parser.parse_args()
+    result = header("corner_pool_sass") | {
+        "nvcc": subprocess.run([tool("nvcc"), "--version"], capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()[-1],
+        "arch": ARCH,
+        "versions": {},
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        for label, version in VERSIONS.items():
+            source = ROOT / KERNEL
+            if version.get("commit"):  # the kernel and its header as they were then
+                source = Path(scratch) / label / KERNEL.name
+                source.parent.mkdir()
+                for name in (KERNEL.name, "corner_pool.h"):
+                    show = ["git", "show", f"{version['commit']}:{KERNEL.parent / name}"]
+                    text = subprocess.run(show, cwd=ROOT, capture_output=True, text=True).stdout
+                    (source.parent / name).write_text(text)
+            analysis = analyse(source, version)
+            result["versions"][label] = {"commit": version.get("commit")} | analysis
+            per_kilobyte = {
+                k: v["warp_instructions_per_kilobyte"] for k, v in analysis["kernels"].items()
+            }
+            print(label, per_kilobyte)
+    write_result(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
