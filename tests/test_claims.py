@@ -13,7 +13,6 @@ import importlib.util
 import json
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import pytest
@@ -59,18 +58,6 @@ def test_every_marker_names_a_registered_claim(registry, checks):
 def test_every_claim_has_a_test_or_benchmark(registry, checks):
     unchecked = [entry["id"] for entry in registry if not checks.get(entry["id"])]
     assert not unchecked, f"claims with no test marked @pytest.mark.claim(id): {unchecked}"
-
-
-def test_report_claims_checked_only_on_a_gpu(registry, checks):
-    """Not a failure: a claim whose only tests need CUDA is unchecked on a CPU machine."""
-    gpu_only = [
-        entry["id"]
-        for entry in registry
-        if checks.get(entry["id"])
-        and all(c.kind == "test" and c.gpu_only for c in checks[entry["id"]])
-    ]
-    if gpu_only:
-        warnings.warn(f"claims checked only on a CUDA GPU: {gpu_only}", stacklevel=1)
 
 
 def test_markers_are_found_by_parsing(tmp_path):
