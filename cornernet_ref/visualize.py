@@ -63,27 +63,29 @@ def place_labels(
     """
     width, height = bounds
     placed: list[Box] = []
+
+    def first_free(spots: Sequence[tuple[float, float]], w: int, h: int) -> Box | None:
+        for x, y in spots:
+            label = (x, y, x + w, y + h)
+            if x >= 0 and y >= 0 and not any(overlaps(label, other) for other in placed):
+                return label
+        return None
+
     result: list[Box | None] = []
     for (x1, y1, _, y2), (w, h) in zip(boxes, sizes, strict=True):
         preferred = [(x1, y1 - h), (x1, y1), (x1, y2), (x1, y2 - h)]
         spots = [(min(max(x, 0), width - w), min(max(y, 0), height - h)) for x, y in preferred]
-        grid = [
-            (x, y)
-            for y in range(0, height - h + 1, max(1, h // 2))
-            for x in range(0, width - w + 1, max(1, w // 4))
-        ]
-        anchor = spots[0]
-        spots += sorted(grid, key=lambda p: (p[0] - anchor[0]) ** 2 + (p[1] - anchor[1]) ** 2)
-        label = next(
-            (
-                (x, y, x + w, y + h)
-                for x, y in spots
-                if x >= 0
-                and y >= 0
-                and not any(overlaps((x, y, x + w, y + h), other) for other in placed)
-            ),
-            None,
-        )
+        label = first_free(spots, w, h)
+        if label is None:  # anywhere, nearest to the first spot first
+            grid = [
+                (x, y)
+                for y in range(0, height - h + 1, max(1, h // 2))
+                for x in range(0, width - w + 1, max(1, w // 4))
+            ]
+            ax, ay = spots[0]
+            label = first_free(
+                sorted(grid, key=lambda p: (p[0] - ax) ** 2 + (p[1] - ay) ** 2), w, h
+            )
         if label is not None:
             placed.append(label)
         result.append(label)
