@@ -268,7 +268,7 @@ def plot_heatmap_panel(
     figure, axes = plt.subplots(1, 3, figsize=(15, 5.4), layout="constrained")
     axes[0].imshow(np.zeros((out_h, out_w)), cmap="gray", extent=(0, out_w, out_h, 0))
     axes[0].imshow(image, extent=extent)
-    axes[0].set_title("input, detected boxes")
+    axes[0].set_title("input, detected boxes (class, score: embeddings tl / br)")
     for axis, heat, corner in (
         (axes[1], panel.tl_heat, "top-left"),
         (axes[2], panel.br_heat, "bottom-right"),
@@ -278,31 +278,33 @@ def plot_heatmap_panel(
     figure.colorbar(
         shown, ax=axes[1:], fraction=0.03, label="corner probability (max over classes)"
     )
+    annotated: dict[int, list[tuple[float, float]]] = {id(axis): [] for axis in axes[1:]}
     for k, pair in enumerate(panel.pairs):
         colour = np.array(PALETTE[k % len(PALETTE)]) / 255
-        (x1, y1, _), (x2, y2, _) = pair.top_left, pair.bottom_right
-        axes[0].add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, lw=2))
-        caption = f"{names[pair.label]} {pair.score:.2f}"
-        axes[0].text(
-            x1,
-            y1,
-            caption,
-            color="white",
-            fontsize=8,
-            va="bottom",
-            bbox={"color": colour, "pad": 1},
-        )
+        (x1, y1, e1), (x2, y2, e2) = pair.top_left, pair.bottom_right
+        caption = f"{names[pair.label]} {pair.score:.2f}: e {e1:+.2f} / {e2:+.2f}"
+        box = plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, lw=2)
+        axes[0].add_patch(box)
+        box.set_label(caption)  # captions go to the legend, where they cannot overlap
         for axis, corner in ((axes[1], pair.top_left), (axes[2], pair.bottom_right)):
+            done = annotated[id(axis)]
+            if (corner.x, corner.y) in done:  # a corner shared by several boxes
+                continue
+            # Stack the captions of nearby corners instead of writing them over each other.
+            nearby = sum(abs(corner.x - x) < 3 and abs(corner.y - y) < 1.5 for x, y in done)
+            done.append((corner.x, corner.y))
             axis.plot(corner.x, corner.y, "o", mfc="none", mec=colour, mew=2, ms=10)
             axis.annotate(
                 f"e={corner.embedding:+.2f}",
                 (corner.x, corner.y),
-                xytext=(6, -6),
+                xytext=(6, -6 - 14 * nearby),
                 textcoords="offset points",
                 color=colour,
                 fontsize=9,
                 bbox={"facecolor": "white", "alpha": 0.8, "pad": 1},
             )
+    if panel.pairs:
+        axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=8)
     for axis in axes:
         axis.set_xlim(0, out_w)
         axis.set_ylim(out_h, 0)
@@ -343,7 +345,8 @@ def write_pictures(
         val: (images, annotations) of the validation split; without it only the loss curve.
         names: the class names.
         count: validation images drawn.
-        flip, threshold: flip testing, and the smallest score drawn.
+        flip: flip testing.
+        threshold: the smallest score drawn.
     """
     folder = Path(out) / "pictures"
     folder.mkdir(parents=True, exist_ok=True)
