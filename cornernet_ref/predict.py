@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
 from cornernet_ref.data.image import read_image
 from cornernet_ref.evaluate import (
@@ -23,8 +22,7 @@ from cornernet_ref.evaluate import (
     unit_interval,
 )
 from cornernet_ref.model import CornerNet
-
-PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180))
+from cornernet_ref.visualize import render_detections, write_heatmap_picture
 
 
 def detect(
@@ -62,31 +60,23 @@ def draw_detections(
     out: str | Path,
     threshold: float = 0.3,
 ) -> int:
-    """Draw the detections scoring ``>= threshold`` onto the image; returns how many."""
-    image = Image.fromarray(read_image(image_path))
-    pen = ImageDraw.Draw(image)
-    drawn = 0
-    for box, score, label in zip(
-        detections.boxes.tolist(),
-        detections.scores.tolist(),
-        detections.labels.tolist(),
-        strict=True,
-    ):
-        if score < threshold:
-            continue
-        colour = PALETTE[label % len(PALETTE)]
-        pen.rectangle(box, outline=colour, width=2)
-        pen.text((box[0] + 2, box[1] + 1), f"{names[label]} {score:.2f}", fill=colour)
-        drawn += 1
+    """Draw the detections scoring ``>= threshold`` onto the image; returns how many.
+
+    Small images are upscaled and the labels placed apart
+    (:func:`cornernet_ref.visualize.render_detections`).
+    """
+    picture, _ = render_detections(read_image(image_path), detections, names, threshold=threshold)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
-    return drawn
+    picture.save(out)
+    return int((detections.scores >= threshold).sum())
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """``cornernet-ref predict --checkpoint CKPT IMAGE --out PNG``."""
     parser = subparsers.add_parser(
-        "predict", help="detect objects in an image and draw them", description=__doc__
+        "predict",
+        help="detect objects in an image and draw them",
+        description=__doc__.splitlines()[0],
     )
     parser.add_argument("image", type=Path, help="the image")
     parser.add_argument(
@@ -104,6 +94,12 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--scales", type=parse_scales, default=(1.0,), help="test scales")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--heatmaps",
+        action="store_true",
+        help="also draw the top-left and bottom-right heatmaps with the embeddings of the "
+        "detected corners (to OUT with _heatmaps before the suffix)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -113,4 +109,9 @@ def _run(args: argparse.Namespace) -> int:
     )
     count = draw_detections(args.image, detections, names, args.out, args.threshold)
     print(f"{count} detections drawn to {args.out}")
+    if args.heatmaps:
+        model = CornerNet.from_checkpoint(args.checkpoint).to(args.device)
+        panel = args.out.with_name(f"{args.out.stem}_heatmaps{args.out.suffix}")
+        write_heatmap_picture(model, args.image, names, panel, args.threshold)
+        print(f"heatmaps drawn to {panel}")
     return 0

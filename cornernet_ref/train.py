@@ -71,6 +71,7 @@ from cornernet_ref.errors import InputError, print_error
 from cornernet_ref.evaluate import evaluate, model_source
 from cornernet_ref.losses import CornerNetLoss
 from cornernet_ref.model import CornerNet
+from cornernet_ref.visualize import write_pictures
 
 LOSS_TERMS = ("total", "focal", "pull", "push", "offset")
 
@@ -403,6 +404,11 @@ def _train(
         if writer is not None:
             for name, value in summary["metrics"].items():
                 writer.add_scalar(f"val/{name}", value, config.max_iters)
+    if job.is_main:
+        summary["pictures"] = str(
+            write_pictures(model, out, val, source.class_names, flip=config.val_flip)
+        )
+        print(f"pictures written to {summary['pictures']}", file=sys.stderr)
     if writer is not None:
         writer.close()
     return model, summary

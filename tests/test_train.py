@@ -378,11 +378,14 @@ def test_train_command_end_to_end(tmp_path):
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["iteration"] == 2 and state["model_kwargs"]["num_classes"] == 3
     assert list((out / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard scalars"
+    pictures = {path.name for path in (out / "pictures").iterdir()}
+    assert pictures == {"detections.png", "loss.png", "heatmaps.png"}
     image = sorted((out / "data" / "val" / "images").iterdir())[0]
     drawing = tmp_path / "boxes.png"
     checkpoint = str(out / "checkpoints" / "last.pt")
-    assert main(["predict", "--checkpoint", checkpoint, str(image), "--out", str(drawing)]) == 0
-    assert drawing.stat().st_size > 0
+    predict = ["predict", "--checkpoint", checkpoint, str(image), "--out", str(drawing)]
+    assert main([*predict, "--heatmaps"]) == 0
+    assert drawing.stat().st_size > 0 and (tmp_path / "boxes_heatmaps.png").is_file()
     # Resuming with a longer schedule continues from iteration 2.
     assert main(["train", "--resume", checkpoint, "--max-iters", "3"]) == 0
     assert load_checkpoint(checkpoint)["iteration"] == 3

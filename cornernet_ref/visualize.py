@@ -1,0 +1,389 @@
+"""Pictures of a trained CornerNet: its detections, its loss curve, its corner heatmaps.
+
+``cornernet-ref train`` writes three of them under ``<out>/pictures`` at the end of a run,
+and ``cornernet-ref predict --heatmaps`` the third for any image:
+
+* ``detections.png``: the boxes found on a few validation images. Small images are
+  upscaled by a whole factor (a 127-pixel shape becomes 635 pixels) and each label is put
+  where it covers no other label (:func:`place_labels`).
+* ``loss.png``: the loss terms of ``history.jsonl`` against the iteration.
+* ``heatmaps.png``: for one image, the top-left and bottom-right heatmaps (the largest
+  class probability of each cell) with the corners of the detected boxes and their
+  embeddings. The two corners of one object carry close embeddings; that is how they were
+  paired (paper §3.3; :mod:`cornernet_ref.decode`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+from cornernet_ref.data.image import read_image
+from cornernet_ref.decode import decode, local_maxima, top_corners
+from cornernet_ref.evaluate import (
+    CanvasGeometry,
+    ImageDetections,
+    detect_image,
+    model_source,
+    pad_image,
+)
+from cornernet_ref.output import CornerNetOutput
+
+PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180))
+Box = tuple[float, float, float, float]  # (x1, y1, x2, y2)
+
+
+def overlaps(a: Box, b: Box) -> bool:
+    """Whether two boxes share some area (touching edges do not count)."""
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+def place_labels(
+    boxes: Sequence[Box], sizes: Sequence[tuple[int, int]], bounds: tuple[int, int]
+) -> list[Box | None]:
+    """Where to write the label of each box, so that no two labels overlap.
+
+    Greedy, in the order given (best detection first): each label of size ``(w, h)`` takes
+    the first free spot among just above the box's top-left corner, just inside it, just
+    below the box and inside its bottom (each pushed into the picture where it sticks
+    out); failing those, the free spot nearest to the first one anywhere in the picture. A
+    spot is free when it lies within ``bounds = (width, height)`` and overlaps no label
+    placed before it.
+
+    Returns:
+        One label box per input box, or None for a label that finds no free spot.
+    """
+    width, height = bounds
+    placed: list[Box] = []
+
+    def first_free(spots: Sequence[tuple[float, float]], w: int, h: int) -> Box | None:
+        for x, y in spots:
+            label = (x, y, x + w, y + h)
+            if x >= 0 and y >= 0 and not any(overlaps(label, other) for other in placed):
+                return label
+        return None
+
+    result: list[Box | None] = []
+    for (x1, y1, _, y2), (w, h) in zip(boxes, sizes, strict=True):
+        preferred = [(x1, y1 - h), (x1, y1), (x1, y2), (x1, y2 - h)]
+        spots = [(min(max(x, 0), width - w), min(max(y, 0), height - h)) for x, y in preferred]
+        label = first_free(spots, w, h)
+        if label is None:  # anywhere, nearest to the first spot first
+            grid = [
+                (x, y)
+                for y in range(0, height - h + 1, max(1, h // 2))
+                for x in range(0, width - w + 1, max(1, w // 4))
+            ]
+            ax, ay = spots[0]
+            label = first_free(
+                sorted(grid, key=lambda p: (p[0] - ax) ** 2 + (p[1] - ay) ** 2), w, h
+            )
+        if label is not None:
+            placed.append(label)
+        result.append(label)
+    return result
+
+
+def upscale_factor(height: int, width: int, min_side: int = 512) -> int:
+    """The whole factor that brings the longer side of an image to at least ``min_side``."""
+    return max(1, math.ceil(min_side / max(height, width)))
+
+
+def render_detections(
+    image: np.ndarray,
+    detections: ImageDetections,
+    names: Sequence[str],
+    *,
+    threshold: float = 0.3,
+    min_side: int = 512,
+) -> tuple[Image.Image, list[Box]]:
+    """Draw the detections scoring ``>= threshold`` on an ``(h, w, 3)`` RGB image.
+
+    The image is upscaled by :func:`upscale_factor` first (nearest neighbour: the pixels
+    stay visible) and each box is labelled with its class and score.
+
+    Returns:
+        The picture and the label boxes drawn (picture pixels), one per label placed.
+    """
+    factor = upscale_factor(*image.shape[:2], min_side)
+    picture = Image.fromarray(image).resize(
+        (image.shape[1] * factor, image.shape[0] * factor), Image.Resampling.NEAREST
+    )
+    pen = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=max(12, picture.height // 40))
+    kept = detections.scores >= threshold
+    boxes = (detections.boxes[kept] * factor).tolist()
+    texts = [
+        f"{names[label]} {score:.2f}"
+        for label, score in zip(
+            detections.labels[kept].tolist(), detections.scores[kept].tolist(), strict=True
+        )
+    ]
+    colours = [PALETTE[label % len(PALETTE)] for label in detections.labels[kept].tolist()]
+    sizes = []
+    for text in texts:
+        left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
+        sizes.append((right + 4, bottom + 4))  # 2 pixels of margin on every side
+    for box, colour in zip(boxes, colours, strict=True):
+        pen.rectangle(box, outline=colour, width=3)
+    labels = place_labels(boxes, sizes, picture.size)
+    for label, text, colour in zip(labels, texts, colours, strict=True):
+        if label is not None:
+            pen.rectangle(label, fill=colour)
+            pen.text((label[0] + 2, label[1] + 2), text, fill=(255, 255, 255), font=font)
+    return picture, [label for label in labels if label is not None]
+
+
+def side_by_side(pictures: Sequence[Image.Image], gap: int = 8) -> Image.Image:
+    """The pictures in one row on a white background."""
+    width = sum(picture.width for picture in pictures) + gap * (len(pictures) - 1)
+    row = Image.new("RGB", (width, max(picture.height for picture in pictures)), "white")
+    x = 0
+    for picture in pictures:
+        row.paste(picture, (x, 0))
+        x += picture.width + gap
+    return row
+
+
+def plot_loss_curve(history: Sequence[dict], out: str | Path) -> Path:
+    """Plot the loss terms of ``history`` (the records of ``history.jsonl``) to ``out``."""
+    import matplotlib.pyplot as plt  # slow to import: only when drawing
+
+    figure, axis = plt.subplots(figsize=(8, 4))
+    steps = [record["iteration"] for record in history]
+    for term in ("total", "focal", "pull", "push", "offset"):
+        axis.plot(steps, [record[term] for record in history], label=term)
+    axis.set_yscale("log")
+    axis.set_xlabel("iteration")
+    axis.set_ylabel("loss")
+    axis.set_title("Training loss (focal + 0.1 pull + 0.1 push + offset = total)")
+    axis.legend(ncol=5, fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    out = Path(out)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+class CornerMark(NamedTuple):
+    """A detected corner: position on the output grid (offset added) and embedding."""
+
+    x: float
+    y: float
+    embedding: float
+
+
+class PairMark(NamedTuple):
+    """A detected box: class, score and its two corners."""
+
+    label: int
+    score: float
+    top_left: CornerMark
+    bottom_right: CornerMark
+
+
+class HeatmapPanel(NamedTuple):
+    """What the heatmap picture shows.
+
+    Attributes:
+        tl_heat, br_heat: ``(H, W)`` arrays, ``max_c sigmoid(heatmap logits)`` per cell.
+        pairs: the detected boxes scoring at least the threshold, best first.
+        geometry: where the image sits on the output grid.
+    """
+
+    tl_heat: np.ndarray
+    br_heat: np.ndarray
+    pairs: list[PairMark]
+    geometry: CanvasGeometry
+
+
+def heatmap_panel(
+    model: nn.Module, image: np.ndarray, *, threshold: float = 0.3, max_pairs: int = 8
+) -> HeatmapPanel:
+    """Run ``model`` on the test canvas of an ``(h, w, 3)`` RGB image (no flip, scale 1).
+
+    The pairs are the decoder's (:func:`cornernet_ref.decode.decode`), and each corner's
+    embedding is read at the cell the decoder took it from.
+    """
+    canvas, geometry = pad_image(image)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        result = model(canvas[None].to(device))
+    model.train(was_training)
+    out = CornerNetOutput(*(t.float().cpu() for t in result[-1]))
+    dets = decode(out)
+    corners = {
+        name: top_corners(local_maxima(heat.sigmoid()), offsets, min(100, heat[0].numel()))
+        for name, heat, offsets in (
+            ("tl", out.tl_heat, out.tl_off),
+            ("br", out.br_heat, out.br_off),
+        )
+    }
+    tags = {"tl": out.tl_tag[0, 0].flatten(), "br": out.br_tag[0, 0].flatten()}
+
+    def mark(name: str, x: float, y: float, label: int) -> CornerMark:
+        found = corners[name]
+        same = (found.xs[0] == x) & (found.ys[0] == y) & (found.labels[0] == label)
+        cell = found.cells[0][same.nonzero()[0, 0]]
+        return CornerMark(x, y, float(tags[name][cell]))
+
+    pairs = []
+    for box, score, label in zip(
+        dets.boxes[0].tolist(), dets.scores[0].tolist(), dets.labels[0].tolist(), strict=True
+    ):
+        if score < threshold or len(pairs) == max_pairs:
+            break
+        top_left, bottom_right = (
+            mark("tl", box[0], box[1], label),
+            mark("br", box[2], box[3], label),
+        )
+        pairs.append(PairMark(label, score, top_left, bottom_right))
+    heats = (out.tl_heat[0].sigmoid().amax(0).numpy(), out.br_heat[0].sigmoid().amax(0).numpy())
+    return HeatmapPanel(*heats, pairs, geometry)
+
+
+def plot_heatmap_panel(
+    panel: HeatmapPanel, image: np.ndarray, names: Sequence[str], out: str | Path
+) -> Path:
+    """Draw the image and its two heatmaps with the detected corners and their embeddings."""
+    import matplotlib.pyplot as plt  # slow to import: only when drawing
+
+    out_h, out_w = panel.tl_heat.shape
+    ratio_y, ratio_x = panel.geometry.ratio
+    top, left = panel.geometry.border
+    height, width = image.shape[:2]
+    # The image on the output grid: pixel p of the canvas is cell p * ratio.
+    extent = (left * ratio_x, (left + width) * ratio_x, (top + height) * ratio_y, top * ratio_y)
+    figure, axes = plt.subplots(1, 3, figsize=(15, 5.4), layout="constrained")
+    axes[0].imshow(np.zeros((out_h, out_w)), cmap="gray", extent=(0, out_w, out_h, 0))
+    axes[0].imshow(image, extent=extent)
+    axes[0].set_title("input, detected boxes (class, score: embeddings tl / br)")
+    for axis, heat, corner in (
+        (axes[1], panel.tl_heat, "top-left"),
+        (axes[2], panel.br_heat, "bottom-right"),
+    ):
+        shown = axis.imshow(heat, cmap="magma", vmin=0, vmax=1, extent=(0, out_w, out_h, 0))
+        axis.set_title(f"{corner} corners: heatmap, embeddings e")
+    figure.colorbar(
+        shown, ax=axes[1:], fraction=0.03, label="corner probability (max over classes)"
+    )
+    annotated: dict[int, list[tuple[float, float]]] = {id(axis): [] for axis in axes[1:]}
+    for k, pair in enumerate(panel.pairs):
+        colour = np.array(PALETTE[k % len(PALETTE)]) / 255
+        (x1, y1, e1), (x2, y2, e2) = pair.top_left, pair.bottom_right
+        caption = f"{names[pair.label]} {pair.score:.2f}: e {e1:+.2f} / {e2:+.2f}"
+        box = plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, lw=2)
+        axes[0].add_patch(box)
+        box.set_label(caption)  # captions go to the legend, where they cannot overlap
+        for axis, corner in ((axes[1], pair.top_left), (axes[2], pair.bottom_right)):
+            done = annotated[id(axis)]
+            if (corner.x, corner.y) in done:  # a corner shared by several boxes
+                continue
+            # Stack the captions of nearby corners instead of writing them over each other.
+            nearby = sum(abs(corner.x - x) < 3 and abs(corner.y - y) < 1.5 for x, y in done)
+            done.append((corner.x, corner.y))
+            axis.plot(corner.x, corner.y, "o", mfc="none", mec=colour, mew=2, ms=10)
+            axis.annotate(
+                f"e={corner.embedding:+.2f}",
+                (corner.x, corner.y),
+                xytext=(6, -6 - 14 * nearby),
+                textcoords="offset points",
+                color=colour,
+                fontsize=9,
+                bbox={"facecolor": "white", "alpha": 0.8, "pad": 1},
+            )
+    if panel.pairs:
+        axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=8)
+    for axis in axes:
+        axis.set_xlim(0, out_w)
+        axis.set_ylim(out_h, 0)
+    out = Path(out)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def write_heatmap_picture(
+    model: nn.Module,
+    image_path: str | Path,
+    names: Sequence[str],
+    out: str | Path,
+    threshold: float = 0.3,
+) -> Path:
+    """:func:`heatmap_panel` of one image file, drawn to ``out``."""
+    image = read_image(image_path)
+    panel = heatmap_panel(model, image, threshold=threshold)
+    return plot_heatmap_panel(panel, image, names, out)
+
+
+def write_pictures(
+    model: nn.Module,
+    out: str | Path,
+    val: tuple[Path, Path] | None,
+    names: Sequence[str],
+    *,
+    count: int = 4,
+    flip: bool = True,
+    threshold: float = 0.3,
+) -> Path:
+    """The end-of-training pictures, in ``<out>/pictures``; returns that folder.
+
+    Args:
+        model: the trained model (left in the mode it was in).
+        out: the run folder, holding ``history.jsonl``.
+        val: (images, annotations) of the validation split; without it only the loss curve.
+        names: the class names.
+        count: validation images drawn.
+        flip: flip testing.
+        threshold: the smallest score drawn.
+    """
+    folder = Path(out) / "pictures"
+    folder.mkdir(parents=True, exist_ok=True)
+    history_path = Path(out) / "history.jsonl"
+    if history_path.is_file():
+        history = [json.loads(line) for line in history_path.read_text().splitlines()]
+        plot_loss_curve(history, folder / "loss.png")
+    if val is None:
+        return folder
+    images, annotations = val
+    records = json.loads(Path(annotations).read_text())["images"][:count]
+    was_training = model.training
+    source = model_source(model, images, next(model.parameters()).device)
+    pictures = []
+    for record in records:
+        detections = detect_image(source, record, flip=flip)
+        image = read_image(Path(images) / record["file_name"])
+        pictures.append(render_detections(image, detections, names, threshold=threshold)[0])
+    side_by_side(pictures).save(folder / "detections.png")
+    first = Path(images) / records[0]["file_name"]
+    write_heatmap_picture(model, first, names, folder / "heatmaps.png", threshold)
+    model.train(was_training)
+    return folder
+
+
+__all__ = [
+    "CornerMark",
+    "HeatmapPanel",
+    "PairMark",
+    "heatmap_panel",
+    "overlaps",
+    "place_labels",
+    "plot_heatmap_panel",
+    "plot_loss_curve",
+    "render_detections",
+    "side_by_side",
+    "upscale_factor",
+    "write_heatmap_picture",
+    "write_pictures",
+]
