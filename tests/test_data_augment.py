@@ -180,6 +180,30 @@ def test_lighting_adds_the_same_colour_everywhere():
     assert np.abs(offset).max() > 0
 
 
+# The official PCA lighting constants, shared/reference/official_constants.md (BGR rows).
+OFFICIAL_EIGENVALUES = [0.2141788, 0.01817699, 0.00341571]
+OFFICIAL_EIGENVECTORS_BGR = [
+    [-0.58752847, -0.69563484, 0.41340352],
+    [-0.5832747, 0.00994535, -0.81221408],
+    [-0.56089297, 0.71832671, 0.41158938],
+]
+
+
+@pytest.mark.claim("augmentation")
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.1, 0.5]))
+def test_lighting_moves_along_each_eigenvector_by_its_eigenvalue_times_the_draw(seed, std):
+    """x <- x + V (lambda * a): in the (orthonormal) eigenbasis, the colour offset has the
+    coordinates lambda_i a_i, with a the three normal numbers drawn from the generator."""
+    image = np.zeros((2, 3, 3), np.float32)
+    lighting_(image, np.random.default_rng(seed), std)
+    eigenvectors_rgb = np.array(OFFICIAL_EIGENVECTORS_BGR)[::-1]  # rows: R, G, B
+    coordinates = eigenvectors_rgb.T @ image[1, 2].astype(np.float64)
+    drawn = np.random.default_rng(seed).normal(0.0, std, size=3)
+    np.testing.assert_allclose(
+        coordinates, np.array(OFFICIAL_EIGENVALUES) * drawn, rtol=1e-4, atol=1e-8
+    )
+
+
 def test_augment_output_and_errors():
     image = np.full((50, 70, 3), 128, np.uint8)
     config = AugmentConfig(input_size=63, border=16)
