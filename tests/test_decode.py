@@ -253,6 +253,19 @@ def test_iou_plus_one_convention() -> None:
     iou, touching = box_iou_plus_one(torch.tensor([[0.0, 0, 9, 9], [10, 0, 19, 9], [9, 0, 18, 9]]))
     assert not touching[0, 1]  # adjacent: 10 pixels each, no shared pixel
     assert iou[0, 2] == pytest.approx(10 / 190)  # one shared pixel column of 10
+    iou, touching = box_iou_plus_one(torch.tensor([[0.0, 0, 9, 9], [0, 10, 9, 19], [0, 9, 9, 18]]))
+    assert not touching[0, 1]
+    assert touching[0, 2] and iou[0, 2] == pytest.approx(10 / 190)  # one shared pixel row
+
+
+def test_iou_plus_one_of_fractional_boxes() -> None:
+    """Decoded corners fall between cells: an overlap of half a pixel is half a pixel."""
+    boxes = torch.tensor([[0.0, 0, 9, 9], [9.5, 0, 19, 9], [0, 9.5, 9, 19]])
+    iou, touching = box_iou_plus_one(boxes)
+    assert touching[0, 1] and touching[0, 2]
+    # areas 10 x 10 and 10.5 x 10, intersection 0.5 x 10
+    assert iou[0, 1] == pytest.approx(5 / (100 + 105 - 5))
+    assert iou[0, 2] == pytest.approx(5 / (100 + 105 - 5))
 
 
 def test_soft_nms_rejects_bad_shapes() -> None:
