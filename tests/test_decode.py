@@ -224,7 +224,10 @@ def test_soft_nms_equals_loop_version(rows, method) -> None:
     assert got.keys() == expected.keys()
     for box, score in expected.items():
         assert got[box] == pytest.approx(score, rel=1e-4, abs=1e-6)
-    assert torch.all(torch.tensor(labels)[keep].diff() >= 0)  # grouped by class
+    kept_labels = torch.tensor(labels)[keep]
+    assert torch.all(kept_labels.diff() >= 0)  # grouped by class
+    for label in kept_labels.unique():  # in the order kept: the best remaining box first
+        assert torch.all(new_scores[kept_labels == label].diff() <= 0)
 
 
 @pytest.mark.claim("soft-nms")
@@ -247,6 +250,18 @@ def test_soft_nms_hand_computed() -> None:
     assert dict(zip(keep.tolist(), new.tolist(), strict=True))[2] == pytest.approx(
         0.7
     )  # IoU 0.5 is not > 0.5
+
+
+@pytest.mark.claim("soft-nms")
+def test_linear_soft_nms_keeps_what_it_decays_above_the_threshold() -> None:
+    boxes = torch.tensor([[0, 0, 9, 9], [0, 0, 9, 7], [0, 5, 9, 14]], dtype=torch.float)
+    # IoU with box 0: 80 / 100 = 0.8 (decayed), 50 / 150 (not decayed); box 2 sits at the
+    # threshold exactly and is not dropped (only a score below it is).
+    threshold = float(torch.tensor(0.001))  # the float32 number the scores are compared with
+    scores = torch.tensor([0.9, 0.8, threshold])
+    keep, new = soft_nms(boxes, scores, torch.zeros(3, dtype=torch.long), method="linear")
+    assert keep.tolist() == [0, 1, 2]
+    assert new.tolist() == pytest.approx([0.9, 0.8 * (1 - 0.8), threshold])
 
 
 def test_iou_plus_one_convention() -> None:
