@@ -46,6 +46,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per run on a shared ma
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import hypothesis  # noqa: E402  (imported once here, inherited by every forked run)
+import numpy  # noqa: E402
 import pytest  # noqa: E402
 from report import header  # noqa: E402  (imports torch once, for every forked run)
 
@@ -127,6 +128,15 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
     ("decode", "inter = inter_w.clamp(min=0) * inter_h.clamp(min=0)", "`0` -> `-1`",
      "the clamp changes only pairs with no common pixel row or column, which are not "
      "touching, and whose IoU torch.where sets to 0 on the next line"),
+    ("losses", "torch.where(y < 1, neg_terms, 0)", "`<` -> `<=`",
+     "at y = 1 the negative term has the factor (1 - y)^beta = 0 (log(1 - p) is finite, p "
+     "being clamped), so adding it changes nothing"),
+    ("losses", "torch.where(y < 1, neg_terms, 0)", "`1` -> `2`",
+     "targets lie in [0, 1] (documented); y = 1 adds a zero term, as for `<=`"),
+    ("losses", "pairs &= count >= (1 if single_object_push else 2)", "`1` -> `0`",
+     "an image with no object has no occupied slot, hence no pair in `pairs` already"),
+    ("decode", "if boxes.dim() != 2 or boxes.shape[-1] != 4", "unary `-` removed",
+     "checked after boxes.dim() != 2 (the `or` stops there otherwise): shape[1] is shape[-1]"),
 )  # fmt: skip
 
 
@@ -387,6 +397,9 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, help="seconds per mutant (default 4x baseline)")
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
+    parser.add_argument(
+        "--summarise", action="store_true", help="recount the result (after editing EQUIVALENT)"
+    )
     args = parser.parse_args()
     modules = args.module or list(MODULES)
 
@@ -397,8 +410,12 @@ def main() -> None:
         return
 
     result = json.loads(RESULT.read_text()) if RESULT.exists() else {}
+    if args.summarise:
+        save(result)
+        return
     result.update(header("mutation"))
     result.update(
+        numpy=numpy.__version__,
         pytest=pytest.__version__,
         hypothesis=hypothesis.__version__,
         command="nice -n 15 python benchmarks/mutation.py [--module M] [--resume]",
