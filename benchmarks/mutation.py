@@ -79,7 +79,10 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("tests/test_corner_pool_reference.py", "tests/test_corner_pool.py"),
     ),
     "decode": ("cornernet_ref/decode.py", ("tests/test_decode.py",)),
-    "convert": ("cornernet_ref/convert.py", ("tests/test_convert.py",)),
+    "convert": (
+        "cornernet_ref/convert.py",
+        ("tests/test_convert.py", "tests/test_convert_checks.py"),
+    ),
     "data.augment": (
         "cornernet_ref/data/augment.py",
         ("tests/test_data_augment.py", "tests/test_data_loader.py"),
@@ -145,6 +148,15 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
      "at step 0 the loop ends: the run total it would update is never read"),
     ("convert", "for s, p in zip(source, window, strict=True)", "`True` -> `False`",
      "the window is checked to have the rule's length first: the zip cannot be uneven"),
+    ("convert", "return sorted(rules, key=lambda rule: -len(rule[0]))", "unary `-` removed",
+     "no fragment of RULES is a prefix of another (wildcards included), so at most one rule "
+     "matches at a position and their order never matters"),
+    ("convert", "return sorted(rules, key=lambda rule: -len(rule[0]))", "`0` -> `-1`",
+     "no fragment of RULES is a prefix of another, so the order of the rules never matters"),
+    ("convert", "return sorted(rules, key=lambda rule: -len(rule[0]))", "`0` -> `1`",
+     "no fragment of RULES is a prefix of another, so the order of the rules never matters"),
+    ("convert", 'dims, modules = [shape(level + "up1.0.conv1.weight")[0]], []', "`0` -> `1`",
+     "the first block of the outer hourglass keeps its width: the weight is (d0, d0, 3, 3)"),
     ("decode", "if boxes.dim() != 2 or boxes.shape[-1] != 4", "unary `-` removed",
      "checked after boxes.dim() != 2 (the `or` stops there otherwise): shape[1] is shape[-1]"),
 )  # fmt: skip
