@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -217,3 +219,21 @@ def test_augment_output_and_errors():
         augment(image[..., 0], boxes, labels, config, np.random.default_rng(0))
     with pytest.raises(ValueError, match="boxes"):
         augment(image, np.zeros((2, 3), np.float32), np.zeros(2), config, np.random.default_rng(0))
+
+
+def test_default_configuration_is_the_official_one():
+    """shared/reference/official_constants.md: 511 input, crop border 128, jitter 0.4,
+    lighting std 0.1, random crop, flip (the official one pixel off), jitter and lighting on."""
+    config = AugmentConfig()
+    assert (config.input_size, config.border, config.jitter, config.lighting_std) == (
+        511, 128, 0.4, 0.1
+    )  # fmt: skip
+    assert config.random_crop and config.flip and config.color_jitter and config.lighting
+    assert not config.exact_flip
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.border = 64  # frozen: a configuration is never changed in place
+
+
+def test_crop_border_rejects_an_empty_side():
+    with pytest.raises(ValueError, match="positive"):
+        crop_border(128, 0)
