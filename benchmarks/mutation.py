@@ -157,6 +157,8 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
      "no fragment of RULES is a prefix of another, so the order of the rules never matters"),
     ("convert", 'dims, modules = [shape(level + "up1.0.conv1.weight")[0]], []', "`0` -> `1`",
      "the first block of the outer hourglass keeps its width: the weight is (d0, d0, 3, 3)"),
+    ("data.augment", "return resized[0].permute(1, 2, 0).numpy()", "`0` -> `-1`",
+     "the batch dimension added two lines above has size 1: index 0 is index -1"),
     ("decode", "if boxes.dim() != 2 or boxes.shape[-1] != 4", "unary `-` removed",
      "checked after boxes.dim() != 2 (the `or` stops there otherwise): shape[1] is shape[-1]"),
 )  # fmt: skip
@@ -444,7 +446,8 @@ def main() -> None:
         test_command="CI=true pytest <tests of the module> " + " ".join(PYTEST_ARGS),
         operators=list(OPERATORS),
         excluded=[{"module": m, "line": t, "reason": r} for m, t, r in EXCLUDED],
-        note="under load: a 2-core machine shared with other jobs; seconds are wall time",
+        note="under load: a 2-core machine shared with other jobs; seconds are wall time. "
+        "The modules as they stand on this checkout; modules absent from `modules` were not run.",
     )
     result.setdefault("modules", {})
     copy_root = make_copy()
