@@ -251,3 +251,29 @@ def test_resize_has_half_pixel_centres():
     doubling, clamped at the border: [0, 4] becomes [0, 1, 3, 4]."""
     image = np.array([[[0.0], [4.0]]], np.float32)  # (1, 2, 1)
     np.testing.assert_allclose(resize_image(image, (1, 4))[0, :, 0], [0, 1, 3, 4])
+
+
+def test_crop_side_is_the_input_size_times_the_scale():
+    """One scale, 0.5: a crop of int(63 * 0.5) = 31 pixels around the centre, resized to 63."""
+    image = np.zeros((200, 200, 3), np.uint8)
+    config = AugmentConfig(
+        input_size=63, scales=(0.5,), border=99, flip=False, color_jitter=False
+    )  # the crop centre is 99 or 100: the box stays inside the crop
+    _, boxes, _ = augment(
+        image, np.array([[90.0, 92, 110, 108]]), np.array([0]), config, np.random.default_rng(0)
+    )
+    widths = boxes[:, 2:] - boxes[:, :2]
+    np.testing.assert_allclose(widths, [[20 * 63 / 31, 16 * 63 / 31]], rtol=1e-5)
+
+
+def test_no_flip_when_flipping_is_off():
+    image = np.zeros((50, 70, 3), np.uint8)
+    config = AugmentConfig(input_size=63, random_crop=False, flip=False, color_jitter=False)
+    results = [
+        augment(image, np.array([[5.0, 5, 30, 40]]), np.array([0]), config,
+                np.random.default_rng(seed))[1]
+        for seed in range(8)
+    ]  # fmt: skip
+    for boxes in results:
+        np.testing.assert_array_equal(boxes, results[0])
+    assert results[0][0, 0] < 63 / 2  # the box on the left, where it is in the image
