@@ -277,3 +277,15 @@ def test_no_flip_when_flipping_is_off():
     for boxes in results:
         np.testing.assert_array_equal(boxes, results[0])
     assert results[0][0, 0] < 63 / 2  # the box on the left, where it is in the image
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_colour_steps_keep_the_pixel_scale(seed):
+    """Jitter and lighting work on [0, 1] and the result is scaled back: a grey image of 128
+    stays between 0.6 and 1.4 times 128 (brightness; contrast and saturation leave a grey image
+    grey), give or take the lighting offset (|V (lambda a)| < 0.2 for |a| < 4 std)."""
+    image = np.full((20, 20, 3), 128, np.uint8)
+    config = AugmentConfig(input_size=15, random_crop=False, flip=False)
+    out, _, _ = augment(image, np.zeros((0, 4), np.float32), np.zeros(0), config,
+                        np.random.default_rng(seed))  # fmt: skip
+    assert 0.6 * 128 - 0.2 * 255 < out.min() <= out.max() < 1.4 * 128 + 0.2 * 255
