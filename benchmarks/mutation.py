@@ -159,6 +159,8 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
      "the first block of the outer hourglass keeps its width: the weight is (d0, d0, 3, 3)"),
     ("data.augment", "return resized[0].permute(1, 2, 0).numpy()", "`0` -> `-1`",
      "the batch dimension added two lines above has size 1: index 0 is index -1"),
+    ("data.augment", "if config.flip and rng.uniform() > 0.5:", "`>` -> `>=`",
+     "differs only when the uniform draw is exactly 0.5, a chance of 2^-53 per image"),
     ("decode", "if boxes.dim() != 2 or boxes.shape[-1] != 4", "unary `-` removed",
      "checked after boxes.dim() != 2 (the `or` stops there otherwise): shape[1] is shape[-1]"),
 )  # fmt: skip
