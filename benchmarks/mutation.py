@@ -437,6 +437,9 @@ def main() -> None:
 
     result = json.loads(RESULT.read_text()) if RESULT.exists() else {}
     if args.summarise:
+        result["modules_not_run"] = {
+            module: len(mutants(module)) for module in MODULES if module not in result["modules"]
+        }
         save(result)
         return
     result.update(header("mutation"))
@@ -449,7 +452,10 @@ def main() -> None:
         operators=list(OPERATORS),
         excluded=[{"module": m, "line": t, "reason": r} for m, t, r in EXCLUDED],
         note="under load: a 2-core machine shared with other jobs; seconds are wall time. "
-        "The modules as they stand on this checkout; modules absent from `modules` were not run.",
+        "The modules as they stand on this checkout; `modules_not_run` lists those not run. "
+        "first_run_killed counts each mutant's first run, with the tests there were when its "
+        "module's run began (decode: the suite before the new decode tests for 153 of its 170 "
+        "mutants, with 56 timeouts of 30 s under load, hypothesis still shrinking then).",
     )
     result.setdefault("modules", {})
     copy_root = make_copy()
