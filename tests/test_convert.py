@@ -218,6 +218,7 @@ def odd_model() -> CornerNet:
 # --- Tests ---------------------------------------------------------------------------------
 
 
+@pytest.mark.shared
 @pytest.mark.claim("official-weights")
 @pytest.mark.parametrize("prefix", ["module.", ""])
 @pytest.mark.parametrize("with_counters", [True, False])
@@ -247,6 +248,7 @@ def test_official_layout_converts_strictly(layout, prefix, with_counters):
     assert {key.removeprefix(prefix) for key in official} <= used
 
 
+@pytest.mark.shared
 def test_official_names_map_one_to_one(layout):
     official = [key.removeprefix("module.") for key in layout]
     ours = [official_to_ours(key) for key in official]
@@ -254,6 +256,7 @@ def test_official_names_map_one_to_one(layout):
     assert [ours_to_official(key) for key in ours] == official
 
 
+@pytest.mark.shared
 def test_every_rule_is_used(layout):
     """No dead rule: every fragment of the table occurs in the official layout."""
     keys = ["." + key.removeprefix("module.") + "." for key in layout]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -19,6 +21,7 @@ from cornernet_ref.data.augment import (
     horizontal_flip,
     lighting_,
     random_crop,
+    resize_image,
 )
 
 
@@ -180,6 +183,30 @@ def test_lighting_adds_the_same_colour_everywhere():
     assert np.abs(offset).max() > 0
 
 
+# The official PCA lighting constants, shared/reference/official_constants.md (BGR rows).
+OFFICIAL_EIGENVALUES = [0.2141788, 0.01817699, 0.00341571]
+OFFICIAL_EIGENVECTORS_BGR = [
+    [-0.58752847, -0.69563484, 0.41340352],
+    [-0.5832747, 0.00994535, -0.81221408],
+    [-0.56089297, 0.71832671, 0.41158938],
+]
+
+
+@pytest.mark.claim("augmentation")
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.1, 0.5]))
+def test_lighting_moves_along_each_eigenvector_by_its_eigenvalue_times_the_draw(seed, std):
+    """x <- x + V (lambda * a): in the (orthonormal) eigenbasis, the colour offset has the
+    coordinates lambda_i a_i, with a the three normal numbers drawn from the generator."""
+    image = np.zeros((2, 3, 3), np.float32)
+    lighting_(image, np.random.default_rng(seed), std)
+    eigenvectors_rgb = np.array(OFFICIAL_EIGENVECTORS_BGR)[::-1]  # rows: R, G, B
+    coordinates = eigenvectors_rgb.T @ image[1, 2].astype(np.float64)
+    drawn = np.random.default_rng(seed).normal(0.0, std, size=3)
+    np.testing.assert_allclose(
+        coordinates, np.array(OFFICIAL_EIGENVALUES) * drawn, rtol=1e-4, atol=1e-8
+    )
+
+
 def test_augment_output_and_errors():
     image = np.full((50, 70, 3), 128, np.uint8)
     config = AugmentConfig(input_size=63, border=16)
@@ -193,3 +220,72 @@ def test_augment_output_and_errors():
         augment(image[..., 0], boxes, labels, config, np.random.default_rng(0))
     with pytest.raises(ValueError, match="boxes"):
         augment(image, np.zeros((2, 3), np.float32), np.zeros(2), config, np.random.default_rng(0))
+
+
+def test_default_configuration_is_the_official_one():
+    """shared/reference/official_constants.md: 511 input, crop border 128, jitter 0.4,
+    lighting std 0.1, random crop, flip (the official one pixel off), jitter and lighting on."""
+    config = AugmentConfig()
+    assert (config.input_size, config.border, config.jitter, config.lighting_std) == (
+        511, 128, 0.4, 0.1
+    )  # fmt: skip
+    assert config.random_crop and config.flip and config.color_jitter and config.lighting
+    assert not config.exact_flip
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.border = 64  # frozen: a configuration is never changed in place
+
+
+def test_crop_border_rejects_an_empty_side():
+    with pytest.raises(ValueError, match="positive"):
+        crop_border(128, 0)
+
+
+def test_clip_keeps_boxes_inside_the_last_pixel():
+    kept, labels = clip_boxes(np.array([[-3.0, -2, 20, 30]]), np.array([5]), width=8, height=10)
+    np.testing.assert_array_equal(kept, [[0, 0, 7, 9]])  # [0, W - 1] x [0, H - 1]
+    assert labels.tolist() == [5]
+
+
+def test_resize_has_half_pixel_centres():
+    """OpenCV's INTER_LINEAR: output pixel i samples the input at (i + 0.5) / 2 - 0.5 when
+    doubling, clamped at the border: [0, 4] becomes [0, 1, 3, 4]."""
+    image = np.array([[[0.0], [4.0]]], np.float32)  # (1, 2, 1)
+    np.testing.assert_allclose(resize_image(image, (1, 4))[0, :, 0], [0, 1, 3, 4])
+
+
+def test_crop_side_is_the_input_size_times_the_scale():
+    """One scale, 0.5: a crop of int(63 * 0.5) = 31 pixels around the centre, resized to 63."""
+    image = np.zeros((200, 200, 3), np.uint8)
+    config = AugmentConfig(
+        input_size=63, scales=(0.5,), border=99, flip=False, color_jitter=False
+    )  # the crop centre is 99 or 100: the box stays inside the crop
+    _, boxes, _ = augment(
+        image, np.array([[90.0, 92, 110, 108]]), np.array([0]), config, np.random.default_rng(0)
+    )
+    widths = boxes[:, 2:] - boxes[:, :2]
+    np.testing.assert_allclose(widths, [[20 * 63 / 31, 16 * 63 / 31]], rtol=1e-5)
+
+
+def test_no_flip_when_flipping_is_off():
+    image = np.zeros((50, 70, 3), np.uint8)
+    config = AugmentConfig(input_size=63, random_crop=False, flip=False, color_jitter=False)
+    results = [
+        augment(image, np.array([[5.0, 5, 30, 40]]), np.array([0]), config,
+                np.random.default_rng(seed))[1]
+        for seed in range(8)
+    ]  # fmt: skip
+    for boxes in results:
+        np.testing.assert_array_equal(boxes, results[0])
+    assert results[0][0, 0] < 63 / 2  # the box on the left, where it is in the image
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_colour_steps_keep_the_pixel_scale(seed):
+    """Jitter and lighting work on [0, 1] and the result is scaled back: a grey image of 128
+    stays between 0.6 and 1.4 times 128 (brightness; contrast and saturation leave a grey image
+    grey), give or take the lighting offset (|V (lambda a)| < 0.2 for |a| < 4 std)."""
+    image = np.full((20, 20, 3), 128, np.uint8)
+    config = AugmentConfig(input_size=15, random_crop=False, flip=False)
+    out, _, _ = augment(image, np.zeros((0, 4), np.float32), np.zeros(0), config,
+                        np.random.default_rng(seed))  # fmt: skip
+    assert 0.6 * 128 - 0.2 * 255 < out.min() <= out.max() < 1.4 * 128 + 0.2 * 255

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from cornernet_ref.decode import box_iou_plus_one, decode, local_maxima, soft_nms
@@ -223,7 +224,10 @@ def test_soft_nms_equals_loop_version(rows, method) -> None:
     assert got.keys() == expected.keys()
     for box, score in expected.items():
         assert got[box] == pytest.approx(score, rel=1e-4, abs=1e-6)
-    assert torch.all(torch.tensor(labels)[keep].diff() >= 0)  # grouped by class
+    kept_labels = torch.tensor(labels)[keep]
+    assert torch.all(kept_labels.diff() >= 0)  # grouped by class
+    for label in kept_labels.unique():  # in the order kept: the best remaining box first
+        assert torch.all(new_scores[kept_labels == label].diff() <= 0)
 
 
 @pytest.mark.claim("soft-nms")
@@ -248,10 +252,35 @@ def test_soft_nms_hand_computed() -> None:
     )  # IoU 0.5 is not > 0.5
 
 
+@pytest.mark.claim("soft-nms")
+def test_linear_soft_nms_keeps_what_it_decays_above_the_threshold() -> None:
+    boxes = torch.tensor([[0, 0, 9, 9], [0, 0, 9, 7], [0, 5, 9, 14]], dtype=torch.float)
+    # IoU with box 0: 80 / 100 = 0.8 (decayed), 50 / 150 (not decayed); box 2 sits at the
+    # threshold exactly and is not dropped (only a score below it is).
+    threshold = float(torch.tensor(0.001))  # the float32 number the scores are compared with
+    scores = torch.tensor([0.9, 0.8, threshold])
+    keep, new = soft_nms(boxes, scores, torch.zeros(3, dtype=torch.long), method="linear")
+    assert keep.tolist() == [0, 1, 2]
+    assert new.tolist() == pytest.approx([0.9, 0.8 * (1 - 0.8), threshold])
+
+
 def test_iou_plus_one_convention() -> None:
     iou, touching = box_iou_plus_one(torch.tensor([[0.0, 0, 9, 9], [10, 0, 19, 9], [9, 0, 18, 9]]))
     assert not touching[0, 1]  # adjacent: 10 pixels each, no shared pixel
     assert iou[0, 2] == pytest.approx(10 / 190)  # one shared pixel column of 10
+    iou, touching = box_iou_plus_one(torch.tensor([[0.0, 0, 9, 9], [0, 10, 9, 19], [0, 9, 9, 18]]))
+    assert not touching[0, 1]
+    assert touching[0, 2] and iou[0, 2] == pytest.approx(10 / 190)  # one shared pixel row
+
+
+def test_iou_plus_one_of_fractional_boxes() -> None:
+    """Decoded corners fall between cells: an overlap of half a pixel is half a pixel."""
+    boxes = torch.tensor([[0.0, 0, 9, 9], [9.5, 0, 19, 9], [0, 9.5, 9, 19]])
+    iou, touching = box_iou_plus_one(boxes)
+    assert touching[0, 1] and touching[0, 2]
+    # areas 10 x 10 and 10.5 x 10, intersection 0.5 x 10
+    assert iou[0, 1] == pytest.approx(5 / (100 + 105 - 5))
+    assert iou[0, 2] == pytest.approx(5 / (100 + 105 - 5))
 
 
 def test_soft_nms_rejects_bad_shapes() -> None:
@@ -259,3 +288,137 @@ def test_soft_nms_rejects_bad_shapes() -> None:
         soft_nms(torch.zeros(3, 5), torch.zeros(3), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="method"):
         soft_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3), method="hard")
+
+
+# ------------------------------------------------- decoding of a batch against brute force
+
+
+def ranked_corners(heat, tags, offs, b: int, kernel: int) -> list[tuple]:
+    """Every cell of image ``b`` as a corner ``(score, class, tag, x, y)``, best first, by
+    loops (score 0 where the cell is not a peak). float32 arithmetic, as in :func:`decode`,
+    so that equal scores are equal here too; the sigmoid of the whole batch, as there (a
+    vectorised and a scalar sigmoid may differ in the last bit)."""
+    prob = heat.sigmoid()[b].numpy()
+    classes, height, width = prob.shape
+    r = (kernel - 1) // 2
+    found = []
+    for c in range(classes):
+        for y in range(height):
+            for x in range(width):
+                window = prob[c, max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1]
+                peak = prob[c, y, x] == window.max()
+                found.append(
+                    (
+                        prob[c, y, x] if peak else np.float32(0),
+                        c,
+                        tags[b, 0, y, x].numpy(),
+                        np.float32(x) + offs[b, 0, y, x].numpy(),
+                        np.float32(y) + offs[b, 1, y, x].numpy(),
+                    )
+                )
+    return sorted(found, key=lambda corner: -corner[0])
+
+
+def brute_force_pairs_of_top_k(tl: list[tuple], br: list[tuple], k: int, ae_threshold: float):
+    """All pairs of the ``k`` best corners of each type, as tuples
+    ``(score, x1, y1, x2, y2, label, tl_score, br_score)``; a rejected pair scores -1. The
+    label of a pair is the class of its top-left corner (the bottom-right one's too for every
+    valid pair)."""
+    pairs = []
+    for s1, c1, e1, x1, y1 in tl[:k]:
+        for s2, c2, e2, x2, y2 in br[:k]:
+            valid = c1 == c2 and abs(e1 - e2) <= ae_threshold and x2 >= x1 and y2 >= y1
+            score = (s1 + s2) / np.float32(2) if valid else np.float32(-1)
+            pairs.append(tuple(map(float, (score, x1, y1, x2, y2, c1, s1, s2))))
+    return pairs
+
+
+def tied_maps(data, batch: int, classes: int, height: int, width: int) -> CornerNetOutput:
+    """Maps with many equal scores, embedding distances exactly at the threshold and boxes
+    of zero width or height.
+
+    Each heatmap cell is either high (logit 2 or 3: equal scores, plateaus of equal peaks)
+    or low, with a logit of its own (all different), so that the cut between the K-th and the
+    (K+1)-th corner can fall where no two scores are equal.
+    """
+    n = classes * height * width
+
+    def heat() -> torch.Tensor:
+        maps = []
+        for _ in range(batch):
+            high = st.sampled_from([3.0, 2.0] + [None] * 6)
+            levels = data.draw(st.lists(high, min_size=n, max_size=n))
+            ranks = data.draw(st.permutations(range(n)))
+            maps.append(
+                [-2.0 + 0.01 * r if v is None else v for v, r in zip(levels, ranks, strict=True)]
+            )
+        return torch.tensor(maps).reshape(batch, classes, height, width)
+
+    def levels(channels: int, values: list[float]) -> torch.Tensor:
+        size = batch * channels * height * width
+        drawn = data.draw(st.lists(st.sampled_from(values), min_size=size, max_size=size))
+        return torch.tensor(drawn).reshape(batch, channels, height, width)
+
+    tags, offsets = [0.0, 0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 0.5, 0.75]
+    return CornerNetOutput(
+        heat(), heat(), levels(1, tags), levels(1, tags), levels(2, offsets), levels(2, offsets)
+    )
+
+
+@pytest.mark.claim("decode-rules")
+@given(
+    data=st.data(),
+    batch=st.integers(2, 3),
+    classes=st.integers(1, 3),
+    height=st.integers(2, 5),
+    width=st.integers(2, 5),
+    kernel=st.sampled_from([1, 3]),
+)
+def test_decode_of_a_batch_equals_brute_force(data, batch, classes, height, width, kernel):
+    """Boxes, scores, corner scores and labels of every image, K smaller than the cells.
+
+    The order among equal scores is not specified (``torch.topk``), so K is drawn among the
+    values where the K-th and (K+1)-th corner scores differ in every image and corner type
+    (the top-K corners are then one set), and the detections are compared as multisets;
+    at the ``num_dets`` cut, the detections scored like the last one may be any of the pairs
+    with that score.
+    """
+    out = tied_maps(data, batch, classes, height, width)
+    corners = [
+        (ranked_corners(out.tl_heat, out.tl_tag, out.tl_off, b, kernel),
+         ranked_corners(out.br_heat, out.br_tag, out.br_off, b, kernel))
+        for b in range(batch)
+    ]  # fmt: skip
+    cells = classes * height * width
+    cuts = [
+        k
+        for k in range(1, cells)
+        if all(ranked[k - 1][0] > ranked[k][0] for image in corners for ranked in image)
+    ]
+    assume(cuts)
+    k = data.draw(st.sampled_from(cuts), label="K")
+    num_dets = data.draw(st.integers(1, k * k), label="num_dets")
+    dets = decode(out, K=k, kernel=kernel, ae_threshold=0.5, num_dets=num_dets)
+    assert dets.scores.shape == (batch, num_dets)
+    for b, (tl, br) in enumerate(corners):
+        pairs = brute_force_pairs_of_top_k(tl, br, k, 0.5)
+        expected = sorted(pairs, reverse=True)[:num_dets]
+        got = sorted(
+            zip(
+                dets.scores[b].tolist(),
+                *dets.boxes[b].T.tolist(),
+                dets.labels[b].tolist(),
+                dets.tl_scores[b].tolist(),
+                dets.br_scores[b].tolist(),
+                strict=True,
+            ),
+            reverse=True,
+        )
+        assert [p[0] for p in got] == [p[0] for p in expected]  # the same scores
+        cut = expected[-1][0]
+        assert [p for p in got if p[0] > cut] == [p for p in expected if p[0] > cut]
+        tied = [p for p in pairs if p[0] == cut]
+        for pair in (p for p in got if p[0] == cut):
+            assert pair in tied
+            tied.remove(pair)
+        assert dets.scores[b].tolist() == [p[0] for p in got]  # best first

@@ -52,3 +52,21 @@ def test_normalize_by_hand() -> None:
     np.testing.assert_allclose(out[:, 0, 0].numpy(), expected, rtol=1e-6)
     with pytest.raises(ValueError, match="RGB"):
         normalize(np.zeros((4, 4), dtype=np.uint8))
+
+
+def test_grayscale_image_is_read_as_three_equal_channels(tmp_path) -> None:
+    gray = np.arange(35, dtype=np.uint8).reshape(5, 7) * 7  # every value different
+    Image.fromarray(gray, mode="L").save(tmp_path / "gray.png")
+    image = read_image(tmp_path / "gray.png")
+    assert image.shape == (5, 7, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(image[..., channel], gray)
+
+
+def test_palette_image_is_read_as_its_palette_colours(tmp_path) -> None:
+    palette = np.array([[0, 0, 0], [255, 0, 0], [10, 200, 30], [1, 2, 250]], dtype=np.uint8)
+    indices = (np.arange(35).reshape(5, 7) % 4).astype(np.uint8)
+    picture = Image.fromarray(indices, mode="P")
+    picture.putpalette(palette.flatten().tolist())
+    picture.save(tmp_path / "palette.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "palette.png"), palette[indices])

@@ -400,3 +400,19 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="offsets"):
         offset_loss(torch.zeros(1, 3, 2), torch.zeros(1, 3, 2), torch.zeros(1, 2))
     assert criterion(outputs[0], targets)["total"] == criterion(outputs, targets)["total"]
+
+
+def test_each_bad_target_shape_is_named_on_its_own():
+    """One wrong property at a time: every condition of the target check rejects alone."""
+    outputs, targets = random_case(0, counts=[2, 1])
+    criterion = CornerNetLoss()
+    heat = targets["br_heat"]
+    with pytest.raises(ValueError, match="target heatmaps"):  # four dimensions, not one shape
+        criterion(outputs, targets | {"br_heat": heat[:, :, :-1]})
+    with pytest.raises(ValueError, match="target heatmaps"):  # one shape, not four dimensions
+        criterion(outputs, targets | {"tl_heat": heat[0], "br_heat": heat[0]})
+    mask = targets["mask"]
+    with pytest.raises(ValueError, match="targets\\['mask'\\] must be"):  # (B, K), B wrong
+        criterion(outputs, targets | {"mask": torch.cat([mask, mask])})
+    with pytest.raises(ValueError, match="targets\\['mask'\\] must be"):  # B right, not (B, K)
+        criterion(outputs, targets | {"mask": mask[..., None]})
