@@ -9,26 +9,19 @@ same data, so the page cannot promise a check that does not exist.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import docs_hooks
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_hooks():
-    spec = importlib.util.spec_from_file_location("docs_hooks", REPO / "docs" / "hooks.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
-hooks = _load_hooks()
+hooks = docs_hooks()
 
 
 @pytest.fixture(scope="module")

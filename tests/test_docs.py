@@ -13,29 +13,22 @@ Without Chromium the browser checks skip, except under CI, where they fail: CI i
 from __future__ import annotations
 
 import html
-import importlib.util
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import docs_hooks, load_script
 from mkdocs.structure.files import File, Files
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
-site_tools = _load("screenshot_site", REPO / "scripts" / "screenshot_site.py")
-hooks = _load("docs_hooks", REPO / "docs" / "hooks.py")
+site_tools = load_script("screenshot_site", REPO / "scripts" / "screenshot_site.py")
+hooks = docs_hooks()
 
 # Loads each page in a frame, waits for its scripts, and writes what it found as JSON into
 # <pre id="results">. Chapters and API pages hold math as .arithmatex elements; notebook

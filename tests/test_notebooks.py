@@ -11,24 +11,17 @@ their answers, so a wrong solution raises too.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import docs_hooks
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.py"))
 
 
-def _load_hooks():
-    spec = importlib.util.spec_from_file_location("docs_hooks", REPO / "docs" / "hooks.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def outputs(notebook: dict) -> list[dict]:
@@ -46,7 +39,7 @@ def test_notebook_executes_and_shows_a_figure(path: Path) -> None:
     pytest.importorskip("jupytext")
     pytest.importorskip("nbclient")
     nbformat = pytest.importorskip("nbformat")
-    executed = _load_hooks().executed_notebook(path)
+    executed = docs_hooks().executed_notebook(path)
     notebook = nbformat.read(executed, as_version=4)
     errors = [output for output in outputs(notebook) if output["output_type"] == "error"]
     assert not errors, errors
@@ -55,7 +48,7 @@ def test_notebook_executes_and_shows_a_figure(path: Path) -> None:
 
 
 def test_the_cache_key_follows_the_script(tmp_path: Path) -> None:
-    hooks = _load_hooks()
+    hooks = docs_hooks()
     script = NOTEBOOK_DIR / "01_targets.py"
     copy, changed = tmp_path / "same" / script.name, tmp_path / "changed" / script.name
     for path, extra in ((copy, ""), (changed, "\n# %%\nprint(1)\n")):

@@ -16,32 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_TRAINING
 
-from cornernet_ref.config import ModelConfig, TrainConfig
-from cornernet_ref.data.augment import AugmentConfig
+from cornernet_ref.config import TrainConfig
 from cornernet_ref.model import CornerNet
 from cornernet_ref.train import LOSS_TERMS, autocast_dtype, load_checkpoint, train
 
-TINY = TrainConfig(
-    name="tiny",
-    model=ModelConfig(
-        n=2, nstack=2, dims=(8, 8, 8), modules=(1, 1, 1), cnv_dim=8, pre_dim=8, pool_dim=8
-    ),
-    augment=AugmentConfig(input_size=63, border=16),
-    output_size=16,
-    max_objects=8,
-    shapes_train=8,
-    shapes_val=0,
-    shapes_size=56,
-    batch_size=2,
-    max_iters=2,
-    lr=1e-3,
-    workers=0,
-    precision="fp32",
-    device="cpu",
-    log_every=1,
-    checkpoint_every=1000,
-)
+TINY = replace(TINY_TRAINING, shapes_train=8, batch_size=2, max_iters=2)
 DEFAULT_SCALE = 2.0**16  # torch.amp.GradScaler's initial scale
 LOW_SCALE = 2.0**8  # one under which the tiny model's gradients do not overflow by themselves
 BACKOFF = 0.5  # the factor applied to the scale when a step is skipped

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import TINY_TRAINING as TINY
 from PIL import Image
 
 from cornernet_ref.checkpoint import CheckpointError
-from cornernet_ref.config import ModelConfig, TrainConfig
-from cornernet_ref.data.augment import AugmentConfig
+from cornernet_ref.config import TrainConfig
 from cornernet_ref.losses import CornerNetLoss
 from cornernet_ref.model import CornerNet
 from cornernet_ref.train import (
@@ -30,28 +30,6 @@ from cornernet_ref.train import (
     train,
 )
 from cornernet_ref.visualize import upscale_factor
-
-TINY = TrainConfig(
-    name="tiny",
-    model=ModelConfig(
-        n=2, nstack=2, dims=(8, 8, 8), modules=(1, 1, 1), cnv_dim=8, pre_dim=8, pool_dim=8
-    ),
-    augment=AugmentConfig(input_size=63, border=16),
-    output_size=16,
-    max_objects=8,
-    shapes_train=12,
-    shapes_val=0,
-    shapes_size=56,
-    batch_size=4,
-    max_iters=3,
-    lr=1e-3,
-    workers=0,
-    precision="fp32",
-    device="cpu",
-    log_every=1,
-    checkpoint_every=1000,
-)
-
 
 TINY_KWARGS = model_kwargs(TINY, num_classes=3)
 
