@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cornernet_ref.convert import convert_official_state_dict, load_official, ours_to_official
+from cornernet_ref.errors import InputError
 from cornernet_ref.model import CornerNet
 
 TINY = dict(num_classes=3, n=2, nstack=2, dims=(6, 10, 12), modules=(2, 1, 3), cnv_dim=7,
@@ -43,6 +44,6 @@ def test_missing_tensors_are_counted_without_the_counters(official) -> None:
 def test_official_files_with_more_than_tensors_need_trust(tmp_path) -> None:
     path = tmp_path / "official.pkl"
     torch.save({"weight": torch.ones(2), "note": Fraction(1, 3)}, path)
-    with pytest.raises(ValueError, match="(?s)holds more than tensors.*pass --trust"):
+    with pytest.raises(InputError, match="(?s)holds more than tensors.*pass --trust"):
         load_official(path)
     assert load_official(path, trust=True)["note"] == Fraction(1, 3)

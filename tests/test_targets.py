@@ -181,16 +181,40 @@ def test_official_radius_approaches_exact_for_thin_boxes():
 @pytest.mark.parametrize(
     ("height", "width", "t", "variant", "message"),
     [
-        (0, 5, 0.3, "official", "box size"),
-        (5, -1, 0.3, "exact", "box size"),
-        (5, 5, 1.0, "official", "min_overlap"),
-        (5, 5, 0.0, "exact", "min_overlap"),
+        *[
+            (height, width, t, variant, message)
+            for variant in ("official", "exact")
+            for height, width, t, message in (
+                (0, 5, 0.3, "box size"),
+                (5, 0, 0.3, "box size"),
+                (-1, 5, 0.3, "box size"),
+                (5, -1, 0.3, "box size"),
+                (5, 5, 1.0, "min_overlap"),
+                (5, 5, 0.0, "min_overlap"),
+            )
+        ],
         (5, 5, 0.3, "circle", "unknown radius variant"),
     ],
 )
 def test_radius_rejects_bad_input(height, width, t, variant, message):
     with pytest.raises(ValueError, match=message):
         gaussian_radius(height, width, t, variant=variant)
+    if variant == "exact":  # the exact radius checks its input itself
+        with pytest.raises(ValueError, match=message):
+            exact_radius(height, width, t)
+
+
+@pytest.mark.parametrize("variant", ["official", "exact"])
+def test_radius_accepts_the_edges_of_its_domain(variant):
+    """The smallest box sizes and overlaps just inside (0, 1) give a radius, not an error."""
+    for height, width, t in (
+        (1e-9, 1.0, 0.3),
+        (1.0, 1e-9, 0.3),
+        (2.0, 3.0, 1e-9),
+        (2.0, 3.0, 1 - 1e-9),
+    ):
+        radius = gaussian_radius(height, width, t, variant=variant)
+        assert 0 <= radius < max(height, width) / t
 
 
 # --- Bumps ------------------------------------------------------------------------------
