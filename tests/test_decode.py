@@ -105,35 +105,12 @@ def test_only_local_maxima_survive() -> None:
 
 
 def brute_force_pairs(out: CornerNetOutput, kernel: int, ae_threshold: float) -> list[float]:
-    """Scores of every valid pair of cells (score 0 where not a peak), by loops."""
-
-    def corners(heat, tags, offs):
-        prob = heat[0].sigmoid()
-        classes, height, width = prob.shape
-        r = (kernel - 1) // 2
-        found = []
-        for c in range(classes):
-            for y in range(height):
-                for x in range(width):
-                    window = prob[c, max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1]
-                    score = float(prob[c, y, x]) if prob[c, y, x] == window.max() else 0.0
-                    found.append(
-                        (
-                            score,
-                            c,
-                            float(tags[0, 0, y, x]),
-                            x + float(offs[0, 0, y, x]),
-                            y + float(offs[0, 1, y, x]),
-                        )
-                    )
-        return found
-
-    scores = []
-    for s1, c1, e1, x1, y1 in corners(out.tl_heat, out.tl_tag, out.tl_off):
-        for s2, c2, e2, x2, y2 in corners(out.br_heat, out.br_tag, out.br_off):
-            if c1 == c2 and abs(e1 - e2) <= ae_threshold and x2 >= x1 and y2 >= y1:
-                scores.append((s1 + s2) / 2)
-    return sorted(scores, reverse=True)
+    """Scores of every valid pair of cells of image 0 (score 0 where not a peak), by loops:
+    every cell is among the top K."""
+    tl = ranked_corners(out.tl_heat, out.tl_tag, out.tl_off, 0, kernel)
+    br = ranked_corners(out.br_heat, out.br_tag, out.br_off, 0, kernel)
+    pairs = brute_force_pairs_of_top_k(tl, br, len(tl), ae_threshold)
+    return sorted((pair[0] for pair in pairs if pair[0] != -1), reverse=True)
 
 
 @pytest.mark.claim("decode-rules")
