@@ -217,6 +217,72 @@ def test_radius_accepts_the_edges_of_its_domain(variant):
         assert 0 <= radius < max(height, width) / t
 
 
+def stable_roots(width, height, t):
+    """The shrink, grow and shift roots of the three official quadratics, each written as
+    ``2c / (-b -+ sqrt(b^2 - 4ac))`` so that no difference of near-equal terms is taken."""
+    area, perimeter = width * height, width + height
+    shrink = (1 - t) * area / (perimeter + math.sqrt((width - height) ** 2 + 4 * t * area))
+    grow_term = (t * perimeter) ** 2 + 4 * t * (1 - t) * area
+    grow = (1 - t) * area / (t * perimeter + math.sqrt(grow_term))
+    k = (1 - t) / (1 + t)
+    shift = 2 * k * area / (perimeter + math.sqrt(perimeter**2 - 4 * k * area))
+    return shrink, grow, shift
+
+
+@pytest.mark.claim("radius-official")
+@given(st.floats(1e-4, 1.0), st.floats(1e-6, 1 - 1e-6))
+def test_shrinking_root_is_the_smallest_over_the_whole_domain(aspect, t):
+    """Every root is proportional to the box, so a unit long side covers all sizes."""
+    width, height = 1.0, aspect
+    shrink, grow, shift = stable_roots(width, height, t)
+    area, perimeter = width * height, width + height
+    for residual in (  # each is a root of its own quadratic
+        4 * shrink**2 - 2 * perimeter * shrink + (1 - t) * area,
+        4 * t * grow**2 + 2 * t * perimeter * grow - (1 - t) * area,
+        shift**2 - perimeter * shift + (1 - t) / (1 + t) * area,
+    ):
+        assert abs(residual) <= 1e-9 * area
+    assert min(shrink, grow, shift) > 0
+    assert shrink <= grow * (1 + 1e-12) and shrink <= shift * (1 + 1e-12)
+    # With room to spare: the both-out quadratic is still <= 0 at the shrink root with 5t
+    # in place of 4t, i.e. (4 + 5t) r <= 2 (1 - t)(w + h).
+    assert (4 + 5 * t) * shrink <= 2 * (1 - t) * perimeter * (1 + 1e-12)
+    # Both-in moves stop at half the shorter side.
+    assert shrink <= height / 2
+
+
+@pytest.mark.claim("radius-official")
+def test_official_radius_of_square_boxes_by_hand():
+    # A w x w square: (w - 2r)^2 = t w^2, so r = w (1 - sqrt t) / 2, at any t and any size.
+    for side in (0.2, 1.0, 10.0, 500.0):
+        for t in (0.01, 0.05, 0.3, 0.9, 0.99):
+            expected = side * (1 - math.sqrt(t)) / 2
+            assert gaussian_radius(side, side, t) == pytest.approx(expected, rel=1e-12)
+
+
+@given(sides, sides, overlaps, st.floats(1e-3, 1e3))
+def test_official_radius_scales_with_the_box(width, height, t, scale):
+    r = gaussian_radius(height, width, t)
+    assert gaussian_radius(scale * height, scale * width, t) == pytest.approx(scale * r, rel=1e-9)
+
+
+@given(st.floats(1e-3, 1e3), st.floats(1e-3, 1e3), st.floats(1e-6, 1 - 1e-6))
+def test_radius_is_never_negative(width, height, t):
+    """build_targets truncates the radius to an int; a negative radius would need a clamp."""
+    for variant in ("official", "exact"):
+        assert gaussian_radius(height, width, t, variant=variant) >= 0
+
+
+def test_exact_radius_of_a_square_agrees_on_both_sides_of_one_quarter():
+    # At t = 1/4 the diagonal move and the two off-diagonal moves are both worst:
+    # sqrt(2) (1 - sqrt t) = sqrt(1 - 2t) = sqrt(1/2), in floating point too.
+    assert math.sqrt(2) * (1 - math.sqrt(0.25)) == math.sqrt(1 - 2 * 0.25)
+    assert exact_radius(10, 10, 0.25) == 5 * math.sqrt(0.5)
+    below, above = exact_radius(10, 10, 0.25 - 1e-12), exact_radius(10, 10, 0.25 + 1e-12)
+    assert below > exact_radius(10, 10, 0.25) > above
+    assert below == pytest.approx(above, rel=1e-10)
+
+
 # --- Bumps ------------------------------------------------------------------------------
 
 
@@ -239,6 +305,16 @@ def test_bump_is_symmetric_and_decreasing(radius):
     np.testing.assert_array_equal(bump, bump[:, ::-1])
     row = bump[radius, radius:]
     assert row[0] == 1.0 and (np.diff(row) < 0).all() and row[-1] > 0
+
+
+@given(st.integers(0, 400))
+def test_bump_never_reaches_the_epsilon_threshold(radius):
+    """The corner of the window is the smallest value, exp(-36 r^2 / (2r + 1)^2) > exp(-9):
+    far above the float64 epsilon below which the official code zeroes a value."""
+    bump = gaussian_bump(radius)
+    corner = math.exp(-36 * radius**2 / (2 * radius + 1) ** 2)
+    assert bump.min() == pytest.approx(corner, rel=1e-12) and corner > math.exp(-9)
+    assert bump.min() > np.finfo(np.float64).eps * bump.max()
 
 
 def brute_force_draw(heatmap, center, radius):
@@ -276,6 +352,22 @@ def test_draw_gaussian_rejects_bad_input():
         draw_gaussian(heatmap, (1, 1), -1)
     with pytest.raises(ValueError, match="outside"):
         draw_gaussian(heatmap, (6, 1), 1)
+
+
+@pytest.mark.parametrize("center", [(-1, 1), (6, 1), (1, -1), (1, 4), (-1, -1), (6, 4)])
+def test_draw_gaussian_rejects_each_outside_centre(center):
+    heatmap = np.zeros((4, 6), np.float32)  # x in [0, 6), y in [0, 4)
+    with pytest.raises(ValueError, match="outside"):
+        draw_gaussian(heatmap, center, 1)
+    assert not heatmap.any()
+
+
+@pytest.mark.parametrize("center", [(0, 0), (5, 0), (0, 3), (5, 3)])
+def test_draw_gaussian_accepts_the_corner_cells(center):
+    heatmap = np.zeros((4, 6), np.float32)
+    expected = brute_force_draw(heatmap, center, 1)
+    draw_gaussian(heatmap, center, 1)
+    np.testing.assert_array_equal(heatmap, expected)
 
 
 # --- Layout -----------------------------------------------------------------------------
@@ -437,6 +529,99 @@ def test_too_many_objects_raise():
                       max_objects=3)  # fmt: skip
     with pytest.raises(ValueError, match="output_size"):
         build_targets(boxes[:1], np.zeros(1), num_classes=1, input_size=32, output_size=(8, 0))
+
+
+def targets_with(boxes, labels, num_classes, input_size, output_size, **options):
+    """build_targets; ``options`` (gaussian_iou, max_objects, radius_variant,
+    penalty_reduction) reach it through this one call."""
+    return build_targets(
+        boxes, labels, num_classes=num_classes, input_size=input_size, output_size=output_size,
+        **options,
+    )  # fmt: skip
+
+
+@pytest.mark.claim("gaussian-bump")
+@given(images(), st.sampled_from([0.3, 0.7]), st.sampled_from(["official", "exact"]))
+def test_heatmaps_equal_bumps_drawn_cell_by_cell(image, t, variant):
+    """Each kept box draws, at both corner cells, the bump of the radius of its size on the
+    output grid (each side rounded up, the radius truncated), merged by a maximum."""
+    boxes, labels, (in_h, in_w), (out_h, out_w) = image
+    targets = targets_with(boxes, labels, 3, (in_h, in_w), (out_h, out_w),
+                           gaussian_iou=t, radius_variant=variant)  # fmt: skip
+    ratio_w, ratio_h = out_w / in_w, out_h / in_h
+    expected = {corner: np.zeros((3, out_h, out_w), np.float32) for corner in ("tl", "br")}
+    for (x1, y1, x2, y2), label in zip(boxes, labels, strict=True):
+        x1, x2 = (min(max(x, 0), in_w - 1) for x in (x1, x2))
+        y1, y2 = (min(max(y, 0), in_h - 1) for y in (y1, y2))
+        if x2 <= x1 or y2 <= y1:
+            continue
+        size = math.ceil((y2 - y1) * ratio_h), math.ceil((x2 - x1) * ratio_w)
+        radius = int(gaussian_radius(*size, t, variant=variant))
+        for corner, (x, y) in (("tl", (x1, y1)), ("br", (x2, y2))):
+            cell = math.floor(x * ratio_w), math.floor(y * ratio_h)
+            heat = expected[corner][label]
+            heat[...] = brute_force_draw(heat, cell, radius)
+    for corner in ("tl", "br"):
+        np.testing.assert_array_equal(targets[f"{corner}_heat"].numpy(), expected[corner])
+
+
+@pytest.mark.claim("gaussian-bump")
+def test_bump_radius_by_hand_away_from_the_origin():
+    # Input 64, output 16. The box (40, 40)-(56, 56) spans cells (10, 10)-(14, 14), 4 x 4
+    # on the grid: 4r^2 - 16r + 0.7 * 16 = 0 gives r = 0.90 -> 0, so only the two corner
+    # cells are positive. A 5 x 5 box, (40, 40)-(60, 60): 4r^2 - 20r + 17.5 = 0, r = 1.13
+    # -> 1, a 3 x 3 bump around each corner.
+    small = targets_with(np.array([[40.0, 40.0, 56.0, 56.0]]), np.array([0]), 1, 64, 16)
+    for corner, (x, y) in (("tl", (10, 10)), ("br", (14, 14))):
+        heat = small[f"{corner}_heat"][0]
+        assert heat[y, x] == 1.0 and heat.sum() == 1.0
+    large = targets_with(np.array([[40.0, 40.0, 60.0, 60.0]]), np.array([0]), 1, 64, 16)
+    for corner, (x, y) in (("tl", (10, 10)), ("br", (15, 15))):
+        heat = large[f"{corner}_heat"][0]
+        assert heat[y, x] == 1.0 and heat[y, x - 1] == pytest.approx(math.exp(-36 / 18))
+        assert (heat > 0).sum() == {"tl": 9, "br": 4}[corner]  # br is clipped at the border
+        assert heat[y - 1, x - 1] == pytest.approx(math.exp(-2 * 36 / 18))
+
+
+def test_one_cell_output_grid():
+    # A 1 x 1 output: both corners of any box fall in cell 0, the offsets are the scaled
+    # coordinates themselves.
+    targets = targets_with(np.array([[0.5, 1.0, 3.0, 2.0]]), np.array([1]), 2, 4, (1, 1),
+                           max_objects=2)  # fmt: skip
+    assert targets["tl_heat"].tolist() == [[[0.0]], [[1.0]]]
+    assert targets["br_heat"].tolist() == [[[0.0]], [[1.0]]]
+    assert targets["tl_ind"].tolist() == [0, 0] and targets["br_ind"].tolist() == [0, 0]
+    assert targets["tl_off"][0].tolist() == [0.125, 0.25]
+    assert targets["br_off"][0].tolist() == [0.75, 0.5]
+    assert targets["mask"].tolist() == [True, False]
+
+
+@pytest.mark.parametrize("empty", [[], np.zeros(0), torch.zeros(0)])
+def test_empty_boxes_of_any_shape_give_empty_targets(empty):
+    targets = targets_with(empty, empty, 2, 32, 8, max_objects=3)
+    assert targets["mask"].tolist() == [False] * 3
+    assert targets["tl_heat"].shape == (2, 8, 8) and not targets["br_heat"].any()
+
+
+@pytest.mark.parametrize("labels", [[-1], [1, -1], [2], [0, 2]], ids=str)
+def test_labels_outside_the_classes_are_rejected(labels):
+    """Two classes: -1 and 2 are out, alone or next to a valid label."""
+    boxes = np.tile([[1.0, 1.0, 20.0, 20.0]], (len(labels), 1))
+    with pytest.raises(ValueError, match="labels must lie"):
+        targets_with(boxes, np.array(labels), 2, 32, 8)
+
+
+def test_one_box_of_the_wrong_shape_is_rejected():
+    with pytest.raises(ValueError, match="boxes must have shape"):
+        targets_with(np.zeros(1), np.zeros(1), 2, 32, 8)
+
+
+def test_exactly_max_objects_fit():
+    boxes = np.array([[1.0, 1.0, 20.0, 20.0], [2.0, 3.0, 9.0, 30.0], [5.0, 5.0, 6.0, 6.0]])
+    targets = targets_with(boxes, np.zeros(3), 1, 32, 8, max_objects=3)
+    assert targets["mask"].tolist() == [True, True, True]
+    assert targets["tl_ind"].tolist() == [0 * 8 + 0, 0 * 8 + 0, 1 * 8 + 1]
+    assert targets["br_ind"].tolist() == [5 * 8 + 5, 7 * 8 + 2, 1 * 8 + 1]
 
 
 def test_collate_stacks_every_key():
