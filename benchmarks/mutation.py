@@ -168,6 +168,67 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
      "differs only when the uniform draw is exactly 0.5, a chance of 2^-53 per image"),
     ("decode", "if boxes.dim() != 2 or boxes.shape[-1] != 4", "unary `-` removed",
      "checked after boxes.dim() != 2 (the `or` stops there otherwise): shape[1] is shape[-1]"),
+    # targets, official radius: min(shift, shrink, grow) is always the shrink root (chapter 1
+    # §3.2; test_shrinking_root_is_the_smallest_over_the_whole_domain), so a mutant that only
+    # raises the grow or shift root cannot change it. Each was also compared with the original
+    # on 2e5 random inputs (t in (1e-6, 1 - 1e-6), aspect ratios 1e-4 to 1e4, sizes 1e-3 to
+    # 1e3): no change, except the two noted, whose changes are rounding.
+    ("targets", "return (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)", "unary `-` removed",
+     "larger_root serves only grow, whose b = 2t(w + h) > 0: (b + sqrt D) / 2a > grow, "
+     "and grow never binds"),
+    ("targets", "return (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)", "`4` -> `5`",
+     "larger_root serves only grow, whose c = (t - 1)wh < 0: b^2 - 5ac > b^2 - 4ac raises "
+     "the root, and grow never binds"),
+    ("targets", "return (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)", "`2` -> `1`",
+     "larger_root serves only grow: dividing by a, not 2a, doubles the positive root, and "
+     "grow never binds"),
+    ("targets", "shift = smaller_root(1.0, -(h + w), w * h * (1 - t) / (1 + t))", "`/` -> `*`",
+     "c = (1 - t)(1 + t)wh > (1 - t)wh / (1 + t) raises the smaller root (D stays >= 0), and "
+     "shift never binds; in floats unchanged for t in [1e-3, 1 - 1e-3] and aspect ratios to "
+     "1e3, beyond (t within 1e-6 of 1, thinner boxes) a change <= 5e-7 relative, the size of "
+     "the cancellation error of the original's own roots there"),
+    ("targets", "grow = larger_root(4 * t, 2 * t * (h + w), (t - 1) * w * h)", "`4` -> `3`",
+     "3t r^2 < 4t r^2 for r > 0 raises the positive root, and grow never binds; in floats "
+     "unchanged for t in [1e-3, 1 - 1e-3] and aspect ratios to 1e3, beyond a change <= 2e-7 "
+     "relative, within the original's cancellation error there"),
+    ("targets", "grow = larger_root(4 * t, 2 * t * (h + w), (t - 1) * w * h)", "`4` -> `5`",
+     "the root drops but stays >= the shrink root r: with (1 - t)wh = 2r(w + h) - 4r^2 the "
+     "quadratic at r is r((4 + 5t)r - 2(1 - t)(w + h)) <= 0 (asserted in "
+     "test_shrinking_root_is_the_smallest_over_the_whole_domain)"),
+    ("targets", "grow = larger_root(4 * t, 2 * t * (h + w), (t - 1) * w * h)", "`2` -> `1`",
+     "b = t(w + h) < 2t(w + h) with c < 0 raises the positive root, and grow never binds"),
+    ("targets", "grow = larger_root(4 * t, 2 * t * (h + w), (t - 1) * w * h)", "`+` -> `-`",
+     "b = 2t(h - w) < 2t(h + w) with c < 0 raises the positive root, and grow never binds"),
+    ("targets", "grow = larger_root(4 * t, 2 * t * (h + w), (t - 1) * w * h)", "`1` -> `2`",
+     "c = (t - 2)wh < (t - 1)wh raises the positive root, and grow never binds"),
+    ("targets", "if t >= 0.25 else math.sqrt(1 - 2 * t)", "`>=` -> `>`",
+     "at t = 0.25 both branches give sqrt(1/2) bit for bit, 0.5 * fl(sqrt 2) being "
+     "fl(sqrt 0.5) (test_exact_radius_of_a_square_agrees_on_both_sides_of_one_quarter)"),
+    ("targets", "low, high = (middle, high) if x * y < t * rho else (low, middle)", "`<` -> `<=`",
+     "differs only where the float XY equals t rho exactly; either branch keeps a float root "
+     "and ends in its rounding plateau: <= 7e-13 relative for t <= 0.999, 7e-10 at t within "
+     "1e-6 of 1"),
+    *[
+        ("targets", "bump[bump < np.finfo(bump.dtype).eps * bump.max()] = 0", mutation,
+         "the threshold never selects a cell: the smallest value, the window corner "
+         "exp(-36r^2 / (2r + 1)^2), exceeds exp(-9), far above eps times the peak 1 "
+         "(test_bump_never_reaches_the_epsilon_threshold); " + detail)
+        for mutation, detail in (
+            ("`*` -> `/`", "eps / 1 is eps"),
+            ("`.max` -> `.min`", "eps times the minimum is smaller still"),
+            ("`<` -> `<=`", "no value equals the threshold either"),
+            ("`0` -> `-1`", "no cell is assigned"),
+            ("`0` -> `1`", "no cell is assigned"),
+        )
+    ],
+    ("targets", "boxes = boxes.reshape(0, 4)", "`0` -> `-1`",
+     "the array is empty (checked just above): reshape(-1, 4) gives (0, 4) as well"),
+    ("targets", "enumerate(zip(boxes, labels, strict=True))", "`True` -> `False`",
+     "labels are checked to have one entry per box and filtered by the same mask: the zip "
+     "cannot be uneven"),
+    ("targets", "radius = max(0, int(gaussian_radius(", "`0` -> `-1`",
+     "the radius is never negative (test_radius_is_never_negative) and int truncates toward "
+     "0, so max(-1, .) and max(0, .) both return int(radius)"),
 )  # fmt: skip
 
 
