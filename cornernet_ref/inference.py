@@ -242,8 +242,9 @@ def merge_detections(
     return ImageDetections(boxes, scores, labels)
 
 
-# An output source gives the raw maps of one image: (image record, geometry, flip) -> maps.
 OutputSource = Callable[[dict, CanvasGeometry, bool], CornerNetOutput]
+"""The raw maps of one image: ``(COCO image record, geometry, flip) -> CornerNetOutput``, a
+batch of 1 (the canvas) or, with ``flip``, 2 (the canvas and its mirror)."""
 
 
 def model_source(

@@ -71,7 +71,9 @@ def test_bad_values_are_named():
         get_config("nope")
 
 
-@pytest.mark.parametrize("config", [TrainConfig(), TestConfig(), DecodeConfig()], ids=lambda config: type(config).__name__)
+@pytest.mark.parametrize(
+    "config", [TrainConfig(), TestConfig(), DecodeConfig()], ids=["train", "test", "decode"]
+)
 def test_configurations_print_as_json_of_their_fields(config):
     assert json.loads(str(config)) == json.loads(json.dumps(dataclasses.asdict(config)))
     assert config_from_dict(json.loads(str(config)), type(config)) == config

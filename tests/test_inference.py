@@ -189,6 +189,7 @@ def ranked_boxes(count: int) -> tuple[CornerNetOutput, CanvasGeometry]:
     return CornerNetOutput(tl, br, tags, btags, zero, zero), geometry
 
 
+@pytest.mark.claim("soft-nms")
 @pytest.mark.parametrize("max_per_image", [100, 7])
 def test_merging_keeps_the_best_max_per_image(max_per_image: int) -> None:
     out, geometry = ranked_boxes(150)
