@@ -145,6 +145,16 @@ def test_flip_testing_of_a_symmetric_image_gives_symmetric_boxes(tmp_path: Path)
     assert rounded(dets.boxes) == rounded(mirror_boxes(dets.boxes, RECORD["width"]))
 
 
+@pytest.mark.parametrize("width", [201, 200])  # equal borders, and borders a pixel apart
+def test_flip_testing_maps_the_mirror_s_boxes_back_onto_the_image(tmp_path, width) -> None:
+    record = {**RECORD, "width": width}
+    draw_rectangles(tmp_path, [record], MIRRORED_PAIR[:1])  # one rectangle, on the left
+    dets = detect_image(model_source(RectangleFinder(), tmp_path), record, TestConfig(flip=True))
+    _, _, x, y, w, h, _ = MIRRORED_PAIR[0]
+    # Found in the canvas and in its mirror, both times where it is in the image.
+    assert dets.boxes.tolist() == [pytest.approx([x, y, x + w, y + h], abs=0.5)] * 2
+
+
 @pytest.mark.parametrize("scale", [0.5, 1.0, 1.5])
 def test_each_scale_finds_the_boxes_of_the_original_image(tmp_path: Path, scale: float) -> None:
     draw_rectangles(tmp_path, [RECORD], MIRRORED_PAIR)
@@ -200,10 +210,11 @@ def test_merging_keeps_the_best_max_per_image(max_per_image: int) -> None:
     assert float(dets.scores.min()) == pytest.approx(float(torch.sigmoid(torch.tensor(last))))
 
 
-def test_the_decoding_options_reach_the_decoder() -> None:
+@pytest.mark.parametrize("k", [100, 120])
+def test_the_decoding_options_reach_the_decoder(k: int) -> None:
     out, geometry = ranked_boxes(150)
-    config = TestConfig(flip=False)  # K = 100 corners: at most 100 of the 150 boxes
-    assert len(scale_detections(out, geometry, config).scores) == 100
+    config = TestConfig(flip=False, decode=DecodeConfig(K=k))  # K corners: K of the boxes
+    assert len(scale_detections(out, geometry, config).scores) == min(k, 150)
 
 
 def test_flip_needs_the_mirrored_canvas_in_the_batch() -> None:
