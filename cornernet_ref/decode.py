@@ -12,6 +12,9 @@ Decoding turns them into scored boxes in four steps, each function stating its r
    scored, and rejected on class, embedding distance or an inverted box;
 4. [soft_nms][cornernet_ref.decode.soft_nms]: after the boxes are mapped back to the
    image, overlapping boxes of one class decay each other's scores (Bodla et al., 2017).
+
+The options of steps 1 to 3 are one [DecodeConfig][cornernet_ref.decode.DecodeConfig], the
+official values by default.
 """
 
 from __future__ import annotations

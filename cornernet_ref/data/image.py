@@ -1,4 +1,4 @@
-"""Reading images and normalising them the way the official network expects.
+"""Reading images, resizing them and normalising them the way the official network expects.
 
 The official code reads images with OpenCV, so its constants are in **BGR** order. This
 project works in **RGB** throughout: the constants below are the official ones reversed
