@@ -23,7 +23,7 @@ H100 or H200; the whole run stops at ``--time-limit``, 480 s by default):
   configuration of the training notebook, for the iterations its budget allows: loss curve
   and AP (on the first 32 training images, which double as validation).
 * ``inference``: images/s end to end at the paper's test setting (official padding, flip,
-  decoding, soft-NMS; :func:`cornernet_ref.evaluate.detect_image`) in fp32 and bf16,
+  decoding, soft-NMS; :func:`cornernet_ref.inference.detect_image`) in fp32 and bf16,
   against the official 244 ms per image (Titan X) and mmdetection's 238 ms (V100), with
   the weights of ``--checkpoint`` or else those ``coco128_training`` left.
 * ``compute_sanitizer``: the corner pooling tests once under ``compute-sanitizer``
@@ -503,7 +503,7 @@ def step_coco128_training(context: Context) -> dict:
                 "channels_last",
                 "workers",
                 "lr",
-                "val_flip",
+                "test",
                 "val_limit",
             )
         },
@@ -526,7 +526,7 @@ def step_inference(context: Context) -> dict:
 
     from cornernet_ref.data.coco import load_coco
     from cornernet_ref.data.examples import coco128
-    from cornernet_ref.evaluate import detect_image, model_source
+    from cornernet_ref.inference import TestConfig, detect_image, model_source
     from cornernet_ref.model import CornerNet
 
     device = context.device
@@ -546,11 +546,12 @@ def step_inference(context: Context) -> dict:
     coco = load_coco(annotations)
     records = coco.loadImgs(sorted(coco.getImgIds()))[: 2 if context.dry_run else 100]
     warm_up = 1 if context.dry_run else 5
+    test = TestConfig()  # the paper's single-scale test with flip
     result = {
         "weights": weights,
-        "flip": True,
-        "scales": [1.0],
-        "nms": "gaussian soft-NMS",
+        "flip": test.flip,
+        "scales": list(test.scales),
+        "nms": f"{test.nms_method} soft-NMS",
         "rows": [],
     }
     for index, precision in enumerate(("fp32", "bf16")):
@@ -559,13 +560,13 @@ def step_inference(context: Context) -> dict:
             model_source(model, images, device), dtype, device.type
         )
         for record in records[:warm_up]:
-            detect_image(source, record)
+            detect_image(source, record, test)
         source_seconds.clear()
         # Each precision gets its share of the time left; it stops early rather than overrun.
         stop = time.time() + (context.seconds_left() - 5) / (2 - index)
         start, timed = time.perf_counter(), 0
         for record in records[warm_up:]:
-            detect_image(source, record)
+            detect_image(source, record, test)
             timed += 1
             if time.time() > stop:
                 break

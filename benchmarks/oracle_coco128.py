@@ -19,8 +19,10 @@ from pathlib import Path
 from report import header, write_result
 
 from cornernet_ref.analysis import oracle_source
+from cornernet_ref.data.coco import category_ids
 from cornernet_ref.data.examples import coco128, load_coco_quietly
 from cornernet_ref.evaluate import evaluate
+from cornernet_ref.inference import TestConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,11 +35,12 @@ def main() -> None:
     if not annotations.is_file():
         raise SystemExit(f"the COCO sample is missing: {annotations} (set CORNERNET_SHARED)")
     coco = load_coco_quietly(annotations)
-    source = oracle_source(coco, num_classes=len(coco.getCatIds()))
+    source = oracle_source(coco, num_classes=len(category_ids(coco)))
     results = {}
     for flip in (False, True):
         with contextlib.redirect_stdout(io.StringIO()):
-            results["flip" if flip else "no_flip"] = evaluate(source, coco, flip=flip)
+            config = TestConfig(flip=flip)
+            results["flip" if flip else "no_flip"] = evaluate(source, coco, config=config)
     report = header("oracle_coco128", claims=("oracle-ap",)) | {
         "images": len(coco.getImgIds()),
         "boxes": len(coco.getAnnIds()),

@@ -26,13 +26,18 @@ collision a network cannot resolve either.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from pycocotools.coco import COCO
 from torch import Tensor
 
-from cornernet_ref.evaluate import CanvasGeometry, OutputSource, mirror_boxes
+from cornernet_ref.data.coco import category_ids
+from cornernet_ref.inference import CanvasGeometry, OutputSource, mirror_boxes
 from cornernet_ref.output import CornerNetOutput
 from cornernet_ref.targets import build_targets, collate_targets
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 PEAK_LOGIT = 20.0  # sigmoid(20) == 1 in float32: the exact corners
 MAX_TARGET = 0.999  # the Gaussian around a corner stays strictly below its peak
@@ -128,22 +133,22 @@ def with_ground_truth(
 
 
 def image_boxes(coco: COCO, image_id: int) -> tuple[Tensor, Tensor]:
-    """Non-crowd ``(N, 4)`` xyxy boxes and 0-based labels (sorted category ids) of an image.
+    """Non-crowd ``(N, 4)`` xyxy boxes and labels (:func:`~cornernet_ref.data.coco.category_ids`).
 
     Crowd regions are left out: COCO evaluation ignores detections on them anyway.
     """
-    category_index = {cat: i for i, cat in enumerate(sorted(coco.getCatIds()))}
+    label_of_category = {category: label for label, category in enumerate(category_ids(coco))}
     annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=False))
     boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
-    labels = torch.tensor([category_index[a["category_id"]] for a in annotations]).long()
+    labels = torch.tensor([label_of_category[a["category_id"]] for a in annotations]).long()
     return boxes, labels
 
 
 def oracle_source(
     coco: COCO, *, num_classes: int, gaussian_iou: float = 0.3, max_objects: int = 128
 ) -> OutputSource:
-    """An output source (see :func:`cornernet_ref.evaluate.evaluate`) reading the annotations.
+    """An output source (:data:`cornernet_ref.inference.OutputSource`) reading the annotations.
 
     The targets are built on the test canvas: the annotation boxes scaled as the image is
     and shifted by the border, and for the mirrored canvas mirrored in it.

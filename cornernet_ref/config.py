@@ -11,18 +11,22 @@ inside it). Two are named:
   CPU in minutes.
 
 Every field can be overridden with ``--field value`` (``--model.nstack 1``,
-``--augment.flip false``, ``--lr-decay-iters 100,200``).
+``--augment.flip false``, ``--lr-decay-iters 100,200``, ``--test.scales 0.5,1``,
+``--test.decode.K 50``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar
 
 from cornernet_ref.data.augment import AugmentConfig
+from cornernet_ref.inference import TestConfig
+from cornernet_ref.printable import PrintableConfig
+
+Config = TypeVar("Config")  # a configuration dataclass, possibly nested
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(PrintableConfig):
     """Everything a training run depends on.
 
     Attributes:
@@ -79,7 +83,7 @@ class TrainConfig:
         checkpoint_every: iterations between checkpoints (one is always written at the end).
         val_every: iterations between validations (0: only at the end).
         val_limit: validate on at most this many images (0: all).
-        val_flip: flip testing during validation.
+        test: how validation images are tested (flip, scales, soft-NMS, decoding).
         out: output folder (checkpoints, config, metrics, logs).
     """
 
@@ -121,7 +125,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     val_every: int = 0
     val_limit: int = 0
-    val_flip: bool = True
+    test: TestConfig = TestConfig()
     out: str = "runs/train"
 
     def __post_init__(self) -> None:
@@ -139,12 +143,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.dataset == "coco" and not (self.train_images and self.train_annotations):
             raise ValueError("dataset 'coco' needs train_images and train_annotations")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
 
 def config_from_dict(values: dict[str, Any], cls: type = TrainConfig) -> Any:
@@ -294,20 +292,20 @@ class ShowConfigDefaults(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """``config`` with ``{"lr": 1e-3, "model.nstack": 1, ...}`` replaced."""
+def apply_overrides(config: Config, overrides: dict[str, Any], prefix: str = "") -> Config:
+    """``config`` with ``{"lr": 1e-3, "model.nstack": 1, "test.decode.K": 50, ...}`` replaced."""
     nested: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
-        if head not in TrainConfig.__dataclass_fields__:
-            raise ValueError(f"unknown config field {key!r}")
+        if head not in config.__dataclass_fields__:
+            raise ValueError(f"unknown config field {prefix + key!r}")
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:
             top[key] = value
     for head, values in nested.items():
-        top[head] = replace(getattr(config, head), **values)
+        top[head] = apply_overrides(getattr(config, head), values, f"{prefix}{head}.")
     return replace(config, **top)
 
 

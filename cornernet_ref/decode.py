@@ -12,10 +12,14 @@ Decoding turns them into scored boxes in four steps, each function stating its r
    scored, and rejected on class, embedding distance or an inverted box;
 4. [soft_nms][cornernet_ref.decode.soft_nms]: after the boxes are mapped back to the
    image, overlapping boxes of one class decay each other's scores (Bodla et al., 2017).
+
+The options of steps 1 to 3 are one [DecodeConfig][cornernet_ref.decode.DecodeConfig], the
+official values by default.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cornernet_ref.output import CornerNetOutput, gather_at
+from cornernet_ref.printable import PrintableConfig
 
 REJECTED = -1.0  # the score the official decoder gives to a rejected pair
 
@@ -45,7 +50,36 @@ class Detections(NamedTuple):
     labels: Tensor
 
 
-def local_maxima(heat: Tensor, kernel: int = 3) -> Tensor:
+@dataclass(frozen=True)
+class DecodeConfig(PrintableConfig):
+    r"""The options of [decode][cornernet_ref.decode.decode]; the defaults are the official ones.
+
+    Attributes:
+        K: corners of each type kept by
+            [top_corners][cornernet_ref.decode.top_corners] (clipped to ``C * H * W`` for
+            tiny maps); official ``top_k`` 100.
+        kernel: side of the max-pool window of
+            [local_maxima][cornernet_ref.decode.local_maxima]; official ``nms_kernel`` 3.
+        ae_threshold: largest embedding distance of a valid pair; official 0.5.
+        num_dets: pairs returned per image (clipped to ``K * K``); official 1000.
+    """
+
+    K: int = 100
+    kernel: int = 3
+    ae_threshold: float = 0.5
+    num_dets: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("K", "num_dets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be a positive odd number, got {self.kernel}")
+        if not self.ae_threshold >= 0:
+            raise ValueError(f"ae_threshold must be at least 0, got {self.ae_threshold}")
+
+
+def local_maxima(heat: Tensor, kernel: int = DecodeConfig.kernel) -> Tensor:
     r"""Zero every cell of ``(B, C, H, W)`` that is not the maximum of its ``kernel`` window.
 
     With $p = \sigma(\text{logit})$ the heatmap probabilities and $k = 3$:
@@ -96,14 +130,7 @@ def top_corners(heat: Tensor, offsets: Tensor, k: int) -> Corners:
     return Corners(scores, cells, labels, xs, ys)
 
 
-def decode(
-    out: CornerNetOutput,
-    *,
-    K: int = 100,
-    kernel: int = 3,
-    ae_threshold: float = 0.5,
-    num_dets: int = 1000,
-) -> Detections:
+def decode(out: CornerNetOutput, config: DecodeConfig = DecodeConfig()) -> Detections:
     r"""Decode raw network maps into the ``num_dets`` best corner pairs of each image.
 
     The ``K`` best top-left corners $i$ and bottom-right corners $j$ of
@@ -121,10 +148,7 @@ def decode(
 
     Args:
         out: raw (pre-sigmoid) maps of one stack, heatmaps ``(B, C, H, W)``.
-        K: corners of each type kept (clipped to ``C * H * W`` for tiny maps).
-        kernel: window of the max-pool peak test.
-        ae_threshold: largest embedding distance of a valid pair.
-        num_dets: pairs returned per image (clipped to ``K * K``).
+        config: ``K``, ``kernel``, ``ae_threshold`` and ``num_dets``.
 
     Returns:
         :class:`Detections` with ``D = min(num_dets, K * K)`` pairs per image, sorted by
@@ -136,9 +160,9 @@ def decode(
             f"and {tuple(out.br_heat.shape)}"
         )
     batch, classes, height, width = out.tl_heat.shape
-    k = min(K, classes * height * width)
-    tl = top_corners(local_maxima(out.tl_heat.sigmoid(), kernel), out.tl_off, k)
-    br = top_corners(local_maxima(out.br_heat.sigmoid(), kernel), out.br_off, k)
+    k = min(config.K, classes * height * width)
+    tl = top_corners(local_maxima(out.tl_heat.sigmoid(), config.kernel), out.tl_off, k)
+    br = top_corners(local_maxima(out.br_heat.sigmoid(), config.kernel), out.br_off, k)
 
     # Step 3: all K x K pairs, top-left i along dim 1 and bottom-right j along dim 2.
     boxes = torch.stack(
@@ -153,13 +177,13 @@ def decode(
     br_tags = gather_at(out.br_tag, br.cells).transpose(1, 2)  # (B, 1, K)
     rejected = (
         (tl.labels[:, :, None] != br.labels[:, None, :])  # classes differ
-        | ((tl_tags - br_tags).abs() > ae_threshold)  # embeddings too far apart
+        | ((tl_tags - br_tags).abs() > config.ae_threshold)  # embeddings too far apart
         | (boxes[..., 2] < boxes[..., 0])  # bottom-right left of top-left
         | (boxes[..., 3] < boxes[..., 1])  # bottom-right above top-left
     )
     scores = scores.masked_fill(rejected, REJECTED)
 
-    best, pick = scores.reshape(batch, -1).topk(min(num_dets, k * k))
+    best, pick = scores.reshape(batch, -1).topk(min(config.num_dets, k * k))
     # Pair (i, j) sits at flat index i * K + j of a (K, K) grid: read it like a map cell.
     labels = tl.labels[:, :, None].expand(-1, -1, k)
     return Detections(

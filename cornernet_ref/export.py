@@ -6,7 +6,7 @@ network accepts, see [check_input_size][cornernet_ref.model.CornerNet.check_inpu
 and returns the last stack's six raw maps, named and ordered as
 [CornerNetOutput][cornernet_ref.output.CornerNetOutput]: ``tl_heat, br_heat, tl_tag,
 br_tag, tl_off, br_off``, each ``(1, ., H_out, W_out)`` with ``H_out = (H - 1) // 4 + 1``.
-The decoding and soft-NMS stay in Python (:mod:`cornernet_ref.evaluate`).
+The decoding and soft-NMS stay in Python (:mod:`cornernet_ref.inference`).
 
 **Corner pooling with standard operators.** The reference pools by a scan over the rows,
 one in-place step per row; traced, it would fix the number of rows. The export computes
@@ -62,8 +62,8 @@ from torch import Tensor, nn
 
 from cornernet_ref.corner_pool import CORNERS, DIRECTIONS, CornerPool
 from cornernet_ref.data.image import MEAN_RGB, STD_RGB, read_image
-from cornernet_ref.evaluate import CanvasGeometry, OutputSource, pad_image
 from cornernet_ref.hourglass import stem_output_size
+from cornernet_ref.inference import CanvasGeometry, OutputSource, pad_image
 from cornernet_ref.output import CornerNetOutput
 
 OUTPUT_NAMES: tuple[str, ...] = CornerNetOutput._fields
@@ -337,7 +337,7 @@ class OnnxModel:
 
 def onnx_source(model: OnnxModel, images_dir: str | Path) -> OutputSource:
     """The maps of each image from an exported file, normalised as its metadata says (the
-    ONNX counterpart of :func:`cornernet_ref.evaluate.model_source`)."""
+    ONNX counterpart of :func:`cornernet_ref.inference.model_source`)."""
 
     def outputs(record: dict, geometry: CanvasGeometry, flip: bool) -> CornerNetOutput:
         image = read_image(Path(images_dir) / record["file_name"])

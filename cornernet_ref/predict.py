@@ -1,6 +1,6 @@
 """Detect objects in one image with a trained checkpoint (or its ONNX export) and draw them.
 
-The image goes through the test pipeline of §4.1 (:mod:`cornernet_ref.evaluate`: official
+The image goes through the test procedure of §4.1 (:mod:`cornernet_ref.inference`: official
 padding, flip testing, decoding and soft-NMS); boxes scoring at least ``--threshold`` are
 drawn with their class name and score.
 """
@@ -8,19 +8,13 @@ drawn with their class name and score.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from cornernet_ref.data.image import read_image
-from cornernet_ref.evaluate import (
-    ImageDetections,
-    detect_image,
-    model_source,
-    parse_scales,
-    unit_interval,
-)
+from cornernet_ref.evaluate import add_test_arguments, unit_interval
+from cornernet_ref.inference import ImageDetections, TestConfig, detect_image, model_source
 from cornernet_ref.model import CornerNet
 from cornernet_ref.visualize import render_detections, write_heatmap_picture
 
@@ -29,8 +23,7 @@ def detect(
     checkpoint: str | Path,
     image_path: str | Path,
     *,
-    flip: bool = True,
-    scales: Sequence[float] = (1.0,),
+    config: TestConfig = TestConfig(),
     device: str = "cpu",
 ) -> tuple[ImageDetections, list[str]]:
     """Detections of one image (image pixels) and the class names of the checkpoint.
@@ -50,7 +43,7 @@ def detect(
         source = model_source(model, image_path.parent, device)
     height, width = read_image(image_path).shape[:2]
     record = {"file_name": image_path.name, "height": height, "width": width}
-    return detect_image(source, record, flip=flip, scales=scales), names
+    return detect_image(source, record, config), names
 
 
 def draw_detections(
@@ -89,10 +82,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threshold", type=unit_interval, default=0.3, help="minimum score drawn (0 to 1)"
     )
-    parser.add_argument(
-        "--flip", action=argparse.BooleanOptionalAction, default=True, help="flip testing"
-    )
-    parser.add_argument("--scales", type=parse_scales, default=(1.0,), help="test scales")
+    add_test_arguments(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--heatmaps",
@@ -104,9 +94,8 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    detections, names = detect(
-        args.checkpoint, args.image, flip=args.flip, scales=args.scales, device=args.device
-    )
+    config = TestConfig(flip=args.flip, scales=args.scales)
+    detections, names = detect(args.checkpoint, args.image, config=config, device=args.device)
     count = draw_detections(args.image, detections, names, args.out, args.threshold)
     print(f"{count} detections drawn to {args.out}")
     if args.heatmaps:

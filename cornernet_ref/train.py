@@ -68,7 +68,8 @@ from cornernet_ref.data.coco import CocoDetection, load_coco
 from cornernet_ref.data.loader import StreamBatchSampler, TrainingSet, make_loader
 from cornernet_ref.data.shapes import write_shapes
 from cornernet_ref.errors import InputError, print_error
-from cornernet_ref.evaluate import evaluate, model_source
+from cornernet_ref.evaluate import evaluate
+from cornernet_ref.inference import model_source
 from cornernet_ref.losses import CornerNetLoss
 from cornernet_ref.model import CornerNet
 from cornernet_ref.visualize import write_pictures
@@ -176,7 +177,7 @@ def validate(
         image_ids = image_ids[: config.val_limit]
     with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints its table
         metrics = evaluate(
-            model_source(model, images, device), coco, flip=config.val_flip, image_ids=image_ids
+            model_source(model, images, device), coco, image_ids=image_ids, config=config.test
         )
     model.train()
     return metrics
@@ -406,7 +407,7 @@ def _train(
                 writer.add_scalar(f"val/{name}", value, config.max_iters)
     if job.is_main:
         summary["pictures"] = str(
-            write_pictures(model, out, val, source.class_names, flip=config.val_flip)
+            write_pictures(model, out, val, source.class_names, test=config.test)
         )
         print(f"pictures written to {summary['pictures']}", file=sys.stderr)
     if writer is not None:

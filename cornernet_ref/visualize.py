@@ -27,10 +27,11 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from cornernet_ref.data.image import read_image
-from cornernet_ref.decode import decode, local_maxima, top_corners
-from cornernet_ref.evaluate import (
+from cornernet_ref.decode import DecodeConfig, decode, local_maxima, top_corners
+from cornernet_ref.inference import (
     CanvasGeometry,
     ImageDetections,
+    TestConfig,
     detect_image,
     model_source,
     pad_image,
@@ -222,9 +223,12 @@ def heatmap_panel(
         result = model(canvas[None].to(device))
     model.train(was_training)
     out = CornerNetOutput(*(t.float().cpu() for t in result[-1]))
-    dets = decode(out)
+    config = DecodeConfig()
+    dets = decode(out, config)
     corners = {
-        name: top_corners(local_maxima(heat.sigmoid()), offsets, min(100, heat[0].numel()))
+        name: top_corners(
+            local_maxima(heat.sigmoid(), config.kernel), offsets, min(config.K, heat[0].numel())
+        )
         for name, heat, offsets in (
             ("tl", out.tl_heat, out.tl_off),
             ("br", out.br_heat, out.br_off),
@@ -334,7 +338,7 @@ def write_pictures(
     names: Sequence[str],
     *,
     count: int = 4,
-    flip: bool = True,
+    test: TestConfig = TestConfig(),
     threshold: float = 0.3,
 ) -> Path:
     """The end-of-training pictures, in ``<out>/pictures``; returns that folder.
@@ -345,7 +349,7 @@ def write_pictures(
         val: (images, annotations) of the validation split; without it only the loss curve.
         names: the class names.
         count: validation images drawn.
-        flip: flip testing.
+        test: how the images are tested.
         threshold: the smallest score drawn.
     """
     folder = Path(out) / "pictures"
@@ -362,7 +366,7 @@ def write_pictures(
     source = model_source(model, images, next(model.parameters()).device)
     pictures = []
     for record in records:
-        detections = detect_image(source, record, flip=flip)
+        detections = detect_image(source, record, test)
         image = read_image(Path(images) / record["file_name"])
         pictures.append(render_detections(image, detections, names, threshold=threshold)[0])
     side_by_side(pictures).save(folder / "detections.png")

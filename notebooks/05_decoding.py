@@ -30,7 +30,8 @@ import torch
 from cornernet_ref.analysis import oracle_source
 from cornernet_ref.data.examples import class_names, example_image
 from cornernet_ref.decode import decode, local_maxima, soft_nms, top_corners
-from cornernet_ref.evaluate import canvas_geometry, evaluate, postprocess
+from cornernet_ref.evaluate import evaluate
+from cornernet_ref.inference import TestConfig, canvas_geometry, detect_image
 from cornernet_ref.output import gather_at
 
 image, coco, record = example_image()  # coco128 image 136, or a drawn stand-in
@@ -88,11 +89,13 @@ print(dets.boxes[0][good], dets.labels[0][good])
 # %% [markdown]
 # ## 5. Flip testing and soft-NMS
 # With flip, each object is found twice; soft-NMS decays the second copy by
-# $e^{-\mathrm{IoU}^2/0.5} = e^{-2}$ rather than deleting it.
+# $e^{-\mathrm{IoU}^2/0.5} = e^{-2}$ rather than deleting it. `TestConfig` holds the test
+# options (flip, scales, soft-NMS, decoding), the official ones by default.
 
 # %%
+print(TestConfig())
 for flip in (False, True):
-    final = postprocess(source(record, geometry, flip), geometry, flip=flip)
+    final = detect_image(source, record, TestConfig(flip=flip))
     print(f"flip={flip}: {len(final.scores)} boxes, scores {final.scores.numpy().round(3)}")
 
 # %% [markdown]
@@ -113,7 +116,7 @@ for method in ("gaussian", "linear"):
 
 # %%
 image_ids = sorted(coco.getImgIds())[:16]
-metrics = evaluate(source, coco, flip=False, image_ids=image_ids)
+metrics = evaluate(source, coco, image_ids=image_ids, config=TestConfig(flip=False))
 {k: round(v, 4) for k, v in metrics.items()}
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cornernet_ref.analysis import oracle_outputs
-from cornernet_ref.decode import decode
+from cornernet_ref.decode import DecodeConfig, decode
 from cornernet_ref.targets import build_targets, collate_targets
 
 
@@ -37,7 +37,9 @@ def oracle_boxes(boxes, tag_spacing=1.0):
                           num_classes=1, input_size=128, output_size=32, max_objects=4)
         ]
     )  # fmt: skip
-    detections = decode(oracle_outputs(targets, tag_spacing=tag_spacing), K=10, num_dets=20)
+    detections = decode(
+        oracle_outputs(targets, tag_spacing=tag_spacing), DecodeConfig(K=10, num_dets=20)
+    )
     kept = detections.scores[0] > 0  # rejected pairs carry the score -1
     return (detections.boxes[0][kept] * 4).tolist(), targets
 

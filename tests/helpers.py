@@ -1,15 +1,23 @@
-"""What several test files share: the repository's scripts loaded as modules, and the tiny
-training configuration that runs a few iterations in seconds on a CPU."""
+"""What several test files share: the repository's scripts loaded as modules, the tiny
+training configuration that runs a few iterations in seconds on a CPU, and a "model" that
+finds white rectangles."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
 from cornernet_ref.config import ModelConfig, TrainConfig
 from cornernet_ref.data.augment import AugmentConfig
+from cornernet_ref.output import CornerNetOutput
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,3 +58,49 @@ TINY_TRAINING = TrainConfig(
     log_every=1,
     checkpoint_every=1000,
 )
+
+
+class RectangleFinder(nn.Module):
+    """Detects the white rectangle in each half (left / right) of the canvas, class 0.
+
+    It is mirror-equivariant, as a well-trained network should be: the mirrored canvas
+    gives the mirrored boxes (the halves swap).
+    """
+
+    def forward(self, images: torch.Tensor) -> list[CornerNetOutput]:
+        batch, _, in_h, in_w = images.shape
+        out_h, out_w = (in_h + 1) // 4, (in_w + 1) // 4
+        heat = torch.full((batch, 2, out_h, out_w), -10.0)
+        maps = CornerNetOutput(
+            heat,
+            heat.clone(),
+            torch.full((batch, 1, out_h, out_w), 100.0),  # background corners never pair
+            torch.full((batch, 1, out_h, out_w), -100.0),
+            torch.zeros(batch, 2, out_h, out_w),
+            torch.zeros(batch, 2, out_h, out_w),
+        )
+        for b in range(batch):
+            for half, columns in enumerate((range(0, in_w // 2), range(in_w // 2, in_w))):
+                ys, xs = torch.nonzero(images[b, 0, :, columns] > 0, as_tuple=True)
+                if len(xs) == 0:
+                    continue
+                xs = xs + columns[0]
+                box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)  # pixel edges
+                for corner, (x, y) in (("tl", box[:2]), ("br", box[2:])):
+                    fx, fy = float(x) * out_w / in_w, float(y) * out_h / in_h
+                    cx, cy = min(int(fx), out_w - 1), min(int(fy), out_h - 1)
+                    getattr(maps, f"{corner}_heat")[b, 0, cy, cx] = 10.0
+                    getattr(maps, f"{corner}_tag")[b, 0, cy, cx] = 5.0 * half
+                    getattr(maps, f"{corner}_off")[b, :, cy, cx] = torch.tensor([fx - cx, fy - cy])
+        return [maps]
+
+
+def draw_rectangles(folder: Path, images: Sequence[dict], boxes: Sequence[tuple]) -> None:
+    """Black images of the COCO ``images`` records with white ``boxes``, as
+    ``(image_id, category_id, x, y, w, h, iscrowd)`` (crowd regions left black)."""
+    for record in images:
+        pixels = np.zeros((record["height"], record["width"], 3), dtype=np.uint8)
+        for image_id, _, x, y, w, h, crowd in boxes:
+            if image_id == record["id"] and not crowd:
+                pixels[int(y) : int(y + h), int(x) : int(x + w)] = 255
+        Image.fromarray(pixels).save(folder / record["file_name"])

@@ -15,6 +15,7 @@ from cornernet_ref import cli
 from cornernet_ref.analysis import heatmap_logits, oracle_outputs, oracle_source, with_ground_truth
 from cornernet_ref.decode import decode, local_maxima
 from cornernet_ref.evaluate import evaluate
+from cornernet_ref.inference import TestConfig
 from cornernet_ref.targets import build_targets, collate_targets
 
 INPUT, OUTPUT = (511, 511), (128, 128)
@@ -25,7 +26,7 @@ def decoded_boxes(boxes: torch.Tensor, labels: torch.Tensor, classes: int = 5) -
     targets = build_targets(
         boxes, labels, num_classes=classes, input_size=INPUT, output_size=OUTPUT
     )
-    dets = decode(oracle_outputs(collate_targets([targets])), K=100, num_dets=1000)
+    dets = decode(oracle_outputs(collate_targets([targets])))
     keep = dets.scores[0] > 0.5  # pairs of two exact corners score 1
     found = torch.cat((dets.boxes[0][keep], dets.labels[0][keep, None].float()), dim=1)
     return sorted(found.tolist())
@@ -163,5 +164,5 @@ def test_cli_evaluates_the_oracle(tmp_path: Path, scales: str) -> None:
 def test_oracle_ap_on_coco128(coco128: tuple[Path, Path]) -> None:
     _, annotations = coco128
     coco = COCO(str(annotations))
-    metrics = evaluate(oracle_source(coco, num_classes=80), coco, flip=False)
+    metrics = evaluate(oracle_source(coco, num_classes=80), coco, config=TestConfig(flip=False))
     assert metrics["AP"] >= 0.99

@@ -82,6 +82,9 @@ MAIN_EQUATIONS = [
     "cornernet_ref.decode.top_corners",  # offsets added back
     "cornernet_ref.decode.decode",  # pairs
     "cornernet_ref.decode.soft_nms",
+    "cornernet_ref.inference.canvas_geometry",  # the test canvas and its output grid
+    "cornernet_ref.inference.boxes_to_image",  # boxes back to the image
+    "cornernet_ref.inference.mirror_boxes",  # flip testing
 ]
 
 
@@ -179,6 +182,7 @@ EQUATION_MODULES = [
     "targets.py",
     "losses.py",
     "decode.py",
+    "inference.py",
     "hourglass.py",
     "heads.py",
     "model.py",

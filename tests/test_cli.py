@@ -199,6 +199,9 @@ def test_a_bug_keeps_its_traceback(files, monkeypatch):
         (["--batch-size", "0"], ["batch_size must be positive"]),
         (["--accumulation", "0"], ["accumulation must be positive"]),
         (["--precision", "fp8"], ["precision must be one of"]),
+        (["--test.scales", "0.5,0"], ["scales must be positive"]),
+        (["--test.nms-method", "box"], ["nms_method must be one of"]),
+        (["--test.decode.kernel", "2"], ["kernel must be a positive odd number"]),
         (["--max-iters", "ten"], ["--max-iters", "'ten'"]),
         (["--flip-me", "1"], ["unrecognized arguments: --flip-me"]),
         (["--resume", "missing.pt"], ["checkpoint not found", "missing.pt"]),
@@ -277,4 +280,4 @@ def test_train_help_shows_the_defaults_of_the_config_it_runs(capsys, name):
     assert shown["--lr"] == str(config.lr)
     assert shown["--dataset"] == repr(config.dataset)
     assert shown["--lr-decay-iters"] == ",".join(map(str, config.lr_decay_iters))
-    assert shown["--val-flip"] == str(config.val_flip).lower()
+    assert shown["--val-limit"] == str(config.val_limit)

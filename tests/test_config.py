@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -16,6 +17,8 @@ from cornernet_ref.config import (
     get_config,
     overrides_from_args,
 )
+from cornernet_ref.decode import DecodeConfig
+from cornernet_ref.inference import TestConfig
 
 
 @pytest.mark.claim("training-hyperparameters")
@@ -40,12 +43,16 @@ def test_command_line_overrides():
     add_config_arguments(parser)
     args = parser.parse_args(
         ["--lr", "0.5", "--model.nstack", "1", "--augment.flip", "false",
-         "--lr-decay-iters", "10,20", "--train-images", "x"]
+         "--lr-decay-iters", "10,20", "--train-images", "x", "--test.flip", "false",
+         "--test.scales", "0.5,1", "--test.decode.K", "50"]
     )  # fmt: skip
     config = apply_overrides(get_config("small_shapes"), overrides_from_args(args))
     assert config.lr == 0.5 and config.model.nstack == 1 and config.augment.flip is False
     assert config.lr_decay_iters == (10, 20) and config.train_images == "x"
     assert config.model.dims == get_config("small_shapes").model.dims  # untouched
+    assert config.test.flip is False and config.test.scales == (0.5, 1.0)
+    assert config.test.decode.K == 50  # two levels down
+    assert config.test.decode.num_dets == TrainConfig().test.decode.num_dets  # untouched
     assert parser.parse_args([]).__dict__ == {}  # nothing given, nothing overridden
 
 
@@ -58,5 +65,52 @@ def test_bad_values_are_named():
         TrainConfig(dataset="coco")
     with pytest.raises(ValueError, match="nope"):
         apply_overrides(TrainConfig(), {"nope": 1})
+    with pytest.raises(ValueError, match="'test.decode.nope'"):  # named from the top
+        apply_overrides(TrainConfig(), {"test.decode.nope": 1})
     with pytest.raises(ValueError, match="unknown config"):
         get_config("nope")
+
+
+@pytest.mark.parametrize(
+    "config", [TrainConfig(), TestConfig(), DecodeConfig()], ids=["train", "test", "decode"]
+)
+def test_configurations_print_as_json_of_their_fields(config):
+    assert json.loads(str(config)) == json.loads(json.dumps(dataclasses.asdict(config)))
+    assert config_from_dict(json.loads(str(config)), type(config)) == config
+
+
+def test_the_test_configuration_is_the_official_one():
+    """shared/reference/official_constants.md: top_k 100, ae_threshold 0.5, nms_kernel 3,
+    Gaussian soft-NMS, the top 100 detections per image, original and flipped image."""
+    config = TrainConfig().test
+    assert (config.decode.K, config.decode.ae_threshold, config.decode.kernel) == (100, 0.5, 3)
+    assert (config.nms_method, config.max_per_image, config.flip) == ("gaussian", 100, True)
+    assert config.scales == (1.0,) and config.decode.num_dets == 1000
+    assert all(named.test == config for named in CONFIGS.values())
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: TestConfig(scales=()), "scales must be positive"),
+        (lambda: TestConfig(scales=(1.0, 0.0)), "scales must be positive"),
+        (lambda: TestConfig(scales=(float("inf"),)), "scales must be positive"),
+        (lambda: TestConfig(scales=(float("nan"),)), "scales must be positive"),
+        (lambda: TestConfig(nms_method="hard"), "nms_method must be one of"),
+        (lambda: TestConfig(max_per_image=0), "max_per_image must be positive"),
+        (lambda: DecodeConfig(K=0), "K must be positive"),
+        (lambda: DecodeConfig(num_dets=0), "num_dets must be positive"),
+        (lambda: DecodeConfig(kernel=0), "kernel must be a positive odd number"),
+        (lambda: DecodeConfig(kernel=4), "kernel must be a positive odd number"),
+        (lambda: DecodeConfig(ae_threshold=-0.1), "ae_threshold must be at least 0"),
+        (lambda: DecodeConfig(ae_threshold=float("nan")), "ae_threshold must be at least 0"),
+    ],
+)
+def test_bad_test_options_are_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_the_edges_of_the_test_options_are_accepted():
+    TestConfig(scales=(1e-3,), max_per_image=1, nms_method="linear")
+    DecodeConfig(K=1, num_dets=1, kernel=1, ae_threshold=0.0)

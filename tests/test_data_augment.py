@@ -21,7 +21,6 @@ from cornernet_ref.data.augment import (
     horizontal_flip,
     lighting_,
     random_crop,
-    resize_image,
 )
 
 
@@ -244,13 +243,6 @@ def test_clip_keeps_boxes_inside_the_last_pixel():
     kept, labels = clip_boxes(np.array([[-3.0, -2, 20, 30]]), np.array([5]), width=8, height=10)
     np.testing.assert_array_equal(kept, [[0, 0, 7, 9]])  # [0, W - 1] x [0, H - 1]
     assert labels.tolist() == [5]
-
-
-def test_resize_has_half_pixel_centres():
-    """OpenCV's INTER_LINEAR: output pixel i samples the input at (i + 0.5) / 2 - 0.5 when
-    doubling, clamped at the border: [0, 4] becomes [0, 1, 3, 4]."""
-    image = np.array([[[0.0], [4.0]]], np.float32)  # (1, 2, 1)
-    np.testing.assert_allclose(resize_image(image, (1, 4))[0, :, 0], [0, 1, 3, 4])
 
 
 def test_crop_side_is_the_input_size_times_the_scale():

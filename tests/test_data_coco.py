@@ -9,13 +9,19 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+from cornernet_ref.analysis import image_boxes
 from cornernet_ref.data.coco import AnnotationError, CocoDetection, load_coco
+from cornernet_ref.data.coco import category_ids as ordered_category_ids
+from cornernet_ref.data.examples import class_names
 from cornernet_ref.data.image import ImageReadError
 from cornernet_ref.errors import InputError
+from cornernet_ref.evaluate import detections_to_coco
+from cornernet_ref.inference import ImageDetections
 
 
 @pytest.fixture
@@ -255,7 +261,18 @@ def test_labels_are_the_ranks_of_any_category_ids(category_ids, picks):
     dataset = CocoDetection(data, image_reader=lambda name: np.zeros((4, 4, 3), np.uint8))
     ranks = sorted(category_ids)
     assert dataset.class_names == [f"c{c}" for c in ranks]
-    np.testing.assert_array_equal(dataset.annotations(0)[1], [ranks.index(c) for c in chosen])
+    labels = [ranks.index(c) for c in chosen]
+    np.testing.assert_array_equal(dataset.annotations(0)[1], labels)
+    # Every reader of labels uses the one rule: the oracle's ground truth, the scoring and
+    # the example figures' names.
+    assert ordered_category_ids(dataset.coco) == ranks
+    assert image_boxes(dataset.coco, 1)[1].tolist() == labels
+    detections = ImageDetections(
+        torch.zeros(len(labels), 4), torch.ones(len(labels)), torch.tensor(labels, dtype=torch.long)
+    )
+    coco_ids = [r["category_id"] for r in detections_to_coco(1, detections, ranks)]
+    assert coco_ids == chosen
+    assert class_names(dataset.coco) == dataset.class_names
 
 
 @pytest.mark.shared

@@ -10,7 +10,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cornernet_ref.decode import box_iou_plus_one, decode, local_maxima, soft_nms
+from cornernet_ref.decode import DecodeConfig, box_iou_plus_one, decode, local_maxima, soft_nms
 from cornernet_ref.output import CornerNetOutput
 
 LOW, HIGH = -20.0, 4.0  # background and peak logits of the hand-built maps
@@ -51,7 +51,7 @@ def test_one_object_with_offsets() -> None:
     out = blank_maps()
     put_corner(out, "tl", 2, 3, 4, offset=(0.25, 0.5))
     put_corner(out, "br", 2, 10, 12, offset=(0.75, 0.125), logit=2.0)
-    dets = decode(out, K=20, num_dets=50)
+    dets = decode(out, DecodeConfig(K=20, num_dets=50))
     [(box, label, score)] = confident(dets)
     assert box == pytest.approx([4.25, 3.5, 12.75, 10.125])
     assert label == 2
@@ -68,7 +68,7 @@ def test_two_objects_of_one_class_are_paired_by_embeddings() -> None:
     put_corner(out, "br", 0, 12, 12, tag=0.2)
     put_corner(out, "tl", 0, 4, 5, tag=3.0)
     put_corner(out, "br", 0, 8, 9, tag=3.3)
-    boxes = sorted(box for box, _, _ in confident(decode(out, K=20, num_dets=100)))
+    boxes = sorted(box for box, _, _ in confident(decode(out, DecodeConfig(K=20, num_dets=100))))
     # The cross pair (1, 1)-(8, 9) is a valid box too, but its tags are 3.3 apart.
     assert boxes == [[1.0, 1.0, 12.0, 12.0], [5.0, 4.0, 9.0, 8.0]]
 
@@ -78,7 +78,7 @@ def test_corners_of_different_classes_are_not_paired() -> None:
     out = blank_maps()
     put_corner(out, "tl", 0, 2, 2)
     put_corner(out, "br", 1, 9, 9)
-    assert confident(decode(out, K=20, num_dets=100)) == []
+    assert confident(decode(out, DecodeConfig(K=20, num_dets=100))) == []
 
 
 @pytest.mark.claim("decode-rules")
@@ -87,7 +87,7 @@ def test_inverted_boxes_are_rejected(tl, br) -> None:
     out = blank_maps()
     put_corner(out, "tl", 1, *tl)
     put_corner(out, "br", 1, *br)
-    assert confident(decode(out, K=20, num_dets=100)) == []
+    assert confident(decode(out, DecodeConfig(K=20, num_dets=100))) == []
 
 
 @pytest.mark.claim("decode-rules")
@@ -127,7 +127,7 @@ def test_decode_equals_brute_force_over_all_pairs(seed: int, kernel: int) -> Non
         torch.rand(1, 2, height, width, generator=g),
     )
     n = classes * height * width
-    dets = decode(out, K=n, kernel=kernel, ae_threshold=0.5, num_dets=n * n)
+    dets = decode(out, DecodeConfig(K=n, kernel=kernel, num_dets=n * n))
     valid = dets.scores[0][dets.scores[0] > -1]
     assert valid.tolist() == pytest.approx(brute_force_pairs(out, kernel, 0.5))
     assert torch.all(dets.scores[0][:-1] >= dets.scores[0][1:])  # best first
@@ -375,7 +375,7 @@ def test_decode_of_a_batch_equals_brute_force(data, batch, classes, height, widt
     assume(cuts)
     k = data.draw(st.sampled_from(cuts), label="K")
     num_dets = data.draw(st.integers(1, k * k), label="num_dets")
-    dets = decode(out, K=k, kernel=kernel, ae_threshold=0.5, num_dets=num_dets)
+    dets = decode(out, DecodeConfig(K=k, kernel=kernel, num_dets=num_dets))
     assert dets.scores.shape == (batch, num_dets)
     for b, (tl, br) in enumerate(corners):
         pairs = brute_force_pairs_of_top_k(tl, br, k, 0.5)

@@ -29,8 +29,8 @@ from cornernet_ref.corner_pool import CORNERS, DIRECTIONS, corner_pool, pool
 from cornernet_ref.data.image import MEAN_RGB, STD_RGB, read_image
 from cornernet_ref.data.loader import TrainingSet
 from cornernet_ref.data.shapes import CLASS_NAMES, render_shapes_image, shapes_detection
-from cornernet_ref.evaluate import canvas_geometry, pad_image, postprocess
 from cornernet_ref.export import OUTPUT_NAMES, DoublingCornerPool, OnnxModel, doubling_pool
+from cornernet_ref.inference import TestConfig, canvas_geometry, detect_image, pad_image
 from cornernet_ref.losses import CornerNetLoss
 from cornernet_ref.model import CornerNet
 from cornernet_ref.predict import detect
@@ -159,9 +159,10 @@ def test_same_detections_after_decoding_one_canvas(model, session, images) -> No
     pixels = read_image(images[1])
     canvas, geometry = pad_image(pixels)
     assert geometry.input_size == (127, 255)
+    record, no_flip = {"height": pixels.shape[0], "width": pixels.shape[1]}, TestConfig(flip=False)
     with torch.no_grad():
-        expected = postprocess(model(canvas[None])[-1], geometry, flip=False)
-    found = postprocess(session(canvas[None]), geometry, flip=False)
+        expected = detect_image(lambda *_: model(canvas[None])[-1], record, no_flip)
+    found = detect_image(lambda *_: session(canvas[None]), record, no_flip)
     assert len(expected.scores) > 0
     assert torch.equal(found.labels, expected.labels)
     torch.testing.assert_close(found.boxes, expected.boxes, rtol=0, atol=1e-3)

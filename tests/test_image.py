@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cornernet_ref.data.image import MEAN_RGB, STD_RGB, ImageReadError, normalize, read_image
+from cornernet_ref.data.image import (
+    MEAN_RGB,
+    STD_RGB,
+    ImageReadError,
+    normalize,
+    read_image,
+    resize_image,
+)
 
 # The official constants in the official (BGR) order, from shared/reference/official_constants.md.
 OFFICIAL_MEAN_BGR = [0.40789654, 0.44719302, 0.47026115]
@@ -70,3 +77,10 @@ def test_palette_image_is_read_as_its_palette_colours(tmp_path) -> None:
     picture.putpalette(palette.flatten().tolist())
     picture.save(tmp_path / "palette.png")
     np.testing.assert_array_equal(read_image(tmp_path / "palette.png"), palette[indices])
+
+
+def test_resize_has_half_pixel_centres():
+    """OpenCV's INTER_LINEAR: output pixel i samples the input at (i + 0.5) / 2 - 0.5 when
+    doubling, clamped at the border: [0, 4] becomes [0, 1, 3, 4]."""
+    image = np.array([[[0.0], [4.0]]], np.float32)  # (1, 2, 1)
+    np.testing.assert_allclose(resize_image(image, (1, 4))[0, :, 0], [0, 1, 3, 4])

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from cornernet_ref.data.shapes import write_shapes
-from cornernet_ref.evaluate import ImageDetections, pad_image
+from cornernet_ref.inference import ImageDetections, pad_image
 from cornernet_ref.model import CornerNet
 from cornernet_ref.output import CornerNetOutput
 from cornernet_ref.visualize import (

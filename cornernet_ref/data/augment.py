@@ -37,8 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from cornernet_ref.data.image import resize_image
 
 # Official crop scales: numpy's arange(0.6, 1.4, 0.1), floating-point values kept as they are.
 OFFICIAL_SCALES: tuple[float, ...] = tuple(float(s) for s in np.arange(0.6, 1.4, 0.1))
@@ -136,17 +136,6 @@ def full_image_crop(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, n
     canvas = np.zeros((side, side, image.shape[2]), dtype=image.dtype)
     canvas[offset_y : offset_y + height, offset_x : offset_x + width] = image
     return canvas, boxes + np.array([offset_x, offset_y] * 2, dtype=np.float32)
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of ``(H, W, C)`` to ``size = (height, width)``, float32 out.
-
-    Half-pixel centres and no antialiasing, as OpenCV's ``INTER_LINEAR``.
-    """
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    tensor = tensor.permute(2, 0, 1)[None]
-    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
-    return resized[0].permute(1, 2, 0).numpy()
 
 
 def resize(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

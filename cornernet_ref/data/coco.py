@@ -2,19 +2,19 @@
 
 A COCO annotation file lists images, categories and boxes ``[x, y, width, height]``. This
 reader returns, per image, the RGB pixels and the boxes as ``(x0, y0, x1, y1)`` with
-``x1 = x + width`` (the official conversion), labelled ``0 .. C-1`` by the rank of their
-category id (COCO's 80 ids, 1..90 with gaps, become 0..79 in order).
+``x1 = x + width`` (the official conversion), labelled ``0 .. C-1`` as
+:func:`category_ids` orders the categories.
 
 Crowd annotations (``iscrowd = 1``) mark regions of many objects; as in the official code they
 are not training targets. Boxes without area are dropped too. Images without any box are
 kept: they teach the network what background looks like.
 
-**Any COCO-format file.** Category ids may be any integers (``7`` and ``1001`` become labels 0
-and 1); ``iscrowd`` defaults to 0 and ``area`` to the box's width times height, which the COCO
-evaluation needs. Before anything is trained, :func:`check_coco` checks the structure (the
-three lists, their ids, every annotation's image, category and box) and
-:class:`CocoDetection` checks that every image file exists; a problem stops it with an
-:class:`AnnotationError` naming the file, the record and the field, e.g.
+**Any COCO-format file.** Category ids may be any integers; ``iscrowd`` defaults to 0 and
+``area`` to the box's width times height, which the COCO evaluation needs. Before anything
+is trained, :func:`check_coco` checks the structure (the three lists, their ids, every
+annotation's image, category and box) and :class:`CocoDetection` checks that every image
+file exists; a problem stops it with an :class:`AnnotationError` naming the file, the record
+and the field, e.g.
 ``train.json: annotations[17] (id 42): field 'category_id': 5 is not the id of any of the
 categories``.
 """
@@ -28,13 +28,15 @@ import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from pycocotools.coco import COCO
 
 from cornernet_ref.data.image import ImageReadError, read_image
 from cornernet_ref.errors import InputError
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 
 class Sample(NamedTuple):
@@ -147,6 +149,8 @@ def load_coco(annotations: str | Path | dict[str, Any]) -> COCO:
         AnnotationError: the file is missing, unreadable, not JSON or not a valid COCO
             detection dataset.
     """
+    from pycocotools.coco import COCO  # imported here: inference runs without pycocotools
+
     coco = COCO()
     if isinstance(annotations, dict):
         source = IN_MEMORY
@@ -165,6 +169,15 @@ def load_coco(annotations: str | Path | dict[str, Any]) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
     return coco
+
+
+def category_ids(coco: COCO) -> list[int]:
+    """The category ids of ``coco`` in label order: label ``i`` is the ``i``-th smallest id.
+
+    This is the official rule: COCO's 80 ids (1 to 90, with gaps) become labels 0 to 79 in
+    order. Any integers work alike: ids ``7`` and ``1001`` become labels 0 and 1.
+    """
+    return sorted(coco.getCatIds())
 
 
 class CocoDetection:
@@ -195,7 +208,7 @@ class CocoDetection:
         self.image_dir = None if image_dir is None else Path(image_dir)
         self.image_reader = image_reader
         self.skip_unreadable = skip_unreadable
-        self.category_ids: list[int] = sorted(self.coco.getCatIds())
+        self.category_ids = category_ids(self.coco)
         self.class_names: list[str] = [self.coco.cats[i]["name"] for i in self.category_ids]
         self.label_of_category = {cat: label for label, cat in enumerate(self.category_ids)}
         self.image_ids: list[int] = sorted(self.coco.getImgIds())

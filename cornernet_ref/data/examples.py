@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
+from cornernet_ref.data.coco import category_ids
 from cornernet_ref.data.image import read_image
 
 EXAMPLE_IMAGE_ID = 136  # coco128: two people and two giraffes
@@ -73,8 +74,5 @@ def example_image(image_id: int = EXAMPLE_IMAGE_ID) -> tuple[np.ndarray, COCO, d
 
 
 def class_names(coco: COCO) -> list[str]:
-    """Category names in label order (label ``i`` is the ``i``-th smallest category id)."""
-    return [
-        category["name"]
-        for category in sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
-    ]
+    """Category names in label order (:func:`cornernet_ref.data.coco.category_ids`)."""
+    return [coco.cats[category]["name"] for category in category_ids(coco)]

@@ -1,4 +1,4 @@
-"""Reading images and normalising them the way the official network expects.
+"""Reading images, resizing them and normalising them the way the official network expects.
 
 The official code reads images with OpenCV, so its constants are in **BGR** order. This
 project works in **RGB** throughout: the constants below are the official ones reversed
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from cornernet_ref.errors import InputError
@@ -57,3 +58,14 @@ def normalize(
     scaled = image.astype(np.float32) / 255.0
     normalised = (scaled - mean) / std  # (x/255 - mu) / sigma
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``(H, W, C)`` to ``size = (height, width)``, float32 out.
+
+    Half-pixel centres and no antialiasing, as OpenCV's ``INTER_LINEAR``.
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    tensor = tensor.permute(2, 0, 1)[None]
+    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+    return resized[0].permute(1, 2, 0).numpy()

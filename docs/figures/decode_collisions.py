@@ -17,9 +17,10 @@ import torch
 from pycocotools.coco import COCO
 
 from cornernet_ref.analysis import image_boxes, oracle_source
+from cornernet_ref.data.coco import category_ids
 from cornernet_ref.data.examples import coco128, load_coco_quietly
 from cornernet_ref.data.image import read_image
-from cornernet_ref.evaluate import canvas_geometry, postprocess
+from cornernet_ref.inference import TestConfig, canvas_geometry, detect_image
 
 EXAMPLES = (540, 389, 164)  # coco128 images with a missed object (see chapter 7)
 
@@ -48,12 +49,12 @@ def load_examples() -> tuple[COCO, list[tuple[dict, np.ndarray]]]:
 def main(out: Path) -> None:
     coco, examples = load_examples()
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
-    category_ids = sorted(names)
-    source = oracle_source(coco, num_classes=len(category_ids))
+    labels_to_ids = category_ids(coco)
+    source = oracle_source(coco, num_classes=len(labels_to_ids))
     fig, axes = plt.subplots(1, len(examples), figsize=(5 * len(examples), 5), squeeze=False)
     for ax, (record, image) in zip(axes[0], examples, strict=True):
         geometry = canvas_geometry(record["height"], record["width"])
-        dets = postprocess(source(record, geometry, False), geometry, flip=False)
+        dets = detect_image(source, record, TestConfig(flip=False))
         boxes, labels = image_boxes(coco, record["id"])
         found = [
             bool((((dets.boxes - box).abs().amax(1) < 0.05) & (dets.labels == label)).any())
@@ -105,8 +106,8 @@ def main(out: Path) -> None:
                     (bx1, by1), bx2 - bx1, by2 - by1, fill=False, color=colour, ls=style, lw=2
                 )
             )
-        lost_name = names[category_ids[labels[lost]]]
-        kept_name = names[category_ids[labels[partner]]]
+        lost_name = names[labels_to_ids[labels[lost]]]
+        kept_name = names[labels_to_ids[labels[partner]]]
         corner = ("top-left", "bottom-right")[which]
         ax.set_xlim(window[0], window[1])
         ax.set_ylim(window[3], window[2])

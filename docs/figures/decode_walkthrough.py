@@ -18,7 +18,7 @@ from matplotlib.colors import ListedColormap
 from cornernet_ref.analysis import oracle_source
 from cornernet_ref.data.examples import class_names, example_image
 from cornernet_ref.decode import local_maxima, top_corners
-from cornernet_ref.evaluate import canvas_geometry, postprocess
+from cornernet_ref.inference import TestConfig, canvas_geometry, detect_image
 from cornernet_ref.output import gather_at
 
 
@@ -113,7 +113,7 @@ def main(out: Path) -> None:
 
     ax = axes[1, 2]
     ax.imshow(image)
-    dets = postprocess(source(record, geometry, True), geometry, flip=True)
+    dets = detect_image(source, record, TestConfig(flip=True))
     for box, score, label in zip(
         dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist(), strict=True
     ):
