@@ -32,7 +32,7 @@ from torch import Tensor
 
 from cornernet_ref.evaluate import CanvasGeometry, OutputSource, mirror_boxes
 from cornernet_ref.output import CornerNetOutput
-from cornernet_ref.targets import build_targets, collate_targets
+from cornernet_ref.targets import TargetConfig, build_targets, collate_targets
 
 PEAK_LOGIT = 20.0  # sigmoid(20) == 1 in float32: the exact corners
 MAX_TARGET = 0.999  # the Gaussian around a corner stays strictly below its peak
@@ -141,12 +141,13 @@ def image_boxes(coco: COCO, image_id: int) -> tuple[Tensor, Tensor]:
 
 
 def oracle_source(
-    coco: COCO, *, num_classes: int, gaussian_iou: float = 0.3, max_objects: int = 128
+    coco: COCO, *, num_classes: int, target_config: TargetConfig = TargetConfig()
 ) -> OutputSource:
     """An output source (see :func:`cornernet_ref.evaluate.evaluate`) reading the annotations.
 
-    The targets are built on the test canvas: the annotation boxes scaled as the image is
-    and shifted by the border, and for the mirrored canvas mirrored in it.
+    The targets are built on the test canvas, drawn as ``target_config`` says: the
+    annotation boxes scaled as the image is and shifted by the border, and for the mirrored
+    canvas mirrored in it.
     """
 
     def outputs(record: dict, geometry: CanvasGeometry, flip: bool) -> CornerNetOutput:
@@ -161,8 +162,7 @@ def oracle_source(
                 num_classes=num_classes,
                 input_size=geometry.input_size,
                 output_size=geometry.output_size,
-                gaussian_iou=gaussian_iou,
-                max_objects=max_objects,
+                config=target_config,
             )
             for view in views
         ]

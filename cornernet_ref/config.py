@@ -11,7 +11,7 @@ inside it). Two are named:
   CPU in minutes.
 
 Every field can be overridden with ``--field value`` (``--model.nstack 1``,
-``--augment.flip false``, ``--lr-decay-iters 100,200``).
+``--augment.flip false``, ``--targets.gaussian-iou 0.5``, ``--lr-decay-iters 100,200``).
 """
 
 from __future__ import annotations
@@ -23,21 +23,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from cornernet_ref.data.augment import AugmentConfig
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Constructor arguments of :class:`cornernet_ref.model.CornerNet` (besides the classes)."""
-
-    n: int = 5
-    nstack: int = 2
-    dims: tuple[int, ...] = (256, 256, 384, 384, 384, 512)
-    modules: tuple[int, ...] = (2, 2, 2, 2, 2, 4)
-    cnv_dim: int = 256
-    pre_dim: int = 128
-    pool_dim: int = 128
-    corner_pooling: bool = True
-    batchnorm_init: str = "uniform"
+from cornernet_ref.model import ModelConfig
+from cornernet_ref.targets import TargetConfig
 
 
 @dataclass(frozen=True)
@@ -46,15 +33,13 @@ class TrainConfig:
 
     Attributes:
         name: the configuration's name.
-        model: the network.
+        model: the network. Its ``num_classes`` is set by the training data when the run
+            starts (the number of its categories); the value given here is replaced, and
+            the configuration saved with the checkpoints holds the data's.
         augment: the training augmentation; ``augment.input_size`` is the input side.
         output_size: side of the output maps (input 511 -> 128).
-        gaussian_iou: overlap that sets the radius of the corner Gaussians (§3.2).
-        radius_variant: ``official`` (the official formula) or ``exact`` (corners anywhere
-            within the radius; see :func:`cornernet_ref.targets.gaussian_radius`).
-        penalty_reduction: Gaussians around the corners; ``false`` penalises every
-            negative location fully (the paper's ablation, §4.4).
-        max_objects: capacity of the target tensors per image.
+        targets: how the ground-truth maps are drawn (radius overlap, radius formula,
+            penalty reduction, capacity; :class:`~cornernet_ref.targets.TargetConfig`).
         dataset: ``"shapes"`` (generated under ``<out>/data``) or ``"coco"`` (the paths below).
         train_images, train_annotations: COCO-format training data.
         val_images, val_annotations: COCO-format validation data (optional for ``coco``).
@@ -87,10 +72,7 @@ class TrainConfig:
     model: ModelConfig = ModelConfig()
     augment: AugmentConfig = AugmentConfig()
     output_size: int = 128
-    gaussian_iou: float = 0.3
-    radius_variant: str = "official"
-    penalty_reduction: bool = True
-    max_objects: int = 128
+    targets: TargetConfig = TargetConfig()
     dataset: str = "shapes"
     train_images: str = ""
     train_annotations: str = ""
@@ -128,7 +110,6 @@ class TrainConfig:
         choices = {
             "dataset": ("shapes", "coco"),
             "precision": ("auto", "fp32", "bf16", "fp16"),
-            "radius_variant": ("official", "exact"),
             "device": ("auto", "cpu", "cuda"),
         }
         for name, allowed in choices.items():
@@ -148,7 +129,13 @@ class TrainConfig:
 
 
 def config_from_dict(values: dict[str, Any], cls: type = TrainConfig) -> Any:
-    """Rebuild a (nested) configuration dataclass from :meth:`TrainConfig.to_dict` output."""
+    """Rebuild a (nested) configuration dataclass from :meth:`TrainConfig.to_dict` output.
+
+    Missing fields take the defaults; a key that is no field raises ``ValueError``.
+    """
+    unknown = sorted(set(values) - {item.name for item in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}")
     kwargs = {}
     for item in fields(cls):
         if item.name not in values:
@@ -193,7 +180,7 @@ CONFIGS: dict[str, TrainConfig] = {
         ),  # fmt: skip
         augment=AugmentConfig(input_size=127, border=32),
         output_size=32,
-        max_objects=16,
+        targets=TargetConfig(max_objects=16),
         batch_size=16,
         max_iters=1000,  # the whole command in under 5 minutes on 2 CPU cores
         lr=2.5e-3,
@@ -322,7 +309,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 __all__ = [
     "CONFIGS",
-    "ModelConfig",
     "ShowConfigDefaults",
     "TrainConfig",
     "add_config_arguments",

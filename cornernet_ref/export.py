@@ -220,15 +220,15 @@ def export_onnx(
     out = Path(out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"the folder of the ONNX file does not exist: {out.parent}")
-    kwargs = model.model_kwargs
-    names = class_names or model.class_names or [str(i) for i in range(kwargs["num_classes"])]
-    if len(names) != kwargs["num_classes"]:
-        raise ValueError(f"{len(names)} class names for {kwargs['num_classes']} classes")
+    config = model.config
+    names = class_names or model.class_names or [str(i) for i in range(config.num_classes)]
+    if len(names) != config.num_classes:
+        raise ValueError(f"{len(names)} class names for {config.num_classes} classes")
     steps = doubling_steps(stem_output_size(max_input_side))
     exported = LastStackMaps(with_doubling_pools(model, steps)).eval().to("cpu", torch.float32)
     # The smallest sample whose innermost hourglass level has 2 cells: a level of 1 cell would
     # make the exporter treat that size as a constant.
-    sample_side = 8 * 2 ** kwargs["n"] - 1
+    sample_side = 8 * 2**config.n - 1
     sample = torch.zeros(1, 3, sample_side, sample_side)
     height, width = torch.export.Dim("height"), torch.export.Dim("width")
     program = onnx_program(
@@ -248,10 +248,10 @@ def export_onnx(
             "formula": "(pixel * scale - mean) / std, per channel",
         },
         "outputs": list(OUTPUT_NAMES),
-        "hourglass_depth": kwargs["n"],
-        "input_sides": input_side_rule(kwargs["n"]),
+        "hourglass_depth": config.n,
+        "input_sides": input_side_rule(config.n),
         "max_input_side": 4 * 2**steps,
-        "model_kwargs": kwargs,
+        "model_config": config.to_dict(),
     }
     for key, value in metadata.items():
         program.model.metadata_props[METADATA_PREFIX + key] = json.dumps(value)

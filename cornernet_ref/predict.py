@@ -46,7 +46,7 @@ def detect(
         names, source = exported.class_names, onnx_source(exported, image_path.parent)
     else:
         model = CornerNet.from_checkpoint(checkpoint)
-        names = model.class_names or [str(i) for i in range(model.model_kwargs["num_classes"])]
+        names = model.class_names or [str(i) for i in range(model.config.num_classes)]
         source = model_source(model, image_path.parent, device)
     height, width = read_image(image_path).shape[:2]
     record = {"file_name": image_path.name, "height": height, "width": width}

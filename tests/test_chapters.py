@@ -82,6 +82,7 @@ MAIN_EQUATIONS = [
     "cornernet_ref.decode.top_corners",  # offsets added back
     "cornernet_ref.decode.decode",  # pairs
     "cornernet_ref.decode.soft_nms",
+    "cornernet_ref.train.train_step",  # gradient accumulation
 ]
 
 

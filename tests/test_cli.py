@@ -21,9 +21,9 @@ from cornernet_ref import evaluate as evaluate_module
 from cornernet_ref.checkpoint import save_checkpoint
 from cornernet_ref.cli import main
 from cornernet_ref.config import CONFIGS, get_config
-from cornernet_ref.model import CornerNet
+from cornernet_ref.model import CornerNet, ModelConfig
 
-TINY_KWARGS = {
+TINY_CONFIG = {
     "num_classes": 2, "n": 2, "nstack": 1, "dims": [4, 4, 4], "modules": [1, 1, 1],
     "cnv_dim": 4, "pre_dim": 4, "pool_dim": 4,
 }  # fmt: skip
@@ -50,8 +50,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "broken.json").write_text('{"images": [')
     (root / "list.json").write_text("[1, 2]")
     torch.manual_seed(0)
-    model = CornerNet(**TINY_KWARGS)
-    state = {"model": model.state_dict(), "model_kwargs": TINY_KWARGS, "class_names": ["x", "y"]}
+    model = CornerNet(ModelConfig.from_dict(TINY_CONFIG))
+    state = {"model": model.state_dict(), "model_config": TINY_CONFIG, "class_names": ["x", "y"]}
     save_checkpoint(root / "model.pt", state)
     data = (root / "model.pt").read_bytes()
     (root / "truncated.pt").write_bytes(data[: len(data) // 2])

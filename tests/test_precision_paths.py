@@ -39,7 +39,7 @@ def low_initial_scale(monkeypatch):
 def initial_parameters(config: TrainConfig) -> dict[str, torch.Tensor]:
     """The parameters ``train`` starts from (it seeds, then builds the model)."""
     torch.manual_seed(config.seed)
-    model = CornerNet(num_classes=3, **vars(config.model))  # the shapes data has 3 classes
+    model = CornerNet(replace(config.model, num_classes=3))  # the shapes data has 3 classes
     return {name: value.detach().clone() for name, value in model.named_parameters()}
 
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from cornernet_ref.targets import (
     TARGET_KEYS,
+    TargetConfig,
     build_targets,
     collate_targets,
     draw_gaussian,
@@ -290,7 +291,7 @@ def test_build_targets_by_hand():
         num_classes=2,
         input_size=64,
         output_size=16,
-        max_objects=3,
+        config=TargetConfig(max_objects=3),
     )
     # Top-left (1.25, 2.25) -> cell (1, 2); bottom-right (15.25, 14.5) -> cell (15, 14).
     assert targets["tl_ind"].tolist() == [2 * 16 + 1, 0, 0]
@@ -316,7 +317,7 @@ def test_build_targets_by_hand():
         num_classes=2,
         input_size=64,
         output_size=16,
-        radius_variant="exact",
+        config=TargetConfig(radius_variant="exact"),
     )
     assert int(exact_radius(13, 14, 0.3)) == 4
     assert exact["tl_heat"][1, 6, 1] > 0 and exact["tl_heat"][1, 7, 1] == 0
@@ -368,10 +369,11 @@ def test_build_targets_layout(image):
 
 @given(images())
 def test_without_penalty_reduction_only_the_corners_are_positive(image):
-    """``penalty_reduction=False`` (the paper's ablation): no bump, the rest unchanged."""
+    """``TargetConfig(penalty_reduction=False)`` (the paper's ablation): no bump, the rest
+    unchanged."""
     boxes, labels, input_size, output_size = image
     options = dict(num_classes=3, input_size=input_size, output_size=output_size)
-    plain = build_targets(boxes, labels, penalty_reduction=False, **options)
+    plain = build_targets(boxes, labels, config=TargetConfig(penalty_reduction=False), **options)
     gaussian = build_targets(boxes, labels, **options)
     for key in ("tl_ind", "br_ind", "mask", "tl_off", "br_off"):
         assert torch.equal(plain[key], gaussian[key]), key
@@ -402,7 +404,9 @@ def test_degenerate_boxes_are_skipped_and_order_kept():
 def test_numpy_and_torch_inputs_agree():
     boxes = np.array([[3.3, 4.1, 40.7, 50.2], [10.0, 1.5, 20.25, 9.75]], np.float32)
     labels = np.array([2, 0])
-    kwargs = dict(num_classes=3, input_size=(64, 48), output_size=(16, 12), max_objects=4)
+    kwargs = dict(
+        num_classes=3, input_size=(64, 48), output_size=(16, 12), config=TargetConfig(max_objects=4)
+    )
     from_numpy = build_targets(boxes, labels, **kwargs)
     from_torch = build_targets(torch.from_numpy(boxes), torch.from_numpy(labels), **kwargs)
     for key in TARGET_KEYS:
@@ -411,7 +415,7 @@ def test_numpy_and_torch_inputs_agree():
 
 def test_no_objects_gives_empty_targets():
     targets = build_targets(np.zeros((0, 4)), np.zeros(0), num_classes=2, input_size=32,
-                            output_size=8, max_objects=5)  # fmt: skip
+                            output_size=8, config=TargetConfig(max_objects=5))  # fmt: skip
     assert not targets["mask"].any() and not targets["tl_heat"].any()
     assert targets["tl_heat"].shape == (2, 8, 8)
 
@@ -434,7 +438,7 @@ def test_too_many_objects_raise():
     boxes = np.tile([[1.0, 1.0, 20.0, 20.0]], (4, 1))
     with pytest.raises(ValueError, match="max_objects=3"):
         build_targets(boxes, np.zeros(4), num_classes=1, input_size=32, output_size=8,
-                      max_objects=3)  # fmt: skip
+                      config=TargetConfig(max_objects=3))  # fmt: skip
     with pytest.raises(ValueError, match="output_size"):
         build_targets(boxes[:1], np.zeros(1), num_classes=1, input_size=32, output_size=(8, 0))
 
@@ -442,7 +446,7 @@ def test_too_many_objects_raise():
 def test_collate_stacks_every_key():
     samples = [
         build_targets(np.array([[1.0, 2.0, 20.0, 30.0]]), np.array([k]), num_classes=2,
-                      input_size=32, output_size=8, max_objects=3)
+                      input_size=32, output_size=8, config=TargetConfig(max_objects=3))
         for k in (0, 1)
     ]  # fmt: skip
     batch = collate_targets(samples)
@@ -455,3 +459,41 @@ def test_collate_stacks_every_key():
         collate_targets([])
     with pytest.raises(ValueError, match="mask"):
         collate_targets([{k: v for k, v in samples[0].items() if k != "mask"}])
+
+
+def test_target_config_defaults_are_the_official_ones():
+    assert TargetConfig() == TargetConfig(
+        gaussian_iou=0.3, radius_variant="official", penalty_reduction=True, max_objects=128
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"gaussian_iou": 0.0}, r"gaussian_iou must lie in \(0, 1\), got 0.0"),
+        ({"gaussian_iou": 1.0}, r"gaussian_iou must lie in \(0, 1\), got 1.0"),
+        ({"radius_variant": "round"}, r"radius_variant must be one of .*'round'"),
+        ({"max_objects": 0}, "max_objects must be >= 1, got 0"),
+    ],
+)
+def test_target_config_refuses_each_field_out_of_range(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TargetConfig(**fields)
+
+
+@pytest.mark.parametrize("fields", [{"gaussian_iou": 1e-6}, {"gaussian_iou": 1 - 1e-6},
+                                    {"radius_variant": "exact"}, {"max_objects": 1}])  # fmt: skip
+def test_target_config_accepts_the_edges_of_each_range(fields):
+    assert getattr(TargetConfig(**fields), next(iter(fields))) == next(iter(fields.values()))
+
+
+@given(overlap=overlaps)
+def test_the_bump_radius_follows_the_configured_overlap(overlap):
+    """The same box as by hand (13 x 14 cells on the grid, top-left corner in cell (1, 2)):
+    the bump reaches ``int(gaussian_radius(13, 14, t))`` cells either side, clipped."""
+    config = TargetConfig(gaussian_iou=overlap)
+    targets = build_targets(np.array([[5.0, 9.0, 61.0, 58.0]]), np.array([0]), num_classes=1,
+                            input_size=64, output_size=16, config=config)  # fmt: skip
+    radius = int(gaussian_radius(13, 14, overlap))
+    row = targets["tl_heat"][0, 2]
+    assert int((row > 0).sum()) == min(1, radius) + 1 + min(radius, 14)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cornernet_ref.data.augment import AugmentConfig, augment
 from cornernet_ref.data.coco import CocoDetection
 from cornernet_ref.data.image import normalize
-from cornernet_ref.targets import RadiusVariant, build_targets, collate_targets
+from cornernet_ref.targets import TargetConfig, build_targets, collate_targets
 
 StreamKey = tuple[int, int]  # (dataset index, stream position)
 
@@ -40,11 +40,9 @@ class TrainingSet(Dataset):
         source: the images and boxes.
         augment_config: the augmentation (its ``input_size`` is the network input side).
         output_size: side of the network's output maps.
-        gaussian_iou: the overlap that sets the radius of the corner Gaussians.
-        radius_variant: the radius formula (see :func:`~cornernet_ref.targets.gaussian_radius`).
-        penalty_reduction: draw the Gaussians at all (see
-            :func:`~cornernet_ref.targets.build_targets`).
-        max_objects: capacity of the target tensors.
+        target_config: how the targets are drawn
+            (:class:`~cornernet_ref.targets.TargetConfig`); objects beyond its
+            ``max_objects`` are dropped.
         seed: the seed of the whole stream.
     """
 
@@ -54,19 +52,13 @@ class TrainingSet(Dataset):
         augment_config: AugmentConfig,
         *,
         output_size: int,
-        gaussian_iou: float = 0.3,
-        radius_variant: RadiusVariant = "official",
-        penalty_reduction: bool = True,
-        max_objects: int = 128,
+        target_config: TargetConfig = TargetConfig(),
         seed: int = 0,
     ) -> None:
         self.source = source
         self.augment_config = augment_config
         self.output_size = output_size
-        self.gaussian_iou = gaussian_iou
-        self.radius_variant = radius_variant
-        self.penalty_reduction = penalty_reduction
-        self.max_objects = max_objects
+        self.target_config = target_config
         self.seed = seed
 
     def __len__(self) -> int:
@@ -79,17 +71,15 @@ class TrainingSet(Dataset):
         image, boxes, labels = augment(
             sample.image, sample.boxes, sample.labels, self.augment_config, rng
         )
-        boxes, labels = boxes[: self.max_objects], labels[: self.max_objects]
+        capacity = self.target_config.max_objects
+        boxes, labels = boxes[:capacity], labels[:capacity]
         targets = build_targets(
             boxes,
             labels,
             num_classes=self.source.num_classes,
             input_size=self.augment_config.input_size,
             output_size=self.output_size,
-            gaussian_iou=self.gaussian_iou,
-            radius_variant=self.radius_variant,
-            penalty_reduction=self.penalty_reduction,
-            max_objects=self.max_objects,
+            config=self.target_config,
         )
         return normalize(image), targets
 
