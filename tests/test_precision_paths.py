@@ -90,8 +90,8 @@ def inf_on_first_backward(monkeypatch) -> list[int]:
     real_model = train_module.CornerNet
 
     class PoisonedModel(real_model):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
+        def __init__(self, config):
+            super().__init__(config)
             first = next(self.parameters())
 
             def poison(grad: torch.Tensor) -> torch.Tensor:
