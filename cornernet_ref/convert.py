@@ -298,9 +298,7 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
     return dict(state)
 
 
-def convert_file(
-    source: str | Path, target: str | Path, *, trust: bool = False
-) -> ModelConfig:
+def convert_file(source: str | Path, target: str | Path, *, trust: bool = False) -> ModelConfig:
     """Convert an official checkpoint file into one that ``CornerNet.from_checkpoint`` loads.
 
     Returns:

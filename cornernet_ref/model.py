@@ -180,9 +180,7 @@ class CornerNet(nn.Module):
         self.hourglasses = nn.ModuleList(
             Hourglass(config.dims, config.modules) for _ in range(config.nstack)
         )
-        self.features = nn.ModuleList(
-            ConvBN(width, config.cnv_dim) for _ in range(config.nstack)
-        )
+        self.features = nn.ModuleList(ConvBN(width, config.cnv_dim) for _ in range(config.nstack))
         self.top_left, self.bottom_right = (
             nn.ModuleList(
                 PredictionModule(

@@ -254,14 +254,7 @@ def _train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     dtype = autocast_dtype(config, job.device)
     scaler = torch.amp.GradScaler(job.device.type, enabled=dtype == torch.float16)
-    start = 0
-    if resume is not None:
-        state = load_checkpoint(resume, resume=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng_states(state["rng"])
-        start = state["iteration"]
+    start = restore(resume, model, optimizer, scaler) if resume is not None else 0
     network = parallel(model, config, job)
     criterion = CornerNetLoss(config.pull_weight, config.push_weight, config.offset_weight)
     dataset = TrainingSet(
@@ -303,13 +296,13 @@ def _train(
                 log.scalars("train", done, {"lr": lr, "images_per_s": images_per_s, **terms})
             if job.is_main and (done % config.checkpoint_every == 0 or done == config.max_iters):
                 save_training_state(config, done, model, optimizer, scaler, source.class_names)
-            if val is not None and config.val_every and done % config.val_every == 0:
-                if done < config.max_iters:  # the last iteration's comes below
-                    if job.is_main:
-                        metrics = validate(model, config, val, job.device)
-                        progress.write(f"iteration {done}: AP {metrics['AP']:.3f}")
-                        log.scalars("val", done, metrics)
-                    job.barrier()
+            validation_due = val is not None and config.val_every and done % config.val_every == 0
+            if validation_due and done < config.max_iters:  # the last one comes below
+                if job.is_main:
+                    metrics = validate(model, config, val, job.device)
+                    progress.write(f"iteration {done}: AP {metrics['AP']:.3f}")
+                    log.scalars("val", done, metrics)
+                job.barrier()
 
     # The end: the last validation and the pictures (rank 0).
     summary: dict[str, Any] = {"iteration": config.max_iters, "loss": terms}
@@ -341,6 +334,21 @@ def shared_data(
     if not job.is_main and config.dataset == "shapes":
         data = prepare_data(config)
     return data
+
+
+def restore(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> int:
+    """Load the training state of the checkpoint ``path``; returns its iteration."""
+    state = load_checkpoint(path, resume=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    restore_rng_states(state["rng"])
+    return state["iteration"]
 
 
 def memory_format(config: TrainConfig) -> torch.memory_format:
