@@ -522,7 +522,11 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.resume is not None:
-        config = config_from_dict(load_checkpoint(args.resume, resume=True)["config"])
+        saved = load_checkpoint(args.resume, resume=True)["config"]
+        try:
+            config = config_from_dict(saved)
+        except ValueError as error:  # written by a version with other fields
+            raise InputError(f"{args.resume}: its training configuration: {error}") from error
     else:
         config = get_config(args.config)
     try:

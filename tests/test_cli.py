@@ -55,6 +55,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     save_checkpoint(root / "model.pt", state)
     data = (root / "model.pt").read_bytes()
     (root / "truncated.pt").write_bytes(data[: len(data) // 2])
+    training = {"iteration": 1, "optimizer": {}, "scaler": {}, "rng": {}}
+    moved = get_config("small_shapes").to_dict() | {"gaussian_iou": 0.3}  # now targets.*
+    save_checkpoint(root / "old_config.pt", state | training | {"config": moved})
     return {
         "root": root,
         "images": images,
@@ -204,6 +207,8 @@ def test_a_bug_keeps_its_traceback(files, monkeypatch):
         (["--resume", "missing.pt"], ["checkpoint not found", "missing.pt"]),
         (["--resume", "truncated.pt"], ["truncated.pt is truncated or corrupt"]),
         (["--resume", "model.pt"], ["model.pt holds a model without its training state"]),
+        (["--resume", "old_config.pt"],
+         ["old_config.pt: its training configuration", "unknown TrainConfig", "'gaussian_iou'"]),
         (["--dataset", "coco", "--images", "nowhere", "--annotations", "annotations.json"],
          ["training image folder not found", "nowhere"]),
         (["--dataset", "coco", "--images", "images", "--annotations", "missing.json"],
@@ -212,7 +217,7 @@ def test_a_bug_keeps_its_traceback(files, monkeypatch):
 )  # fmt: skip
 def test_train_rejects_bad_input_before_training(files, capsys, tmp_path, argv, fragments):
     root = files["root"]
-    paths = ("missing.pt", "truncated.pt", "model.pt", "nowhere", "images")
+    paths = ("missing.pt", "truncated.pt", "model.pt", "old_config.pt", "nowhere", "images")
     argv = [str(root / arg) if arg in paths or arg.endswith(".json") else arg for arg in argv]
     status, err = run(["train", *argv, "--out", tmp_path], capsys)
     assert status == 2
