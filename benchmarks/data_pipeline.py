@@ -60,7 +60,7 @@ def main() -> None:
         shapes_detection(100, seed=0, size=small.shapes_size),
         small.augment,
         output_size=small.output_size,
-        max_objects=small.max_objects,
+        target_config=small.targets,
     )
     results["shapes_127"] = {
         "samples_per_s_per_core": samples_per_second(shapes, args.samples),
@@ -75,7 +75,7 @@ def main() -> None:
             CocoDetection(coco_annotations, coco_images),
             paper.augment,
             output_size=paper.output_size,
-            max_objects=paper.max_objects,
+            target_config=paper.targets,
         )
         results["coco128_511"] = {
             "samples_per_s_per_core": samples_per_second(coco, args.samples),

@@ -350,14 +350,15 @@ def step_train_throughput(context: Context) -> dict:
     import train_throughput as benchmark
     from model_flops import forward_flops
 
+    from cornernet_ref.model import ModelConfig
+
     device = context.device
     torch.backends.cudnn.benchmark = True
     if context.dry_run:  # aot_eager: dynamo and autograd tracing, without the slow codegen
-        model_kwargs = {"num_classes": 80, **TOY_MODEL}
-        size, steps, backend = TOY_INPUT, 1, "aot_eager"
+        model_config, size, steps, backend = ModelConfig(**TOY_MODEL), TOY_INPUT, 1, "aot_eager"
     else:
-        model_kwargs, size, steps, backend = {"num_classes": 80}, 511, 6, "inductor"
-    flops = forward_flops(training=True, size=size, model_kwargs=model_kwargs)["total"]
+        model_config, size, steps, backend = ModelConfig(), 511, 6, "inductor"
+    flops = forward_flops(training=True, size=size, config=model_config)["total"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     peak = benchmark.peak_flops(name, None)
     measured_tflops = context.earlier("environment").get("matmul_bf16_tflops")
@@ -373,7 +374,7 @@ def step_train_throughput(context: Context) -> dict:
         row = {"batch": batch, "variant": "bf16+channels_last" + ("+compile" if compile_ else "")}
         try:
             row |= benchmark.time_variant(
-                batch, torch.bfloat16, True, compile_, steps, device, model_kwargs, size, backend
+                batch, torch.bfloat16, True, compile_, steps, device, model_config, size, backend
             )
         except torch.OutOfMemoryError:
             row["error"] = "out of memory"
@@ -421,9 +422,10 @@ def largest_batch(run: Callable[[int, bool], dict], memory: int, context: Contex
 def coco128_config(context: Context, iterations: int):
     """The configuration of the training notebook (``notebooks/06_training.py``) on the COCO
     sample, for ``iterations`` iterations; toy-sized for a dry run."""
-    from cornernet_ref.config import ModelConfig, get_config
+    from cornernet_ref.config import get_config
     from cornernet_ref.data.augment import AugmentConfig
     from cornernet_ref.data.examples import coco128
+    from cornernet_ref.model import ModelConfig
 
     images, annotations = coco128()
     if not annotations.is_file():
@@ -527,7 +529,7 @@ def step_inference(context: Context) -> dict:
     from cornernet_ref.data.coco import load_coco
     from cornernet_ref.data.examples import coco128
     from cornernet_ref.inference import TestConfig, detect_image, model_source
-    from cornernet_ref.model import CornerNet
+    from cornernet_ref.model import CornerNet, ModelConfig
 
     device = context.device
     images, annotations = coco128()
@@ -540,9 +542,9 @@ def step_inference(context: Context) -> dict:
     elif trained.is_file():
         model, weights = CornerNet.from_checkpoint(trained), f"coco128_training ({trained})"
     elif context.dry_run:
-        model, weights = CornerNet(80, **TOY_MODEL), "random"
+        model, weights = CornerNet(ModelConfig(**TOY_MODEL)), "random"
     else:
-        model, weights = CornerNet(80), "random (no coco128_training checkpoint)"
+        model, weights = CornerNet(), "random (no coco128_training checkpoint)"
     coco = load_coco(annotations)
     records = coco.loadImgs(sorted(coco.getImgIds()))[: 2 if context.dry_run else 100]
     warm_up = 1 if context.dry_run else 5

@@ -24,6 +24,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,18 +32,17 @@ from report import header, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
 from cornernet_ref.config import get_config
-from cornernet_ref.model import CornerNet
+from cornernet_ref.model import CornerNet, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("stem", "hourglasses", "features", "top_left", "bottom_right", "transitions")
 
 
-def forward_flops(training: bool, size: int = 511, model_kwargs: dict | None = None) -> dict:
-    """FLOPs of one image through Hourglass-104 (or the CornerNet of ``model_kwargs``), in
-    total and per top-level part."""
-    model_kwargs = {"num_classes": 80, **(model_kwargs or {}), "corner_pooling": False}
+def forward_flops(training: bool, size: int = 511, config: ModelConfig = ModelConfig()) -> dict:
+    """FLOPs of one image through Hourglass-104 (or the CornerNet of ``config``), in total and
+    per top-level part."""
     with torch.device("meta"):
-        model = CornerNet(**model_kwargs).train(training)
+        model = CornerNet(replace(config, corner_pooling=False)).train(training)
         images = torch.zeros(1, 3, size, size)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -50,7 +50,8 @@ def forward_flops(training: bool, size: int = 511, model_kwargs: dict | None = N
     per_module = counter.get_flop_counts()
 
     def part_flops(part: str) -> int:  # the part itself, or the stacks of a list
-        names = [f"CornerNet.{part}"] + [f"CornerNet.{part}.{i}" for i in range(model.nstack)]
+        stacks = range(model.config.nstack)
+        names = [f"CornerNet.{part}"] + [f"CornerNet.{part}.{i}" for i in stacks]
         return sum(sum(per_module.get(name, {}).values()) for name in names)
 
     return {
@@ -74,8 +75,8 @@ def median_ms(run: Callable[[], object], repeats: int, sync: Callable[[], None])
 
 def cpu_latency(repeats: int) -> list[dict]:
     torch.manual_seed(0)
-    small = CornerNet(80, **vars(get_config("small_shapes").model)).eval()
-    full = CornerNet(80).eval()
+    small = CornerNet(replace(get_config("small_shapes").model, num_classes=80)).eval()
+    full = CornerNet().eval()
     rows = []
     for name, model, size in (("small_shapes", small, 127), ("small_shapes", small, 511),
                               ("hourglass104", full, 127)):  # fmt: skip
@@ -90,7 +91,7 @@ def gpu_rows(repeats: int) -> list[dict]:
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    model = CornerNet(80).to(device).eval()
+    model = CornerNet().to(device).eval()
     rows = []
     for batch in (1, 2):
         for dtype in (None, torch.bfloat16):
@@ -153,7 +154,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="result file (default: results/model_flops_*)")
     args = parser.parse_args()
     with torch.device("meta"):
-        parameters = sum(p.numel() for p in CornerNet(80).parameters())
+        parameters = sum(p.numel() for p in CornerNet().parameters())
     if args.gpu:
         if not torch.cuda.is_available():
             raise SystemExit("--gpu needs a CUDA GPU")

@@ -208,27 +208,11 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
      "differs only where the float XY equals t rho exactly; either branch keeps a float root "
      "and ends in its rounding plateau: <= 7e-13 relative for t <= 0.999, 7e-10 at t within "
      "1e-6 of 1"),
-    *[
-        ("targets", "bump[bump < np.finfo(bump.dtype).eps * bump.max()] = 0", mutation,
-         "the threshold never selects a cell: the smallest value, the window corner "
-         "exp(-36r^2 / (2r + 1)^2), exceeds exp(-9), far above eps times the peak 1 "
-         "(test_bump_never_reaches_the_epsilon_threshold); " + detail)
-        for mutation, detail in (
-            ("`*` -> `/`", "eps / 1 is eps"),
-            ("`.max` -> `.min`", "eps times the minimum is smaller still"),
-            ("`<` -> `<=`", "no value equals the threshold either"),
-            ("`0` -> `-1`", "no cell is assigned"),
-            ("`0` -> `1`", "no cell is assigned"),
-        )
-    ],
     ("targets", "boxes = boxes.reshape(0, 4)", "`0` -> `-1`",
      "the array is empty (checked just above): reshape(-1, 4) gives (0, 4) as well"),
     ("targets", "enumerate(zip(boxes, labels, strict=True))", "`True` -> `False`",
      "labels are checked to have one entry per box and filtered by the same mask: the zip "
      "cannot be uneven"),
-    ("targets", "radius = max(0, int(gaussian_radius(", "`0` -> `-1`",
-     "the radius is never negative (test_radius_is_never_negative) and int truncates toward "
-     "0, so max(-1, .) and max(0, .) both return int(radius)"),
 )  # fmt: skip
 
 

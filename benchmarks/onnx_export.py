@@ -18,7 +18,7 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import onnxruntime
@@ -80,11 +80,11 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()
     torch.manual_seed(0)
-    small = CornerNet(3, **asdict(get_config("small_shapes").model))
+    small = CornerNet(replace(get_config("small_shapes").model, num_classes=3))
     networks = {"small_shapes": measure("small_shapes", small, [127, 255, 511], args.repeats)}
     if args.hourglass104:
         torch.manual_seed(0)
-        networks["hourglass104"] = measure("hourglass104", CornerNet(80), [511], 1)
+        networks["hourglass104"] = measure("hourglass104", CornerNet(), [511], 1)
     result = header("onnx_export") | {
         "onnxruntime": onnxruntime.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -42,8 +42,8 @@ from report import RESULTS, header, write_result
 ABLATIONS = {
     "baseline": [],
     "no_corner_pooling": ["--model.corner-pooling", "false"],
-    "no_penalty_reduction": ["--penalty-reduction", "false"],
-    "exact_radius": ["--radius-variant", "exact"],
+    "no_penalty_reduction": ["--targets.penalty-reduction", "false"],
+    "exact_radius": ["--targets.radius-variant", "exact"],
     "seed_1": ["--seed", "1"],
     "seed_2": ["--seed", "2"],
 }

@@ -28,7 +28,7 @@ from report import header, write_result
 
 from cornernet_ref.data.loader import collate
 from cornernet_ref.losses import CornerNetLoss
-from cornernet_ref.model import CornerNet
+from cornernet_ref.model import CornerNet, ModelConfig
 from cornernet_ref.targets import build_targets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,27 +73,26 @@ def time_variant(
     compile_: bool,
     steps: int,
     device: torch.device | str = "cuda",
-    model_kwargs: dict | None = None,
+    model_config: ModelConfig = ModelConfig(),
     input_size: int = 511,
     compile_backend: str = "inductor",
 ) -> dict:
     """Images/s, step time and (on a GPU) peak memory of ``steps`` timed training steps.
 
-    ``model_kwargs`` (default: Hourglass-104, 80 classes, as in the paper) and
+    ``model_config`` (default: Hourglass-104, 80 classes, as in the paper) and
     ``input_size`` allow a small model on the CPU; ``compile_backend`` is that of
     ``torch.compile``.
     """
     device = torch.device(device)
     on_gpu = device.type == "cuda"
     torch.manual_seed(0)
-    model_kwargs = model_kwargs or {"num_classes": 80}
-    model = CornerNet(**model_kwargs).to(device)
+    model = CornerNet(model_config).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     network = torch.compile(model, backend=compile_backend) if compile_ else model
     optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
     criterion = CornerNetLoss()
-    images, targets = synthetic_batch(batch, device, input_size, model_kwargs["num_classes"])
+    images, targets = synthetic_batch(batch, device, input_size, model_config.num_classes)
     images = images.contiguous(memory_format=memory_format)
 
     def step() -> None:

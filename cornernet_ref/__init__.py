@@ -1,4 +1,4 @@
-"""cornernet-ref: an annotated reference implementation of CornerNet (Law & Deng, ECCV 2018).
+r"""cornernet-ref: an annotated reference implementation of CornerNet (Law & Deng, ECCV 2018).
 
 One small module per section of the paper; start with :mod:`cornernet_ref.targets`.
 """

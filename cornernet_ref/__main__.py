@@ -1,4 +1,4 @@
-"""``python -m cornernet_ref`` is the ``cornernet-ref`` command."""
+r"""``python -m cornernet_ref`` is the ``cornernet-ref`` command."""
 
 import sys
 

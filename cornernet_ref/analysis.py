@@ -1,4 +1,4 @@
-"""Error analysis: ground truth in place of predictions (paper §4.4, Table 6).
+r"""Error analysis: ground truth in place of predictions (paper §4.4, Table 6).
 
 CornerNet's output has three parts: heatmaps find the corners, embeddings pair them,
 offsets refine them. The paper measures what each part costs by replacing predicted maps
@@ -11,10 +11,10 @@ downsampling, more corners than top-K, rounding), not by any network. It turns t
 targets (:func:`cornernet_ref.targets.build_targets`) into raw maps that decode to the
 ground truth:
 
-* **heatmap logits** $\\operatorname{logit}(y)$ of the Gaussian targets $y$ (clamped
+* **heatmap logits** $\operatorname{logit}(y)$ of the Gaussian targets $y$ (clamped
   below 1, so that the exact corners, set to a larger logit, stay the only peaks);
-* **embeddings** that separate objects: object slot $k$ gets tag $(k + 1)\\,\\delta$ at
-  both of its corners, $\\delta$ = 1 > the pairing threshold 0.5; every other cell gets
+* **embeddings** that separate objects: object slot $k$ gets tag $(k + 1)\,\delta$ at
+  both of its corners, $\delta$ = 1 > the pairing threshold 0.5; every other cell gets
   tag $+B$ in the top-left map and $-B$ in the bottom-right one ($B$ = 10^4), so no corner
   of the background pairs with anything (the flat background is a "peak" everywhere);
 * **offsets**: the true fractions of Eq. 2 at the corner cells.
@@ -34,7 +34,7 @@ from torch import Tensor
 from cornernet_ref.data.coco import category_ids
 from cornernet_ref.inference import CanvasGeometry, OutputSource, mirror_boxes
 from cornernet_ref.output import CornerNetOutput
-from cornernet_ref.targets import build_targets, collate_targets
+from cornernet_ref.targets import TargetConfig, build_targets, collate_targets
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
@@ -46,7 +46,7 @@ BACKGROUND_TAG = 1e4  # +B in top-left maps, -B in bottom-right maps: never with
 
 
 def heatmap_logits(target: Tensor) -> Tensor:
-    """Logits whose sigmoid is the Gaussian target, the exact corners (target 1) highest."""
+    r"""Logits whose sigmoid is the Gaussian target, the exact corners (target 1) highest."""
     logits = torch.logit(target.clamp(MIN_TARGET, MAX_TARGET))
     return torch.where(target == 1, torch.full_like(logits, PEAK_LOGIT), logits)
 
@@ -59,7 +59,7 @@ def corner_maps(
     tag_spacing: float,
     background_tag: float,
 ) -> tuple[Tensor, Tensor]:
-    """Embedding ``(B, 1, H, W)`` and offset ``(B, 2, H, W)`` maps of one corner type.
+    r"""Embedding ``(B, 1, H, W)`` and offset ``(B, 2, H, W)`` maps of one corner type.
 
     Args:
         index: ``(B, K)`` flat cells ``y * W + x`` of the corners.
@@ -88,7 +88,7 @@ def corner_maps(
 
 
 def oracle_outputs(targets: dict, *, tag_spacing: float = 1.0) -> CornerNetOutput:
-    """Raw maps that decode to the ground truth of batched training targets.
+    r"""Raw maps that decode to the ground truth of batched training targets.
 
     Args:
         targets: targets as :func:`cornernet_ref.targets.collate_targets` batches them:
@@ -120,7 +120,7 @@ def oracle_outputs(targets: dict, *, tag_spacing: float = 1.0) -> CornerNetOutpu
 def with_ground_truth(
     predicted: CornerNetOutput, oracle: CornerNetOutput, *, offsets: bool = False
 ) -> CornerNetOutput:
-    """Table 6: the predicted maps with the heatmaps (and optionally offsets) of the oracle."""
+    r"""Table 6: the predicted maps with the heatmaps (and optionally offsets) of the oracle."""
     if predicted.tl_heat.shape != oracle.tl_heat.shape:
         raise ValueError(
             f"predicted heatmaps {tuple(predicted.tl_heat.shape)} and ground truth "
@@ -133,7 +133,7 @@ def with_ground_truth(
 
 
 def image_boxes(coco: COCO, image_id: int) -> tuple[Tensor, Tensor]:
-    """Non-crowd ``(N, 4)`` xyxy boxes and labels (:func:`~cornernet_ref.data.coco.category_ids`).
+    r"""Non-crowd ``(N, 4)`` xyxy boxes and labels (:func:`~cornernet_ref.data.coco.category_ids`).
 
     Crowd regions are left out: COCO evaluation ignores detections on them anyway.
     """
@@ -146,12 +146,13 @@ def image_boxes(coco: COCO, image_id: int) -> tuple[Tensor, Tensor]:
 
 
 def oracle_source(
-    coco: COCO, *, num_classes: int, gaussian_iou: float = 0.3, max_objects: int = 128
+    coco: COCO, *, num_classes: int, target_config: TargetConfig = TargetConfig()
 ) -> OutputSource:
-    """An output source (:data:`cornernet_ref.inference.OutputSource`) reading the annotations.
+    r"""An output source (:data:`cornernet_ref.inference.OutputSource`) reading the annotations.
 
-    The targets are built on the test canvas: the annotation boxes scaled as the image is
-    and shifted by the border, and for the mirrored canvas mirrored in it.
+    The targets are built on the test canvas, drawn as ``target_config`` says: the
+    annotation boxes scaled as the image is and shifted by the border, and for the mirrored
+    canvas mirrored in it.
     """
 
     def outputs(record: dict, geometry: CanvasGeometry, flip: bool) -> CornerNetOutput:
@@ -166,8 +167,7 @@ def oracle_source(
                 num_classes=num_classes,
                 input_size=geometry.input_size,
                 output_size=geometry.output_size,
-                gaussian_iou=gaussian_iou,
-                max_objects=max_objects,
+                config=target_config,
             )
             for view in views
         ]
@@ -179,7 +179,7 @@ def oracle_source(
 def with_ground_truth_source(
     model: OutputSource, oracle: OutputSource, *, offsets: bool = False
 ) -> OutputSource:
-    """An output source giving ``model``'s maps with ground-truth heatmaps (and offsets)."""
+    r"""An output source giving ``model``'s maps with ground-truth heatmaps (and offsets)."""
 
     def outputs(record: dict, geometry: CanvasGeometry, flip: bool) -> CornerNetOutput:
         return with_ground_truth(

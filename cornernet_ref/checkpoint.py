@@ -1,4 +1,4 @@
-"""Checkpoint files: one format for training, resuming, evaluation, prediction and conversion.
+r"""Checkpoint files: one format for training, resuming, evaluation, prediction and conversion.
 
 A checkpoint is a ``torch.save``'d dict:
 
@@ -6,7 +6,7 @@ A checkpoint is a ``torch.save``'d dict:
 | --- | --- | --- |
 | ``format``, ``version`` | :data:`FORMAT`, :data:`VERSION` | every checkpoint |
 | ``model`` | the model's state dict | every checkpoint |
-| ``model_kwargs`` | the arguments of :class:`~cornernet_ref.model.CornerNet` | every checkpoint |
+| ``model_config`` | the model's configuration, as ``ModelConfig.to_dict()`` | every checkpoint |
 | ``class_names`` | the names of the classes, or None | every checkpoint |
 | ``iteration``, ``optimizer``, ``scaler``, ``rng``, ``config`` | the training state | training |
 | ``converted_from`` | the name of the official file | ``cornernet-ref convert`` |
@@ -27,6 +27,11 @@ state dict is told to be converted first), written by a newer format version, or
 resuming, holds a model without its training state. Files written before the format had
 a version (a dict with ``model`` and ``model_kwargs``) are read as version 0.
 
+**Versions.** Version 2 calls the model's configuration
+(:class:`~cornernet_ref.model.ModelConfig`) ``model_config``; versions 0 and 1
+stored the same dict under ``model_kwargs``, which :func:`load_checkpoint` renames, so
+older files load unchanged.
+
 Checkpoints are pickles (the random states are Python objects): load only files you trust.
 """
 
@@ -43,17 +48,18 @@ import torch
 from cornernet_ref.errors import InputError
 
 FORMAT = "cornernet-ref checkpoint"
-VERSION = 1
-MODEL_KEYS = ("model", "model_kwargs")
+VERSION = 2
+MODEL_KEYS = ("model", "model_config")
+_OLD_MODEL_CONFIG_KEY = "model_kwargs"  # versions 0 and 1
 RESUME_KEYS = ("iteration", "optimizer", "scaler", "rng", "config")
 
 
 class CheckpointError(InputError, ValueError):
-    """A checkpoint file cannot be used; the message names the file and what is wrong."""
+    r"""A checkpoint file cannot be used; the message names the file and what is wrong."""
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (with at least :data:`MODEL_KEYS`) to ``path`` atomically.
+    r"""Write ``state`` (with at least :data:`MODEL_KEYS`) to ``path`` atomically.
 
     The format marker and the version are added here.
     """
@@ -65,7 +71,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, force it to disk, rename it over."""
+    r"""Call ``write`` on a temporary file beside ``path``, force it to disk, rename it over."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     with temporary.open("wb") as file:
@@ -82,14 +88,15 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    """Read and check a checkpoint (on the CPU).
+    r"""Read and check a checkpoint (on the CPU).
 
     Args:
         path: the file.
         resume: also require the training state (:data:`RESUME_KEYS`).
 
     Returns:
-        The dict of the table above.
+        The dict of the table above (an older version's ``model_kwargs`` renamed
+        ``model_config``).
 
     Raises:
         CheckpointError: naming ``path`` and what is wrong with it.
@@ -112,6 +119,9 @@ def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict[str, Any]
     except Exception as error:  # damaged bytes make the readers raise any of many types
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {reason}") from error
+    if isinstance(state, dict) and state.get("version", 0) in (0, 1):
+        if _OLD_MODEL_CONFIG_KEY in state:
+            state["model_config"] = state.pop(_OLD_MODEL_CONFIG_KEY)
     _check(path, state, resume)
     return state
 
@@ -129,7 +139,7 @@ def _check(path: Path, state: Any, resume: bool) -> None:
             )
         raise CheckpointError(
             f"{path} is not a cornernet-ref checkpoint: expected a dict with 'model' and "
-            f"'model_kwargs', got keys {sorted(map(str, state))[:5]}"
+            f"'model_config', got keys {sorted(map(str, state))[:5]}"
         )
     version = state.get("version", 0)
     if not isinstance(version, int) or not 0 <= version <= VERSION:

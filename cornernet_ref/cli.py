@@ -1,4 +1,4 @@
-"""The ``cornernet-ref`` command.
+r"""The ``cornernet-ref`` command.
 
 Each subcommand lives beside the code it runs: a module listed in ``SUBCOMMAND_MODULES``
 defines ``add_subcommand(subparsers)``, which adds its parser and sets ``func`` (called
@@ -29,7 +29,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (argparse prints the whole usage first)."""
+    r"""An argument parser whose errors are one line (argparse prints the whole usage first)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

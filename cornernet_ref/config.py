@@ -1,18 +1,18 @@
-"""Training configurations: typed, printable, overridable from the command line.
+r"""Training configurations: typed, printable, overridable from the command line.
 
 A configuration is a :class:`TrainConfig` dataclass holding everything a run depends on; it is
 printed at the start of training and saved as ``config.json`` beside every checkpoint (and
 inside it). Two are named:
 
 * ``hourglass104_coco``: the paper's (§4.1): Hourglass-104 with two stacks, input 511 x 511,
-  output 128 x 128, Adam with learning rate $2.5 \\times 10^{-4}$, batch 49, 500k iterations,
-  learning rate $\\times 0.1$ at 450k, Gaussian radius overlap 0.3, loss weights 0.1, 0.1, 1.
+  output 128 x 128, Adam with learning rate $2.5 \times 10^{-4}$, batch 49, 500k iterations,
+  learning rate $\times 0.1$ at 450k, Gaussian radius overlap 0.3, loss weights 0.1, 0.1, 1.
 * ``small_shapes``: a small single-stack hourglass on the synthetic shapes data, trained on a
   CPU in minutes.
 
 Every field can be overridden with ``--field value`` (``--model.nstack 1``,
-``--augment.flip false``, ``--lr-decay-iters 100,200``, ``--test.scales 0.5,1``,
-``--test.decode.K 50``).
+``--augment.flip false``, ``--targets.gaussian-iou 0.5``, ``--lr-decay-iters 100,200``,
+``--test.scales 0.5,1``, ``--test.decode.K 50``).
 """
 
 from __future__ import annotations
@@ -24,41 +24,26 @@ from typing import Any, TypeVar
 
 from cornernet_ref.data.augment import AugmentConfig
 from cornernet_ref.inference import TestConfig
+from cornernet_ref.model import ModelConfig
 from cornernet_ref.printable import PrintableConfig
+from cornernet_ref.targets import TargetConfig
 
 Config = TypeVar("Config")  # a configuration dataclass, possibly nested
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Constructor arguments of :class:`cornernet_ref.model.CornerNet` (besides the classes)."""
-
-    n: int = 5
-    nstack: int = 2
-    dims: tuple[int, ...] = (256, 256, 384, 384, 384, 512)
-    modules: tuple[int, ...] = (2, 2, 2, 2, 2, 4)
-    cnv_dim: int = 256
-    pre_dim: int = 128
-    pool_dim: int = 128
-    corner_pooling: bool = True
-    batchnorm_init: str = "uniform"
-
-
-@dataclass(frozen=True)
 class TrainConfig(PrintableConfig):
-    """Everything a training run depends on.
+    r"""Everything a training run depends on.
 
     Attributes:
         name: the configuration's name.
-        model: the network.
+        model: the network. Its ``num_classes`` is set by the training data when the run
+            starts (the number of its categories); the value given here is replaced, and
+            the configuration saved with the checkpoints holds the data's.
         augment: the training augmentation; ``augment.input_size`` is the input side.
         output_size: side of the output maps (input 511 -> 128).
-        gaussian_iou: overlap that sets the radius of the corner Gaussians (§3.2).
-        radius_variant: ``official`` (the official formula) or ``exact`` (corners anywhere
-            within the radius; see :func:`cornernet_ref.targets.gaussian_radius`).
-        penalty_reduction: Gaussians around the corners; ``false`` penalises every
-            negative location fully (the paper's ablation, §4.4).
-        max_objects: capacity of the target tensors per image.
+        targets: how the ground-truth maps are drawn (radius overlap, radius formula,
+            penalty reduction, capacity; :class:`~cornernet_ref.targets.TargetConfig`).
         dataset: ``"shapes"`` (generated under ``<out>/data``) or ``"coco"`` (the paths below).
         train_images, train_annotations: COCO-format training data.
         val_images, val_annotations: COCO-format validation data (optional for ``coco``).
@@ -91,10 +76,7 @@ class TrainConfig(PrintableConfig):
     model: ModelConfig = ModelConfig()
     augment: AugmentConfig = AugmentConfig()
     output_size: int = 128
-    gaussian_iou: float = 0.3
-    radius_variant: str = "official"
-    penalty_reduction: bool = True
-    max_objects: int = 128
+    targets: TargetConfig = TargetConfig()
     dataset: str = "shapes"
     train_images: str = ""
     train_annotations: str = ""
@@ -132,7 +114,6 @@ class TrainConfig(PrintableConfig):
         choices = {
             "dataset": ("shapes", "coco"),
             "precision": ("auto", "fp32", "bf16", "fp16"),
-            "radius_variant": ("official", "exact"),
             "device": ("auto", "cpu", "cuda"),
         }
         for name, allowed in choices.items():
@@ -146,7 +127,13 @@ class TrainConfig(PrintableConfig):
 
 
 def config_from_dict(values: dict[str, Any], cls: type = TrainConfig) -> Any:
-    """Rebuild a (nested) configuration dataclass from :meth:`TrainConfig.to_dict` output."""
+    r"""Rebuild a (nested) configuration dataclass from :meth:`TrainConfig.to_dict` output.
+
+    Missing fields take the defaults; a key that is no field raises ``ValueError``.
+    """
+    unknown = sorted(set(values) - {item.name for item in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}")
     kwargs = {}
     for item in fields(cls):
         if item.name not in values:
@@ -191,7 +178,7 @@ CONFIGS: dict[str, TrainConfig] = {
         ),  # fmt: skip
         augment=AugmentConfig(input_size=127, border=32),
         output_size=32,
-        max_objects=16,
+        targets=TargetConfig(max_objects=16),
         batch_size=16,
         max_iters=1000,  # the whole command in under 5 minutes on 2 CPU cores
         lr=2.5e-3,
@@ -211,7 +198,7 @@ def get_config(name: str) -> TrainConfig:
 
 
 def _flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"model.nstack": value, ...}`` for every leaf field of a (nested) configuration."""
+    r"""``{"model.nstack": value, ...}`` for every leaf field of a (nested) configuration."""
     leaves = {}
     for item in fields(config):
         value = getattr(config, item.name)
@@ -232,7 +219,7 @@ def _parse_bool(text: str) -> bool:
 
 
 def _parser_for(default: Any):
-    """A string -> value parser of the same type as ``default``."""
+    r"""A string -> value parser of the same type as ``default``."""
     if isinstance(default, bool):
         return _parse_bool
     if isinstance(default, tuple):
@@ -246,7 +233,7 @@ def _parser_for(default: Any):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--field`` option per configuration field (``_`` written ``-``), default unset."""
+    r"""One ``--field`` option per configuration field (``_`` written ``-``), default unset."""
     for key, default in _flat_fields(TrainConfig()).items():
         parser.add_argument(
             "--" + key.replace("_", "-"),
@@ -263,7 +250,7 @@ _DEFAULT_OF = "(default of "
 
 
 def _as_typed(value: Any) -> str:
-    """``value`` as it is typed on the command line (``true``, ``32,48``, ``'runs/x'``)."""
+    r"""``value`` as it is typed on the command line (``true``, ``32,48``, ``'runs/x'``)."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, tuple):
@@ -272,7 +259,7 @@ def _as_typed(value: Any) -> str:
 
 
 def show_defaults(parser: argparse.ArgumentParser, config: TrainConfig) -> None:
-    """Make the help of each ``--field`` option of ``parser`` show ``config``'s value."""
+    r"""Make the help of each ``--field`` option of ``parser`` show ``config``'s value."""
     values = _flat_fields(config)
     for action in parser._actions:
         key = action.dest.removeprefix("config__")
@@ -285,7 +272,7 @@ def show_defaults(parser: argparse.ArgumentParser, config: TrainConfig) -> None:
 
 
 class ShowConfigDefaults(argparse.Action):
-    """``--config NAME``: the help of the options that follow shows NAME's values."""
+    r"""``--config NAME``: the help of the options that follow shows NAME's values."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         show_defaults(parser, get_config(values))
@@ -293,7 +280,7 @@ class ShowConfigDefaults(argparse.Action):
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any], prefix: str = "") -> Config:
-    """``config`` with ``{"lr": 1e-3, "model.nstack": 1, "test.decode.K": 50, ...}`` replaced."""
+    r"""``config`` with ``{"lr": 1e-3, "model.nstack": 1, "test.decode.K": 50, ...}`` replaced."""
     nested: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -310,7 +297,7 @@ def apply_overrides(config: Config, overrides: dict[str, Any], prefix: str = "")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``--field value`` options given on the command line."""
+    r"""The ``--field value`` options given on the command line."""
     return {
         key.removeprefix("config__"): value
         for key, value in vars(args).items()
@@ -320,7 +307,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 __all__ = [
     "CONFIGS",
-    "ModelConfig",
     "ShowConfigDefaults",
     "TrainConfig",
     "add_config_arguments",

@@ -30,14 +30,14 @@ re-stated official network a BGR image and the converted model the same pixels i
 
 **Strict.** :func:`convert_official_state_dict` uses every tensor and checks every shape
 against this model built with the same configuration (read off the official tensors by
-:func:`infer_model_kwargs`); the first missing key, unexpected key or wrong shape stops it
+:func:`infer_model_config`); the first missing key, unexpected key or wrong shape stops it
 with its name. The ``module.`` prefix of a model saved through ``DataParallel`` is
 dropped, and the ``num_batches_tracked`` counters, which PyTorch 0.4 did not keep, are set
 to 0 when absent (they only matter for a batch norm with ``momentum=None``).
 
 **The command.** ``cornernet-ref convert CornerNet_500000.pkl cornernet_coco.pt`` writes a
-checkpoint (:mod:`cornernet_ref.checkpoint`) with the model, its arguments and the class
-names, which :meth:`CornerNet.from_checkpoint <cornernet_ref.model.CornerNet.from_checkpoint>`
+checkpoint (:mod:`cornernet_ref.checkpoint`) with the model, its configuration and the
+class names, which :meth:`CornerNet.from_checkpoint <cornernet_ref.model.CornerNet.from_checkpoint>`
 reads.
 """
 
@@ -48,13 +48,13 @@ import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from cornernet_ref.checkpoint import save_checkpoint
 from cornernet_ref.errors import InputError
+from cornernet_ref.model import CornerNet, ModelConfig
 
 # (official, ours): path fragments; "#" is a stack index.
 _SHARED_RULES: tuple[tuple[str, str], ...] = (
@@ -122,7 +122,7 @@ FIRST_CONV = "stem.conv7x7.conv.weight"
 
 
 def _rewrite(key: str, rules: list[tuple[list[str], list[str]]]) -> str:
-    """Rewrite ``key`` left to right, replacing the longest matching fragment at each part."""
+    r"""Rewrite ``key`` left to right, replacing the longest matching fragment at each part."""
     parts, out, i = key.split("."), [], 0
     while i < len(parts):
         for source, target in rules:  # sorted longest first
@@ -150,26 +150,28 @@ _TO_OFFICIAL = _compile(tuple((ours, official) for official, ours in RULES))
 
 
 def official_to_ours(key: str) -> str:
-    """This model's name of an official key (without the ``module.`` prefix)."""
+    r"""This model's name of an official key (without the ``module.`` prefix)."""
     return _rewrite(key, _TO_OURS)
 
 
 def ours_to_official(key: str) -> str:
-    """The official name of one of this model's keys."""
+    r"""The official name of one of this model's keys."""
     return _rewrite(key, _TO_OFFICIAL)
 
 
 def strip_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Drop the ``module.`` prefix that ``DataParallel`` adds to every key."""
+    r"""Drop the ``module.`` prefix that ``DataParallel`` adds to every key."""
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
-def infer_model_kwargs(official: Mapping[str, Tensor]) -> dict[str, Any]:
-    """The :class:`~cornernet_ref.model.CornerNet` arguments of an official state dict.
+def infer_model_config(official: Mapping[str, Tensor]) -> ModelConfig:
+    r"""The :class:`~cornernet_ref.model.ModelConfig` of an official state dict.
 
     Read off a few tensors: classes from the heatmap layer, widths and block counts by
     walking down the nested hourglass, ``cnv_dim``, ``pre_dim`` and ``pool_dim`` from the
-    first convolution of the features, the stem and the pooling branch.
+    first convolution of the features, the stem and the pooling branch. The official model
+    has corner pooling and was trained with uniform batch-norm scales, the defaults of the
+    other two fields.
     """
     state = strip_official(official)
 
@@ -190,36 +192,34 @@ def infer_model_kwargs(official: Mapping[str, Tensor]) -> dict[str, Any]:
             modules.append(count(level + "low2."))
             break
         level += "low2."
-    return {
-        "num_classes": shape("tl_heats.0.1.weight")[0],
-        "n": len(dims) - 1,
-        "nstack": count("kps."),
-        "dims": dims,
-        "modules": modules,
-        "cnv_dim": shape("cnvs.0.conv.weight")[0],
-        "pre_dim": shape("pre.0.conv.weight")[0],
-        "pool_dim": shape("tl_cnvs.0.p1_conv1.conv.weight")[0],
-    }
+    return ModelConfig(
+        num_classes=shape("tl_heats.0.1.weight")[0],
+        n=len(dims) - 1,
+        nstack=count("kps."),
+        dims=tuple(dims),
+        modules=tuple(modules),
+        cnv_dim=shape("cnvs.0.conv.weight")[0],
+        pre_dim=shape("pre.0.conv.weight")[0],
+        pool_dim=shape("tl_cnvs.0.p1_conv1.conv.weight")[0],
+    )
 
 
-def expected_shapes(model_kwargs: Mapping[str, Any]) -> dict[str, torch.Size]:
-    """Key -> shape of this model's state dict (built on the meta device: no memory)."""
-    from cornernet_ref.model import CornerNet
-
+def expected_shapes(config: ModelConfig) -> dict[str, torch.Size]:
+    r"""Key -> shape of this model's state dict (built on the meta device: no memory)."""
     with torch.device("meta"):
-        model = CornerNet(**model_kwargs)
+        model = CornerNet(config)
     return {key: value.shape for key, value in model.state_dict().items()}
 
 
 def convert_official_state_dict(
-    official: Mapping[str, Tensor], model_kwargs: Mapping[str, Any] | None = None
+    official: Mapping[str, Tensor], config: ModelConfig | None = None
 ) -> dict[str, Tensor]:
-    """This model's state dict from an official one, every tensor used, every shape checked.
+    r"""This model's state dict from an official one, every tensor used, every shape checked.
 
     Args:
         official: the official state dict, with or without the ``module.`` prefix and the
             ``num_batches_tracked`` counters.
-        model_kwargs: the configuration to check against; read off ``official`` if omitted.
+        config: the configuration to check against; read off ``official`` if omitted.
 
     Returns:
         The state dict, in this model's order (``load_state_dict(..., strict=True)`` works).
@@ -228,8 +228,7 @@ def convert_official_state_dict(
         ValueError: naming the first unexpected key, wrong shape or missing key.
     """
     state = strip_official(official)
-    kwargs = dict(model_kwargs) if model_kwargs is not None else infer_model_kwargs(state)
-    expected = expected_shapes(kwargs)
+    expected = expected_shapes(config if config is not None else infer_model_config(state))
     renamed: dict[str, Tensor] = {}
     for key, value in state.items():
         name = official_to_ours(key)
@@ -259,7 +258,7 @@ def convert_official_state_dict(
 def to_official_state_dict(
     state: Mapping[str, Tensor], prefix: str = "module."
 ) -> dict[str, Tensor]:
-    """The inverse of :func:`convert_official_state_dict`: official names, BGR first convolution.
+    r"""The inverse of :func:`convert_official_state_dict`: official names, BGR first convolution.
 
     Args:
         state: a state dict of this model.
@@ -272,7 +271,7 @@ def to_official_state_dict(
 
 
 def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]:
-    """Read an official ``.pkl`` (a ``torch.save``'d state dict) as tensors only.
+    r"""Read an official ``.pkl`` (a ``torch.save``'d state dict) as tensors only.
 
     With ``trust`` it is unpickled in full, which runs whatever code the file names: only
     for files you trust, if the safe loader refuses one.
@@ -287,9 +286,9 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
             reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
             reason = reason[1] if reason else str(error).splitlines()[0]
             raise InputError(f"{path} is truncated or corrupt: {reason}") from error
-        raise InputError(
+        raise InputError(  # also reached by `train --init-from`, which has no --trust
             f"{path} holds more than tensors (it names {found[1]}); if you trust the file, "
-            "pass --trust"
+            f"convert it with `cornernet-ref convert --trust {path} OUT.pt` and use OUT.pt"
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:  # a damaged zip or pickle
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -299,30 +298,30 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
     return dict(state)
 
 
-def convert_file(source: str | Path, target: str | Path, *, trust: bool = False) -> dict:
-    """Convert an official checkpoint file into one that ``CornerNet.from_checkpoint`` loads.
+def convert_file(source: str | Path, target: str | Path, *, trust: bool = False) -> ModelConfig:
+    r"""Convert an official checkpoint file into one that ``CornerNet.from_checkpoint`` loads.
 
     Returns:
-        The model arguments read off the file.
+        The model configuration read off the file.
     """
     official = load_official(source, trust=trust)
-    kwargs = infer_model_kwargs(official)
-    converted = convert_official_state_dict(official, kwargs)
+    config = infer_model_config(official)
+    converted = convert_official_state_dict(official, config)
     names = (
         list(COCO_CLASS_NAMES)
-        if kwargs["num_classes"] == len(COCO_CLASS_NAMES)
-        else [str(i) for i in range(kwargs["num_classes"])]
+        if config.num_classes == len(COCO_CLASS_NAMES)
+        else [str(i) for i in range(config.num_classes)]
     )
     save_checkpoint(
         target,
         {
             "model": converted,
-            "model_kwargs": kwargs,
+            "model_config": config.to_dict(),
             "class_names": names,
             "converted_from": Path(source).name,
         },
     )
-    return kwargs
+    return config
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
@@ -342,8 +341,8 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    kwargs = convert_file(args.official, args.out, trust=args.trust)
-    print(f"wrote {args.out}: {kwargs}")
+    config = convert_file(args.official, args.out, trust=args.trust)
+    print(f"wrote {args.out}: {config}")
     return 0
 
 
@@ -355,7 +354,7 @@ __all__ = [
     "convert_file",
     "convert_official_state_dict",
     "expected_shapes",
-    "infer_model_kwargs",
+    "infer_model_config",
     "load_official",
     "official_to_ours",
     "ours_to_official",

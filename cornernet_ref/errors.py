@@ -1,4 +1,4 @@
-"""Errors caused by what a user gave: each message names the file, record or option at fault.
+r"""Errors caused by what a user gave: each message names the file, record or option at fault.
 
 The ``cornernet-ref`` command prints an :class:`InputError` as one line,
 ``cornernet-ref: error: <message>``, and exits with status 2 (the status of a usage error);
@@ -11,11 +11,11 @@ import sys
 
 
 class InputError(Exception):
-    """Bad input: a missing or unreadable file, a malformed record, an option out of range."""
+    r"""Bad input: a missing or unreadable file, a malformed record, an option out of range."""
 
 
 def print_error(message: str) -> None:
-    """Write ``cornernet-ref: error: <message>`` to stderr, the form every command error has."""
+    r"""Write ``cornernet-ref: error: <message>`` to stderr, the form every command error has."""
     print(f"cornernet-ref: error: {message}", file=sys.stderr)
 
 

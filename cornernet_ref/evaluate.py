@@ -1,4 +1,4 @@
-"""COCO evaluation of the detections of the test procedure (paper §4.3).
+r"""COCO evaluation of the detections of the test procedure (paper §4.3).
 
 [evaluate][cornernet_ref.evaluate.evaluate] detects on every image of a COCO annotation file
 ([detect_image][cornernet_ref.inference.detect_image]), writes the boxes in COCO's ``xywh``
@@ -39,7 +39,7 @@ METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100
 def detections_to_coco(
     image_id: int, detections: ImageDetections, categories: Sequence[int]
 ) -> list[dict]:
-    """COCO result entries (``xywh``), rounded to 2 decimals as the official files are.
+    r"""COCO result entries (``xywh``), rounded to 2 decimals as the official files are.
 
     ``categories[label]`` is the COCO id of a label
     ([category_ids][cornernet_ref.data.coco.category_ids]).
@@ -64,7 +64,7 @@ def detections_to_coco(
 
 
 def coco_metrics(coco: COCO, results: list[dict], image_ids: Iterable[int] | None = None) -> dict:
-    """pycocotools bbox metrics of ``results`` against ``coco``.
+    r"""pycocotools bbox metrics of ``results`` against ``coco``.
 
     Returns:
         ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100`` as floats; 0 when there are no
@@ -94,7 +94,7 @@ def evaluate(
     results_out: str | Path | None = None,
     config: TestConfig = TestConfig(),
 ) -> dict:
-    """Detect on every image of ``coco`` with ``source`` and score the results.
+    r"""Detect on every image of ``coco`` with ``source`` and score the results.
 
     Args:
         source: raw maps of an image
@@ -122,7 +122,7 @@ def evaluate(
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
-    """``cornernet-ref evaluate``: COCO metrics of a checkpoint or of the ground-truth oracle."""
+    r"""``cornernet-ref evaluate``: COCO metrics of a checkpoint or of the ground-truth oracle."""
     parser = subparsers.add_parser(
         "evaluate",
         help="COCO bbox metrics of a checkpoint, or of the ground truth itself (--oracle)",
@@ -152,7 +152,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_test_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--flip``/``--no-flip`` and ``--scales``, defaults of :class:`TestConfig`."""
+    r"""``--flip``/``--no-flip`` and ``--scales``, defaults of :class:`TestConfig`."""
     parser.add_argument(
         "--flip",
         action=argparse.BooleanOptionalAction,
@@ -168,7 +168,7 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
-    """``--scales 0.5,1,1.5`` -> ``(0.5, 1.0, 1.5)``, as :class:`TestConfig` accepts them."""
+    r"""``--scales 0.5,1,1.5`` -> ``(0.5, 1.0, 1.5)``, as :class:`TestConfig` accepts them."""
     try:
         scales = tuple(float(part) for part in text.split(",") if part.strip())
         return TestConfig(scales=scales).scales
@@ -179,7 +179,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
 
 
 def positive_int(text: str) -> int:
-    """An option that counts something: ``"3"`` -> ``3``; zero or less is refused."""
+    r"""An option that counts something: ``"3"`` -> ``3``; zero or less is refused."""
     try:
         value = int(text)
     except ValueError:
@@ -190,7 +190,7 @@ def positive_int(text: str) -> int:
 
 
 def unit_interval(text: str) -> float:
-    """A score threshold: ``"0.3"`` -> ``0.3``, within ``[0, 1]``."""
+    r"""A score threshold: ``"0.3"`` -> ``0.3``, within ``[0, 1]``."""
     try:
         value = float(text)
     except ValueError:

@@ -73,7 +73,7 @@ METADATA_PREFIX = "cornernet_ref."
 
 
 def doubling_steps(max_length: int) -> int:
-    """Doubling steps that pool an axis of up to ``max_length`` cells: ``ceil(log2(L))``."""
+    r"""Doubling steps that pool an axis of up to ``max_length`` cells: ``ceil(log2(L))``."""
     if max_length < 1:
         raise ValueError(f"max_length must be positive, got {max_length}")
     return (max_length - 1).bit_length()
@@ -109,7 +109,7 @@ def doubling_pool(x: Tensor, direction: str, steps: int) -> Tensor:
 
 
 class DoublingCornerPool(nn.Module):
-    """Corner pooling by doubling, in place of a :class:`~cornernet_ref.corner_pool.CornerPool`
+    r"""Corner pooling by doubling, in place of a :class:`~cornernet_ref.corner_pool.CornerPool`
     in the exported graph: ``top(a) + left(b)`` (``tl``) or ``bottom(a) + right(b)`` (``br``).
 
     Args:
@@ -132,7 +132,7 @@ class DoublingCornerPool(nn.Module):
 
 
 def with_doubling_pools(model: nn.Module, steps: int) -> nn.Module:
-    """A copy of ``model`` whose corner pools are :class:`DoublingCornerPool` (same weights)."""
+    r"""A copy of ``model`` whose corner pools are :class:`DoublingCornerPool` (same weights)."""
     model = copy.deepcopy(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -142,7 +142,7 @@ def with_doubling_pools(model: nn.Module, steps: int) -> nn.Module:
 
 
 class LastStackMaps(nn.Module):
-    """``images (B, 3, H, W) -> the last stack's six maps`` as a tuple, the graph's outputs."""
+    r"""``images (B, 3, H, W) -> the last stack's six maps`` as a tuple, the graph's outputs."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -153,7 +153,7 @@ class LastStackMaps(nn.Module):
 
 
 def input_side_rule(n: int) -> str:
-    """The sides a network with hourglass depth ``n`` accepts, in words."""
+    r"""The sides a network with hourglass depth ``n`` accepts, in words."""
     return f"sides whose stem output (side - 1) // 4 + 1 is a multiple of {2**n}"
 
 
@@ -165,7 +165,7 @@ def onnx_program(
     output_names: list[str],
     dynamic_shapes: tuple[dict[int, Any], ...],
 ) -> torch.onnx.ONNXProgram:
-    """``torch.onnx.export`` (the dynamo exporter) of ``module`` traced on ``sample``, the
+    r"""``torch.onnx.export`` (the dynamo exporter) of ``module`` traced on ``sample``, the
     dimensions of ``dynamic_shapes`` (one ``{dim: torch.export.Dim}`` per input) left free."""
     with warnings.catch_warnings(), _quiet_exporter_logs():
         # torch 2.13's exporter deep-copies its own pytree leaf spec, whose class is
@@ -188,7 +188,7 @@ def onnx_program(
 
 @contextlib.contextmanager
 def _quiet_exporter_logs() -> Iterator[None]:
-    """Hide the exporter's log lines about the torchvision operators it does not register."""
+    r"""Hide the exporter's log lines about the torchvision operators it does not register."""
     logger = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -205,7 +205,7 @@ def export_onnx(
     class_names: list[str] | None = None,
     max_input_side: int = MAX_INPUT_SIDE,
 ) -> Path:
-    """Write ``model`` (a :class:`~cornernet_ref.model.CornerNet`) as an ONNX graph.
+    r"""Write ``model`` (a :class:`~cornernet_ref.model.CornerNet`) as an ONNX graph.
 
     Args:
         model: the network; exported in eval mode on the CPU, in float32, unchanged.
@@ -220,15 +220,15 @@ def export_onnx(
     out = Path(out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"the folder of the ONNX file does not exist: {out.parent}")
-    kwargs = model.model_kwargs
-    names = class_names or model.class_names or [str(i) for i in range(kwargs["num_classes"])]
-    if len(names) != kwargs["num_classes"]:
-        raise ValueError(f"{len(names)} class names for {kwargs['num_classes']} classes")
+    config = model.config
+    names = class_names or model.class_names or [str(i) for i in range(config.num_classes)]
+    if len(names) != config.num_classes:
+        raise ValueError(f"{len(names)} class names for {config.num_classes} classes")
     steps = doubling_steps(stem_output_size(max_input_side))
     exported = LastStackMaps(with_doubling_pools(model, steps)).eval().to("cpu", torch.float32)
     # The smallest sample whose innermost hourglass level has 2 cells: a level of 1 cell would
     # make the exporter treat that size as a constant.
-    sample_side = 8 * 2 ** kwargs["n"] - 1
+    sample_side = 8 * 2**config.n - 1
     sample = torch.zeros(1, 3, sample_side, sample_side)
     height, width = torch.export.Dim("height"), torch.export.Dim("width")
     program = onnx_program(
@@ -248,10 +248,10 @@ def export_onnx(
             "formula": "(pixel * scale - mean) / std, per channel",
         },
         "outputs": list(OUTPUT_NAMES),
-        "hourglass_depth": kwargs["n"],
-        "input_sides": input_side_rule(kwargs["n"]),
+        "hourglass_depth": config.n,
+        "input_sides": input_side_rule(config.n),
         "max_input_side": 4 * 2**steps,
-        "model_kwargs": kwargs,
+        "model_config": config.to_dict(),
     }
     for key, value in metadata.items():
         program.model.metadata_props[METADATA_PREFIX + key] = json.dumps(value)
@@ -265,7 +265,7 @@ def export_onnx(
 
 
 class OnnxModel:
-    """An exported file run by onnxruntime, with the metadata :func:`export_onnx` recorded.
+    r"""An exported file run by onnxruntime, with the metadata :func:`export_onnx` recorded.
 
     Calling it on normalised images ``(B, 3, H, W)`` (a tensor) runs them one by one and
     returns their maps as a :class:`~cornernet_ref.output.CornerNetOutput` of CPU tensors.
@@ -308,7 +308,7 @@ class OnnxModel:
         self.hourglass_depth: int = self.metadata["hourglass_depth"]
 
     def check_input_size(self, height: int, width: int) -> None:
-        """Raise ``ValueError`` for a size the graph cannot take (the network's rule, the bound)."""
+        r"""``ValueError`` for a size the graph cannot take (the network's rule or the bound)."""
         for name, side in (("height", height), ("width", width)):
             if stem_output_size(side) % 2**self.hourglass_depth:
                 raise ValueError(
@@ -336,7 +336,7 @@ class OnnxModel:
 
 
 def onnx_source(model: OnnxModel, images_dir: str | Path) -> OutputSource:
-    """The maps of each image from an exported file, normalised as its metadata says (the
+    r"""The maps of each image from an exported file, normalised as its metadata says (the
     ONNX counterpart of :func:`cornernet_ref.inference.model_source`)."""
 
     def outputs(record: dict, geometry: CanvasGeometry, flip: bool) -> CornerNetOutput:
@@ -353,7 +353,7 @@ def onnx_source(model: OnnxModel, images_dir: str | Path) -> OutputSource:
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
-    """``cornernet-ref export --checkpoint CKPT --out model.onnx``."""
+    r"""``cornernet-ref export --checkpoint CKPT --out model.onnx``."""
     parser = subparsers.add_parser(
         "export",
         help="export a checkpoint to ONNX (the last stack's six maps)",

@@ -43,7 +43,7 @@ OFFICIAL_SUFFIX = ".pkl"  # the official release: a state dict saved with torch.
 
 @dataclass(frozen=True)
 class InitReport:
-    """What :func:`init_from` did.
+    r"""What :func:`init_from` did.
 
     Attributes:
         source: the file the weights came from.
@@ -59,7 +59,7 @@ class InitReport:
     unused: list[str]
 
     def summary(self) -> str:
-        """Counts, then one line per tensor not loaded and per tensor of the file not used."""
+        r"""Counts, then one line per tensor not loaded and per tensor of the file not used."""
         total = len(self.loaded) + len(self.fresh)
         lines = [
             f"init from {self.source}: loaded {len(self.loaded)} of the model's {total} tensors; "
@@ -79,7 +79,7 @@ class InitReport:
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
-    """This model's state dict from an official ``.pkl`` (converted) or a checkpoint.
+    r"""This model's state dict from an official ``.pkl`` (converted) or a checkpoint.
 
     Raises:
         InputError: ``path`` does not exist, or is neither (the message says which).
@@ -97,7 +97,7 @@ def _shape(tensor: Tensor) -> str:
 
 
 def load_matching(model: nn.Module, state: dict[str, Tensor], source: str = "") -> InitReport:
-    """Load into ``model`` the tensors of ``state`` whose name and shape match; report the rest."""
+    r"""Load into ``model`` the tensors of ``state`` whose name and shape match; report the rest."""
     own = model.state_dict()
     loaded, fresh = [], {}
     for name, tensor in own.items():
@@ -113,7 +113,7 @@ def load_matching(model: nn.Module, state: dict[str, Tensor], source: str = "") 
 
 
 def init_from(model: nn.Module, path: str | Path) -> InitReport:
-    """Initialise ``model`` from the file ``path`` by the rule of the module docstring."""
+    r"""Initialise ``model`` from the file ``path`` by the rule of the module docstring."""
     return load_matching(model, read_weights(path), str(path))
 
 

@@ -76,7 +76,7 @@ class TestConfig(PrintableConfig):
 
 
 class CanvasGeometry(NamedTuple):
-    """Where an ``(h, w)`` image, resized by ``scale``, sits in its test canvas and output grid."""
+    r"""Where an ``(h, w)`` image, resized by ``scale``, sits in its test canvas and output grid."""
 
     image_size: tuple[int, int]  # the original image
     input_size: tuple[int, int]
@@ -86,12 +86,12 @@ class CanvasGeometry(NamedTuple):
 
     @property
     def scaled_size(self) -> tuple[int, int]:
-        """The image resized by ``scale``: ``(int(h * scale), int(w * scale))``."""
+        r"""The image resized by ``scale``: ``(int(h * scale), int(w * scale))``."""
         return int(self.image_size[0] * self.scale), int(self.image_size[1] * self.scale)
 
     @property
     def ratio(self) -> tuple[float, float]:
-        """``(output / input)`` per axis, ``(y, x)``."""
+        r"""``(output / input)`` per axis, ``(y, x)``."""
         return (
             self.output_size[0] / self.input_size[0],
             self.output_size[1] / self.input_size[1],
@@ -129,7 +129,7 @@ def canvas_geometry(height: int, width: int, scale: float = 1.0) -> CanvasGeomet
 def pad_image(
     image: np.ndarray, scale: float = 1.0, *, mean: np.ndarray = MEAN_RGB, std: np.ndarray = STD_RGB
 ) -> tuple[Tensor, CanvasGeometry]:
-    """Normalised ``(3, H_in, W_in)`` test canvas of an ``(h, w, 3)`` RGB image.
+    r"""Normalised ``(3, H_in, W_in)`` test canvas of an ``(h, w, 3)`` RGB image.
 
     ``mean`` and ``std`` are those of :func:`cornernet_ref.data.image.normalize`.
 
@@ -181,7 +181,7 @@ def mirror_boxes(boxes: Tensor, width: float) -> Tensor:
 
 
 class ImageDetections(NamedTuple):
-    """Final detections of one image in image pixels: ``boxes (N, 4)`` xyxy, scores, labels."""
+    r"""Final detections of one image in image pixels: ``boxes (N, 4)`` xyxy, scores, labels."""
 
     boxes: Tensor
     scores: Tensor
@@ -191,7 +191,7 @@ class ImageDetections(NamedTuple):
 def scale_detections(
     out: CornerNetOutput, geometry: CanvasGeometry, config: TestConfig = TestConfig()
 ) -> ImageDetections:
-    """The valid pairs of one scale (and its mirror, with ``config.flip``) in image pixels.
+    r"""The valid pairs of one scale (and its mirror, with ``config.flip``) in image pixels.
 
     The mirror's boxes are mirrored back on the output grid before the ratio and the border
     are undone: the whole canvas was mirrored, so this is exact even when its two borders
@@ -222,7 +222,7 @@ def scale_detections(
 def merge_detections(
     parts: Sequence[ImageDetections], config: TestConfig = TestConfig()
 ) -> ImageDetections:
-    """Pool the detections of every scale, soft-NMS per class, keep the best ``max_per_image``.
+    r"""Pool the detections of every scale, soft-NMS per class, keep the best ``max_per_image``.
 
     Ties with the last kept score are kept too, as the official threshold does.
 
@@ -250,7 +250,7 @@ batch of 1 (the canvas) or, with ``flip``, 2 (the canvas and its mirror)."""
 def model_source(
     model: nn.Module, images_dir: str | Path, device: str | torch.device = "cpu"
 ) -> OutputSource:
-    """Run ``model`` (``(B, 3, H, W) -> list[CornerNetOutput]``, last stack used) on each image."""
+    r"""Run ``model`` (``(B, 3, H, W) -> list[CornerNetOutput]``, last stack used) on each image."""
     model.eval().to(device)
 
     @torch.no_grad()
@@ -274,7 +274,7 @@ def model_source(
 def detect_image(
     source: OutputSource, record: dict, config: TestConfig = TestConfig()
 ) -> ImageDetections:
-    """Final detections of one image (its COCO record): every scale, flip, soft-NMS, top 100.
+    r"""Final detections of one image (its COCO record): every scale, flip, soft-NMS, top 100.
 
     Args:
         source: raw maps of the image at a scale (:func:`model_source`, or the oracle of

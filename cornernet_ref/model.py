@@ -27,13 +27,19 @@ $-2.19$ (:mod:`cornernet_ref.heads`). The official model was trained under PyTor
 whose batch norm drew its scale $\gamma$ from $\mathcal{U}(0, 1)$; that is the default here
 (``batchnorm_init="uniform"``); ``"ones"`` gives today's $\gamma = 1$.
 
+**Configuration.** Every constructor field sits in one frozen
+[ModelConfig][cornernet_ref.model.ModelConfig], which checks itself, travels in checkpoints
+as a dict (``to_dict`` / ``from_dict``) and is nested in the training configuration as
+``model``.
+
 Hourglass-104 with 80 classes has 201,035,212 parameters, laid out as the official
 checkpoint (:mod:`cornernet_ref.convert` maps the names).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +78,13 @@ class StackTransition(nn.Module):
         return self.residual(merged)
 
 
-class CornerNet(nn.Module):
-    r"""CornerNet with a stacked-hourglass backbone; the defaults build Hourglass-104.
+@dataclass(frozen=True)
+class ModelConfig:
+    r"""Everything :class:`CornerNet` is built from; the defaults are Hourglass-104, 80 classes.
 
-    Args:
-        num_classes: object classes $C$ (heatmap channels).
+    Attributes:
+        num_classes: object classes $C$ (heatmap channels). In training the data sets it
+            (:mod:`cornernet_ref.train`).
         n: depth of each hourglass (number of halvings).
         nstack: number of stacked hourglasses.
         dims: channel widths of the hourglass levels, ``n + 1`` entries.
@@ -89,59 +97,108 @@ class CornerNet(nn.Module):
         batchnorm_init: ``"uniform"`` (batch-norm scales from U(0, 1), as PyTorch 0.4.0 did
             for the official training) or ``"ones"``.
 
+    ``dims`` and ``modules`` may be given as lists; they are kept as tuples. A configuration
+    that builds no network raises ``ValueError`` naming the field.
+    """
+
+    num_classes: int = 80
+    n: int = 5
+    nstack: int = 2
+    dims: tuple[int, ...] = (256, 256, 384, 384, 384, 512)
+    modules: tuple[int, ...] = (2, 2, 2, 2, 2, 4)
+    cnv_dim: int = 256
+    pre_dim: int = 128
+    pool_dim: int = 128
+    corner_pooling: bool = True
+    batchnorm_init: str = "uniform"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dims", tuple(self.dims))  # frozen: set once, here
+        object.__setattr__(self, "modules", tuple(self.modules))
+        if self.n < 1:
+            raise ValueError(f"n (hourglass depth) must be >= 1, got {self.n}")
+        if len(self.dims) != self.n + 1 or len(self.modules) != self.n + 1:
+            raise ValueError(
+                f"dims and modules need n + 1 = {self.n + 1} entries, got "
+                f"dims={list(self.dims)} ({len(self.dims)}) and "
+                f"modules={list(self.modules)} ({len(self.modules)})"
+            )
+        for name in ("dims", "modules"):
+            values = getattr(self, name)
+            if any(not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"{name} must be positive integers, got {list(values)}")
+        for name in ("num_classes", "nstack", "cnv_dim", "pre_dim", "pool_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batchnorm_init not in BATCHNORM_INITS:
+            raise ValueError(
+                f"batchnorm_init must be one of {BATCHNORM_INITS}, got {self.batchnorm_init!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        r"""The fields as JSON values (tuples as lists): what checkpoints store."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        r"""The configuration of :meth:`to_dict`'s output; missing fields take the defaults.
+
+        Raises:
+            ValueError: a key that is no field (named), or a value the fields refuse.
+        """
+        unknown = sorted(set(values) - {item.name for item in fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"unknown model configuration field(s) {unknown}; the fields are "
+                f"{[item.name for item in fields(cls)]}"
+            )
+        return cls(**values)
+
+
+class CornerNet(nn.Module):
+    r"""CornerNet with a stacked-hourglass backbone, built from a :class:`ModelConfig`.
+
+    The default configuration builds Hourglass-104 with 80 classes; the model keeps its
+    configuration as ``model.config``.
+
     Calling the model on ``(B, 3, H, W)`` images returns a list of
     :class:`~cornernet_ref.output.CornerNetOutput` with raw maps of side ``H/4, W/4``: one
     per stack in training mode, the last stack's only in eval mode.
     """
 
-    def __init__(
-        self,
-        num_classes: int = 80,
-        *,
-        n: int = 5,
-        nstack: int = 2,
-        dims: Sequence[int] = (256, 256, 384, 384, 384, 512),
-        modules: Sequence[int] = (2, 2, 2, 2, 2, 4),
-        cnv_dim: int = 256,
-        pre_dim: int = 128,
-        pool_dim: int = 128,
-        corner_pooling: bool = True,
-        batchnorm_init: str = "uniform",
-    ) -> None:
+    def __init__(self, config: ModelConfig = ModelConfig()) -> None:
         super().__init__()
-        dims, modules = tuple(dims), tuple(modules)
-        _validate(num_classes, n, nstack, dims, modules, cnv_dim, pre_dim, pool_dim)
-        if batchnorm_init not in BATCHNORM_INITS:
-            raise ValueError(
-                f"batchnorm_init must be one of {BATCHNORM_INITS}, got {batchnorm_init!r}"
-            )
-        self.n, self.nstack = n, nstack
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"CornerNet takes a ModelConfig, got {type(config).__name__}")
+        self.config = config
         self.class_names: list[str] | None = None  # set by from_checkpoint when known
-        self.model_kwargs: dict[str, Any] = {
-            "num_classes": num_classes,
-            "n": n,
-            "nstack": nstack,
-            "dims": list(dims),
-            "modules": list(modules),
-            "cnv_dim": cnv_dim,
-            "pre_dim": pre_dim,
-            "pool_dim": pool_dim,
-            "corner_pooling": corner_pooling,
-            "batchnorm_init": batchnorm_init,
-        }
-        width = dims[0]
-        self.stem = Stem(width, pre_dim)
-        self.hourglasses = nn.ModuleList(Hourglass(dims, modules) for _ in range(nstack))
-        self.features = nn.ModuleList(ConvBN(width, cnv_dim) for _ in range(nstack))
+        width = config.dims[0]
+        self.stem = Stem(width, config.pre_dim)
+        self.hourglasses = nn.ModuleList(
+            Hourglass(config.dims, config.modules) for _ in range(config.nstack)
+        )
+        self.features = nn.ModuleList(ConvBN(width, config.cnv_dim) for _ in range(config.nstack))
         self.top_left, self.bottom_right = (
             nn.ModuleList(
-                PredictionModule(corner, num_classes, cnv_dim, width, pool_dim, corner_pooling)
-                for _ in range(nstack)
+                PredictionModule(
+                    corner,
+                    config.num_classes,
+                    config.cnv_dim,
+                    width,
+                    config.pool_dim,
+                    config.corner_pooling,
+                )
+                for _ in range(config.nstack)
             )
             for corner in ("tl", "br")
         )
-        self.transitions = nn.ModuleList(StackTransition(width, cnv_dim) for _ in range(nstack - 1))
-        if batchnorm_init == "uniform":
+        self.transitions = nn.ModuleList(
+            StackTransition(width, config.cnv_dim) for _ in range(config.nstack - 1)
+        )
+        if config.batchnorm_init == "uniform":
             for module in self.modules():
                 if isinstance(module, nn.BatchNorm2d):
                     nn.init.uniform_(module.weight)
@@ -149,12 +206,12 @@ class CornerNet(nn.Module):
     def check_input_size(self, height: int, width: int) -> None:
         r"""Raise ``ValueError`` unless the hourglass can halve the stem's output ``n`` times."""
         for name, side in (("height", height), ("width", width)):
-            out = stem_output_size(side)
-            if out % 2**self.n:
+            out, n = stem_output_size(side), self.config.n
+            if out % 2**n:
                 raise ValueError(
                     f"input {name} {side} gives {out} cells after the stem, not a multiple of "
-                    f"2**n = {2**self.n}; use sides of the form {4 * 2**self.n}k - 1 "
-                    f"(e.g. {side | (4 * 2**self.n - 1)})"
+                    f"2**n = {2**n}; use sides of the form {4 * 2**n}k - 1 "
+                    f"(e.g. {side | (4 * 2**n - 1)})"
                 )
 
     def forward(self, images: Tensor) -> list[CornerNetOutput]:
@@ -162,31 +219,33 @@ class CornerNet(nn.Module):
             raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
         self.check_input_size(images.shape[2], images.shape[3])
         x = self.stem(images)
+        last = self.config.nstack - 1
         outputs = []
         for stack, hourglass in enumerate(self.hourglasses):
             features = self.features[stack](hourglass(x))
-            if self.training or stack == self.nstack - 1:
+            if self.training or stack == last:
                 tl_heat, tl_tag, tl_off = self.top_left[stack](features)
                 br_heat, br_tag, br_off = self.bottom_right[stack](features)
                 outputs.append(CornerNetOutput(tl_heat, br_heat, tl_tag, br_tag, tl_off, br_off))
-            if stack < self.nstack - 1:
+            if stack < last:
                 x = self.transitions[stack](x, features)  # predictions are not fed back
         return outputs
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: Any = "cpu") -> CornerNet:
-        """A model from a checkpoint (:mod:`cornernet_ref.checkpoint`): trained or converted.
+        r"""A model from a checkpoint (:mod:`cornernet_ref.checkpoint`): trained or converted.
 
-        The model is built from the checkpoint's ``model_kwargs``, loaded with its state dict
-        and given its ``class_names`` (None when absent).
+        The model is built from the checkpoint's ``model_config``
+        (:meth:`ModelConfig.from_dict`), loaded with its state dict and given its
+        ``class_names`` (None when absent).
 
         Raises:
             CheckpointError: the file is missing, damaged, not a checkpoint, or its weights
-                do not fit its model arguments.
+                do not fit its model configuration.
         """
         state = load_checkpoint(path)
         try:
-            model = cls(**state["model_kwargs"])
+            model = cls(ModelConfig.from_dict(state["model_config"]))
             model.load_state_dict(state["model"])
         except (TypeError, ValueError, RuntimeError) as error:
             reason = str(error).splitlines()[0]
@@ -195,36 +254,4 @@ class CornerNet(nn.Module):
         return model.to(map_location)
 
 
-def _validate(
-    num_classes: int,
-    n: int,
-    nstack: int,
-    dims: tuple[int, ...],
-    modules: tuple[int, ...],
-    cnv_dim: int,
-    pre_dim: int,
-    pool_dim: int,
-) -> None:
-    if n < 1:
-        raise ValueError(f"n (hourglass depth) must be >= 1, got {n}")
-    if len(dims) != n + 1 or len(modules) != n + 1:
-        raise ValueError(
-            f"dims and modules need n + 1 = {n + 1} entries, got dims={list(dims)} "
-            f"({len(dims)}) and modules={list(modules)} ({len(modules)})"
-        )
-    for name, values in (("dims", dims), ("modules", modules)):
-        if any(not isinstance(v, int) or v < 1 for v in values):
-            raise ValueError(f"{name} must be positive integers, got {list(values)}")
-    sizes = {
-        "num_classes": num_classes,
-        "nstack": nstack,
-        "cnv_dim": cnv_dim,
-        "pre_dim": pre_dim,
-        "pool_dim": pool_dim,
-    }
-    for name, value in sizes.items():
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-
-
-__all__ = ["BATCHNORM_INITS", "CornerNet", "StackTransition"]
+__all__ = ["BATCHNORM_INITS", "CornerNet", "ModelConfig", "StackTransition"]

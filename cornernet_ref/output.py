@@ -1,4 +1,4 @@
-"""The six maps a CornerNet prediction module produces (paper §3.1, Fig. 4).
+r"""The six maps a CornerNet prediction module produces (paper §3.1, Fig. 4).
 
 For every hourglass stack and every corner type (top-left, bottom-right) the network
 predicts three maps over the ``H x W`` output grid (4x smaller than the input):
@@ -26,7 +26,7 @@ from torch import Tensor
 
 
 class CornerNetOutput(NamedTuple):
-    """Raw (pre-sigmoid) NCHW maps of one hourglass stack.
+    r"""Raw (pre-sigmoid) NCHW maps of one hourglass stack.
 
     Attributes:
         tl_heat: top-left corner heatmap logits, ``(B, C, H, W)``.
@@ -46,7 +46,7 @@ class CornerNetOutput(NamedTuple):
 
 
 def gather_at(maps: Tensor, index: Tensor) -> Tensor:
-    """Read ``(B, C, H, W)`` maps at flat cell indices ``(B, K)`` -> ``(B, K, C)``.
+    r"""Read ``(B, C, H, W)`` maps at flat cell indices ``(B, K)`` -> ``(B, K, C)``.
 
     ``out[b, k, c] = maps[b, c, index[b, k] // W, index[b, k] % W]``.
     """

@@ -1,4 +1,4 @@
-"""Detect objects in one image with a trained checkpoint (or its ONNX export) and draw them.
+r"""Detect objects in one image with a trained checkpoint (or its ONNX export) and draw them.
 
 The image goes through the test procedure of §4.1 (:mod:`cornernet_ref.inference`: official
 padding, flip testing, decoding and soft-NMS); boxes scoring at least ``--threshold`` are
@@ -26,7 +26,7 @@ def detect(
     config: TestConfig = TestConfig(),
     device: str = "cpu",
 ) -> tuple[ImageDetections, list[str]]:
-    """Detections of one image (image pixels) and the class names of the checkpoint.
+    r"""Detections of one image (image pixels) and the class names of the checkpoint.
 
     ``checkpoint`` may also be a file written by ``cornernet-ref export`` (``.onnx``), run
     by onnxruntime on the CPU (``device`` is then ignored).
@@ -39,7 +39,7 @@ def detect(
         names, source = exported.class_names, onnx_source(exported, image_path.parent)
     else:
         model = CornerNet.from_checkpoint(checkpoint)
-        names = model.class_names or [str(i) for i in range(model.model_kwargs["num_classes"])]
+        names = model.class_names or [str(i) for i in range(model.config.num_classes)]
         source = model_source(model, image_path.parent, device)
     height, width = read_image(image_path).shape[:2]
     record = {"file_name": image_path.name, "height": height, "width": width}
@@ -53,7 +53,7 @@ def draw_detections(
     out: str | Path,
     threshold: float = 0.3,
 ) -> int:
-    """Draw the detections scoring ``>= threshold`` onto the image; returns how many.
+    r"""Draw the detections scoring ``>= threshold`` onto the image; returns how many.
 
     Small images are upscaled and the labels placed apart
     (:func:`cornernet_ref.visualize.render_detections`).
@@ -65,7 +65,7 @@ def draw_detections(
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
-    """``cornernet-ref predict --checkpoint CKPT IMAGE --out PNG``."""
+    r"""``cornernet-ref predict --checkpoint CKPT IMAGE --out PNG``."""
     parser = subparsers.add_parser(
         "predict",
         help="detect objects in an image and draw them",

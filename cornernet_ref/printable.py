@@ -1,4 +1,4 @@
-"""Configurations that print as JSON: the training and the test settings share one format."""
+r"""Configurations that print as JSON: the training and the test settings share one format."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 
 class PrintableConfig:
-    """Base of the configuration dataclasses: ``to_dict`` (nested) and ``str`` as JSON."""
+    r"""Base of the configuration dataclasses: ``to_dict`` (nested) and ``str`` as JSON."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses

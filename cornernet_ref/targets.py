@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -28,6 +29,41 @@ import torch
 
 RadiusVariant = Literal["official", "exact"]
 TARGET_KEYS = ("tl_heat", "br_heat", "tl_ind", "br_ind", "mask", "tl_off", "br_off")
+RADIUS_VARIANTS = ("official", "exact")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    r"""How :func:`build_targets` draws the targets; the defaults are the official ones.
+
+    Attributes:
+        gaussian_iou: the overlap $t$ that a pair of corners within the radius still keeps
+            with the ground truth; sets the radius of the Gaussian bumps (§3.2). In $(0, 1)$.
+        radius_variant: the radius formula, ``"official"`` or ``"exact"`` (corners anywhere
+            within the radius); see :func:`gaussian_radius`.
+        penalty_reduction: draw the Gaussian bumps. ``False`` leaves only the exact corner
+            cells at 1, so that the focal loss penalises every other cell fully (the
+            paper's ablation "w/o reducing penalty", §4.4).
+        max_objects: number of object slots ``K`` per image; at least 1.
+
+    Raises:
+        ValueError: naming the field out of its range.
+    """
+
+    gaussian_iou: float = 0.3
+    radius_variant: RadiusVariant = "official"
+    penalty_reduction: bool = True
+    max_objects: int = 128
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gaussian_iou < 1:
+            raise ValueError(f"gaussian_iou must lie in (0, 1), got {self.gaussian_iou}")
+        if self.radius_variant not in RADIUS_VARIANTS:
+            raise ValueError(
+                f"radius_variant must be one of {RADIUS_VARIANTS}, got {self.radius_variant!r}"
+            )
+        if self.max_objects < 1:
+            raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
 
 
 def gaussian_radius(
@@ -161,14 +197,15 @@ def gaussian_bump(radius: int) -> np.ndarray:
        \sigma = \frac{2r + 1}{6}, \qquad |i - c_x|, |j - c_y| \le r, $$
 
     $\sigma$ being a sixth of the diameter as in the official code (the paper says a third
-    of the radius). Values below float64 machine epsilon times the peak are set to 0, as
-    in the official code.
+    of the radius). The official code also zeroes the values below machine epsilon times
+    the peak; none ever is, since the smallest, at the window's corners, exceeds
+    $e^{-9}$ ($(i - c_x)^2 + (j - c_y)^2 = 2r^2 < 2\sigma^2 \cdot 9$), so that step is
+    left out.
     """
     diameter = 2 * radius + 1
     sigma = diameter / 6
     offsets = np.arange(-radius, radius + 1, dtype=np.float64)
     bump = np.exp(-(offsets[None, :] ** 2 + offsets[:, None] ** 2) / (2 * sigma * sigma))
-    bump[bump < np.finfo(bump.dtype).eps * bump.max()] = 0
     return bump
 
 
@@ -206,10 +243,7 @@ def build_targets(
     num_classes: int,
     input_size: int | Sequence[int],
     output_size: int | Sequence[int],
-    gaussian_iou: float = 0.3,
-    max_objects: int = 128,
-    radius_variant: RadiusVariant = "official",
-    penalty_reduction: bool = True,
+    config: TargetConfig = TargetConfig(),
 ) -> dict[str, torch.Tensor]:
     r"""Targets of one image.
 
@@ -228,8 +262,8 @@ def build_targets(
     $$ o_k = \left(\rho x_k - \lfloor \rho x_k \rfloor,\;
        \rho y_k - \lfloor \rho y_k \rfloor\right). $$
 
-    Object $k$ (in input order) occupies slot $k$ of ``max_objects`` slots, and ``mask``
-    marks the occupied ones.
+    Object $k$ (in input order) occupies slot $k$ of ``config.max_objects`` slots, and
+    ``mask`` marks the occupied ones.
 
     Args:
         boxes: ``(N, 4)`` boxes ``x1, y1, x2, y2`` in input pixels.
@@ -237,12 +271,8 @@ def build_targets(
         num_classes: number of heatmap channels ``C``.
         input_size: ``(height, width)`` of the input (or one int for a square).
         output_size: ``(height, width)`` of the output grid (or one int).
-        gaussian_iou: the overlap $t$ that sets the bump radius.
-        max_objects: number of slots ``K``.
-        radius_variant: see :func:`gaussian_radius`.
-        penalty_reduction: draw the Gaussian bumps. ``False`` leaves only the exact corner
-            cells at 1, so that the focal loss penalises every other cell fully (the
-            paper's ablation "w/o reducing penalty", §4.4).
+        config: the overlap $t$ that sets the bump radius, the radius formula, penalty
+            reduction and the number of slots ``K`` (:class:`TargetConfig`).
 
     Degenerate boxes: boxes are first clipped to the input image
     ``[0, width - 1] x [0, height - 1]`` (as the official pipeline does after
@@ -255,7 +285,7 @@ def build_targets(
         ``(K, 2)`` float32 offsets ``(dx, dy)``.
 
     Raises:
-        ValueError: on malformed boxes or labels, or more than ``max_objects`` objects.
+        ValueError: on malformed boxes or labels, or more than ``config.max_objects`` objects.
     """
     boxes = torch.as_tensor(boxes, dtype=torch.float64).detach().cpu().numpy()
     labels = torch.as_tensor(labels, dtype=torch.int64).detach().cpu().numpy()
@@ -277,6 +307,7 @@ def build_targets(
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, in_h - 1)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, labels = boxes[keep], labels[keep]
+    max_objects = config.max_objects
     if len(boxes) > max_objects:
         raise ValueError(
             f"image has {len(boxes)} objects but max_objects={max_objects}; raise max_objects"
@@ -289,10 +320,13 @@ def build_targets(
     mask = np.zeros(max_objects, bool)
 
     for slot, ((x1, y1, x2, y2), label) in enumerate(zip(boxes, labels, strict=True)):
-        # Radius from the box size on the output grid, rounded up, truncated to int.
-        box_h, box_w = math.ceil((y2 - y1) * ratio_h), math.ceil((x2 - x1) * ratio_w)
-        radius = max(0, int(gaussian_radius(box_h, box_w, gaussian_iou, variant=radius_variant)))
-        radius = radius if penalty_reduction else 0  # a bump of radius 0 is the corner alone
+        # Radius from the box size on the output grid, each side rounded up to whole cells
+        # (at least one: a side so thin that the product underflows still covers a cell),
+        # the radius truncated to an integer.
+        box_h = max(1, math.ceil((y2 - y1) * ratio_h))
+        box_w = max(1, math.ceil((x2 - x1) * ratio_w))
+        radius = gaussian_radius(box_h, box_w, config.gaussian_iou, variant=config.radius_variant)
+        radius = int(radius) if config.penalty_reduction else 0  # 0: the corner alone
         for corner, (x, y) in (("tl", (x1, y1)), ("br", (x2, y2))):
             scaled_x, scaled_y = x * ratio_w, y * ratio_h
             cell_x, cell_y = int(scaled_x), int(scaled_y)  # floor: coordinates are >= 0

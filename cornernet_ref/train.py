@@ -1,16 +1,13 @@
-"""Training CornerNet (paper §4.1), from a CPU demo to many GPUs.
+r"""Training CornerNet (paper §4.1), from a CPU demo to many GPUs.
 
-One iteration is one Adam step on a global batch of $B$ images (49 in the paper):
-
-$$ \\theta \\leftarrow \\operatorname{Adam}\\Big(\\theta,\\; \\nabla_\\theta \\sum_{m}
-\\frac{|b_m|}{B / R}\\, L(b_m)\\Big) $$
-
-where $L$ is the total loss of §3.5 (:class:`cornernet_ref.losses.CornerNetLoss`), each of the
-$R$ processes holds $B / R$ images split into accumulation micro-batches $b_m$, and
+One iteration is one Adam step on a global batch of $B$ images (49 in the paper): each of
+the $R$ processes holds $B / R$ of them, split into accumulation micro-batches, and
+[train_step][cornernet_ref.train.train_step] accumulates the gradient of the total loss of
+§3.5 (:class:`cornernet_ref.losses.CornerNetLoss`) weighted by micro-batch size;
 DistributedDataParallel averages the gradients over processes. A single process with $R$
 times the accumulation steps computes the same update, which the tests check.
 
-The learning rate is $2.5 \\times 10^{-4}$, multiplied by 0.1 at iteration 450k of 500k.
+The learning rate is $2.5 \times 10^{-4}$, multiplied by 0.1 at iteration 450k of 500k.
 
 Scale-out uses PyTorch's own machinery: launched by ``torchrun``, each process reads
 ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``, joins a process group (NCCL on GPUs, gloo on
@@ -40,7 +37,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +75,11 @@ LOSS_TERMS = ("total", "focal", "pull", "push", "offset")
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last checkpoint was left as it was."""
+    r"""The loss became NaN or infinite; the last checkpoint was left as it was."""
 
 
 class Distributed:
-    """This process's place in the job: ``rank`` of ``world_size``, and its device."""
+    r"""This process's place in the job: ``rank`` of ``world_size``, and its device."""
 
     def __init__(self, device_name: str) -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -116,13 +113,13 @@ class Distributed:
 
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:
-    """Step schedule: ``lr * lr_decay ** (number of decay points passed)``."""
+    r"""Step schedule: ``lr * lr_decay ** (number of decay points passed)``."""
     passed = sum(iteration >= point for point in config.lr_decay_iters)
     return config.lr * config.lr_decay**passed
 
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``config.precision`` on ``device`` (None: full precision)."""
+    r"""The autocast dtype of ``config.precision`` on ``device`` (None: full precision)."""
     if config.precision == "fp32" or (config.precision == "auto" and device.type == "cpu"):
         return None
     if config.precision == "auto":
@@ -130,17 +127,8 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     return torch.bfloat16 if config.precision == "bf16" else torch.float16
 
 
-def model_kwargs(config: TrainConfig, num_classes: int) -> dict[str, Any]:
-    """Constructor arguments of :class:`~cornernet_ref.model.CornerNet`, stored in checkpoints."""
-    kwargs = asdict(config.model)
-    kwargs = {
-        key: list(value) if isinstance(value, tuple) else value for key, value in kwargs.items()
-    }
-    return {"num_classes": num_classes, **kwargs}
-
-
 def prepare_data(config: TrainConfig) -> tuple[CocoDetection, tuple[Path, Path] | None]:
-    """The training set and the (images, annotations) of the validation split, if any.
+    r"""The training set and the (images, annotations) of the validation split, if any.
 
     The shapes splits are written under ``<out>/data`` (reused when already there);
     ``shapes_val = 0`` means no validation split.
@@ -169,7 +157,7 @@ def prepare_data(config: TrainConfig) -> tuple[CocoDetection, tuple[Path, Path] 
 def validate(
     model: nn.Module, config: TrainConfig, val: tuple[Path, Path], device: torch.device
 ) -> dict[str, float]:
-    """COCO metrics of ``model`` on the validation split (test pipeline of §4.1)."""
+    r"""COCO metrics of ``model`` on the validation split (test pipeline of §4.1)."""
     images, annotations = val
     coco = load_coco(annotations)
     image_ids = sorted(coco.getImgIds())
@@ -224,7 +212,7 @@ def train(
     resume: str | Path | None = None,
     init_from: str | Path | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Train with ``config`` (continuing the checkpoint ``resume``, if given).
+    r"""Train with ``config`` (continuing the checkpoint ``resume``, if given).
 
     ``init_from`` starts a new run from the weights of a file instead (an official ``.pkl``
     or a checkpoint; the tensors of matching name and shape, see
@@ -253,77 +241,35 @@ def _train(
     resume: str | Path | None,
     init_from: str | Path | None,
 ) -> tuple[nn.Module, dict]:
-    out = Path(config.out)
-    checkpoint_path = out / "checkpoints" / "last.pt"
+    # Setup: data, model, optimiser, resumed state.
+    source, val = shared_data(config, job)
+    config = replace(config, model=replace(config.model, num_classes=source.num_classes))
     if job.is_main:
         print(f"config {config.name}:\n{config}", file=sys.stderr)
-    # Rank 0 writes the shapes data before the others read it. COCO data is read by every
-    # rank before any waits, so a bad path stops all of them rather than leaving some waiting.
-    if job.is_main or config.dataset == "coco":
-        source, val = prepare_data(config)
-    job.barrier()
-    if not job.is_main and config.dataset == "shapes":
-        source, val = prepare_data(config)
     torch.manual_seed(config.seed)
-    kwargs = model_kwargs(config, source.num_classes)
-    model = CornerNet(**kwargs).to(job.device)
-    initialised = None
-    if init_from is not None:
-        initialised = finetune.init_from(model, init_from)
-        if job.is_main:
-            print(initialised.summary(), file=sys.stderr)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = CornerNet(config.model).to(job.device)
+    initialised = finetune.init_from(model, init_from) if init_from is not None else None
+    if initialised is not None and job.is_main:
+        print(initialised.summary(), file=sys.stderr)
+    model = model.to(memory_format=memory_format(config))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     dtype = autocast_dtype(config, job.device)
     scaler = torch.amp.GradScaler(job.device.type, enabled=dtype == torch.float16)
-    start = 0
-    if resume is not None:
-        state = load_checkpoint(resume, resume=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng_states(state["rng"])
-        start = state["iteration"]
-    network: nn.Module = model
-    if job.enabled:
-        device_ids = [job.device.index] if job.device.type == "cuda" else None
-        network = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=True)
-    if config.compile:
-        network = torch.compile(network)
+    start = restore(resume, model, optimizer, scaler) if resume is not None else 0
+    network = parallel(model, config, job)
     criterion = CornerNetLoss(config.pull_weight, config.push_weight, config.offset_weight)
     dataset = TrainingSet(
         source,
         config.augment,
         output_size=config.output_size,
-        gaussian_iou=config.gaussian_iou,
-        radius_variant=config.radius_variant,
-        penalty_reduction=config.penalty_reduction,
-        max_objects=config.max_objects,
+        target_config=config.targets,
         seed=config.seed,
     )
     batches = micro_batches(dataset, config, job, start)
-    writer = _tensorboard(out) if job.is_main else None
-    history_path = out / "history.jsonl"
+    log = RunLog(Path(config.out), enabled=job.is_main)
 
-    def checkpoint(iteration: int) -> None:
-        if job.is_main:
-            state = {
-                "model": model.state_dict(),
-                "model_kwargs": kwargs,
-                "class_names": source.class_names,
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "iteration": iteration,
-                "rng": rng_states(),
-                "config": config.to_dict(),
-            }
-            save_checkpoint(checkpoint_path, state)
-            config_text = (json.dumps(state["config"], indent=2) + "\n").encode()
-            write_atomically(out / "checkpoints" / "config.json", lambda f: f.write(config_text))
-
+    # The loop: one step, then logging, checkpointing and validation when they are due.
     model.train()
-    rank_batch = config.batch_size // job.world_size
     progress = tqdm(
         total=config.max_iters,
         initial=start,
@@ -332,98 +278,210 @@ def _train(
         file=sys.stderr,
     )
     terms = dict.fromkeys(LOSS_TERMS, 0.0)
-    summary: dict[str, Any] = {}
     tick = time.perf_counter()
-    for iteration in range(start, config.max_iters):
-        lr = learning_rate(config, iteration)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(len(LOSS_TERMS), device=job.device)
-        for step in range(config.accumulation):
-            images, targets = next(batches)
-            images = images.to(job.device, non_blocking=True, memory_format=memory_format)
-            targets = {k: v.to(job.device, non_blocking=True) for k, v in targets.items()}
-            weight = len(images) / rank_batch  # micro-batch share of this rank's batch
-            last_step = step == config.accumulation - 1
-            sync = contextlib.nullcontext() if last_step or not job.enabled else network.no_sync()
-            with sync:
-                with torch.autocast(job.device.type, dtype=dtype, enabled=dtype is not None):
-                    losses = criterion(network(images), targets)
-                scaler.scale(losses["total"] * weight).backward()
-            sums += torch.stack([losses[name].detach().float() for name in LOSS_TERMS]) * weight
-        sums = job.all_mean(sums)
-        terms = dict(zip(LOSS_TERMS, sums.tolist(), strict=True))
-        if not all(math.isfinite(value) for value in terms.values()):
-            progress.close()
-            raise NonFiniteLossError(
-                f"loss became non-finite at iteration {iteration} ({terms}); the step was not "
-                f"applied and the last good checkpoint ({checkpoint_path}) is unchanged. Try a "
-                "lower learning rate or --precision fp32."
+    with progress:
+        for iteration in range(start, config.max_iters):
+            terms = train_step(
+                network, criterion, optimizer, scaler, batches, config, job, iteration
             )
-        scaler.step(optimizer)
-        scaler.update()
-        done = iteration + 1
-        progress.update(1)
-        if done % config.log_every == 0 or done == config.max_iters:
-            seconds = time.perf_counter() - tick
-            images_per_s = config.log_every * config.batch_size / max(seconds, 1e-9)
-            tick = time.perf_counter()
-            progress.set_postfix(
-                {name: f"{value:.3f}" for name, value in terms.items()}
-                | {"img/s": f"{images_per_s:.1f}"}
-            )
-            if job.is_main:
-                record = {"iteration": done, "lr": lr, "images_per_s": images_per_s, **terms}
-                with history_path.open("a") as file:
-                    file.write(json.dumps(record) + "\n")
-                if writer is not None:
-                    for name, value in record.items():
-                        if name != "iteration":
-                            writer.add_scalar(f"train/{name}", value, done)
-        if done % config.checkpoint_every == 0 or done == config.max_iters:
-            checkpoint(done)
-        if (
-            val is not None
-            and config.val_every
-            and done % config.val_every == 0
-            and done < config.max_iters
-        ):
-            if job.is_main:
-                metrics = validate(model, config, val, job.device)
-                progress.write(f"iteration {done}: AP {metrics['AP']:.3f}")
-                if writer is not None:
-                    for name, value in metrics.items():
-                        writer.add_scalar(f"val/{name}", value, done)
-            job.barrier()
-    progress.close()
-    summary = {"iteration": config.max_iters, "loss": terms}
+            done = iteration + 1
+            progress.update(1)
+            if done % config.log_every == 0 or done == config.max_iters:
+                seconds, tick = time.perf_counter() - tick, time.perf_counter()
+                images_per_s = config.log_every * config.batch_size / max(seconds, 1e-9)
+                progress.set_postfix(
+                    {name: f"{value:.3f}" for name, value in terms.items()}
+                    | {"img/s": f"{images_per_s:.1f}"}
+                )
+                lr = learning_rate(config, iteration)
+                log.scalars("train", done, {"lr": lr, "images_per_s": images_per_s, **terms})
+            if job.is_main and (done % config.checkpoint_every == 0 or done == config.max_iters):
+                save_training_state(config, done, model, optimizer, scaler, source.class_names)
+            validation_due = val is not None and config.val_every and done % config.val_every == 0
+            if validation_due and done < config.max_iters:  # the last one comes below
+                if job.is_main:
+                    metrics = validate(model, config, val, job.device)
+                    progress.write(f"iteration {done}: AP {metrics['AP']:.3f}")
+                    log.scalars("val", done, metrics)
+                job.barrier()
+
+    # The end: the last validation and the pictures (rank 0).
+    summary: dict[str, Any] = {"iteration": config.max_iters, "loss": terms}
     if initialised is not None:
         summary["init_from"] = initialised.to_dict()
-    if job.is_main and val is not None:
-        summary["metrics"] = validate(model, config, val, job.device)
-        if writer is not None:
-            for name, value in summary["metrics"].items():
-                writer.add_scalar(f"val/{name}", value, config.max_iters)
     if job.is_main:
+        if val is not None:
+            summary["metrics"] = validate(model, config, val, job.device)
+            log.scalars("val", config.max_iters, summary["metrics"])
         summary["pictures"] = str(
-            write_pictures(model, out, val, source.class_names, test=config.test)
+            write_pictures(model, Path(config.out), val, source.class_names, test=config.test)
         )
         print(f"pictures written to {summary['pictures']}", file=sys.stderr)
-    if writer is not None:
-        writer.close()
+    log.close()
     return model, summary
 
 
-def _tensorboard(out: Path):
-    """A TensorBoard writer of ``<out>/tensorboard`` (imported here: it is slow to import)."""
-    from torch.utils.tensorboard import SummaryWriter
+def shared_data(
+    config: TrainConfig, job: Distributed
+) -> tuple[CocoDetection, tuple[Path, Path] | None]:
+    r""":func:`prepare_data` on every rank, rank 0 first where it writes the shapes data.
 
-    return SummaryWriter(str(out / "tensorboard"))
+    COCO data is read by every rank before any waits, so a bad path stops all of them rather
+    than leaving some waiting.
+    """
+    if job.is_main or config.dataset == "coco":
+        data = prepare_data(config)
+    job.barrier()
+    if not job.is_main and config.dataset == "shapes":
+        data = prepare_data(config)
+    return data
+
+
+def restore(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> int:
+    r"""Load the training state of the checkpoint ``path``; returns its iteration."""
+    state = load_checkpoint(path, resume=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    restore_rng_states(state["rng"])
+    return state["iteration"]
+
+
+def memory_format(config: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.contiguous_format
+
+
+def parallel(model: nn.Module, config: TrainConfig, job: Distributed) -> nn.Module:
+    r"""``model`` as the loop calls it: in DistributedDataParallel over ranks, compiled."""
+    network = model
+    if job.enabled:
+        device_ids = [job.device.index] if job.device.type == "cuda" else None
+        network = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=True)
+    return torch.compile(network) if config.compile else network
+
+
+def train_step(
+    network: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batches: Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    config: TrainConfig,
+    job: Distributed,
+    iteration: int,
+) -> dict[str, float]:
+    r"""One optimiser step: iteration ``iteration`` on this rank's share of the global batch.
+
+    The rank's $B / R$ images come as ``config.accumulation`` micro-batches $b_m$ from
+    ``batches``; forward and loss run under autocast and the weighted losses accumulate
+    their gradients:
+
+    $$ g = \nabla_\theta \sum_m \frac{|b_m|}{B / R} \, L(b_m) $$
+
+    DistributedDataParallel averages $g$ over the $R$ ranks, synchronising only after the
+    last micro-batch; then Adam steps at the learning rate of :func:`learning_rate`.
+
+    Returns:
+        The loss terms :data:`LOSS_TERMS`, weighted as $g$ and averaged over the ranks.
+
+    Raises:
+        NonFiniteLossError: a term is NaN or infinite on some rank (every rank raises it);
+            the step is not applied.
+    """
+    lr = learning_rate(config, iteration)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    dtype = autocast_dtype(config, job.device)
+    rank_batch = config.batch_size // job.world_size  # B / R
+    sums = torch.zeros(len(LOSS_TERMS), device=job.device)
+    for step in range(config.accumulation):
+        images, targets = next(batches)
+        images = images.to(job.device, non_blocking=True, memory_format=memory_format(config))
+        targets = {k: v.to(job.device, non_blocking=True) for k, v in targets.items()}
+        weight = len(images) / rank_batch  # |b_m| / (B / R)
+        last_step = step == config.accumulation - 1
+        sync = contextlib.nullcontext() if last_step or not job.enabled else network.no_sync()
+        with sync:
+            with torch.autocast(job.device.type, dtype=dtype, enabled=dtype is not None):
+                losses = criterion(network(images), targets)
+            scaler.scale(losses["total"] * weight).backward()
+        sums += torch.stack([losses[name].detach().float() for name in LOSS_TERMS]) * weight
+    terms = dict(zip(LOSS_TERMS, job.all_mean(sums).tolist(), strict=True))
+    if not all(math.isfinite(value) for value in terms.values()):
+        raise NonFiniteLossError(
+            f"loss became non-finite at iteration {iteration} ({terms}); the step was not "
+            f"applied and the last good checkpoint ({checkpoint_path(config)}) is unchanged. "
+            "Try a lower learning rate or --precision fp32."
+        )
+    scaler.step(optimizer)
+    scaler.update()
+    return terms
+
+
+class RunLog:
+    r"""The record of the scalars: ``<out>/history.jsonl`` and TensorBoard (rank 0 only)."""
+
+    def __init__(self, out: Path, *, enabled: bool) -> None:
+        self.history = out / "history.jsonl"
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter  # here: it is slow to import
+
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def scalars(self, split: str, iteration: int, values: dict[str, float]) -> None:
+        r"""Each value as the TensorBoard scalar ``split/name``; ``"train"`` values also as
+        the line ``{"iteration": ..., **values}`` of ``history.jsonl``."""
+        if self.writer is None:
+            return
+        if split == "train":
+            with self.history.open("a") as file:
+                file.write(json.dumps({"iteration": iteration, **values}) + "\n")
+        for name, value in values.items():
+            self.writer.add_scalar(f"{split}/{name}", value, iteration)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def checkpoint_path(config: TrainConfig) -> Path:
+    return Path(config.out) / "checkpoints" / "last.pt"
+
+
+def save_training_state(
+    config: TrainConfig,
+    iteration: int,
+    model: CornerNet,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    class_names: list[str],
+) -> None:
+    r"""The checkpoint ``<out>/checkpoints/last.pt`` and ``config.json`` beside it, atomically."""
+    state = {
+        "model": model.state_dict(),
+        "model_config": model.config.to_dict(),
+        "class_names": class_names,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "iteration": iteration,
+        "rng": rng_states(),
+        "config": config.to_dict(),
+    }
+    path = checkpoint_path(config)
+    save_checkpoint(path, state)
+    config_text = (json.dumps(state["config"], indent=2) + "\n").encode()
+    write_atomically(path.with_name("config.json"), lambda file: file.write(config_text))
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
-    """``cornernet-ref train``: with no arguments, the small config on shapes on the CPU."""
+    r"""``cornernet-ref train``: with no arguments, the small config on shapes on the CPU."""
     parser = subparsers.add_parser(
         "train",
         help="train CornerNet (no arguments: a small model on synthetic shapes, CPU, minutes)",
@@ -465,7 +523,11 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.resume is not None:
-        config = config_from_dict(load_checkpoint(args.resume, resume=True)["config"])
+        saved = load_checkpoint(args.resume, resume=True)["config"]
+        try:
+            config = config_from_dict(saved)
+        except ValueError as error:  # written by a version with other fields
+            raise InputError(f"{args.resume}: its training configuration: {error}") from error
     else:
         config = get_config(args.config)
     try:

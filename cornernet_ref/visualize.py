@@ -1,4 +1,4 @@
-"""Pictures of a trained CornerNet: its detections, its loss curve, its corner heatmaps.
+r"""Pictures of a trained CornerNet: its detections, its loss curve, its corner heatmaps.
 
 ``cornernet-ref train`` writes three of them under ``<out>/pictures`` at the end of a run,
 and ``cornernet-ref predict --heatmaps`` the third for any image:
@@ -43,14 +43,14 @@ Box = tuple[float, float, float, float]  # (x1, y1, x2, y2)
 
 
 def overlaps(a: Box, b: Box) -> bool:
-    """Whether two boxes share some area (touching edges do not count)."""
+    r"""Whether two boxes share some area (touching edges do not count)."""
     return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
 
 def place_labels(
     boxes: Sequence[Box], sizes: Sequence[tuple[int, int]], bounds: tuple[int, int]
 ) -> list[Box | None]:
-    """Where to write the label of each box, so that no two labels overlap.
+    r"""Where to write the label of each box, so that no two labels overlap.
 
     Greedy, in the order given (best detection first): each label of size ``(w, h)`` takes
     the first free spot among just above the box's top-left corner, just inside it, just
@@ -94,7 +94,7 @@ def place_labels(
 
 
 def upscale_factor(height: int, width: int, min_side: int = 512) -> int:
-    """The whole factor that brings the longer side of an image to at least ``min_side``."""
+    r"""The whole factor that brings the longer side of an image to at least ``min_side``."""
     return max(1, math.ceil(min_side / max(height, width)))
 
 
@@ -106,7 +106,7 @@ def render_detections(
     threshold: float = 0.3,
     min_side: int = 512,
 ) -> tuple[Image.Image, list[Box]]:
-    """Draw the detections scoring ``>= threshold`` on an ``(h, w, 3)`` RGB image.
+    r"""Draw the detections scoring ``>= threshold`` on an ``(h, w, 3)`` RGB image.
 
     The image is upscaled by :func:`upscale_factor` first (nearest neighbour: the pixels
     stay visible) and each box is labelled with its class and score.
@@ -144,7 +144,7 @@ def render_detections(
 
 
 def side_by_side(pictures: Sequence[Image.Image], gap: int = 8) -> Image.Image:
-    """The pictures in one row on a white background."""
+    r"""The pictures in one row on a white background."""
     width = sum(picture.width for picture in pictures) + gap * (len(pictures) - 1)
     row = Image.new("RGB", (width, max(picture.height for picture in pictures)), "white")
     x = 0
@@ -155,7 +155,7 @@ def side_by_side(pictures: Sequence[Image.Image], gap: int = 8) -> Image.Image:
 
 
 def plot_loss_curve(history: Sequence[dict], out: str | Path) -> Path:
-    """Plot the loss terms of ``history`` (the records of ``history.jsonl``) to ``out``."""
+    r"""Plot the loss terms of ``history`` (the records of ``history.jsonl``) to ``out``."""
     import matplotlib.pyplot as plt  # slow to import: only when drawing
 
     figure, axis = plt.subplots(figsize=(8, 4))
@@ -176,7 +176,7 @@ def plot_loss_curve(history: Sequence[dict], out: str | Path) -> Path:
 
 
 class CornerMark(NamedTuple):
-    """A detected corner: position on the output grid (offset added) and embedding."""
+    r"""A detected corner: position on the output grid (offset added) and embedding."""
 
     x: float
     y: float
@@ -184,7 +184,7 @@ class CornerMark(NamedTuple):
 
 
 class PairMark(NamedTuple):
-    """A detected box: class, score and its two corners."""
+    r"""A detected box: class, score and its two corners."""
 
     label: int
     score: float
@@ -193,7 +193,7 @@ class PairMark(NamedTuple):
 
 
 class HeatmapPanel(NamedTuple):
-    """What the heatmap picture shows.
+    r"""What the heatmap picture shows.
 
     Attributes:
         tl_heat, br_heat: ``(H, W)`` arrays, ``max_c sigmoid(heatmap logits)`` per cell.
@@ -210,7 +210,7 @@ class HeatmapPanel(NamedTuple):
 def heatmap_panel(
     model: nn.Module, image: np.ndarray, *, threshold: float = 0.3, max_pairs: int = 8
 ) -> HeatmapPanel:
-    """Run ``model`` on the test canvas of an ``(h, w, 3)`` RGB image (no flip, scale 1).
+    r"""Run ``model`` on the test canvas of an ``(h, w, 3)`` RGB image (no flip, scale 1).
 
     The pairs are the decoder's (:func:`cornernet_ref.decode.decode`), and each corner's
     embedding is read at the cell the decoder took it from.
@@ -260,7 +260,7 @@ def heatmap_panel(
 def plot_heatmap_panel(
     panel: HeatmapPanel, image: np.ndarray, names: Sequence[str], out: str | Path
 ) -> Path:
-    """Draw the image and its two heatmaps with the detected corners and their embeddings."""
+    r"""Draw the image and its two heatmaps with the detected corners and their embeddings."""
     import matplotlib.pyplot as plt  # slow to import: only when drawing
 
     out_h, out_w = panel.tl_heat.shape
@@ -325,7 +325,7 @@ def write_heatmap_picture(
     out: str | Path,
     threshold: float = 0.3,
 ) -> Path:
-    """:func:`heatmap_panel` of one image file, drawn to ``out``."""
+    r""":func:`heatmap_panel` of one image file, drawn to ``out``."""
     image = read_image(image_path)
     panel = heatmap_panel(model, image, threshold=threshold)
     return plot_heatmap_panel(panel, image, names, out)
@@ -341,7 +341,7 @@ def write_pictures(
     test: TestConfig = TestConfig(),
     threshold: float = 0.3,
 ) -> Path:
-    """The end-of-training pictures, in ``<out>/pictures``; returns that folder.
+    r"""The end-of-training pictures, in ``<out>/pictures``; returns that folder.
 
     Args:
         model: the trained model (left in the mode it was in).

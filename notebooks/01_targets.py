@@ -31,7 +31,7 @@ from PIL import Image
 
 from cornernet_ref.analysis import image_boxes
 from cornernet_ref.data import examples
-from cornernet_ref.targets import build_targets, gaussian_radius
+from cornernet_ref.targets import TargetConfig, build_targets, gaussian_radius
 
 image, coco, record = examples.example_image()  # coco128 image 136, or a drawn stand-in
 boxes, labels = (t.numpy() for t in image_boxes(coco, record["id"]))  # xyxy, 0-based labels
@@ -167,7 +167,7 @@ exact_targets = build_targets(
     num_classes=len(class_names),
     input_size=INPUT,
     output_size=OUTPUT,
-    radius_variant="exact",
+    config=TargetConfig(radius_variant="exact"),
 )
 fig, axes = plt.subplots(1, 2, figsize=(10, 5))
 for ax, tg, title in ((axes[0], targets, "official radius"), (axes[1], exact_targets, "exact")):
@@ -214,7 +214,7 @@ plain = build_targets(
     num_classes=len(class_names),
     input_size=INPUT,
     output_size=OUTPUT,
-    penalty_reduction=False,
+    config=TargetConfig(penalty_reduction=False),
 )
 for corner in ("tl", "br"):
     heat = plain[f"{corner}_heat"]

@@ -26,7 +26,7 @@ import torch
 
 from cornernet_ref.losses import CornerNetLoss, ae_loss, focal_loss
 from cornernet_ref.output import CornerNetOutput
-from cornernet_ref.targets import build_targets, collate_targets
+from cornernet_ref.targets import TargetConfig, build_targets, collate_targets
 
 torch.manual_seed(0)
 SIZE, CLASSES = 32, 2
@@ -38,7 +38,7 @@ images = [  # boxes (x1, y1, x2, y2) on a 128 x 128 input, labels
 targets = collate_targets(
     [
         build_targets(boxes, labels, num_classes=CLASSES, input_size=128, output_size=SIZE,
-                      max_objects=8)
+                      config=TargetConfig(max_objects=8))
         for boxes, labels in images
     ]
 )  # fmt: skip

@@ -20,13 +20,15 @@
 # renaming that loads the official weights. Everything runs on a CPU in seconds.
 
 # %%
+from dataclasses import replace
+
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
 from cornernet_ref.convert import (
     convert_official_state_dict,
-    infer_model_kwargs,
+    infer_model_config,
     official_to_ours,
     ours_to_official,
     to_official_state_dict,
@@ -34,10 +36,10 @@ from cornernet_ref.convert import (
 from cornernet_ref.data.examples import example_image
 from cornernet_ref.heads import CornerPoolingModule
 from cornernet_ref.hourglass import receptive_field, receptive_field_bound, stem_output_size
-from cornernet_ref.model import CornerNet
+from cornernet_ref.model import CornerNet, ModelConfig
 
 torch.manual_seed(0)
-model = CornerNet(num_classes=80)
+model = CornerNet(ModelConfig(num_classes=80))
 
 
 def count(module: torch.nn.Module) -> int:
@@ -158,12 +160,12 @@ print("Hourglass-104:   rule", receptive_field_bound((2, 2, 2, 2, 2, 4)), "pixel
 
 # %%
 torch.manual_seed(0)
-tiny = dict(num_classes=1, n=3, nstack=1, dims=(16, 16, 24, 32), modules=(1, 1, 1, 2),
-            cnv_dim=16, pre_dim=16, pool_dim=8)  # fmt: skip
+tiny = ModelConfig(num_classes=1, n=3, nstack=1, dims=(16, 16, 24, 32), modules=(1, 1, 1, 2),
+                   cnv_dim=16, pre_dim=16, pool_dim=8)  # fmt: skip
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
 for ax, pooling in zip(axes, (True, False), strict=True):
     torch.manual_seed(0)
-    network = CornerNet(**tiny, corner_pooling=pooling).eval()
+    network = CornerNet(replace(tiny, corner_pooling=pooling)).eval()
     pixels = torch.randn(1, 3, 255, 255, requires_grad=True)
     [maps] = network(pixels)
     maps.tl_heat[0, 0, 24, 24].backward()
@@ -219,7 +221,7 @@ for key in list(model.state_dict())[:3] + [
 # %%
 state = model.state_dict()
 official_state = to_official_state_dict(state)
-print(infer_model_kwargs(official_state))
+print(infer_model_config(official_state))
 back = convert_official_state_dict(official_state)
 print(all(torch.equal(back[k], state[k]) for k in state), f"{len(back)} tensors")
 
@@ -233,8 +235,8 @@ print(all(torch.equal(back[k], state[k]) for k in state), f"{len(back)} tensors"
 
 # %%
 assert (stem_output_size(767), stem_output_size(1023)) == (192, 256)
-small_model = CornerNet(num_classes=2, n=1, nstack=1, dims=(8, 8), modules=(1, 1), cnv_dim=8,
-                        pre_dim=8, pool_dim=8).eval()  # fmt: skip
+small_model = CornerNet(ModelConfig(num_classes=2, n=1, nstack=1, dims=(8, 8), modules=(1, 1),
+                                    cnv_dim=8, pre_dim=8, pool_dim=8)).eval()  # fmt: skip
 with torch.no_grad():
     [maps] = small_model(torch.zeros(1, 3, 767, 1023))
 print("767 x 1023 ->", tuple(maps.tl_heat.shape[-2:]))
@@ -263,8 +265,8 @@ assert receptive_field_bound((1, 1)) == 7 + 12 + 24 + 32 + 32
 # the counts are equal.
 
 # %%
-kwargs = dict(num_classes=2, n=2, nstack=2, dims=(8, 8, 16), modules=(1, 1, 1), cnv_dim=8,
-              pre_dim=8, pool_dim=8)  # fmt: skip
-with_pool, without = CornerNet(**kwargs), CornerNet(**kwargs, corner_pooling=False)
+config = ModelConfig(num_classes=2, n=2, nstack=2, dims=(8, 8, 16), modules=(1, 1, 1), cnv_dim=8,
+                     pre_dim=8, pool_dim=8)  # fmt: skip
+with_pool, without = CornerNet(config), CornerNet(replace(config, corner_pooling=False))
 print(f"{count(with_pool):,} parameters with the pool, {count(without):,} without")
 assert count(with_pool) == count(without)

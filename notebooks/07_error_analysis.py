@@ -26,7 +26,7 @@ import torch
 
 from cornernet_ref.analysis import oracle_outputs
 from cornernet_ref.decode import DecodeConfig, decode
-from cornernet_ref.targets import build_targets, collate_targets
+from cornernet_ref.targets import TargetConfig, build_targets, collate_targets
 
 
 def oracle_boxes(boxes, tag_spacing=1.0):
@@ -34,7 +34,8 @@ def oracle_boxes(boxes, tag_spacing=1.0):
     targets = collate_targets(
         [
             build_targets(np.array(boxes, dtype=float), np.zeros(len(boxes), dtype=int),
-                          num_classes=1, input_size=128, output_size=32, max_objects=4)
+                          num_classes=1, input_size=128, output_size=32,
+                          config=TargetConfig(max_objects=4))
         ]
     )  # fmt: skip
     detections = decode(

@@ -15,9 +15,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cornernet_ref.config import ModelConfig, TrainConfig
+from cornernet_ref.config import TrainConfig
 from cornernet_ref.data.augment import AugmentConfig
+from cornernet_ref.model import ModelConfig
 from cornernet_ref.output import CornerNetOutput
+from cornernet_ref.targets import TargetConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +47,7 @@ TINY_TRAINING = TrainConfig(
     ),
     augment=AugmentConfig(input_size=63, border=16),
     output_size=16,
-    max_objects=8,
+    targets=TargetConfig(max_objects=8),
     shapes_train=12,
     shapes_val=0,
     shapes_size=56,

@@ -16,9 +16,9 @@ from cornernet_ref.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from cornernet_ref.model import CornerNet
+from cornernet_ref.model import CornerNet, ModelConfig
 
-TINY_KWARGS = {
+TINY_CONFIG = {
     "num_classes": 2, "n": 1, "nstack": 1, "dims": [4, 4], "modules": [1, 1],
     "cnv_dim": 4, "pre_dim": 4, "pool_dim": 4,
 }  # fmt: skip
@@ -26,8 +26,8 @@ TINY_KWARGS = {
 
 def model_state(seed: int = 0) -> dict:
     torch.manual_seed(seed)
-    model = CornerNet(**TINY_KWARGS)
-    return {"model": model.state_dict(), "model_kwargs": TINY_KWARGS, "class_names": ["a", "b"]}
+    model = CornerNet(ModelConfig.from_dict(TINY_CONFIG))
+    return {"model": model.state_dict(), "model_config": TINY_CONFIG, "class_names": ["a", "b"]}
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +131,36 @@ def test_resume_needs_the_training_state(tmp_path):
         load_checkpoint(tmp_path / "model.pt", resume=True)
 
 
+def old_layout(state: dict) -> dict:
+    """``state`` as versions 0 and 1 stored it: the model configuration as 'model_kwargs'."""
+    old = dict(state)
+    old["model_kwargs"] = old.pop("model_config")
+    return old
+
+
 def test_unversioned_files_still_load(tmp_path):
     """A dict with 'model' and 'model_kwargs' (the layout before the version) is version 0."""
     state = model_state(seed=1)
-    torch.save(state, tmp_path / "old.pt")
-    assert_same_state(load_checkpoint(tmp_path / "old.pt"), state)
+    torch.save(old_layout(state), tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert_same_state(loaded, state)
+    assert "model_kwargs" not in loaded
+
+
+def test_version_1_files_load_their_model_kwargs_as_the_model_config(tmp_path):
+    state = model_state(seed=2)
+    torch.save(old_layout(state) | {"format": FORMAT, "version": 1}, tmp_path / "v1.pt")
+    assert_same_state(load_checkpoint(tmp_path / "v1.pt"), state)
+    model = CornerNet.from_checkpoint(tmp_path / "v1.pt")
+    assert model.config == ModelConfig.from_dict(TINY_CONFIG)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state["model"].items())
+
+
+def test_a_version_2_file_needs_the_model_config(tmp_path):
+    """Only versions 0 and 1 are read with the old key: in a version 2 file it is no model."""
+    torch.save(old_layout(model_state()) | {"format": FORMAT, "version": 2}, tmp_path / "v2.pt")
+    with pytest.raises(CheckpointError, match="v2.pt is not a cornernet-ref checkpoint"):
+        load_checkpoint(tmp_path / "v2.pt")
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path):
@@ -149,7 +174,15 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path):
 
 
 def test_weights_that_do_not_fit_their_arguments(tmp_path):
-    state = model_state() | {"model_kwargs": TINY_KWARGS | {"num_classes": 3}}
+    state = model_state() | {"model_config": TINY_CONFIG | {"num_classes": 3}}
     save_checkpoint(tmp_path / "mismatch.pt", state)
     with pytest.raises(CheckpointError, match="mismatch.pt does not build a model"):
         CornerNet.from_checkpoint(tmp_path / "mismatch.pt")
+
+
+def test_a_model_config_with_an_unknown_field_builds_no_model(tmp_path):
+    state = model_state() | {"model_config": TINY_CONFIG | {"depth": 2}}
+    save_checkpoint(tmp_path / "unknown.pt", state)
+    message = r"unknown.pt does not build a model: unknown .*'depth'"
+    with pytest.raises(CheckpointError, match=message):
+        CornerNet.from_checkpoint(tmp_path / "unknown.pt")

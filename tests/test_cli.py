@@ -21,9 +21,9 @@ from cornernet_ref import evaluate as evaluate_module
 from cornernet_ref.checkpoint import save_checkpoint
 from cornernet_ref.cli import main
 from cornernet_ref.config import CONFIGS, get_config
-from cornernet_ref.model import CornerNet
+from cornernet_ref.model import CornerNet, ModelConfig
 
-TINY_KWARGS = {
+TINY_CONFIG = {
     "num_classes": 2, "n": 2, "nstack": 1, "dims": [4, 4, 4], "modules": [1, 1, 1],
     "cnv_dim": 4, "pre_dim": 4, "pool_dim": 4,
 }  # fmt: skip
@@ -50,11 +50,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "broken.json").write_text('{"images": [')
     (root / "list.json").write_text("[1, 2]")
     torch.manual_seed(0)
-    model = CornerNet(**TINY_KWARGS)
-    state = {"model": model.state_dict(), "model_kwargs": TINY_KWARGS, "class_names": ["x", "y"]}
+    model = CornerNet(ModelConfig.from_dict(TINY_CONFIG))
+    state = {"model": model.state_dict(), "model_config": TINY_CONFIG, "class_names": ["x", "y"]}
     save_checkpoint(root / "model.pt", state)
     data = (root / "model.pt").read_bytes()
     (root / "truncated.pt").write_bytes(data[: len(data) // 2])
+    training = {"iteration": 1, "optimizer": {}, "scaler": {}, "rng": {}}
+    moved = get_config("small_shapes").to_dict() | {"gaussian_iou": 0.3}  # now targets.*
+    save_checkpoint(root / "old_config.pt", state | training | {"config": moved})
     return {
         "root": root,
         "images": images,
@@ -207,6 +210,8 @@ def test_a_bug_keeps_its_traceback(files, monkeypatch):
         (["--resume", "missing.pt"], ["checkpoint not found", "missing.pt"]),
         (["--resume", "truncated.pt"], ["truncated.pt is truncated or corrupt"]),
         (["--resume", "model.pt"], ["model.pt holds a model without its training state"]),
+        (["--resume", "old_config.pt"],
+         ["old_config.pt: its training configuration", "unknown TrainConfig", "'gaussian_iou'"]),
         (["--dataset", "coco", "--images", "nowhere", "--annotations", "annotations.json"],
          ["training image folder not found", "nowhere"]),
         (["--dataset", "coco", "--images", "images", "--annotations", "missing.json"],
@@ -215,7 +220,7 @@ def test_a_bug_keeps_its_traceback(files, monkeypatch):
 )  # fmt: skip
 def test_train_rejects_bad_input_before_training(files, capsys, tmp_path, argv, fragments):
     root = files["root"]
-    paths = ("missing.pt", "truncated.pt", "model.pt", "nowhere", "images")
+    paths = ("missing.pt", "truncated.pt", "model.pt", "old_config.pt", "nowhere", "images")
     argv = [str(root / arg) if arg in paths or arg.endswith(".json") else arg for arg in argv]
     status, err = run(["train", *argv, "--out", tmp_path], capsys)
     assert status == 2

@@ -19,6 +19,7 @@ from cornernet_ref.config import (
 )
 from cornernet_ref.decode import DecodeConfig
 from cornernet_ref.inference import TestConfig
+from cornernet_ref.targets import TargetConfig
 
 
 @pytest.mark.claim("training-hyperparameters")
@@ -27,7 +28,8 @@ def test_paper_config():
     assert (config.lr, config.batch_size, config.max_iters) == (2.5e-4, 49, 500_000)
     assert config.lr_decay_iters == (450_000,) and config.lr_decay == 0.1
     assert (config.augment.input_size, config.output_size) == (511, 128)
-    assert config.augment.border == 128 and config.gaussian_iou == 0.3
+    assert config.augment.border == 128 and config.targets.gaussian_iou == 0.3
+    assert config.targets.radius_variant == "official" and config.targets.penalty_reduction
     assert (config.pull_weight, config.push_weight, config.offset_weight) == (0.1, 0.1, 1.0)
     assert (config.model.nstack, config.model.n) == (2, 5)
 
@@ -54,6 +56,22 @@ def test_command_line_overrides():
     assert config.test.decode.K == 50  # two levels down
     assert config.test.decode.num_dets == TrainConfig().test.decode.num_dets  # untouched
     assert parser.parse_args([]).__dict__ == {}  # nothing given, nothing overridden
+
+
+def test_target_options_are_nested_under_targets():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(
+        ["--targets.gaussian-iou", "0.5", "--targets.radius-variant", "exact",
+         "--targets.penalty-reduction", "false", "--targets.max-objects", "9"]
+    )  # fmt: skip
+    config = apply_overrides(get_config("small_shapes"), overrides_from_args(args))
+    assert config.targets == TargetConfig(0.5, "exact", False, 9)
+    assert config_from_dict(json.loads(str(config))) == config
+    with pytest.raises(SystemExit):  # the flat options of the fields' earlier place are gone
+        parser.parse_args(["--gaussian-iou", "0.5"])
+    with pytest.raises(ValueError, match="radius_variant must be one of"):
+        apply_overrides(config, {"targets.radius_variant": "round"})
 
 
 def test_bad_values_are_named():
@@ -114,3 +132,14 @@ def test_bad_test_options_are_named(make, message):
 def test_the_edges_of_the_test_options_are_accepted():
     TestConfig(scales=(1e-3,), max_per_image=1, nms_method="linear")
     DecodeConfig(K=1, num_dets=1, kernel=1, ae_threshold=0.0)
+
+
+def test_saved_configurations_with_unknown_fields_are_refused():
+    """A field that moved (``gaussian_iou`` is now ``targets.gaussian_iou``) is named rather
+    than silently replaced by its default."""
+    values = TrainConfig().to_dict()
+    with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\) \['gaussian_iou'\]"):
+        config_from_dict(values | {"gaussian_iou": 0.5})
+    values["model"]["depth"] = 3
+    with pytest.raises(ValueError, match=r"unknown ModelConfig field\(s\) \['depth'\]"):
+        config_from_dict(values)

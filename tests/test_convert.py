@@ -26,19 +26,21 @@ from cornernet_ref.convert import (
     FIRST_CONV,
     RULES,
     convert_official_state_dict,
-    infer_model_kwargs,
+    infer_model_config,
     official_to_ours,
     ours_to_official,
     to_official_state_dict,
 )
 from cornernet_ref.data.image import normalize
-from cornernet_ref.model import CornerNet
+from cornernet_ref.model import CornerNet, ModelConfig
 from cornernet_ref.output import CornerNetOutput
 
 # Every width different, so that a tensor put in the wrong place fails on its shape, and
 # block counts that differ per level.
-ODD = dict(n=2, nstack=2, dims=(6, 10, 12), modules=(2, 1, 3), cnv_dim=7, pre_dim=5, pool_dim=4)
-ODD_CLASSES = 3
+ODD = ModelConfig(
+    num_classes=3, n=2, nstack=2, dims=(6, 10, 12), modules=(2, 1, 3), cnv_dim=7, pre_dim=5,
+    pool_dim=4,
+)  # fmt: skip
 ODD_SIZE = (31, 47)  # sides 16k - 1, non-square
 # The official normalisation, in its own (BGR) order: shared/reference/official_constants.md.
 OFFICIAL_MEAN_BGR = np.array([0.40789654, 0.44719302, 0.47026115], dtype=np.float32)
@@ -210,7 +212,7 @@ def assert_same_outputs(ours: list, official: list) -> None:
 
 @pytest.fixture(scope="module")
 def odd_model() -> CornerNet:
-    model = CornerNet(ODD_CLASSES, **ODD)
+    model = CornerNet(ODD)
     model.load_state_dict(random_state(model))
     return model
 
@@ -228,17 +230,18 @@ def test_official_layout_converts_strictly(layout, prefix, with_counters):
         for key, value in layout.items()
         if with_counters or not key.endswith("num_batches_tracked")
     }
-    kwargs = infer_model_kwargs(official)
-    assert kwargs == dict(
+    config = infer_model_config(official)
+    assert config == ModelConfig(
         num_classes=80,
         n=5,
         nstack=2,
-        dims=[256, 256, 384, 384, 384, 512],
-        modules=[2, 2, 2, 2, 2, 4],
+        dims=(256, 256, 384, 384, 384, 512),
+        modules=(2, 2, 2, 2, 2, 4),
         cnv_dim=256,
         pre_dim=128,
         pool_dim=128,
     )
+    assert config == ModelConfig()  # the defaults are the official model
     converted = convert_official_state_dict(official)
     with torch.device("meta"):
         model = CornerNet()
@@ -285,7 +288,7 @@ def test_round_trip_of_a_small_model(odd_model):
 @pytest.mark.parametrize("training", [False, True])
 def test_converted_model_computes_the_official_network(odd_model, training):
     official = to_official_state_dict(odd_model.state_dict())
-    model = CornerNet(ODD_CLASSES, **ODD)
+    model = CornerNet(ODD)
     model.load_state_dict(convert_official_state_dict(official))
     model.double().train(training)
     for module in model.modules():  # all stacks in training mode, running statistics
@@ -300,11 +303,7 @@ def test_converted_model_computes_the_official_network(odd_model, training):
 
 
 def test_infer_configuration_of_a_small_model(odd_model):
-    kwargs = infer_model_kwargs(to_official_state_dict(odd_model.state_dict()))
-    expected = {
-        key: list(value) if isinstance(value, tuple) else value for key, value in ODD.items()
-    }
-    assert kwargs == {"num_classes": ODD_CLASSES, **expected}
+    assert infer_model_config(to_official_state_dict(odd_model.state_dict())) == ODD
 
 
 def test_wrong_shape_is_named(odd_model):

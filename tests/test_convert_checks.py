@@ -3,6 +3,7 @@ the safe loading of official files."""
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 import pytest
@@ -10,16 +11,16 @@ import torch
 
 from cornernet_ref.convert import convert_official_state_dict, load_official, ours_to_official
 from cornernet_ref.errors import InputError
-from cornernet_ref.model import CornerNet
+from cornernet_ref.model import CornerNet, ModelConfig
 
-TINY = dict(num_classes=3, n=2, nstack=2, dims=(6, 10, 12), modules=(2, 1, 3), cnv_dim=7,
-            pre_dim=5, pool_dim=4)  # fmt: skip
+TINY = ModelConfig(num_classes=3, n=2, nstack=2, dims=(6, 10, 12), modules=(2, 1, 3), cnv_dim=7,
+                   pre_dim=5, pool_dim=4)  # fmt: skip
 COUNTER = "num_batches_tracked"
 
 
 @pytest.fixture(scope="module")
 def official() -> dict[str, torch.Tensor]:
-    state = CornerNet(**TINY).state_dict()
+    state = CornerNet(TINY).state_dict()
     return {"module." + ours_to_official(key): value for key, value in state.items()}
 
 
@@ -44,6 +45,7 @@ def test_missing_tensors_are_counted_without_the_counters(official) -> None:
 def test_official_files_with_more_than_tensors_need_trust(tmp_path) -> None:
     path = tmp_path / "official.pkl"
     torch.save({"weight": torch.ones(2), "note": Fraction(1, 3)}, path)
-    with pytest.raises(InputError, match="(?s)holds more than tensors.*pass --trust"):
+    command = f"cornernet-ref convert --trust {path} OUT.pt"
+    with pytest.raises(InputError, match=f"(?s)holds more than tensors.*{re.escape(command)}"):
         load_official(path)
     assert load_official(path, trust=True)["note"] == Fraction(1, 3)

@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 from cornernet_ref.data.augment import AugmentConfig, augment
 from cornernet_ref.data.loader import StreamBatchSampler, TrainingSet, make_loader
 from cornernet_ref.data.shapes import CLASS_NAMES, shapes_detection
+from cornernet_ref.targets import TargetConfig
 
 matplotlib.use("Agg")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+EIGHT_SLOTS = TargetConfig(max_objects=8)
 
 
 def keys_of(sampler: StreamBatchSampler) -> list[list[tuple[int, int]]]:
@@ -74,7 +76,7 @@ def test_sampler_rejects_bad_splits():
 def test_training_samples_are_reproducible_and_batched():
     source = shapes_detection(6, seed=0, size=64)
     config = AugmentConfig(input_size=63, border=16)
-    dataset = TrainingSet(source, config, output_size=16, max_objects=8, seed=1)
+    dataset = TrainingSet(source, config, output_size=16, target_config=EIGHT_SLOTS, seed=1)
     image, targets = dataset[(2, 11)]
     again, targets_again = dataset[(2, 11)]
     assert image.shape == (3, 63, 63) and image.dtype == torch.float32
@@ -95,7 +97,7 @@ def test_loader_batches_are_the_dataset_items_with_workers():
     """Two worker processes: each micro-batch stacks the items of its sampler keys, in order."""
     source = shapes_detection(5, seed=0, size=64)
     config = AugmentConfig(input_size=63, border=16)
-    dataset = TrainingSet(source, config, output_size=16, max_objects=8, seed=3)
+    dataset = TrainingSet(source, config, output_size=16, target_config=EIGHT_SLOTS, seed=3)
     sampler = StreamBatchSampler(5, 3, start_iteration=1, stop_iteration=3, accumulation=2)
     keys = list(sampler)
     batches = list(make_loader(dataset, sampler, workers=2, pin_memory=False))
@@ -116,7 +118,8 @@ def test_target_options_reach_the_targets():
     config = AugmentConfig(input_size=63, border=16)
 
     def heat(**options) -> torch.Tensor:
-        dataset = TrainingSet(source, config, output_size=16, max_objects=8, **options)
+        targets = TargetConfig(max_objects=8, **options)
+        dataset = TrainingSet(source, config, output_size=16, target_config=targets)
         return dataset[(1, 3)][1]["tl_heat"]
 
     official = heat()
@@ -125,6 +128,9 @@ def test_target_options_reach_the_targets():
     exact = heat(radius_variant="exact", gaussian_iou=0.3)
     assert torch.equal(exact == 1, official == 1)
     assert (exact >= official).all() and (exact > official).any()  # larger radius, wider bumps
+    wide = heat(gaussian_iou=0.1)  # a lower overlap to keep: a larger radius
+    assert torch.equal(wide == 1, official == 1)
+    assert (wide >= official).all() and (wide > official).any()
 
 
 def test_draw_augmented_samples_for_a_person():

@@ -10,7 +10,7 @@ export, by the command, serves the whole module.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +48,13 @@ def briefly_trained_model(steps: int = TRAINING_STEPS) -> CornerNet:
     """The small_shapes network after ``steps`` Adam steps on batches of four shapes images."""
     config = get_config("small_shapes")
     torch.manual_seed(0)
-    model = CornerNet(len(CLASS_NAMES), **asdict(config.model))
+    model = CornerNet(replace(config.model, num_classes=len(CLASS_NAMES)))
     model.class_names = list(CLASS_NAMES)
     samples = TrainingSet(
         shapes_detection(4, seed=0, size=120),
         config.augment,
         output_size=config.output_size,
-        max_objects=config.max_objects,
+        target_config=config.targets,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     criterion = CornerNetLoss()
@@ -77,7 +77,7 @@ def checkpoint(model: CornerNet, tmp_path_factory: pytest.TempPathFactory) -> Pa
     path = tmp_path_factory.mktemp("checkpoint") / "model.pt"
     state = {
         "model": model.state_dict(),
-        "model_kwargs": model.model_kwargs,
+        "model_config": model.config.to_dict(),
         "class_names": model.class_names,
     }
     torch.save(state, path)
@@ -343,7 +343,7 @@ def test_clear_errors(model, checkpoint, exported, pool_graph, tmp_path) -> None
 
 def test_an_interrupted_export_leaves_the_previous_file(tmp_path, monkeypatch) -> None:
     """The graph goes to a temporary file first; a failed write keeps the old file whole."""
-    model = CornerNet(len(CLASS_NAMES), **asdict(get_config("small_shapes").model))
+    model = CornerNet(replace(get_config("small_shapes").model, num_classes=len(CLASS_NAMES)))
     out = tmp_path / "model.onnx"
     out.write_bytes(b"previous export")
 

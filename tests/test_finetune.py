@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from cornernet_ref.data.shapes import render_shapes_image
 from cornernet_ref.errors import InputError
 from cornernet_ref.finetune import init_from, load_matching
 from cornernet_ref.heads import HEATMAP_BIAS
-from cornernet_ref.model import CornerNet
+from cornernet_ref.model import CornerNet, ModelConfig
 from cornernet_ref.train import load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,7 +49,7 @@ def heatmap_outputs(nstack: int) -> set[str]:
 
 def trained_looking(num_classes: int, seed: int = 1, **kwargs) -> CornerNet:
     """A model whose every tensor is random (none equal to a fresh model's)."""
-    model = CornerNet(num_classes, **(SMALL | kwargs))
+    model = CornerNet(ModelConfig(num_classes=num_classes, **(SMALL | kwargs)))
     generator = torch.Generator().manual_seed(seed)
     state = {
         name: torch.randint(1, 100, (), generator=generator)
@@ -62,7 +63,7 @@ def trained_looking(num_classes: int, seed: int = 1, **kwargs) -> CornerNet:
 
 def fresh(num_classes: int, **kwargs) -> CornerNet:
     torch.manual_seed(0)
-    return CornerNet(num_classes, **(SMALL | kwargs))
+    return CornerNet(ModelConfig(num_classes=num_classes, **(SMALL | kwargs)))
 
 
 def test_another_class_count_loads_all_but_the_heatmap_outputs():
@@ -139,6 +140,11 @@ def test_unusable_files_are_named(tmp_path):
     torch.save(to_official_state_dict(trained_looking(2).state_dict()), unconverted)
     with pytest.raises(ValueError, match="convert it first"):
         init_from(fresh(2), unconverted)
+    pickled = tmp_path / "CornerNet_note.pkl"  # more than tensors: the safe loader refuses
+    torch.save({"note": Fraction(1, 3)}, pickled)
+    command = f"cornernet-ref convert --trust {pickled} OUT.pt"  # train has no --trust
+    with pytest.raises(InputError, match=re.escape(command)):
+        init_from(fresh(2), pickled)
 
 
 def test_init_from_is_not_resume(tmp_path, capsys):
@@ -253,7 +259,8 @@ def test_recipe_train_on_your_own_data(own_data, tmp_path, capsys):
     out = own_data["runs/my_data"]
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["iteration"] == 2 and state["class_names"] == ["box", "round"]  # ids 7, 1001
-    assert state["model_kwargs"]["num_classes"] == 2
+    assert state["model_config"]["num_classes"] == 2  # the data's classes, not the config's
+    assert state["config"]["model"]["num_classes"] == 2
     assert json.loads((out / "history.jsonl").read_text().splitlines()[0])["iteration"] == 1
     metrics = json.loads((out / "metrics.json").read_text())
     # COCO reports -1 when it finds no ground truth

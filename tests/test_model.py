@@ -12,9 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from cornernet_ref.checkpoint import save_checkpoint
 from cornernet_ref.heads import HEATMAP_BIAS, CornerPoolingModule
 from cornernet_ref.hourglass import receptive_field, receptive_field_bound, stem_output_size
-from cornernet_ref.model import CornerNet
+from cornernet_ref.model import CornerNet, ModelConfig
 
 CHAPTER = Path(__file__).resolve().parents[1] / "chapters" / "04_hourglass.md"
 TINY = dict(n=2, nstack=2, dims=(8, 8, 8), modules=(1, 1, 1), cnv_dim=8, pre_dim=8, pool_dim=8)
@@ -34,12 +35,12 @@ def hourglass104() -> CornerNet:
     shape of its input and has no parameters, so the plain sum stands in for it here.
     """
     with torch.device("meta"):
-        return CornerNet(corner_pooling=False)
+        return CornerNet(ModelConfig(corner_pooling=False))
 
 
 def tiny_model(seed: int = 0, **overrides) -> CornerNet:
     torch.manual_seed(seed)
-    return CornerNet(3, **{**TINY, **overrides})
+    return CornerNet(ModelConfig(num_classes=3, **{**TINY, **overrides}))
 
 
 def count(module: nn.Module) -> int:
@@ -101,11 +102,11 @@ def test_hourglass104_has_the_official_parameter_count(hourglass104):
 )
 def test_parameter_count_per_part_by_hand(classes, kwargs):
     with torch.device("meta"):
-        model = CornerNet(classes, **kwargs)
-    config = {**CornerNet.__init__.__kwdefaults__, **kwargs}
+        model = CornerNet(ModelConfig(num_classes=classes, **kwargs))
+    config = ModelConfig(**kwargs)  # the defaults where kwargs are silent
     expected = expected_counts(
-        classes, *(config[k] for k in ("n", "nstack", "dims", "modules")),
-        config["cnv_dim"], config["pre_dim"], config["pool_dim"],
+        classes, config.n, config.nstack, config.dims, config.modules,
+        config.cnv_dim, config.pre_dim, config.pool_dim,
     )  # fmt: skip
     assert {name: count(child) for name, child in model.named_children()} == expected
 
@@ -146,7 +147,7 @@ def test_small_model_at_511_gives_128():
 @pytest.fixture(scope="module")
 def tiny_meta() -> CornerNet:
     with torch.device("meta"):
-        return CornerNet(3, corner_pooling=False, **TINY)
+        return CornerNet(ModelConfig(num_classes=3, corner_pooling=False, **TINY))
 
 
 @settings(max_examples=30)
@@ -168,19 +169,36 @@ def test_bad_inputs_and_configurations():
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         model(torch.zeros(1, 1, 63, 63))
     with pytest.raises(ValueError, match="n \\+ 1 = 3 entries"):
-        CornerNet(3, **dict(TINY, dims=(8, 8)))
+        ModelConfig(**dict(TINY, dims=(8, 8)))
     with pytest.raises(ValueError, match="modules must be positive"):
-        CornerNet(3, **dict(TINY, modules=(1, 0, 1)))
+        ModelConfig(**dict(TINY, modules=(1, 0, 1)))
     with pytest.raises(ValueError, match="pool_dim must be >= 1"):
-        CornerNet(3, **dict(TINY, pool_dim=0))
+        ModelConfig(**dict(TINY, pool_dim=0))
+    with pytest.raises(ValueError, match="num_classes must be >= 1"):
+        ModelConfig(num_classes=0, **TINY)
+    with pytest.raises(ValueError, match="n \\(hourglass depth\\) must be >= 1"):
+        ModelConfig(**dict(TINY, n=0, dims=(8,), modules=(1,)))
     with pytest.raises(ValueError, match="batchnorm_init"):
-        CornerNet(3, batchnorm_init="zeros", **TINY)
+        ModelConfig(batchnorm_init="zeros", **TINY)
+    with pytest.raises(TypeError, match="takes a ModelConfig, got int"):
+        CornerNet(3)
 
 
 def test_lists_are_accepted_as_in_saved_configs():
-    model = CornerNet(3, **dict(TINY, dims=list(TINY["dims"]), modules=list(TINY["modules"])))
-    assert model.model_kwargs["dims"] == [8, 8, 8]
-    assert count(model) == count(tiny_model())
+    config = ModelConfig(num_classes=3, **dict(TINY, dims=[8, 8, 8], modules=[1, 1, 1]))
+    assert config == ModelConfig(num_classes=3, **TINY) and config.dims == (8, 8, 8)
+    assert count(CornerNet(config)) == count(tiny_model())
+
+
+def test_the_model_config_round_trips_through_a_dict():
+    config = ModelConfig(num_classes=3, corner_pooling=False, batchnorm_init="ones", **TINY)
+    values = config.to_dict()
+    assert values["dims"] == [8, 8, 8] and values["num_classes"] == 3
+    assert ModelConfig.from_dict(values) == config
+    assert ModelConfig.from_dict({}) == ModelConfig()  # Hourglass-104, 80 classes
+    assert tiny_model().config == ModelConfig(num_classes=3, **TINY)
+    with pytest.raises(ValueError, match=r"unknown model configuration field\(s\) \['depth'\]"):
+        ModelConfig.from_dict(values | {"depth": 3})
 
 
 # --- Stacks, initialisation ----------------------------------------------------------------
@@ -310,15 +328,16 @@ def test_compiles_in_one_graph():
 
 def test_from_checkpoint(tmp_path):
     model = tiny_model(seed=3).eval()
-    kwargs = dict(model.model_kwargs)
-    torch.save({"model": model.state_dict(), "model_kwargs": kwargs}, tmp_path / "last.pt")
+    state = {"model": model.state_dict(), "model_config": model.config.to_dict()}
+    save_checkpoint(tmp_path / "last.pt", state | {"class_names": None})
     loaded = CornerNet.from_checkpoint(tmp_path / "last.pt").eval()
+    assert loaded.config == model.config
     images = torch.randn(1, 3, 63, 63)
     with torch.no_grad():
         for a, b in zip(loaded(images)[0], model(images)[0], strict=True):
             assert torch.equal(a, b)
     torch.save({"weights": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="'model' and 'model_kwargs'"):
+    with pytest.raises(ValueError, match="'model' and 'model_config'"):
         CornerNet.from_checkpoint(tmp_path / "other.pt")
 
 

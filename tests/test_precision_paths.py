@@ -39,7 +39,7 @@ def low_initial_scale(monkeypatch):
 def initial_parameters(config: TrainConfig) -> dict[str, torch.Tensor]:
     """The parameters ``train`` starts from (it seeds, then builds the model)."""
     torch.manual_seed(config.seed)
-    model = CornerNet(num_classes=3, **vars(config.model))  # the shapes data has 3 classes
+    model = CornerNet(replace(config.model, num_classes=3))  # the shapes data has 3 classes
     return {name: value.detach().clone() for name, value in model.named_parameters()}
 
 
@@ -90,8 +90,8 @@ def inf_on_first_backward(monkeypatch) -> list[int]:
     real_model = train_module.CornerNet
 
     class PoisonedModel(real_model):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
+        def __init__(self, config):
+            super().__init__(config)
             first = next(self.parameters())
 
             def poison(grad: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from cornernet_ref.targets import (
     TARGET_KEYS,
+    TargetConfig,
     build_targets,
     collate_targets,
     draw_gaussian,
@@ -382,7 +383,7 @@ def test_build_targets_by_hand():
         num_classes=2,
         input_size=64,
         output_size=16,
-        max_objects=3,
+        config=TargetConfig(max_objects=3),
     )
     # Top-left (1.25, 2.25) -> cell (1, 2); bottom-right (15.25, 14.5) -> cell (15, 14).
     assert targets["tl_ind"].tolist() == [2 * 16 + 1, 0, 0]
@@ -408,7 +409,7 @@ def test_build_targets_by_hand():
         num_classes=2,
         input_size=64,
         output_size=16,
-        radius_variant="exact",
+        config=TargetConfig(radius_variant="exact"),
     )
     assert int(exact_radius(13, 14, 0.3)) == 4
     assert exact["tl_heat"][1, 6, 1] > 0 and exact["tl_heat"][1, 7, 1] == 0
@@ -460,10 +461,11 @@ def test_build_targets_layout(image):
 
 @given(images())
 def test_without_penalty_reduction_only_the_corners_are_positive(image):
-    """``penalty_reduction=False`` (the paper's ablation): no bump, the rest unchanged."""
+    """``TargetConfig(penalty_reduction=False)`` (the paper's ablation): no bump, the rest
+    unchanged."""
     boxes, labels, input_size, output_size = image
     options = dict(num_classes=3, input_size=input_size, output_size=output_size)
-    plain = build_targets(boxes, labels, penalty_reduction=False, **options)
+    plain = build_targets(boxes, labels, config=TargetConfig(penalty_reduction=False), **options)
     gaussian = build_targets(boxes, labels, **options)
     for key in ("tl_ind", "br_ind", "mask", "tl_off", "br_off"):
         assert torch.equal(plain[key], gaussian[key]), key
@@ -494,7 +496,9 @@ def test_degenerate_boxes_are_skipped_and_order_kept():
 def test_numpy_and_torch_inputs_agree():
     boxes = np.array([[3.3, 4.1, 40.7, 50.2], [10.0, 1.5, 20.25, 9.75]], np.float32)
     labels = np.array([2, 0])
-    kwargs = dict(num_classes=3, input_size=(64, 48), output_size=(16, 12), max_objects=4)
+    kwargs = dict(
+        num_classes=3, input_size=(64, 48), output_size=(16, 12), config=TargetConfig(max_objects=4)
+    )
     from_numpy = build_targets(boxes, labels, **kwargs)
     from_torch = build_targets(torch.from_numpy(boxes), torch.from_numpy(labels), **kwargs)
     for key in TARGET_KEYS:
@@ -503,7 +507,7 @@ def test_numpy_and_torch_inputs_agree():
 
 def test_no_objects_gives_empty_targets():
     targets = build_targets(np.zeros((0, 4)), np.zeros(0), num_classes=2, input_size=32,
-                            output_size=8, max_objects=5)  # fmt: skip
+                            output_size=8, config=TargetConfig(max_objects=5))  # fmt: skip
     assert not targets["mask"].any() and not targets["tl_heat"].any()
     assert targets["tl_heat"].shape == (2, 8, 8)
 
@@ -526,17 +530,16 @@ def test_too_many_objects_raise():
     boxes = np.tile([[1.0, 1.0, 20.0, 20.0]], (4, 1))
     with pytest.raises(ValueError, match="max_objects=3"):
         build_targets(boxes, np.zeros(4), num_classes=1, input_size=32, output_size=8,
-                      max_objects=3)  # fmt: skip
+                      config=TargetConfig(max_objects=3))  # fmt: skip
     with pytest.raises(ValueError, match="output_size"):
         build_targets(boxes[:1], np.zeros(1), num_classes=1, input_size=32, output_size=(8, 0))
 
 
 def targets_with(boxes, labels, num_classes, input_size, output_size, **options):
-    """build_targets; ``options`` (gaussian_iou, max_objects, radius_variant,
-    penalty_reduction) reach it through this one call."""
+    """build_targets with the :class:`TargetConfig` fields given as ``options``."""
     return build_targets(
         boxes, labels, num_classes=num_classes, input_size=input_size, output_size=output_size,
-        **options,
+        config=TargetConfig(**options),
     )  # fmt: skip
 
 
@@ -616,12 +619,6 @@ def test_one_box_of_the_wrong_shape_is_rejected():
         targets_with(np.zeros(1), np.zeros(1), 2, 32, 8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="known bug: a box kept for its positive height is measured as 0 cells when "
-    "(y2 - y1) * ratio underflows to 0, and gaussian_radius refuses a size of 0",
-)
 def test_a_box_below_the_float_resolution_of_the_grid_is_kept():
     # Height 5e-324 (the smallest float) is positive, so the box is kept; on a 4x coarser
     # grid it is less than a cell, which rounds up to one: radius 0, both corners in cell 0.
@@ -640,7 +637,7 @@ def test_exactly_max_objects_fit():
 def test_collate_stacks_every_key():
     samples = [
         build_targets(np.array([[1.0, 2.0, 20.0, 30.0]]), np.array([k]), num_classes=2,
-                      input_size=32, output_size=8, max_objects=3)
+                      input_size=32, output_size=8, config=TargetConfig(max_objects=3))
         for k in (0, 1)
     ]  # fmt: skip
     batch = collate_targets(samples)
@@ -653,3 +650,41 @@ def test_collate_stacks_every_key():
         collate_targets([])
     with pytest.raises(ValueError, match="mask"):
         collate_targets([{k: v for k, v in samples[0].items() if k != "mask"}])
+
+
+def test_target_config_defaults_are_the_official_ones():
+    assert TargetConfig() == TargetConfig(
+        gaussian_iou=0.3, radius_variant="official", penalty_reduction=True, max_objects=128
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"gaussian_iou": 0.0}, r"gaussian_iou must lie in \(0, 1\), got 0.0"),
+        ({"gaussian_iou": 1.0}, r"gaussian_iou must lie in \(0, 1\), got 1.0"),
+        ({"radius_variant": "round"}, r"radius_variant must be one of .*'round'"),
+        ({"max_objects": 0}, "max_objects must be >= 1, got 0"),
+    ],
+)
+def test_target_config_refuses_each_field_out_of_range(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TargetConfig(**fields)
+
+
+@pytest.mark.parametrize("fields", [{"gaussian_iou": 1e-6}, {"gaussian_iou": 1 - 1e-6},
+                                    {"radius_variant": "exact"}, {"max_objects": 1}])  # fmt: skip
+def test_target_config_accepts_the_edges_of_each_range(fields):
+    assert getattr(TargetConfig(**fields), next(iter(fields))) == next(iter(fields.values()))
+
+
+@given(overlap=overlaps)
+def test_the_bump_radius_follows_the_configured_overlap(overlap):
+    """The same box as by hand (13 x 14 cells on the grid, top-left corner in cell (1, 2)):
+    the bump reaches ``int(gaussian_radius(13, 14, t))`` cells either side, clipped."""
+    config = TargetConfig(gaussian_iou=overlap)
+    targets = build_targets(np.array([[5.0, 9.0, 61.0, 58.0]]), np.array([0]), num_classes=1,
+                            input_size=64, output_size=16, config=config)  # fmt: skip
+    radius = int(gaussian_radius(13, 14, overlap))
+    row = targets["tl_heat"][0, 2]
+    assert int((row > 0).sum()) == min(1, radius) + 1 + min(radius, 14)

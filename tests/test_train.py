@@ -26,12 +26,11 @@ from cornernet_ref.train import (
     NonFiniteLossError,
     learning_rate,
     load_checkpoint,
-    model_kwargs,
     train,
 )
 from cornernet_ref.visualize import upscale_factor
 
-TINY_KWARGS = model_kwargs(TINY, num_classes=3)
+TINY_MODEL = replace(TINY.model, num_classes=3)  # the shapes data has 3 classes
 
 
 def parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -124,7 +123,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path, monkeypatch):
     ddp_config = replace(TINY, out=str(tmp_path / "ddp"))
     _spawn(_ddp_worker, ddp_config, _free_port(), str(tmp_path))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    names = {name for name, _ in CornerNet(**TINY_KWARGS).named_parameters()}
+    names = {name for name, _ in CornerNet(TINY_MODEL).named_parameters()}
     buffers = rank0.keys() - names
     assert buffers and all("running" in n or "num_batches_tracked" in n for n in buffers)
     assert_same_parameters({n: rank0[n] for n in names}, {n: rank1[n] for n in names})
@@ -138,7 +137,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path, monkeypatch):
     assert saved.keys() == rank0.keys()
     assert all(torch.equal(saved[name], rank0[name]) for name in saved)
     torch.manual_seed(TINY.seed)  # the initial weights of both runs
-    initial = parameters(CornerNet(**TINY_KWARGS))
+    initial = parameters(CornerNet(TINY_MODEL))
     assert any(not torch.equal(initial[n], rank0[n]) for n in initial)  # training moved them
     assert any(not torch.equal(rank0[n], rank1[n]) for n in buffers)  # rank 1's are not kept
 
@@ -354,7 +353,7 @@ def test_train_command_end_to_end(tmp_path):
     # COCO writes -1 for a metric when nothing was evaluated.
     assert all(0 <= metrics[name] <= 1 for name in ("AP", "AP50", "AR100")), metrics
     state = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert state["iteration"] == 2 and state["model_kwargs"]["num_classes"] == 3
+    assert state["iteration"] == 2 and state["model_config"]["num_classes"] == 3
     assert list((out / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard scalars"
     pictures = {path.name for path in (out / "pictures").iterdir()}
     assert pictures == {"detections.png", "loss.png", "heatmaps.png"}

@@ -15,7 +15,7 @@ from torch import nn
 
 from cornernet_ref.data.shapes import write_shapes
 from cornernet_ref.inference import ImageDetections, pad_image
-from cornernet_ref.model import CornerNet
+from cornernet_ref.model import CornerNet, ModelConfig
 from cornernet_ref.output import CornerNetOutput
 from cornernet_ref.visualize import (
     heatmap_panel,
@@ -32,7 +32,7 @@ SMALL |= {"cnv_dim": 8, "pre_dim": 8, "pool_dim": 8}
 
 def small_model(seed: int = 0) -> CornerNet:
     torch.manual_seed(seed)
-    return CornerNet(3, **SMALL).eval()
+    return CornerNet(ModelConfig(num_classes=3, **SMALL)).eval()
 
 
 @st.composite

@@ -1,4 +1,4 @@
-"""The fused CUDA kernel of corner pooling: one pass computes a whole corner pool.
+r"""The fused CUDA kernel of corner pooling: one pass computes a whole corner pool.
 
 For each (image, channel) plane, one warp reads the two maps once, row by row in vectors of 4
 numbers, keeps the vertical running maxima in registers, scans each row across its lanes
@@ -44,7 +44,7 @@ _build_error: str | None = None
 
 
 def missing_requirement() -> str | None:
-    """Why the kernel cannot be built here, or None if nothing is missing."""
+    r"""Why the kernel cannot be built here, or None if nothing is missing."""
     from torch.utils.cpp_extension import CUDA_HOME, is_ninja_available
 
     if not torch.cuda.is_available():
@@ -57,7 +57,7 @@ def missing_requirement() -> str | None:
 
 
 def load_extension() -> ModuleType:
-    """Build (on first use) and return the extension module.
+    r"""Build (on first use) and return the extension module.
 
     Raises:
         RuntimeError: no GPU, no compiler, or the build failed; the message says which.
@@ -82,14 +82,14 @@ def load_extension() -> ModuleType:
 
 
 class CudaKernels:
-    """The kernels of the compiled extension, run on the current CUDA stream.
+    r"""The kernels of the compiled extension, run on the current CUDA stream.
 
     :class:`FusedCornerPool` takes any object with these two methods; the tests pass the
     CPU build of the same source (``tests/kernel_emulation.py``).
     """
 
     def forward(self, a: Tensor | None, b: Tensor | None, reverse: bool) -> Tensor:
-        """``V(a) + H(b)`` (either map may be None), contiguous."""
+        r"""``V(a) + H(b)`` (either map may be None), contiguous."""
         present = a if a is not None else b
         stream = torch.cuda.current_stream(present.device).cuda_stream
         return load_extension().forward(a, b, reverse, stream)
@@ -97,7 +97,7 @@ class CudaKernels:
     def backward(
         self, a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool
     ) -> tuple[Tensor | None, Tensor | None]:
-        """``(grad_a, grad_b)`` from the output gradient; None for an absent map."""
+        r"""``(grad_a, grad_b)`` from the output gradient; None for an absent map."""
         stream = torch.cuda.current_stream(grad.device).cuda_stream
         return tuple(load_extension().backward(a, b, grad, reverse, stream))
 
@@ -106,7 +106,7 @@ CUDA_KERNELS = CudaKernels()
 
 
 class FusedCornerPool(torch.autograd.Function):
-    """Autograd function around the kernels: ``V(a) + H(b)``, either map may be None.
+    r"""Autograd function around the kernels: ``V(a) + H(b)``, either map may be None.
 
     The backward is a kernel, not a graph of differentiable operations: a second derivative
     through it (``create_graph=True``, then backward again) raises an error instead of
@@ -135,12 +135,12 @@ class FusedCornerPool(torch.autograd.Function):
 
 
 def pool(x: Tensor, direction: str, kernels: CudaKernels = CUDA_KERNELS) -> Tensor:
-    """One pooling direction of a CUDA ``(B, C, H, W)`` tensor with the fused kernel."""
+    r"""One pooling direction of a CUDA ``(B, C, H, W)`` tensor with the fused kernel."""
     which, reverse = KERNEL_DIRECTIONS[direction]
     maps = (x, None) if which == 0 else (None, x)
     return FusedCornerPool.apply(*maps, reverse, kernels)
 
 
 def corner_pool(a: Tensor, b: Tensor, corner: str, kernels: CudaKernels = CUDA_KERNELS) -> Tensor:
-    """``top(a) + left(b)`` (``"tl"``) or ``bottom(a) + right(b)`` (``"br"``), fused."""
+    r"""``top(a) + left(b)`` (``"tl"``) or ``bottom(a) + right(b)`` (``"br"``), fused."""
     return FusedCornerPool.apply(a, b, KERNEL_CORNERS[corner], kernels)

@@ -1,4 +1,4 @@
-"""The official training augmentation (paper §4.1, "Training Details").
+r"""The official training augmentation (paper §4.1, "Training Details").
 
 The paper: "we apply random horizontal flipping, random scaling, random cropping and random
 color jittering, which includes adjusting the brightness, saturation and contrast of an
@@ -6,21 +6,21 @@ image. Finally, we apply PCA to the input image." Where the paper is silent, the
 implementation decides, and this module follows it step by step:
 
 1. **Random crop around a random centre.** Draw a scale $s$ from
-   ``arange(0.6, 1.4, 0.1)`` $= \\{0.6, \\dots, 1.3\\}$ and a centre $(c_x, c_y)$ at least a
+   ``arange(0.6, 1.4, 0.1)`` $= \{0.6, \dots, 1.3\}$ and a centre $(c_x, c_y)$ at least a
    *border* away from the image edges (border 128 at input 511, halved while the image is
-   too small for it). Copy the window of side $\\lfloor 511 s \\rfloor$ around the centre
+   too small for it). Copy the window of side $\lfloor 511 s \rfloor$ around the centre
    onto a zero canvas of that side, the centre landing in the middle of the canvas.
 2. **Resize** the canvas to the input size (511 x 511); boxes scale with it.
-3. **Clip** boxes to the image ($x \\in [0, W - 1]$, $y \\in [0, H - 1]$) and drop the
+3. **Clip** boxes to the image ($x \in [0, W - 1]$, $y \in [0, H - 1]$) and drop the
    degenerate ones (zero width or height).
-4. **Horizontal flip** with probability 1/2: $x \\mapsto W - x - 1$ (the official rule, in
-   pixel-index coordinates; ``exact_flip=True`` uses the continuous $x \\mapsto W - x$).
+4. **Horizontal flip** with probability 1/2: $x \mapsto W - x - 1$ (the official rule, in
+   pixel-index coordinates; ``exact_flip=True`` uses the continuous $x \mapsto W - x$).
 5. **Colour jitter** on the image scaled to $[0, 1]$: brightness, contrast and saturation, in
-   random order, each with a factor $\\alpha = 1 + U(-0.4, 0.4)$, blending with the mean grey
+   random order, each with a factor $\alpha = 1 + U(-0.4, 0.4)$, blending with the mean grey
    level (contrast) or the grey image (saturation) of the *unjittered* image:
-   $x \\leftarrow \\alpha x + (1 - \\alpha) g$.
-6. **PCA lighting noise**: $x \\leftarrow x + V (\\lambda \\odot a)$ with
-   $a \\sim \\mathcal N(0, 0.1^2 I_3)$, $\\lambda$ the eigenvalues and $V$ the eigenvectors
+   $x \leftarrow \alpha x + (1 - \alpha) g$.
+6. **PCA lighting noise**: $x \leftarrow x + V (\lambda \odot a)$ with
+   $a \sim \mathcal N(0, 0.1^2 I_3)$, $\lambda$ the eigenvalues and $V$ the eigenvectors
    (columns) of the pixel covariance of ImageNet colours.
 
 The official code works in BGR; this project in RGB. Rows of $V$ index colour channels, so
@@ -61,7 +61,7 @@ GREY_WEIGHTS_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """What the training augmentation does; the defaults are the official ones at 511 x 511.
+    r"""What the training augmentation does; the defaults are the official ones at 511 x 511.
 
     Attributes:
         input_size: side of the square network input (511 officially).
@@ -89,7 +89,7 @@ class AugmentConfig:
 
 
 def crop_border(border: int, size: int) -> int:
-    """The official border rule: halve ``border`` until the image side leaves room for it."""
+    r"""The official border rule: halve ``border`` until the image side leaves room for it."""
     if size < 1:
         raise ValueError(f"image side must be positive, got {size}")
     divisor = 1
@@ -101,7 +101,7 @@ def crop_border(border: int, size: int) -> int:
 def random_crop(
     image: np.ndarray, boxes: np.ndarray, crop_size: int, border: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Copy a ``crop_size`` window around a random centre onto a zero canvas (step 1).
+    r"""Copy a ``crop_size`` window around a random centre onto a zero canvas (step 1).
 
     Args:
         image: ``(H, W, C)`` array, any channel count.
@@ -129,7 +129,7 @@ def random_crop(
 
 
 def full_image_crop(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centre the whole image on a zero square canvas of side ``max(H, W)`` (no random crop)."""
+    r"""Centre the whole image on a zero square canvas of side ``max(H, W)`` (no random crop)."""
     height, width = image.shape[:2]
     side = max(height, width)
     offset_x, offset_y = side // 2 - width // 2, side // 2 - height // 2
@@ -139,7 +139,7 @@ def full_image_crop(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, n
 
 
 def resize(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resize to ``size x size`` (step 2); the boxes scale with the image."""
+    r"""Resize to ``size x size`` (step 2); the boxes scale with the image."""
     height, width = image.shape[:2]
     scale = np.array([size / width, size / height] * 2, dtype=np.float32)
     return resize_image(image, (size, size)), boxes * scale
@@ -148,7 +148,7 @@ def resize(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray,
 def clip_boxes(
     boxes: np.ndarray, labels: np.ndarray, width: int, height: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Clip boxes to ``[0, W-1] x [0, H-1]`` and drop those left without width or height."""
+    r"""Clip boxes to ``[0, W-1] x [0, H-1]`` and drop those left without width or height."""
     clipped = boxes.copy()
     clipped[:, 0::2] = np.clip(clipped[:, 0::2], 0, width - 1)
     clipped[:, 1::2] = np.clip(clipped[:, 1::2], 0, height - 1)
@@ -159,7 +159,7 @@ def clip_boxes(
 def horizontal_flip(
     image: np.ndarray, boxes: np.ndarray, *, exact: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror the image; boxes map ``x -> W - x - 1`` (official) or ``x -> W - x`` (exact)."""
+    r"""Mirror the image; boxes map ``x -> W - x - 1`` (official) or ``x -> W - x`` (exact)."""
     width = image.shape[1]
     flipped = boxes.copy()
     flipped[:, [0, 2]] = width - boxes[:, [2, 0]] - (0 if exact else 1)
@@ -167,7 +167,7 @@ def horizontal_flip(
 
 
 def color_jitter_(image: np.ndarray, rng: np.random.Generator, strength: float = 0.4) -> None:
-    """Brightness, contrast and saturation jitter in random order, in place (step 5).
+    r"""Brightness, contrast and saturation jitter in random order, in place (step 5).
 
     Args:
         image: ``(H, W, 3)`` float RGB image in ``[0, 1]``, modified in place.
@@ -194,7 +194,7 @@ def lighting_(
     std: float = 0.1,
     eigenvectors: np.ndarray = EIGENVECTORS_RGB,
 ) -> None:
-    """PCA lighting noise, in place: ``x <- x + V (lambda * a)``, ``a ~ N(0, std^2)`` (step 6).
+    r"""PCA lighting noise, in place: ``x <- x + V (lambda * a)``, ``a ~ N(0, std^2)`` (step 6).
 
     ``eigenvectors`` rows follow the image's channel order (RGB by default).
     """
@@ -209,7 +209,7 @@ def geometric_augment(
     config: AugmentConfig,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps 1-4: crop (random or full), resize, clip, flip. Any channel count; float32 out."""
+    r"""Steps 1-4: crop (random or full), resize, clip, flip. Any channel count; float32 out."""
     if config.random_crop:
         scale = config.scales[int(rng.integers(len(config.scales)))]
         image, boxes = random_crop(image, boxes, int(config.input_size * scale), config.border, rng)
@@ -229,7 +229,7 @@ def augment(
     config: AugmentConfig,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The full official training augmentation of one sample.
+    r"""The full official training augmentation of one sample.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB image.

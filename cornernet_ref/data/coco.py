@@ -1,4 +1,4 @@
-"""Reading a detection dataset in COCO format.
+r"""Reading a detection dataset in COCO format.
 
 A COCO annotation file lists images, categories and boxes ``[x, y, width, height]``. This
 reader returns, per image, the RGB pixels and the boxes as ``(x0, y0, x1, y1)`` with
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 class Sample(NamedTuple):
-    """One image of a detection dataset."""
+    r"""One image of a detection dataset."""
 
     image: np.ndarray  # (H, W, 3) uint8 RGB
     boxes: np.ndarray  # (N, 4) float32 xyxy, image pixels
@@ -52,7 +52,7 @@ IN_MEMORY = "<annotation dict>"  # the name of an annotation dict in messages
 
 
 class AnnotationError(InputError, ValueError):
-    """A malformed COCO annotation file; the message names the file, the record and the field."""
+    r"""A malformed COCO annotation file; the message names the file, the record and the field."""
 
 
 def _is_int(value: Any) -> bool:
@@ -64,14 +64,14 @@ def _is_number(value: Any) -> bool:
 
 
 def _record_name(section: str, index: int, record: Any) -> str:
-    """``annotations[17] (id 42)``, or ``annotations[17]`` when the record has no usable id."""
+    r"""``annotations[17] (id 42)``, or ``annotations[17]`` when the record has no usable id."""
     if isinstance(record, dict) and _is_int(record.get("id")):
         return f"{section}[{index}] (id {record['id']})"
     return f"{section}[{index}]"
 
 
 def check_coco(dataset: Any, source: str = IN_MEMORY) -> None:
-    """Check the structure of a COCO detection dataset; fill in ``iscrowd`` and ``area``.
+    r"""Check the structure of a COCO detection dataset; fill in ``iscrowd`` and ``area``.
 
     Checked: a JSON object with the lists ``images``, ``annotations`` and ``categories``; in
     each record an integer ``id``, unique in its list; a non-empty ``file_name`` and positive
@@ -143,7 +143,7 @@ def check_coco(dataset: Any, source: str = IN_MEMORY) -> None:
 
 
 def load_coco(annotations: str | Path | dict[str, Any]) -> COCO:
-    """A pycocotools ``COCO`` index of an annotation file or dict, checked by :func:`check_coco`.
+    r"""A pycocotools ``COCO`` index of an annotation file or dict, checked by :func:`check_coco`.
 
     Raises:
         AnnotationError: the file is missing, unreadable, not JSON or not a valid COCO
@@ -172,7 +172,7 @@ def load_coco(annotations: str | Path | dict[str, Any]) -> COCO:
 
 
 def category_ids(coco: COCO) -> list[int]:
-    """The category ids of ``coco`` in label order: label ``i`` is the ``i``-th smallest id.
+    r"""The category ids of ``coco`` in label order: label ``i`` is the ``i``-th smallest id.
 
     This is the official rule: COCO's 80 ids (1 to 90, with gaps) become labels 0 to 79 in
     order. Any integers work alike: ids ``7`` and ``1001`` become labels 0 and 1.
@@ -181,7 +181,7 @@ def category_ids(coco: COCO) -> list[int]:
 
 
 class CocoDetection:
-    """Images and boxes of a COCO-format dataset.
+    r"""Images and boxes of a COCO-format dataset.
 
     Args:
         annotations: path of the annotation json, or the annotation dict itself.
@@ -216,7 +216,7 @@ class CocoDetection:
             self._check_image_files(annotations)
 
     def _check_image_files(self, annotations: str | Path | dict[str, Any]) -> None:
-        """Raise (or with ``skip_unreadable`` warn and drop) when listed image files are missing."""
+        r"""Raise (with ``skip_unreadable``: warn and drop) when listed image files are missing."""
         if not self.image_dir.is_dir():
             raise InputError(f"image folder not found: {self.image_dir}")
         records = self.coco.dataset["images"]
@@ -252,7 +252,7 @@ class CocoDetection:
         return self.coco.imgs[self.image_ids[index]]["file_name"]
 
     def annotations(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes ``(N, 4)`` xyxy and 0-based labels ``(N,)`` of image ``index``, crowds excluded."""
+        r"""Boxes ``(N, 4)`` xyxy and 0-based labels ``(N,)`` of image ``index``, without crowds."""
         boxes, labels = [], []
         for annotation in self.coco.imgToAnns.get(self.image_ids[index], []):
             x, y, width, height = annotation["bbox"]
@@ -263,7 +263,7 @@ class CocoDetection:
         return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
 
     def read(self, index: int) -> np.ndarray:
-        """The pixels of image ``index``; raises ``ImageReadError`` naming the file."""
+        r"""The pixels of image ``index``; raises ``ImageReadError`` naming the file."""
         if self.image_reader is not None:
             return self.image_reader(self.file_name(index))
         return read_image(self.image_dir / self.file_name(index))

@@ -1,4 +1,4 @@
-"""Example data for the figures, notebooks and benchmarks.
+r"""Example data for the figures, notebooks and benchmarks.
 
 The COCO sample (128 train2017 images with their instance annotations) is looked for in
 ``$CORNERNET_SHARED/data/coco128``, by default in the folder ``shared/`` beside the
@@ -27,24 +27,24 @@ DRAWN_CATEGORIES = ({"id": 1, "name": "tall"}, {"id": 2, "name": "wide"})
 
 
 def shared_dir() -> Path:
-    """``$CORNERNET_SHARED``, else ``shared/`` beside the checkout (which may not exist)."""
+    r"""``$CORNERNET_SHARED``, else ``shared/`` beside the checkout (which may not exist)."""
     return Path(os.environ.get("CORNERNET_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 
 
 def coco128() -> tuple[Path, Path]:
-    """(image folder, annotation file) of the COCO sample; check that they exist."""
+    r"""(image folder, annotation file) of the COCO sample; check that they exist."""
     root = shared_dir() / "data" / "coco128"
     return root / "train2017", root / "annotations" / "instances_train2017.json"
 
 
 def load_coco_quietly(annotations: str | Path) -> COCO:
-    """pycocotools' index of an annotation file, without its progress messages."""
+    r"""pycocotools' index of an annotation file, without its progress messages."""
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(str(annotations))
 
 
 def drawn_example() -> tuple[np.ndarray, COCO, dict]:
-    """Three flat-coloured boxes of two classes, in COCO form."""
+    r"""Three flat-coloured boxes of two classes, in COCO form."""
     image = np.full((300, 420, 3), 200, dtype=np.uint8)
     for i, (_, x, y, w, h) in enumerate(DRAWN_BOXES):
         image[y : y + h, x : x + w] = (60 + 60 * i, 120, 220 - 60 * i)
@@ -64,7 +64,7 @@ def drawn_example() -> tuple[np.ndarray, COCO, dict]:
 
 
 def example_image(image_id: int = EXAMPLE_IMAGE_ID) -> tuple[np.ndarray, COCO, dict]:
-    """(RGB image, its annotations, its image record): a coco128 image, or the stand-in."""
+    r"""(RGB image, its annotations, its image record): a coco128 image, or the stand-in."""
     images, annotations = coco128()
     if not annotations.is_file():
         return drawn_example()
@@ -74,5 +74,5 @@ def example_image(image_id: int = EXAMPLE_IMAGE_ID) -> tuple[np.ndarray, COCO, d
 
 
 def class_names(coco: COCO) -> list[str]:
-    """Category names in label order (:func:`cornernet_ref.data.coco.category_ids`)."""
+    r"""Category names in label order (:func:`cornernet_ref.data.coco.category_ids`)."""
     return [coco.cats[category]["name"] for category in category_ids(coco)]

@@ -1,4 +1,4 @@
-"""Reading images, resizing them and normalising them the way the official network expects.
+r"""Reading images, resizing them and normalising them the way the official network expects.
 
 The official code reads images with OpenCV, so its constants are in **BGR** order. This
 project works in **RGB** throughout: the constants below are the official ones reversed
@@ -8,7 +8,7 @@ trained on.
 
 Normalisation (official, per channel ``c``, image scaled to ``[0, 1]``):
 
-$$ \\hat x_c = \\frac{x_c / 255 - \\mu_c}{\\sigma_c} $$
+$$ \hat x_c = \frac{x_c / 255 - \mu_c}{\sigma_c} $$
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ STD_RGB = np.array([0.27809835, 0.27408164, 0.28863828], dtype=np.float32)
 
 
 class ImageReadError(InputError, RuntimeError):
-    """An image file is missing or cannot be decoded; the message names the file."""
+    r"""An image file is missing or cannot be decoded; the message names the file."""
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as an ``(H, W, 3)`` uint8 RGB array.
+    r"""Read an image file as an ``(H, W, 3)`` uint8 RGB array.
 
     Grayscale, palette, CMYK and RGBA images are converted to RGB (alpha dropped).
 
@@ -52,7 +52,7 @@ def read_image(path: str | Path) -> np.ndarray:
 def normalize(
     image: np.ndarray, mean: np.ndarray = MEAN_RGB, std: np.ndarray = STD_RGB
 ) -> torch.Tensor:
-    """``(H, W, 3)`` RGB uint8 (or float in [0, 255]) -> ``(3, H, W)`` float32 tensor."""
+    r"""``(H, W, 3)`` RGB uint8 (or float in [0, 255]) -> ``(3, H, W)`` float32 tensor."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
     scaled = image.astype(np.float32) / 255.0
@@ -61,7 +61,7 @@ def normalize(
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of ``(H, W, C)`` to ``size = (height, width)``, float32 out.
+    r"""Bilinear resize of ``(H, W, C)`` to ``size = (height, width)``, float32 out.
 
     Half-pixel centres and no antialiasing, as OpenCV's ``INTER_LINEAR``.
     """

@@ -1,4 +1,4 @@
-"""Feeding the trainer: augmented samples, a resumable distributed batch order, DataLoaders.
+r"""Feeding the trainer: augmented samples, a resumable distributed batch order, DataLoaders.
 
 **The sample stream.** Training sees one endless stream of samples: epoch $e$ is a
 permutation of the dataset drawn from ``(seed, e)``, and the global batch of iteration $t$
@@ -25,13 +25,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cornernet_ref.data.augment import AugmentConfig, augment
 from cornernet_ref.data.coco import CocoDetection
 from cornernet_ref.data.image import normalize
-from cornernet_ref.targets import RadiusVariant, build_targets, collate_targets
+from cornernet_ref.targets import TargetConfig, build_targets, collate_targets
 
 StreamKey = tuple[int, int]  # (dataset index, stream position)
 
 
 class TrainingSet(Dataset):
-    """Pairs ``(normalised (3, S, S) image, targets of build_targets)`` of augmented samples.
+    r"""Pairs ``(normalised (3, S, S) image, targets of build_targets)`` of augmented samples.
 
     Items are addressed by ``(dataset index, stream position)``; the position seeds the
     augmentation, so the same key always gives the same sample.
@@ -40,11 +40,9 @@ class TrainingSet(Dataset):
         source: the images and boxes.
         augment_config: the augmentation (its ``input_size`` is the network input side).
         output_size: side of the network's output maps.
-        gaussian_iou: the overlap that sets the radius of the corner Gaussians.
-        radius_variant: the radius formula (see :func:`~cornernet_ref.targets.gaussian_radius`).
-        penalty_reduction: draw the Gaussians at all (see
-            :func:`~cornernet_ref.targets.build_targets`).
-        max_objects: capacity of the target tensors.
+        target_config: how the targets are drawn
+            (:class:`~cornernet_ref.targets.TargetConfig`); objects beyond its
+            ``max_objects`` are dropped.
         seed: the seed of the whole stream.
     """
 
@@ -54,19 +52,13 @@ class TrainingSet(Dataset):
         augment_config: AugmentConfig,
         *,
         output_size: int,
-        gaussian_iou: float = 0.3,
-        radius_variant: RadiusVariant = "official",
-        penalty_reduction: bool = True,
-        max_objects: int = 128,
+        target_config: TargetConfig = TargetConfig(),
         seed: int = 0,
     ) -> None:
         self.source = source
         self.augment_config = augment_config
         self.output_size = output_size
-        self.gaussian_iou = gaussian_iou
-        self.radius_variant = radius_variant
-        self.penalty_reduction = penalty_reduction
-        self.max_objects = max_objects
+        self.target_config = target_config
         self.seed = seed
 
     def __len__(self) -> int:
@@ -79,17 +71,15 @@ class TrainingSet(Dataset):
         image, boxes, labels = augment(
             sample.image, sample.boxes, sample.labels, self.augment_config, rng
         )
-        boxes, labels = boxes[: self.max_objects], labels[: self.max_objects]
+        capacity = self.target_config.max_objects
+        boxes, labels = boxes[:capacity], labels[:capacity]
         targets = build_targets(
             boxes,
             labels,
             num_classes=self.source.num_classes,
             input_size=self.augment_config.input_size,
             output_size=self.output_size,
-            gaussian_iou=self.gaussian_iou,
-            radius_variant=self.radius_variant,
-            penalty_reduction=self.penalty_reduction,
-            max_objects=self.max_objects,
+            config=self.target_config,
         )
         return normalize(image), targets
 
@@ -97,13 +87,13 @@ class TrainingSet(Dataset):
 def collate(
     batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Stack images to ``(B, 3, S, S)`` and targets with ``collate_targets``."""
+    r"""Stack images to ``(B, 3, S, S)`` and targets with ``collate_targets``."""
     images, targets = zip(*batch, strict=True)
     return torch.stack(images), collate_targets(list(targets))
 
 
 def stream_keys(dataset_size: int, seed: int, start: int, stop: int) -> list[StreamKey]:
-    """Keys ``(index, position)`` of stream positions ``start .. stop - 1``."""
+    r"""Keys ``(index, position)`` of stream positions ``start .. stop - 1``."""
     orders: dict[int, np.ndarray] = {}  # one permutation per epoch touched
     keys = []
     for position in range(start, stop):
@@ -115,7 +105,7 @@ def stream_keys(dataset_size: int, seed: int, start: int, stop: int) -> list[Str
 
 
 class StreamBatchSampler(Sampler[list[StreamKey]]):
-    """This rank's micro-batches of iterations ``start_iteration .. stop_iteration - 1``.
+    r"""This rank's micro-batches of iterations ``start_iteration .. stop_iteration - 1``.
 
     Yields ``accumulation`` micro-batches per iteration (lists of stream keys). The global
     batch must split evenly across ranks; a rank's share is split across micro-batches as
@@ -150,7 +140,7 @@ class StreamBatchSampler(Sampler[list[StreamKey]]):
         self.seed = seed
 
     def rank_keys(self, iteration: int) -> list[StreamKey]:
-        """This rank's share of the global batch of ``iteration``."""
+        r"""This rank's share of the global batch of ``iteration``."""
         share = self.global_batch // self.world_size
         start = iteration * self.global_batch + self.rank * share
         return stream_keys(self.dataset_size, self.seed, start, start + share)
@@ -168,7 +158,7 @@ class StreamBatchSampler(Sampler[list[StreamKey]]):
 def make_loader(
     dataset: TrainingSet, sampler: StreamBatchSampler, *, workers: int, pin_memory: bool
 ) -> DataLoader:
-    """A DataLoader over ``sampler``'s micro-batches, ``workers`` processes, optionally pinned."""
+    r"""A DataLoader over ``sampler``'s micro-batches, ``workers`` processes, optionally pinned."""
     return DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -1,4 +1,4 @@
-"""``shapes``: a synthetic detection dataset that needs no download.
+r"""``shapes``: a synthetic detection dataset that needs no download.
 
 Coloured rectangles, ellipses and triangles (three classes) on textured backgrounds, a few per
 image and allowed to overlap. Every image is a pure function of ``(seed, index)``, so a split
@@ -28,7 +28,7 @@ CLASS_NAMES: tuple[str, ...] = ("rectangle", "ellipse", "triangle")
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A muted background: a base colour, two random gratings and pixel noise."""
+    r"""A muted background: a base colour, two random gratings and pixel noise."""
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     image = np.empty((size, size, 3), dtype=np.float32)
     image[:] = rng.uniform(60, 190, size=3)
@@ -41,7 +41,7 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _shape_mask(label: int, box: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Boolean mask of a shape inscribed in ``box`` (x0, y0, x1, y1), tested at pixel centres."""
+    r"""Boolean mask of a shape inscribed in ``box`` (x0, y0, x1, y1), tested at pixel centres."""
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     x0, y0, x1, y1 = box
     if label == 0:  # rectangle
@@ -78,7 +78,7 @@ def render_shapes_image(
     max_side: int | None = None,
     max_overlap_iou: float = 0.3,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw image ``index`` of the dataset with ``seed``.
+    r"""Draw image ``index`` of the dataset with ``seed``.
 
     Object sides are drawn from ``[min_side, max_side]``, by default ``[size // 9, size // 2]``.
 
@@ -121,7 +121,7 @@ def render_shapes_image(
 def shapes_coco(
     num_images: int, *, seed: int, size: int = 128
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """A COCO-format annotation dict and the images (by file name) of a shapes split."""
+    r"""A COCO-format annotation dict and the images (by file name) of a shapes split."""
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(CLASS_NAMES)]
     images, annotations, pixels = [], [], {}
     for index in range(num_images):
@@ -147,7 +147,7 @@ def shapes_coco(
 def write_shapes(
     directory: str | Path, num_images: int, *, seed: int, size: int = 128
 ) -> tuple[Path, Path]:
-    """Write a shapes split as ``directory/images/*.png`` + ``directory/annotations.json``.
+    r"""Write a shapes split as ``directory/images/*.png`` + ``directory/annotations.json``.
 
     An existing split written with the same arguments is reused.
 
@@ -171,6 +171,6 @@ def write_shapes(
 
 
 def shapes_detection(num_images: int, *, seed: int, size: int = 128) -> CocoDetection:
-    """A shapes split held in memory, read through the COCO reader."""
+    r"""A shapes split held in memory, read through the COCO reader."""
     coco, pixels = shapes_coco(num_images, seed=seed, size=size)
     return CocoDetection(coco, image_reader=pixels.__getitem__)

@@ -160,7 +160,7 @@ def draw_prediction(ax, module: PredictionModule) -> None:
 
 def main(out: Path) -> None:
     with torch.device("meta"):
-        model = CornerNet(80)
+        model = CornerNet()
     side = (INPUT + 1) // 4
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(17, 10), gridspec_kw={"height_ratios": [6.4, 4.4]}

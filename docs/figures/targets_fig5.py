@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cornernet_ref.targets import build_targets, gaussian_radius
+from cornernet_ref.targets import TargetConfig, build_targets, gaussian_radius
 
 T = 0.3  # gaussian_iou of the paper's configuration
 GRID = (34, 46)  # output grid (height, width); input = output here, one pixel per cell
@@ -57,8 +57,7 @@ def main(out: Path) -> None:
         num_classes=1,
         input_size=GRID,
         output_size=GRID,
-        gaussian_iou=T,
-        radius_variant="exact",
+        config=TargetConfig(gaussian_iou=T, radius_variant="exact"),
     )
     heat = np.maximum(targets["tl_heat"][0].numpy(), targets["br_heat"][0].numpy())
 
