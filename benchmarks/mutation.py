@@ -208,6 +208,13 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
      "differs only where the float XY equals t rho exactly; either branch keeps a float root "
      "and ends in its rounding plateau: <= 7e-13 relative for t <= 0.999, 7e-10 at t within "
      "1e-6 of 1"),
+    *[
+        ("targets", f"{side} = max(1, math.ceil(", "`1` -> `2`",
+         "changes only a side measured as 1 cell into 2; both give the radius 0 once "
+         "truncated, as every radius is below half the shorter side "
+         "(test_radius_is_below_half_the_shorter_side)")
+        for side in ("box_h", "box_w")
+    ],
     ("targets", "boxes = boxes.reshape(0, 4)", "`0` -> `-1`",
      "the array is empty (checked just above): reshape(-1, 4) gives (0, 4) as well"),
     ("targets", "enumerate(zip(boxes, labels, strict=True))", "`True` -> `False`",

@@ -73,10 +73,15 @@ class DecodeConfig(PrintableConfig):
         for name in ("K", "num_dets"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.kernel < 1 or self.kernel % 2 == 0:
-            raise ValueError(f"kernel must be a positive odd number, got {self.kernel}")
+        check_kernel(self.kernel)
         if not self.ae_threshold >= 0:
             raise ValueError(f"ae_threshold must be at least 0, got {self.ae_threshold}")
+
+
+def check_kernel(kernel: int) -> None:
+    r"""Raise ``ValueError`` unless ``kernel`` is a window side: positive and odd."""
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"kernel must be a positive odd number, got {kernel}")
 
 
 def local_maxima(heat: Tensor, kernel: int = DecodeConfig.kernel) -> Tensor:
@@ -89,8 +94,7 @@ def local_maxima(heat: Tensor, kernel: int = DecodeConfig.kernel) -> Tensor:
 
     Ties survive: two equal neighbouring peaks are both kept, as in the official code.
     """
-    if kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"kernel must be a positive odd number, got {kernel}")
+    check_kernel(kernel)
     window_max = F.max_pool2d(heat, kernel, stride=1, padding=(kernel - 1) // 2)
     return heat * (window_max == heat)  # step 1: keep the peaks only
 

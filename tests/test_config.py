@@ -116,12 +116,6 @@ def test_the_test_configuration_is_the_official_one():
         (lambda: TestConfig(scales=(float("nan"),)), "scales must be positive"),
         (lambda: TestConfig(nms_method="hard"), "nms_method must be one of"),
         (lambda: TestConfig(max_per_image=0), "max_per_image must be positive"),
-        (lambda: DecodeConfig(K=0), "K must be positive"),
-        (lambda: DecodeConfig(num_dets=0), "num_dets must be positive"),
-        (lambda: DecodeConfig(kernel=0), "kernel must be a positive odd number"),
-        (lambda: DecodeConfig(kernel=4), "kernel must be a positive odd number"),
-        (lambda: DecodeConfig(ae_threshold=-0.1), "ae_threshold must be at least 0"),
-        (lambda: DecodeConfig(ae_threshold=float("nan")), "ae_threshold must be at least 0"),
     ],
 )
 def test_bad_test_options_are_named(make, message):
@@ -131,7 +125,6 @@ def test_bad_test_options_are_named(make, message):
 
 def test_the_edges_of_the_test_options_are_accepted():
     TestConfig(scales=(1e-3,), max_per_image=1, nms_method="linear")
-    DecodeConfig(K=1, num_dets=1, kernel=1, ae_threshold=0.0)
 
 
 def test_saved_configurations_with_unknown_fields_are_refused():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -399,3 +400,41 @@ def test_decode_of_a_batch_equals_brute_force(data, batch, classes, height, widt
             assert pair in tied
             tied.remove(pair)
         assert dets.scores[b].tolist() == [p[0] for p in got]  # best first
+
+
+def test_the_decode_configuration_is_frozen():
+    """It is the default argument of decode: a mutable one would carry a change made in one
+    call into every later call."""
+    config = DecodeConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.K = 5  # type: ignore[misc]
+    assert DecodeConfig().K == 100
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"K": 0}, "K must be positive"),
+        ({"num_dets": 0}, "num_dets must be positive"),
+        ({"kernel": 0}, "kernel must be a positive odd number"),
+        ({"kernel": -1}, "kernel must be a positive odd number"),
+        ({"kernel": 4}, "kernel must be a positive odd number"),
+        ({"ae_threshold": -0.1}, "ae_threshold must be at least 0"),
+        ({"ae_threshold": float("nan")}, "ae_threshold must be at least 0"),
+    ],
+)
+def test_the_decode_configuration_names_each_bad_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        DecodeConfig(**fields)
+
+
+def test_the_decode_configuration_accepts_the_edges_of_its_fields():
+    config = DecodeConfig(K=1, num_dets=1, kernel=1, ae_threshold=0.0)
+    assert (config.K, config.num_dets, config.kernel, config.ae_threshold) == (1, 1, 1, 0.0)
+
+
+def test_the_decode_defaults_are_the_official_ones():
+    """shared/reference/official_constants.md: top_k 100, nms_kernel 3, ae_threshold 0.5,
+    1000 detections kept from the pairs."""
+    config = DecodeConfig()
+    assert (config.K, config.kernel, config.ae_threshold, config.num_dets) == (100, 3, 0.5, 1000)

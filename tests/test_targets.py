@@ -7,6 +7,7 @@ function, and search the worst pair by a grid over both angles refined by zoomin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -619,11 +620,40 @@ def test_one_box_of_the_wrong_shape_is_rejected():
         targets_with(np.zeros(1), np.zeros(1), 2, 32, 8)
 
 
-def test_a_box_below_the_float_resolution_of_the_grid_is_kept():
-    # Height 5e-324 (the smallest float) is positive, so the box is kept; on a 4x coarser
+@pytest.mark.parametrize("box", [[0.0, 0.0, 1.0, 5e-324], [0.0, 0.0, 5e-324, 1.0]])
+def test_a_box_below_the_float_resolution_of_the_grid_is_kept(box):
+    # A side of 5e-324 (the smallest float) is positive, so the box is kept; on a 4x coarser
     # grid it is less than a cell, which rounds up to one: radius 0, both corners in cell 0.
-    targets = targets_with(np.array([[0.0, 0.0, 1.0, 5e-324]]), np.array([0]), 1, 8, 2)
+    targets = targets_with(np.array([box]), np.array([0]), 1, 8, 2)
     assert targets["mask"][0] and targets["tl_heat"][0, 0, 0] == 1.0
+
+
+def radius_of(side: int, other: int) -> int:
+    return int(gaussian_radius(side, other, 0.3))
+
+
+@pytest.mark.parametrize("axis", ["height", "width"])
+def test_each_side_is_measured_in_whole_cells_rounded_up(axis):
+    """A side of 10.25 cells is measured as 11, not 10: the bump drawn is that of 11, for a
+    box whose other side is chosen so that 10 would give another radius."""
+    other = next(o for o in range(1, 60) if radius_of(11, o) != radius_of(10, o))
+    ratio = 4  # input pixels per output cell
+    side_px, other_px = 10.25 * ratio, other * ratio
+    height, width = (side_px, other_px) if axis == "height" else (other_px, side_px)
+    grid = 2 * (other + 12)  # room for the bump around the top-left corner at (12, 12)
+    box = np.array([[12 * ratio, 12 * ratio, 12 * ratio + width, 12 * ratio + height]])
+    heat = targets_with(box, np.array([0]), 1, grid * ratio, grid)["tl_heat"][0].numpy()
+    expected = np.zeros((grid, grid), np.float32)
+    draw_gaussian(expected, (12, 12), radius_of(11, other))
+    np.testing.assert_array_equal(heat, expected)
+
+
+@settings(max_examples=300)
+@given(sides, sides, overlaps, st.sampled_from(["official", "exact"]))
+def test_radius_is_below_half_the_shorter_side(height, width, t, variant):
+    """Both corners moving in by r must leave a box: r < min(h, w) / 2. So a side of 1 or 2
+    cells always gets the radius 0 once truncated."""
+    assert gaussian_radius(height, width, t, variant=variant) < min(height, width) / 2
 
 
 def test_exactly_max_objects_fit():
@@ -688,3 +718,12 @@ def test_the_bump_radius_follows_the_configured_overlap(overlap):
     radius = int(gaussian_radius(13, 14, overlap))
     row = targets["tl_heat"][0, 2]
     assert int((row > 0).sum()) == min(1, radius) + 1 + min(radius, 14)
+
+
+def test_the_target_configuration_is_frozen():
+    """It is the default argument of build_targets: a mutable one would carry a change made
+    in one call into every later call."""
+    config = TargetConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.gaussian_iou = 0.5  # type: ignore[misc]
+    assert TargetConfig().gaussian_iou == 0.3
