@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -223,6 +224,7 @@ def _run(args: argparse.Namespace) -> int:
             )
     image_ids = sorted(coco.getImgIds())[: args.limit] if args.limit else None
     config = TestConfig(flip=args.flip, scales=args.scales, nms_method=args.nms)
+    print(f"test config:\n{config}", file=sys.stderr)  # as training prints its config
     metrics = evaluate(
         source, coco, image_ids=image_ids, results_out=args.results_out, config=config
     )
