@@ -45,7 +45,7 @@ from typing import IO, Any
 
 import torch
 
-from cornernet_ref.errors import InputError
+from cornernet_ref.errors import InputError, first_line
 
 FORMAT = "cornernet-ref checkpoint"
 VERSION = 2
@@ -117,7 +117,7 @@ def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict[str, Any]
     except CheckpointError:
         raise
     except Exception as error:  # damaged bytes make the readers raise any of many types
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {reason}") from error
     if isinstance(state, dict) and state.get("version", 0) in (0, 1):
         if _OLD_MODEL_CONFIG_KEY in state:

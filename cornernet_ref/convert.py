@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from cornernet_ref.checkpoint import save_checkpoint
-from cornernet_ref.errors import InputError
+from cornernet_ref.errors import InputError, first_line
 from cornernet_ref.model import CornerNet, ModelConfig
 
 # (official, ours): path fragments; "#" is a stack index.
@@ -284,15 +284,14 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if found is None:
             reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-            reason = reason[1] if reason else str(error).splitlines()[0]
+            reason = reason[1] if reason else first_line(error)
             raise InputError(f"{path} is truncated or corrupt: {reason}") from error
         raise InputError(  # also reached by `train --init-from`, which has no --trust
             f"{path} holds more than tensors (it names {found[1]}); if you trust the file, "
             f"convert it with `cornernet-ref convert --trust {path} OUT.pt` and use OUT.pt"
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:  # a damaged zip or pickle
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise InputError(f"{path} is truncated or corrupt: {reason}") from error
+    except Exception as error:  # damaged bytes make the readers raise any of many types
+        raise InputError(f"{path} is truncated or corrupt: {first_line(error)}") from error
     if not isinstance(state, Mapping):
         raise InputError(f"{path}: expected a state dict, got {type(state).__name__}")
     return dict(state)

@@ -14,9 +14,15 @@ class InputError(Exception):
     r"""Bad input: a missing or unreadable file, a malformed record, an option out of range."""
 
 
+def first_line(error: BaseException) -> str:
+    r"""The first non-blank line of ``error``'s message, or its type's name when it has none."""
+    lines = (line.strip() for line in str(error).splitlines())
+    return next((line for line in lines if line), type(error).__name__)
+
+
 def print_error(message: str) -> None:
     r"""Write ``cornernet-ref: error: <message>`` to stderr, the form every command error has."""
     print(f"cornernet-ref: error: {message}", file=sys.stderr)
 
 
-__all__ = ["InputError", "print_error"]
+__all__ = ["InputError", "first_line", "print_error"]

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cornernet_ref.checkpoint import CheckpointError, load_checkpoint
+from cornernet_ref.errors import first_line
 from cornernet_ref.heads import PredictionModule
 from cornernet_ref.hourglass import ConvBN, Hourglass, Residual, Stem, stem_output_size
 from cornernet_ref.output import CornerNetOutput
@@ -248,7 +249,7 @@ class CornerNet(nn.Module):
             model = cls(ModelConfig.from_dict(state["model_config"]))
             model.load_state_dict(state["model"])
         except (TypeError, ValueError, RuntimeError) as error:
-            reason = str(error).splitlines()[0]
+            reason = first_line(error)
             raise CheckpointError(f"checkpoint {path} does not build a model: {reason}") from error
         model.class_names = state.get("class_names")
         return model.to(map_location)

@@ -3,6 +3,8 @@ the safe loading of official files."""
 
 from __future__ import annotations
 
+import io
+import pickle
 import re
 from fractions import Fraction
 
@@ -40,6 +42,39 @@ def test_missing_tensors_are_counted_without_the_counters(official) -> None:
     }
     with pytest.raises(ValueError, match=r"; 3 tensors missing in all\)"):
         convert_official_state_dict(partial)
+
+
+def saved_bytes(state) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        # Not a pickle: the weights-only unpickler's own reason, not its long preamble.
+        (b"\x80\x02garbage", "Unsupported operand 103"),
+        # Nothing at all: the error has no message, so its type is named.
+        (b"", "EOFError"),
+        # A pickle cut short: the reader fails with an IndexError.
+        (pickle.dumps({"weight": 1}, protocol=2)[:-3], "index out of range"),
+        # Half of a torch.save archive: the zip reader's first line.
+        (
+            saved_bytes({"weight": torch.ones(2)})[:200],
+            "PytorchStreamReader failed reading zip archive: failed finding central directory",
+        ),
+    ],
+    ids=["not-a-pickle", "empty", "cut-pickle", "cut-archive"],
+)
+def test_a_damaged_official_file_is_named_with_one_reason(tmp_path, content, reason) -> None:
+    path = tmp_path / "official.pkl"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as caught:
+        load_official(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is truncated or corrupt: {reason}")
+    assert "\n" not in message and "weights_only" not in message
 
 
 def test_official_files_with_more_than_tensors_need_trust(tmp_path) -> None:
