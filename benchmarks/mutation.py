@@ -162,8 +162,6 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
      "no fragment of RULES is a prefix of another, so the order of the rules never matters"),
     ("convert", 'dims, modules = [shape(level + "up1.0.conv1.weight")[0]], []', "`0` -> `1`",
      "the first block of the outer hourglass keeps its width: the weight is (d0, d0, 3, 3)"),
-    ("data.augment", "return resized[0].permute(1, 2, 0).numpy()", "`0` -> `-1`",
-     "the batch dimension added two lines above has size 1: index 0 is index -1"),
     ("data.augment", "if config.flip and rng.uniform() > 0.5:", "`>` -> `>=`",
      "differs only when the uniform draw is exactly 0.5, a chance of 2^-53 per image"),
     ("decode", "if boxes.dim() != 2 or boxes.shape[-1] != 4", "unary `-` removed",
@@ -511,8 +509,7 @@ def main() -> None:
         note="under load: a 2-core machine shared with other jobs; seconds are wall time. "
         "The modules as they stand on this checkout; `modules_not_run` lists those not run. "
         "first_run_killed counts each mutant's first run, with the tests there were when its "
-        "module's run began (decode: the suite before the new decode tests for 153 of its 170 "
-        "mutants, with 56 timeouts of 30 s under load, hypothesis still shrinking then).",
+        "module's run began; `outcome` is its latest run (survivors rerun after new tests).",
     )
     result.setdefault("modules", {})
     copy_root = make_copy()
