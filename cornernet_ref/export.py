@@ -61,9 +61,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cornernet_ref.corner_pool import CORNERS, DIRECTIONS, CornerPool
-from cornernet_ref.data.image import MEAN_RGB, STD_RGB, read_image
+from cornernet_ref.data.image import MEAN_RGB, STD_RGB
 from cornernet_ref.hourglass import stem_output_size
-from cornernet_ref.inference import CanvasGeometry, OutputSource, pad_image
+from cornernet_ref.inference import CanvasGeometry, OutputSource, canvas_batch
 from cornernet_ref.output import CornerNetOutput
 
 OUTPUT_NAMES: tuple[str, ...] = CornerNetOutput._fields
@@ -340,14 +340,9 @@ def onnx_source(model: OnnxModel, images_dir: str | Path) -> OutputSource:
     ONNX counterpart of :func:`cornernet_ref.inference.model_source`)."""
 
     def outputs(record: dict, geometry: CanvasGeometry, flip: bool) -> CornerNetOutput:
-        image = read_image(Path(images_dir) / record["file_name"])
-        canvas, padded = pad_image(image, geometry.scale, mean=model.mean, std=model.std)
-        if padded != geometry:
-            raise ValueError(
-                f"{record['file_name']}: image is {padded.image_size}, expected "
-                f"{geometry.image_size}"
-            )
-        return model(torch.stack((canvas, canvas.flip(-1)) if flip else (canvas,)))
+        return model(
+            canvas_batch(images_dir, record, geometry, flip, mean=model.mean, std=model.std)
+        )
 
     return outputs
 

@@ -247,6 +247,31 @@ OutputSource = Callable[[dict, CanvasGeometry, bool], CornerNetOutput]
 batch of 1 (the canvas) or, with ``flip``, 2 (the canvas and its mirror)."""
 
 
+def canvas_batch(
+    images_dir: str | Path,
+    record: dict,
+    geometry: CanvasGeometry,
+    flip: bool,
+    *,
+    mean: np.ndarray = MEAN_RGB,
+    std: np.ndarray = STD_RGB,
+) -> Tensor:
+    r"""The ``(1 or 2, 3, H_in, W_in)`` batch an image is tested on: its canvas at
+    ``geometry.scale`` (:func:`pad_image`) and, with ``flip``, the canvas mirrored.
+
+    Raises:
+        InputError: the image file's size differs from the record's.
+    """
+    image = read_image(Path(images_dir) / record["file_name"])
+    canvas, padded = pad_image(image, geometry.scale, mean=mean, std=std)
+    if padded != geometry:
+        raise InputError(
+            f"{record['file_name']}: image is {padded.image_size}, annotations say "
+            f"{geometry.image_size}"
+        )
+    return torch.stack((canvas, canvas.flip(-1)) if flip else (canvas,))
+
+
 def model_source(
     model: nn.Module, images_dir: str | Path, device: str | torch.device = "cpu"
 ) -> OutputSource:
@@ -255,15 +280,7 @@ def model_source(
 
     @torch.no_grad()
     def outputs(record: dict, geometry: CanvasGeometry, flip: bool) -> CornerNetOutput:
-        image = read_image(Path(images_dir) / record["file_name"])
-        canvas, padded = pad_image(image, geometry.scale)
-        if padded != geometry:
-            raise InputError(
-                f"{record['file_name']}: image is {padded.image_size}, annotations say "
-                f"{geometry.image_size}"
-            )
-        batch = torch.stack((canvas, canvas.flip(-1)) if flip else (canvas,)).to(device)
-        result = model(batch)
+        result = model(canvas_batch(images_dir, record, geometry, flip).to(device))
         return CornerNetOutput(
             *(t.cpu() for t in (result[-1] if isinstance(result, list) else result))
         )

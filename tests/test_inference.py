@@ -10,13 +10,16 @@ import torch
 from helpers import RectangleFinder, draw_rectangles
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from PIL import Image
 
 from cornernet_ref.data.image import normalize
 from cornernet_ref.decode import DecodeConfig
+from cornernet_ref.errors import InputError
 from cornernet_ref.inference import (
     CanvasGeometry,
     TestConfig,
     boxes_to_image,
+    canvas_batch,
     canvas_geometry,
     detect_image,
     merge_detections,
@@ -221,3 +224,23 @@ def test_flip_needs_the_mirrored_canvas_in_the_batch() -> None:
     out, geometry = ranked_boxes(3)
     with pytest.raises(ValueError, match="batch of 2"):
         scale_detections(out, geometry, TestConfig(flip=True))
+
+
+def test_the_test_batch_is_the_canvas_and_its_mirror(tmp_path: Path) -> None:
+    record = {"id": 1, "file_name": "a.png", "height": 40, "width": 60}
+    draw_rectangles(tmp_path, [record], [(1, 1, 5, 7, 20, 10, 0)])
+    geometry = canvas_geometry(40, 60)
+    canvas, _ = pad_image(np.asarray(Image.open(tmp_path / "a.png").convert("RGB")))
+    single = canvas_batch(tmp_path, record, geometry, flip=False)
+    pair = canvas_batch(tmp_path, record, geometry, flip=True)
+    assert single.shape == (1, 3, 127, 127) and torch.equal(single[0], canvas)
+    assert torch.equal(pair[0], canvas) and torch.equal(pair[1], canvas.flip(-1))
+
+
+def test_an_image_whose_size_differs_from_its_record_is_named(tmp_path: Path) -> None:
+    record = {"id": 1, "file_name": "a.png", "height": 40, "width": 60}
+    draw_rectangles(tmp_path, [record | {"height": 41}], [])
+    with pytest.raises(
+        InputError, match=r"a\.png: image is \(41, 60\), annotations say \(40, 60\)"
+    ):
+        canvas_batch(tmp_path, record, canvas_geometry(40, 60), flip=True)
