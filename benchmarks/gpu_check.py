@@ -422,7 +422,7 @@ def largest_batch(run: Callable[[int, bool], dict], memory: int, context: Contex
 def coco128_config(context: Context, iterations: int):
     """The configuration of the training notebook (``notebooks/06_training.py``) on the COCO
     sample, for ``iterations`` iterations; toy-sized for a dry run."""
-    from cornernet_ref.config import get_config
+    from cornernet_ref.config import short_coco_run
     from cornernet_ref.data.augment import AugmentConfig
     from cornernet_ref.data.examples import coco128
     from cornernet_ref.model import ModelConfig
@@ -433,17 +433,12 @@ def coco128_config(context: Context, iterations: int):
             f"the COCO sample is not at {annotations.parent.parent} (set CORNERNET_SHARED; "
             "docs/run.md says how to carry it)"
         )
-    config = replace(
-        get_config("hourglass104_coco"),
-        train_images=str(images),
-        train_annotations=str(annotations),
-        val_images=str(images),
-        val_annotations=str(annotations),
-        max_iters=iterations,
-        lr_decay_iters=(int(iterations * 0.9),),
+    config = short_coco_run(
+        images,
+        annotations,
+        iterations,
         accumulation=4,
         checkpoint_every=iterations,  # one checkpoint, at the end
-        val_every=0,
         val_limit=VAL_IMAGES,
         log_every=max(1, iterations // 50),
         workers=max(1, min(8, (os.cpu_count() or 2) - 2)),

@@ -34,7 +34,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from cornernet_ref.config import get_config
+from cornernet_ref.config import get_config, short_coco_run
 from cornernet_ref.data.examples import coco128
 from cornernet_ref.predict import detect, draw_detections
 from cornernet_ref.train import learning_rate, train
@@ -56,17 +56,12 @@ ON_GPU = torch.cuda.is_available() and annotations.is_file()
 # %%
 if ON_GPU:
     iterations = int(os.environ.get("ITERATIONS", "2000"))
-    config = replace(
-        get_config("hourglass104_coco"),
-        train_images=str(images),
-        train_annotations=str(annotations),
-        val_images=str(images),
-        val_annotations=str(annotations),
-        max_iters=iterations,
-        lr_decay_iters=(int(iterations * 0.9),),
+    config = short_coco_run(
+        images,
+        annotations,
+        iterations,
         accumulation=int(os.environ.get("ACCUMULATION", "4")),
         checkpoint_every=500,
-        val_every=0,
         val_limit=0,
         out=str(out),
     )

@@ -16,6 +16,7 @@ from cornernet_ref.config import (
     config_from_dict,
     get_config,
     overrides_from_args,
+    short_coco_run,
 )
 from cornernet_ref.decode import DecodeConfig
 from cornernet_ref.inference import TestConfig
@@ -136,3 +137,23 @@ def test_saved_configurations_with_unknown_fields_are_refused():
     values["model"]["depth"] = 3
     with pytest.raises(ValueError, match=r"unknown ModelConfig field\(s\) \['depth'\]"):
         config_from_dict(values)
+
+
+def test_a_short_coco_run_is_the_paper_configuration_on_one_set():
+    config = short_coco_run("imgs", "ann.json", 2000, accumulation=7)
+    assert (config.train_images, config.val_images) == ("imgs", "imgs")
+    assert (config.train_annotations, config.val_annotations) == ("ann.json", "ann.json")
+    assert (config.max_iters, config.lr_decay_iters, config.val_every) == (2000, (1800,), 0)
+    assert config.accumulation == 7
+    paper = get_config("hourglass104_coco")
+    assert dataclasses.replace(
+        config,
+        train_images=paper.train_images,
+        train_annotations=paper.train_annotations,
+        val_images=paper.val_images,
+        val_annotations=paper.val_annotations,
+        max_iters=paper.max_iters,
+        lr_decay_iters=paper.lr_decay_iters,
+        val_every=paper.val_every,
+        accumulation=paper.accumulation,
+    ) == paper
