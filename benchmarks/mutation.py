@@ -93,7 +93,12 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
 # above), so pytest warns that it cannot rewrite hypothesis' asserts; the project makes
 # warnings errors, and this one says nothing about the code under test.
 PYTEST_ARGS = (
-    "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestAssertRewriteWarning"
+    "-x",
+    "-q",
+    "-p",
+    "no:cacheprovider",
+    "-W",
+    "ignore::pytest.PytestAssertRewriteWarning",
 )
 
 COMPARE_SWAPS = {

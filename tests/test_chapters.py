@@ -179,8 +179,7 @@ def test_each_equation_is_stated_once_in_the_package() -> None:
 
 
 PACKAGE_MODULES = sorted(
-    str(path.relative_to(REPO / "cornernet_ref"))
-    for path in (REPO / "cornernet_ref").rglob("*.py")
+    str(path.relative_to(REPO / "cornernet_ref")) for path in (REPO / "cornernet_ref").rglob("*.py")
 )
 
 

@@ -19,8 +19,6 @@ from helpers import docs_hooks
 REPO = Path(__file__).resolve().parents[1]
 
 
-
-
 hooks = docs_hooks()
 
 

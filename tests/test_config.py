@@ -146,14 +146,17 @@ def test_a_short_coco_run_is_the_paper_configuration_on_one_set():
     assert (config.max_iters, config.lr_decay_iters, config.val_every) == (2000, (1800,), 0)
     assert config.accumulation == 7
     paper = get_config("hourglass104_coco")
-    assert dataclasses.replace(
-        config,
-        train_images=paper.train_images,
-        train_annotations=paper.train_annotations,
-        val_images=paper.val_images,
-        val_annotations=paper.val_annotations,
-        max_iters=paper.max_iters,
-        lr_decay_iters=paper.lr_decay_iters,
-        val_every=paper.val_every,
-        accumulation=paper.accumulation,
-    ) == paper
+    assert (
+        dataclasses.replace(
+            config,
+            train_images=paper.train_images,
+            train_annotations=paper.train_annotations,
+            val_images=paper.val_images,
+            val_annotations=paper.val_annotations,
+            max_iters=paper.max_iters,
+            lr_decay_iters=paper.lr_decay_iters,
+            val_every=paper.val_every,
+            accumulation=paper.accumulation,
+        )
+        == paper
+    )

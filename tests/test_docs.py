@@ -25,8 +25,6 @@ from mkdocs.structure.files import File, Files
 REPO = Path(__file__).resolve().parents[1]
 
 
-
-
 site_tools = load_script("screenshot_site", REPO / "scripts" / "screenshot_site.py")
 hooks = docs_hooks()
 

@@ -22,8 +22,6 @@ NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.py"))
 
 
-
-
 def outputs(notebook: dict) -> list[dict]:
     return [
         output
