@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from cornernet_ref.data.augment import AugmentConfig
 from cornernet_ref.inference import TestConfig
 from cornernet_ref.model import ModelConfig
-from cornernet_ref.printable import PrintableConfig
+from cornernet_ref.printable import PrintableConfig, config_from_dict
 from cornernet_ref.targets import TargetConfig
 
 Config = TypeVar("Config")  # a configuration dataclass, possibly nested
@@ -125,28 +125,6 @@ class TrainConfig(PrintableConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.dataset == "coco" and not (self.train_images and self.train_annotations):
             raise ValueError("dataset 'coco' needs train_images and train_annotations")
-
-
-def config_from_dict(values: dict[str, Any], cls: type = TrainConfig) -> Any:
-    r"""Rebuild a (nested) configuration dataclass from :meth:`TrainConfig.to_dict` output.
-
-    Missing fields take the defaults; a key that is no field raises ``ValueError``.
-    """
-    unknown = sorted(set(values) - {item.name for item in fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}")
-    kwargs = {}
-    for item in fields(cls):
-        if item.name not in values:
-            continue
-        value = values[item.name]
-        default = getattr(cls(), item.name)
-        if dataclasses.is_dataclass(default):
-            value = config_from_dict(value, type(default))
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[item.name] = value
-    return cls(**kwargs)
 
 
 # The named configurations.

@@ -39,7 +39,7 @@ checkpoint (:mod:`cornernet_ref.convert` maps the names).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from cornernet_ref.errors import first_line
 from cornernet_ref.heads import PredictionModule
 from cornernet_ref.hourglass import ConvBN, Hourglass, Residual, Stem, stem_output_size
 from cornernet_ref.output import CornerNetOutput
+from cornernet_ref.printable import config_from_dict
 
 BATCHNORM_INITS = ("uniform", "ones")
 
@@ -150,13 +151,7 @@ class ModelConfig:
         Raises:
             ValueError: a key that is no field (named), or a value the fields refuse.
         """
-        unknown = sorted(set(values) - {item.name for item in fields(cls)})
-        if unknown:
-            raise ValueError(
-                f"unknown model configuration field(s) {unknown}; the fields are "
-                f"{[item.name for item in fields(cls)]}"
-            )
-        return cls(**values)
+        return config_from_dict(dict(values), cls)
 
 
 class CornerNet(nn.Module):

@@ -525,7 +525,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         saved = load_checkpoint(args.resume, resume=True)["config"]
         try:
-            config = config_from_dict(saved)
+            config = config_from_dict(saved, TrainConfig)
         except ValueError as error:  # written by a version with other fields
             raise InputError(f"{args.resume}: its training configuration: {error}") from error
     else:

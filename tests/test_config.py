@@ -38,7 +38,7 @@ def test_paper_config():
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_json_round_trip(name):
     config = get_config(name)
-    assert config_from_dict(json.loads(str(config))) == config
+    assert config_from_dict(json.loads(str(config)), TrainConfig) == config
 
 
 def test_command_line_overrides():
@@ -68,7 +68,7 @@ def test_target_options_are_nested_under_targets():
     )  # fmt: skip
     config = apply_overrides(get_config("small_shapes"), overrides_from_args(args))
     assert config.targets == TargetConfig(0.5, "exact", False, 9)
-    assert config_from_dict(json.loads(str(config))) == config
+    assert config_from_dict(json.loads(str(config)), TrainConfig) == config
     with pytest.raises(SystemExit):  # the flat options of the fields' earlier place are gone
         parser.parse_args(["--gaussian-iou", "0.5"])
     with pytest.raises(ValueError, match="radius_variant must be one of"):
@@ -133,10 +133,10 @@ def test_saved_configurations_with_unknown_fields_are_refused():
     than silently replaced by its default."""
     values = TrainConfig().to_dict()
     with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\) \['gaussian_iou'\]"):
-        config_from_dict(values | {"gaussian_iou": 0.5})
+        config_from_dict(values | {"gaussian_iou": 0.5}, TrainConfig)
     values["model"]["depth"] = 3
     with pytest.raises(ValueError, match=r"unknown ModelConfig field\(s\) \['depth'\]"):
-        config_from_dict(values)
+        config_from_dict(values, TrainConfig)
 
 
 def test_a_short_coco_run_is_the_paper_configuration_on_one_set():

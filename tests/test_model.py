@@ -197,7 +197,8 @@ def test_the_model_config_round_trips_through_a_dict():
     assert ModelConfig.from_dict(values) == config
     assert ModelConfig.from_dict({}) == ModelConfig()  # Hourglass-104, 80 classes
     assert tiny_model().config == ModelConfig(num_classes=3, **TINY)
-    with pytest.raises(ValueError, match=r"unknown model configuration field\(s\) \['depth'\]"):
+    unknown = r"unknown ModelConfig field\(s\) \['depth'\]; the fields are \['num_classes', "
+    with pytest.raises(ValueError, match=unknown):
         ModelConfig.from_dict(values | {"depth": 3})
 
 

@@ -192,10 +192,10 @@ FAULT_CHILD = """
 import io, json, os, sys, time
 from pathlib import Path
 import torch
-from cornernet_ref.config import config_from_dict
+from cornernet_ref.config import TrainConfig, config_from_dict
 from cornernet_ref.train import train
 
-config = config_from_dict(json.loads(sys.argv[1]))
+config = config_from_dict(json.loads(sys.argv[1]), TrainConfig)
 resume, stop, stop_at, stopped = sys.argv[2] or None, sys.argv[3], int(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(1)
 real_save, real_replace, saving = torch.save, os.replace, {}
