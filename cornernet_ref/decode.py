@@ -134,6 +134,13 @@ def top_corners(heat: Tensor, offsets: Tensor, k: int) -> Corners:
     return Corners(scores, cells, labels, xs, ys)
 
 
+def best_corners(heat: Tensor, offsets: Tensor, config: DecodeConfig) -> Corners:
+    r"""Steps 1 and 2 for one corner type: the ``K`` best peaks (at most ``C * H * W``) of
+    the ``(B, C, H, W)`` heatmap logits ``heat``, placed with ``offsets`` ``(B, 2, H, W)``."""
+    k = min(config.K, heat[0].numel())
+    return top_corners(local_maxima(heat.sigmoid(), config.kernel), offsets, k)
+
+
 def decode(out: CornerNetOutput, config: DecodeConfig = DecodeConfig()) -> Detections:
     r"""Decode raw network maps into the ``num_dets`` best corner pairs of each image.
 
@@ -163,10 +170,10 @@ def decode(out: CornerNetOutput, config: DecodeConfig = DecodeConfig()) -> Detec
             f"expected two (B, C, H, W) heatmaps of one shape, got {tuple(out.tl_heat.shape)} "
             f"and {tuple(out.br_heat.shape)}"
         )
-    batch, classes, height, width = out.tl_heat.shape
-    k = min(config.K, classes * height * width)
-    tl = top_corners(local_maxima(out.tl_heat.sigmoid(), config.kernel), out.tl_off, k)
-    br = top_corners(local_maxima(out.br_heat.sigmoid(), config.kernel), out.br_off, k)
+    batch = out.tl_heat.shape[0]
+    tl = best_corners(out.tl_heat, out.tl_off, config)
+    br = best_corners(out.br_heat, out.br_off, config)
+    k = tl.scores.shape[1]
 
     # Step 3: all K x K pairs, top-left i along dim 1 and bottom-right j along dim 2.
     boxes = torch.stack(

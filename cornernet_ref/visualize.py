@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from cornernet_ref.data.image import read_image
-from cornernet_ref.decode import DecodeConfig, decode, local_maxima, top_corners
+from cornernet_ref.decode import DecodeConfig, best_corners, decode
 from cornernet_ref.inference import (
     CanvasGeometry,
     ImageDetections,
@@ -226,13 +226,8 @@ def heatmap_panel(
     config = DecodeConfig()
     dets = decode(out, config)
     corners = {
-        name: top_corners(
-            local_maxima(heat.sigmoid(), config.kernel), offsets, min(config.K, heat[0].numel())
-        )
-        for name, heat, offsets in (
-            ("tl", out.tl_heat, out.tl_off),
-            ("br", out.br_heat, out.br_off),
-        )
+        "tl": best_corners(out.tl_heat, out.tl_off, config),
+        "br": best_corners(out.br_heat, out.br_off, config),
     }
     tags = {"tl": out.tl_tag[0, 0].flatten(), "br": out.br_tag[0, 0].flatten()}
 
