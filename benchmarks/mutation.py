@@ -132,6 +132,8 @@ EXCLUDED: tuple[tuple[str, str, str], ...] = ()
 EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
     ("decode", "if kernel < 1 or kernel % 2 == 0:", "`1` -> `0`",
      "kernel 0 is even, so `kernel % 2 == 0` still rejects it"),
+    ("decode", "k = min(config.K, heat[0].numel())", "`0` -> `-1`",
+     "the images of a batch share one (C, H, W) map: the first and the last have one size"),
     ("decode", "padding=(kernel - 1) // 2", "`1` -> `0`",
      "the kernel is odd (checked just above), so kernel // 2 == (kernel - 1) // 2"),
     ("decode", "pick)[..., 0]", "`0` -> `-1`",
