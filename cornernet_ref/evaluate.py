@@ -1,7 +1,7 @@
 r"""COCO evaluation of the detections of the test procedure (paper §4.3).
 
 [evaluate][cornernet_ref.evaluate.evaluate] detects on every image of a COCO annotation file
-([detect_image][cornernet_ref.inference.detect_image]), writes the boxes in COCO's ``xywh``
+([detect_images][cornernet_ref.inference.detect_images]), writes the boxes in COCO's ``xywh``
 results format ([detections_to_coco][cornernet_ref.evaluate.detections_to_coco]) and scores
 them with pycocotools ([coco_metrics][cornernet_ref.evaluate.coco_metrics]). The
 subcommand ``cornernet-ref evaluate`` does it for a checkpoint or for the ground truth itself.
@@ -27,7 +27,7 @@ from cornernet_ref.inference import (
     ImageDetections,
     OutputSource,
     TestConfig,
-    detect_image,
+    detect_images,
     model_source,
 )
 
@@ -106,7 +106,8 @@ def evaluate(
         image_ids: evaluate on these images only (default: all).
         results_out: where to write the COCO results JSON, if anywhere.
         config: how each image is tested
-            ([detect_image][cornernet_ref.inference.detect_image]).
+            ([detect_images][cornernet_ref.inference.detect_images]: a model's images
+            are read by ``config.workers`` processes while the network runs).
 
     Returns:
         The metrics of :func:`coco_metrics`.
@@ -114,9 +115,8 @@ def evaluate(
     categories = category_ids(coco)
     image_ids = sorted(coco.getImgIds() if image_ids is None else image_ids)
     results = []
-    for image_id in image_ids:
-        detections = detect_image(source, coco.loadImgs(image_id)[0], config)
-        results += detections_to_coco(image_id, detections, categories)
+    for record, detections in detect_images(source, coco.loadImgs(image_ids), config):
+        results += detections_to_coco(record["id"], detections, categories)
     if results_out is not None:
         Path(results_out).write_text(json.dumps(results))
     return coco_metrics(coco, results, image_ids)

@@ -19,14 +19,22 @@ with the options of one [TestConfig][cornernet_ref.inference.TestConfig]. Where 
 come from is an [OutputSource][cornernet_ref.inference.OutputSource]: a model
 ([model_source][cornernet_ref.inference.model_source]), an ONNX export
 ([onnx_source][cornernet_ref.export.onnx_source]) or the ground truth
-([oracle_source][cornernet_ref.analysis.oracle_source]). Scoring the boxes with COCO's
-metrics is [cornernet_ref.evaluate][].
+([oracle_source][cornernet_ref.analysis.oracle_source]). The network runs at the
+precision the configuration names ([network_precision][cornernet_ref.inference.network_precision]);
+everything after it in float32.
+
+[detect_images][cornernet_ref.inference.detect_images] tests many images: a model's
+images are read and padded in worker processes
+([canvas_loader][cornernet_ref.inference.canvas_loader]) while the network works on the
+previous ones. Scoring the boxes with COCO's metrics is
+[cornernet_ref.evaluate][].
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +42,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
 from cornernet_ref.data.image import MEAN_RGB, STD_RGB, normalize, read_image, resize_image
 from cornernet_ref.decode import REJECTED, DecodeConfig, decode, soft_nms
@@ -42,6 +51,7 @@ from cornernet_ref.output import CornerNetOutput
 from cornernet_ref.printable import PrintableConfig
 
 NMS_METHODS = ("gaussian", "linear")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,15 @@ class TestConfig(PrintableConfig):
             ([soft_nms][cornernet_ref.decode.soft_nms]).
         max_per_image: boxes kept per image after soft-NMS (official 100).
         decode: the options of [decode][cornernet_ref.decode.decode].
+        precision: the network's arithmetic
+            ([network_precision][cornernet_ref.inference.network_precision]): ``"auto"``
+            (bfloat16 on CUDA, float32 on the CPU), ``"fp32"`` (IEEE float32 everywhere,
+            the reference), ``"tf32"`` (TF32 convolutions on CUDA) or ``"bf16"``
+            (bfloat16 autocast on CUDA and on the CPU). Decoding and soft-NMS are float32
+            whatever it says.
+        workers: processes reading and padding a model's images ahead of the network
+            ([canvas_loader][cornernet_ref.inference.canvas_loader]); 0 reads them in the
+            calling process.
     """
 
     __test__ = False  # not a pytest test class, despite its name
@@ -65,6 +84,8 @@ class TestConfig(PrintableConfig):
     nms_method: str = "gaussian"
     max_per_image: int = 100
     decode: DecodeConfig = DecodeConfig()
+    precision: str = "auto"
+    workers: int = 2
 
     def __post_init__(self) -> None:
         if not self.scales or not all(math.isfinite(s) and s > 0 for s in self.scales):
@@ -73,6 +94,10 @@ class TestConfig(PrintableConfig):
             raise ValueError(f"nms_method must be one of {NMS_METHODS}, got {self.nms_method!r}")
         if self.max_per_image < 1:
             raise ValueError(f"max_per_image must be positive, got {self.max_per_image}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be 0 or more, got {self.workers}")
 
 
 class CanvasGeometry(NamedTuple):
@@ -272,26 +297,103 @@ def canvas_batch(
     return torch.stack((canvas, canvas.flip(-1)) if flip else (canvas,))
 
 
-def model_source(
-    model: nn.Module, images_dir: str | Path, device: str | torch.device = "cpu"
-) -> OutputSource:
-    r"""Run ``model`` (``(B, 3, H, W) -> list[CornerNetOutput]``, last stack used) on each image."""
-    model.eval().to(device)
+@contextlib.contextmanager
+def network_precision(precision: str) -> Iterator[None]:
+    r"""Run the network inside this block at ``precision`` (one of ``PRECISIONS``).
+
+    * ``"fp32"``: IEEE float32, cuDNN's TF32 convolutions switched off: the reference;
+    * ``"tf32"``: CUDA convolutions read their float32 inputs as TF32 (a 10-bit mantissa)
+      and accumulate in float32;
+    * ``"bf16"``: autocast to bfloat16 (an 8-bit mantissa) on CUDA and on the CPU:
+      convolutions take bfloat16 inputs and give bfloat16 outputs, normalisations and
+      reductions stay float32;
+    * ``"auto"``: bfloat16 autocast on CUDA only, so that a network on the CPU runs in
+      float32.
+
+    Whatever the network gives is made float32 by
+    [detect_image][cornernet_ref.inference.detect_image] before decoding.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    cudnn = torch.backends.cudnn
+    with contextlib.ExitStack() as stack:
+        if precision in ("fp32", "tf32"):
+            allowed, cudnn.allow_tf32 = cudnn.allow_tf32, precision == "tf32"
+            stack.callback(setattr, cudnn, "allow_tf32", allowed)
+        if precision == "bf16":
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        if precision in ("bf16", "auto") and torch.cuda.is_available():
+            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+        yield
+
+
+class ModelSource:
+    r"""The [OutputSource][cornernet_ref.inference.OutputSource] of a network: read the
+    image, pad it (:func:`canvas_batch`) and run ``model`` on it.
+
+    [detect_images][cornernet_ref.inference.detect_images] splits the two halves, reading
+    in worker processes (:func:`canvas_loader`) and calling :meth:`maps` here.
+
+    Args:
+        model: ``(B, 3, H, W) -> list[CornerNetOutput]`` (the last stack is used), or one
+            ``CornerNetOutput``. It is put in eval mode on ``device``, in channels_last on
+            CUDA (the layout of cuDNN's fastest reduced-precision convolutions).
+        images_dir: the folder the records' ``file_name`` are in.
+        device: where the network runs.
+        maps_device: where its maps go for decoding; ``None`` leaves them on ``device``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images_dir: str | Path,
+        device: str | torch.device = "cpu",
+        maps_device: str | torch.device | None = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.memory_format = (
+            torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        )
+        self.model = model.eval().to(self.device, memory_format=self.memory_format)
+        self.images_dir = Path(images_dir)
+        self.maps_device = maps_device
 
     @torch.no_grad()
-    def outputs(record: dict, geometry: CanvasGeometry, flip: bool) -> CornerNetOutput:
-        result = model(canvas_batch(images_dir, record, geometry, flip).to(device))
-        return CornerNetOutput(
-            *(t.cpu() for t in (result[-1] if isinstance(result, list) else result))
+    def maps(self, batch: Tensor) -> CornerNetOutput:
+        r"""The network's maps of a ``(B, 3, H_in, W_in)`` canvas batch, on ``maps_device``."""
+        batch = batch.to(self.device, non_blocking=True).contiguous(
+            memory_format=self.memory_format
         )
+        result = self.model(batch)
+        out = result[-1] if isinstance(result, list) else result
+        return CornerNetOutput(*(t.to(self.maps_device or self.device) for t in out))
 
-    return outputs
+    def __call__(self, record: dict, geometry: CanvasGeometry, flip: bool) -> CornerNetOutput:
+        return self.maps(canvas_batch(self.images_dir, record, geometry, flip))
+
+    def with_canvases(self, canvases: dict[float, Tensor]) -> OutputSource:
+        r"""This source for one image whose canvas batches, by scale, are already read."""
+        return lambda record, geometry, flip: self.maps(canvases[geometry.scale])
+
+
+def model_source(
+    model: nn.Module,
+    images_dir: str | Path,
+    device: str | torch.device = "cpu",
+    maps_device: str | torch.device | None = "cpu",
+) -> ModelSource:
+    r"""Run ``model`` (``(B, 3, H, W) -> list[CornerNetOutput]``, last stack used) on each
+    image (:class:`ModelSource`)."""
+    return ModelSource(model, images_dir, device, maps_device)
 
 
 def detect_image(
     source: OutputSource, record: dict, config: TestConfig = TestConfig()
 ) -> ImageDetections:
     r"""Final detections of one image (its COCO record): every scale, flip, soft-NMS, top 100.
+
+    The source runs at ``config.precision`` (:func:`network_precision`); its maps are
+    made float32 before decoding.
 
     Args:
         source: raw maps of the image at a scale (:func:`model_source`, or the oracle of
@@ -302,22 +404,117 @@ def detect_image(
     parts = []
     for scale in config.scales:
         geometry = canvas_geometry(record["height"], record["width"], scale)
-        out = source(record, geometry, config.flip)
+        with network_precision(config.precision):
+            out = source(record, geometry, config.flip)
+        out = CornerNetOutput(*(t.float() for t in out))
         parts.append(scale_detections(out, geometry, config))
     return merge_detections(parts, config)
 
 
+class CanvasSet(Dataset):
+    r"""Item ``i``: ``(records[i], canvases)``, ``canvases[s]`` the ``(1 or 2, 3, H_in,
+    W_in)`` batch of :func:`canvas_batch` at ``config.scales[s]``.
+
+    An image that cannot be tested gives its :class:`~cornernet_ref.errors.InputError` in
+    place of the canvases, raised again in the calling process
+    (:func:`canvas_loader`), where its one-line message is not wrapped in a worker's
+    traceback.
+    """
+
+    def __init__(self, images_dir: str | Path, records: Sequence[dict], config: TestConfig):
+        self.images_dir, self.records, self.config = Path(images_dir), records, config
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[dict, list[Tensor] | InputError]:
+        record = self.records[index]
+        try:
+            canvases = [
+                canvas_batch(
+                    self.images_dir,
+                    record,
+                    canvas_geometry(record["height"], record["width"], scale),
+                    self.config.flip,
+                )
+                for scale in self.config.scales
+            ]
+        except InputError as error:
+            return record, error
+        return record, canvases
+
+
+def _as_is(item: tuple) -> tuple:
+    r"""The collate function of a loader of single items: the item itself."""
+    return item
+
+
+def canvas_loader(
+    images_dir: str | Path,
+    records: Sequence[dict],
+    config: TestConfig = TestConfig(),
+    pin_memory: bool = False,
+) -> Iterator[tuple[dict, list[Tensor]]]:
+    r"""``(record, canvases)`` of each record in order (:class:`CanvasSet`), read and padded
+    by ``config.workers`` processes ahead of the caller (0: by the caller, one at a time).
+
+    Args:
+        pin_memory: copy the canvases to page-locked memory, for asynchronous copies to a
+            GPU.
+
+    Raises:
+        InputError: an image that cannot be tested (the first, in order).
+    """
+    loader = DataLoader(
+        CanvasSet(images_dir, records, config),
+        batch_size=None,  # one image per item: its canvases differ in size from the next's
+        collate_fn=_as_is,
+        num_workers=config.workers,
+        pin_memory=pin_memory,
+    )
+    for record, canvases in loader:
+        if isinstance(canvases, InputError):
+            raise canvases
+        yield record, canvases
+
+
+def detect_images(
+    source: OutputSource, records: Iterable[dict], config: TestConfig = TestConfig()
+) -> Iterator[tuple[dict, ImageDetections]]:
+    r"""``(record, detections)`` of each record in order (:func:`detect_image`).
+
+    A :class:`ModelSource`'s images are read and padded by :func:`canvas_loader` while the
+    network works; other sources (the oracle, an ONNX export) are called one image at a
+    time. Both give the same detections.
+    """
+    if not isinstance(source, ModelSource):
+        for record in records:
+            yield record, detect_image(source, record, config)
+        return
+    pin_memory = source.device.type == "cuda"
+    for record, canvases in canvas_loader(source.images_dir, list(records), config, pin_memory):
+        by_scale = dict(zip(config.scales, canvases, strict=True))
+        yield record, detect_image(source.with_canvases(by_scale), record, config)
+
+
 __all__ = [
+    "PRECISIONS",
     "CanvasGeometry",
+    "CanvasSet",
     "ImageDetections",
+    "ModelSource",
     "OutputSource",
     "TestConfig",
     "boxes_to_image",
+    "canvas_batch",
     "canvas_geometry",
+    "canvas_loader",
     "detect_image",
+    "detect_images",
     "merge_detections",
     "mirror_boxes",
     "model_source",
+    "network_precision",
     "pad_image",
     "scale_detections",
 ]
