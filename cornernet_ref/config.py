@@ -2,11 +2,13 @@ r"""Training configurations: typed, printable, overridable from the command line
 
 A configuration is a :class:`TrainConfig` dataclass holding everything a run depends on; it is
 printed at the start of training and saved as ``config.json`` beside every checkpoint (and
-inside it). Two are named:
+inside it). Three are named:
 
 * ``hourglass104_coco``: the paper's (§4.1): Hourglass-104 with two stacks, input 511 x 511,
   output 128 x 128, Adam with learning rate $2.5 \times 10^{-4}$, batch 49, 500k iterations,
   learning rate $\times 0.1$ at 450k, Gaussian radius overlap 0.3, loss weights 0.1, 0.1, 1.
+* ``hourglass52_coco``: the same with one stack, Hourglass-52, for smaller GPUs (the paper
+  reports 37.8 AP for it on COCO).
 * ``small_shapes``: a small single-stack hourglass on the synthetic shapes data, trained on a
   CPU in minutes.
 
@@ -144,6 +146,22 @@ CONFIGS: dict[str, TrainConfig] = {
         val_limit=500,
         out="runs/hourglass104_coco",
     ),
+    "hourglass52_coco": TrainConfig(
+        name="hourglass52_coco",
+        model=ModelConfig(nstack=1),
+        dataset="coco",
+        train_images="data/coco/train2017",
+        train_annotations="data/coco/annotations/instances_train2017.json",
+        val_images="data/coco/val2017",
+        val_annotations="data/coco/annotations/instances_val2017.json",
+        workers=4,
+        pin_memory=True,
+        channels_last=True,
+        checkpoint_every=5000,
+        val_every=50_000,
+        val_limit=500,
+        out="runs/hourglass52_coco",
+    ),
     "small_shapes": TrainConfig(
         name="small_shapes",
         model=ModelConfig(
@@ -168,6 +186,42 @@ CONFIGS: dict[str, TrainConfig] = {
         out="runs/small_shapes",
     ),
 }
+
+
+# Peak GPU memory of one Hourglass-104 training step at 511 x 511 (bfloat16 autocast,
+# channels_last, eager), measured on one H200 by benchmarks/gpu_check.py on 2026-12-04:
+# 10.9 GiB at batch 8, 19.1 at 16, 127.6 at 122. The least-squares line through the three,
+# 2.72 GiB + 1.024 GiB per image, is within 0.003 GiB of each.
+STEP_MEMORY_GIB = 2.72
+STEP_MEMORY_PER_IMAGE_GIB = 1.024
+
+
+def accumulation_for_memory(
+    memory_bytes: int, batch_size: int = 49, *, headroom: float = 0.9, max_steps: int = 64
+) -> int:
+    r"""The fewest micro-batches per iteration whose largest fits in ``memory_bytes``.
+
+    A micro-batch of $b$ images takes $M(b) = 2.72 + 1.024\,b$ GiB at its peak
+    (Hourglass-104 at 511, the measured line above); the rule keeps it within ``headroom``
+    of the memory $M_{\text{GPU}}$. With $k$ micro-batches the largest has $\lceil B / k
+    \rceil$ images, so
+
+    $$ k = \min \{ k \ge 1 : M(\lceil B / k \rceil) \le h \, M_{\text{GPU}} \} $$
+
+    Batch 49 takes 52.9 GiB: one step on an 80 GB GPU, 2 micro-batches on 40 GB, 3 on 24 GB.
+
+    Raises:
+        ValueError: not even one image fits (or it would take more than ``max_steps``).
+    """
+    budget_gib = headroom * memory_bytes / 2**30
+    for steps in range(1, min(batch_size, max_steps) + 1):
+        largest = -(-batch_size // steps)  # ceil(B / k)
+        if STEP_MEMORY_GIB + STEP_MEMORY_PER_IMAGE_GIB * largest <= budget_gib:
+            return steps
+    raise ValueError(
+        f"{memory_bytes / 2**30:.1f} GiB is too little for batch {batch_size} of "
+        f"Hourglass-104 at 511 in {min(batch_size, max_steps)} micro-batches or fewer"
+    )
 
 
 def get_config(name: str) -> TrainConfig:
@@ -308,6 +362,7 @@ __all__ = [
     "CONFIGS",
     "ShowConfigDefaults",
     "TrainConfig",
+    "accumulation_for_memory",
     "add_config_arguments",
     "apply_overrides",
     "config_from_dict",
