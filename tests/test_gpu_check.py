@@ -162,6 +162,7 @@ def test_dry_run_end_to_end(tmp_path, shared_dir):
     assert steps["compute_sanitizer"]["status"] == "not available"
     assert steps["build_and_cuda_tests"]["status"] == "skipped"  # no CUDA: tests skipped
     assert steps["build_and_cuda_tests"]["result"]["pytest"]["failures"] == 0
+    assert "tests/test_claims.py" not in steps["build_and_cuda_tests"]["result"]["test_files"]
     kernel = steps["kernel_benchmark"]["result"]["results"]
     assert set(kernel) == {"float32", "bfloat16"}
     for shapes in kernel.values():
@@ -169,14 +170,28 @@ def test_dry_run_end_to_end(tmp_path, shared_dir):
             assert set(entries) == {"reference", "cummax"}
             for modes in entries.values():
                 assert set(modes) == {"forward", "forward_backward"}
-    throughput = steps["train_throughput"]["result"]["rows"]
-    assert [row["variant"].endswith("compile") for row in throughput][-1]
-    assert all("images_per_s" in row for row in throughput)
+    throughput = steps["train_throughput"]["result"]
+    eager, compiled = throughput["rows"]
+    assert "compile" not in eager["variant"] and "images_per_s" in eager
+    # Compiled in one graph or its error recorded: the corner pooling must trace.
+    assert "compile(fullgraph)" in compiled["variant"] and ("images_per_s" in compiled) != (
+        "error" in compiled
+    )
     training = steps["coco128_training"]["result"]
     assert len(training["loss_curve"]) == training["config"]["max_iters"]
     assert set(training["metrics_on_training_images"]) >= {"AP", "AP50"}
     inference = steps["inference"]["result"]
-    assert [row["precision"] for row in inference["rows"]] == ["fp32", "bf16"]
+    rows = inference["rows"]
+    assert [(row["precision"], row["decode_on"]) for row in rows] == [
+        ("fp32", "cpu"),
+        ("bf16", "cpu"),
+    ]  # decoding on the GPU needs one
+    for row in rows:
+        assert set(row["per_stage"]["median_ms"]) == {"read_pad", "network", "decode", "soft_nms"}
+        assert row["end_to_end"]["images_timed"] >= 1
+    (fixed,) = inference["fixed_load"]["rows"]
+    assert set(fixed["median_ms"]) == {"decode", "soft_nms"}
+    assert fixed["median_candidates_to_soft_nms"] > 0  # the ground truth's boxes
     assert inference["weights"].startswith("coco128_training")  # the step before's checkpoint
     assert out.with_suffix(".log").is_file()
 
@@ -203,6 +218,18 @@ def test_the_few_examples_plugin_caps_hypothesis(tmp_path):
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_cuda_tests_import_without_the_dev_extras():
+    """Files needing the docs build (mkdocs, a dev extra) are left out; the kernel's and the
+    inference precision's CUDA tests are in."""
+    files = gpu_check.cuda_test_files()
+    assert "tests/test_claims.py" not in files
+    assert {"tests/test_corner_pool.py", "tests/test_precision_inference.py"} <= set(files)
+
+
+def test_steps_fit_the_time_limit():
+    assert sum(budget for _, budget in gpu_check.STEPS.values()) <= gpu_check.TIME_LIMIT_S
 
 
 def test_steps_needing_pycocotools_say_how_to_carry_it(monkeypatch, tmp_path):
