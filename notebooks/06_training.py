@@ -34,7 +34,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from cornernet_ref.config import get_config, short_coco_run
+from cornernet_ref.config import accumulation_for_memory, get_config, short_coco_run
 from cornernet_ref.data.examples import coco128
 from cornernet_ref.predict import detect, draw_detections
 from cornernet_ref.train import learning_rate, train
@@ -50,19 +50,29 @@ ON_GPU = torch.cuda.is_available() and annotations.is_file()
 #
 # The paper's: Adam, learning rate 2.5e-4, batch 49, 500k iterations with a 10x decay at
 # 450k, 511 x 511 inputs and 128 x 128 outputs. On one GPU we shorten the schedule to what a
-# session allows (`ITERATIONS`), accumulate gradients over micro-batches so that batch 49
-# fits, and use bf16 autocast and channels_last.
+# session allows (`ITERATIONS`), use bf16 autocast and channels_last, and split batch 49
+# into as few micro-batches as the GPU's memory allows (`accumulation_for_memory`, from
+# the peak memory measured on one H200: one step on an 80 GB GPU, two on 40 GB);
+# `ACCUMULATION` overrides it. The network is compiled (`torch.compile`); `COMPILE=0`
+# trains it eagerly.
+#
+# The default of 1,200 iterations is 58,800 images: 10.4 minutes at 94 images/s, the speed
+# measured on one H200 in 4 micro-batches of 12 without compiling (one step of 49 and
+# compiling only make it faster), which leaves the start, the compilation and the
+# validation on the 128 images within 15 minutes.
 
 # %%
 if ON_GPU:
-    iterations = int(os.environ.get("ITERATIONS", "2000"))
+    iterations = int(os.environ.get("ITERATIONS", "1200"))
+    memory = torch.cuda.get_device_properties(0).total_memory
     config = short_coco_run(
         images,
         annotations,
         iterations,
-        accumulation=int(os.environ.get("ACCUMULATION", "4")),
+        accumulation=int(os.environ.get("ACCUMULATION", accumulation_for_memory(memory))),
+        compile=os.environ.get("COMPILE", "1") == "1",
         checkpoint_every=500,
-        val_limit=0,
+        val_limit=0,  # AP on all 128 images
         out=str(out),
     )
 else:
@@ -100,8 +110,12 @@ for term in ("total", "focal", "pull", "push", "offset"):
     axis.plot([h["iteration"] for h in history], [h[term] for h in history], label=term)
 axis.set_xlabel("iteration")
 axis.set_ylabel("loss")
+axis.set_yscale("log")  # the first losses are hundreds of times the later ones
 axis.legend()
+figure.savefig(out / "loss_curve.png")
 plt.show()
+print(f"loss {history[0]['total']:.4g} -> {history[-1]['total']:.4g} in {len(history)} lines")
+print(f"AP on the validation images: {summary['metrics'].get('AP')}")
 
 # %% [markdown]
 # ## Detections of the trained model
