@@ -366,7 +366,8 @@ class ModelSource:
         )
         result = self.model(batch)
         out = result[-1] if isinstance(result, list) else result
-        return CornerNetOutput(*(t.to(self.maps_device or self.device) for t in out))
+        # Back to the (B, C, H, W) layout the decoder reads, on the device, before copying.
+        return CornerNetOutput(*(t.contiguous().to(self.maps_device or self.device) for t in out))
 
     def __call__(self, record: dict, geometry: CanvasGeometry, flip: bool) -> CornerNetOutput:
         return self.maps(canvas_batch(self.images_dir, record, geometry, flip))
