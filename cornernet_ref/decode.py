@@ -234,10 +234,10 @@ class SoftNMSResult(NamedTuple):
     r"""Soft-NMS of ``N`` boxes as fixed-size ``(N,)`` tensors, in the kept order.
 
     Attributes:
-        order: every box index once, grouped by class ascending (left-out boxes first) and,
-            within a class, the kept boxes first, in the order they were kept.
+        order: every box index once: the kept boxes first, grouped by class ascending and,
+            within a class, in the order they were kept; then the others.
         scores: the decayed score of box ``order[n]``.
-        kept: whether box ``order[n]`` is kept.
+        kept: whether box ``order[n]`` is kept (``True`` for the first ones, then ``False``).
     """
 
     order: Tensor
@@ -289,7 +289,8 @@ def soft_nms(
         iou_threshold=iou_threshold,
         score_threshold=score_threshold,
     )
-    return result.order[result.kept], result.scores[result.kept]
+    count = int(result.kept.sum())  # the kept boxes come first
+    return result.order[:count], result.scores[:count]
 
 
 def soft_nms_all(
@@ -385,7 +386,7 @@ def soft_nms_vectorised(
         spare = values.new_zeros(total + 1)
         return spare.scatter(0, slot, values.flatten())[:total]
 
-    return SoftNMSResult(flat(index), flat(decayed), flat(kept))
+    return SoftNMSResult(*soft_nms_op.kept_first(flat(index), flat(decayed), flat(kept)))
 
 
 def _soft_nms_step(

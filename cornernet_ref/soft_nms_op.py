@@ -155,9 +155,9 @@ def soft_nms_compiled(
         sigma, iou_threshold, score_threshold: as :func:`cornernet_ref.decode.soft_nms`.
 
     Returns:
-        ``(order, new_scores, kept)``, each ``(N,)``: every box index once, grouped by key
-        ascending and, within a class, the kept boxes first in the order kept; the decayed
-        score of box ``order[n]``; whether it is kept.
+        ``(order, new_scores, kept)``, each ``(N,)``: every box index once, the kept boxes
+        first (grouped by key ascending, in the order kept within a class), then the
+        others; the decayed score of box ``order[n]``; whether it is kept.
 
     Raises:
         RuntimeError: the library does not build for the tensors' device (:func:`load`).
@@ -190,7 +190,14 @@ def soft_nms_compiled(
     )
     if error != 0:
         raise RuntimeError(f"the soft-NMS kernel did not launch: CUDA error {error}")
-    return order, rows[:, 4], kept
+    return kept_first(order, rows[:, 4], kept)
+
+
+def kept_first(order: Tensor, scores: Tensor, kept: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""``(N,)`` ``order``, ``scores`` and ``kept`` reordered: the kept boxes first, in their
+    order, then the others (a stable sort on "not kept", done on the tensors' device)."""
+    first = torch.sort((~kept).to(torch.uint8), stable=True).indices
+    return order[first], scores[first], kept[first]
 
 
 # The same function as a PyTorch operator, for torch.compile, export and torch.library.opcheck.
@@ -215,6 +222,7 @@ __all__ = [
     "build",
     "cache_dir",
     "load",
+    "kept_first",
     "soft_nms_compiled",
     "soft_nms_op",
 ]

@@ -94,6 +94,7 @@ def check_against_official(boxes, scores, labels, method, compiled):
     assert result.order[result.kept].tolist() == expected_keep  # the same boxes, same order
     assert result.scores[result.kept].tolist() == pytest.approx(expected_scores, abs=1e-6)
     assert sorted(result.order.tolist()) == list(range(len(scores)))  # every box once
+    assert result.kept.tolist() == sorted(result.kept.tolist(), reverse=True)  # kept first
 
 
 # Boxes on a small grid, so that many touch and some are equal; scores from a short list, so

@@ -1,19 +1,37 @@
 // The CPU build of soft_nms.h: the classes one after the other, on one core.
 #include <algorithm>
+#include <memory>
 #include <numeric>
 #include <vector>
 
 #include "soft_nms.h"
 
-// Soft-NMS of `total` boxes ((N, 4) `boxes`, (N,) `scores`) by class (`keys`). Writes, for
-// each row: `index`, the box (grouped by key ascending, kept boxes first in the order kept);
-// `new_scores`, its decayed score; `kept`.
+// `index`: the boxes 0..total-1 sorted by key, in input order within a key (a stable sort).
+// Class keys are small numbers: one count per key, then each box to its key's next place.
+static void sort_by_key(int64_t total, const int64_t* keys, int64_t* index) {
+  if (total == 0) return;
+  const auto [low, high] = std::minmax_element(keys, keys + total);
+  const uint64_t spread = (uint64_t)*high - (uint64_t)*low;  // unsigned: cannot overflow
+  if (spread > (uint64_t)(4 * total + 1024)) {  // keys too spread out to count
+    std::iota(index, index + total, int64_t{0});
+    std::stable_sort(index, index + total, [keys](int64_t a, int64_t b) { return keys[a] < keys[b]; });
+    return;
+  }
+  std::vector<int64_t> next(spread + 2, 0);  // next[k + 1]: how many boxes have key low + k
+  for (int64_t box = 0; box < total; ++box) ++next[keys[box] - *low + 1];
+  std::partial_sum(next.begin(), next.end(), next.begin());  // next[k]: where key k starts
+  for (int64_t box = 0; box < total; ++box) index[next[keys[box] - *low]++] = box;
+}
+
+// Soft-NMS of `total` boxes ((N, 4) `boxes`, (N,) `scores`) by class (`keys`). Writes `order`,
+// every box once: the kept boxes first, grouped by key ascending and in the order kept, then
+// the others; `new_scores`, the decayed score of each; `kept`.
 extern "C" void soft_nms_cpu(
     int64_t total, const float* boxes, const float* scores, const int64_t* keys,
-    int64_t* index, float* new_scores, bool* kept, int method, float sigma,
+    int64_t* order, float* new_scores, bool* kept, int method, float sigma,
     float iou_threshold, float score_threshold) {
-  std::iota(index, index + total, int64_t{0});
-  std::stable_sort(index, index + total, [keys](int64_t a, int64_t b) { return keys[a] < keys[b]; });
+  std::vector<int64_t> index(total);  // the box of each row
+  sort_by_key(total, keys, index.data());
   std::vector<int64_t> sorted_keys(total);
   std::vector<float> rows(5 * total);
   for (int64_t row = 0; row < total; ++row) {
@@ -23,8 +41,18 @@ extern "C" void soft_nms_cpu(
     rows[5 * row + 4] = scores[box];
   }
   const SoftNMSOptions options{method, sigma, iou_threshold, score_threshold};
+  std::unique_ptr<bool[]> is_kept(new bool[total]);  // by row
   for (int64_t t = 0; t < total; ++t) {
-    soft_nms_class_at(t, total, sorted_keys.data(), rows.data(), index, kept, options);
+    soft_nms_class_at(
+        t, total, sorted_keys.data(), rows.data(), index.data(), is_kept.get(), options);
   }
-  for (int64_t row = 0; row < total; ++row) new_scores[row] = rows[5 * row + 4];
+  int64_t out = 0;
+  for (const bool keep : {true, false}) {  // the kept rows first, then the others
+    for (int64_t row = 0; row < total; ++row) {
+      if (is_kept[row] != keep) continue;
+      order[out] = index[row];
+      new_scores[out] = rows[5 * row + 4];
+      kept[out++] = keep;
+    }
+  }
 }
