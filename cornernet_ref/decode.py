@@ -315,7 +315,7 @@ def soft_nms_all(
     Args:
         boxes: ``(N, 4)`` ``(x1, y1, x2, y2)``; computed in float32.
         scores: ``(N,)``.
-        labels: ``(N,)`` integer classes.
+        labels: ``(N,)`` classes, integers from 0.
         valid: ``(N,)`` booleans, ``False`` for a box to leave out (never kept, decays
             nothing); all boxes by default.
         method, sigma, iou_threshold, score_threshold: as :func:`soft_nms`.

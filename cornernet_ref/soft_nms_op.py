@@ -1,23 +1,28 @@
-r"""The compiled soft-NMS: the official per-class loop in C++, as a PyTorch operator.
+r"""The compiled soft-NMS: the official per-class loop in C++, on the CPU and on a GPU.
 
-[soft_nms][cornernet_ref.decode.soft_nms] states the equation and has a readable vectorised
-form; this module runs the same algorithm as one scalar loop per class, compiled, which is
-what a CPU needs (an eager tensor operation costs microseconds, and soft-NMS takes one step
-per kept box) and what a GPU needs (no step waits for the host). The loop is written once,
-``csrc/soft_nms.h``, as a function of one class that both builds call:
+[soft_nms][cornernet_ref.decode.soft_nms] states the equation, and
+[soft_nms_vectorised][cornernet_ref.decode.soft_nms_vectorised] computes it as tensor
+operations, one step per box of the largest class. Each step is a few dozen operations, and
+an eager operation costs microseconds on a CPU whatever its size: the loop itself, compiled,
+is much faster. It is written once, as a function of one class (``csrc/soft_nms.h``), and
+built twice:
 
 - CPU (``csrc/soft_nms_cpu.cpp``): the classes one after the other, on one core;
-- CUDA (``csrc/soft_nms_cuda.cu``): one thread per class, launched on the current stream,
-  so that nothing waits for the GPU.
+- CUDA (``csrc/soft_nms_cuda.cu``): one thread per class, launched on the current stream;
+  the host waits for nothing.
 
 Why not ``torch.utils.cpp_extension``: the sources use no PyTorch header, so they build in
-about a second with ``g++`` (a minute for an extension on a small machine), which keeps the
-first test run of a fresh environment short, and the build does not depend on the PyTorch
-version. They are compiled on first use into ``$CORNERNET_CACHE`` (by default
+about a second with ``g++`` (an extension takes a minute on a small machine), which keeps
+the first test run of a fresh environment short, and the build does not depend on the
+PyTorch version. They are compiled on first use into ``$CORNERNET_CACHE`` (by default
 ``~/.cache/cornernet_ref``), named by a hash of the sources, the compiler and its flags, and
-called through ``ctypes`` on the tensors' memory. The operator is ``torch.ops.cornernet_ref.
-soft_nms`` (a [torch.library.custom_op][]), with a fake implementation for ``torch.compile``.
+called through ``ctypes`` on the tensors' memory.
 
+[soft_nms_compiled][cornernet_ref.soft_nms_op.soft_nms_compiled] is also the operator
+``torch.ops.cornernet_ref.soft_nms`` (a ``torch.library.custom_op``, with a fake
+implementation for ``torch.compile``); [soft_nms_all][cornernet_ref.decode.soft_nms_all]
+calls the function directly, since the dispatcher adds more time than the loop takes on a
+typical image (``benchmarks/soft_nms.py``, ``torch_op``).
 [available][cornernet_ref.soft_nms_op.available] says whether the build for a device works
 (a failure is remembered, with its reason).
 """
@@ -30,6 +35,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -113,12 +119,15 @@ def load(device_type: str) -> ctypes.CDLL:
         try:
             library = ctypes.CDLL(str(build(device_type)))
             options = [ctypes.c_int] + [ctypes.c_float] * 3
-            if device_type == "cpu":  # total, 6 tensors, options
+            if device_type == "cpu":  # total, 6 tensors, options; total, 4 tensors, options
                 library.soft_nms_cpu.argtypes = [ctypes.c_int64, *[ctypes.c_void_p] * 6, *options]
                 library.soft_nms_cpu.restype = None
-            else:  # total, 4 tensors, options, stream
+                library.soft_nms_rows.argtypes = [ctypes.c_int64, *[ctypes.c_void_p] * 4, *options]
+                library.soft_nms_rows.restype = None
+            else:  # total, 4 tensors, options, device, stream
                 pointers = [ctypes.c_int64, *[ctypes.c_void_p] * 4]
-                library.soft_nms_cuda.argtypes = [*pointers, *options, ctypes.c_void_p]
+                place = [ctypes.c_int, ctypes.c_void_p]
+                library.soft_nms_cuda.argtypes = [*pointers, *options, *place]
                 library.soft_nms_cuda.restype = ctypes.c_int
             _libraries[device_type] = library
             return library
@@ -174,22 +183,36 @@ def soft_nms_compiled(
             total, *(t.data_ptr() for t in tensors), method, sigma, iou_threshold, score_threshold
         )
         return order, new_scores, kept
-    # On the device the rows are sorted by PyTorch, then one thread per class runs the loop.
-    sorted_keys, order = torch.sort(keys, stable=True)
-    rows = torch.cat((boxes, scores[:, None]), dim=1)[order]  # (N, 5): x1 y1 x2 y2 s
-    kept = torch.empty(total, dtype=torch.bool, device=boxes.device)
     stream = torch.cuda.current_stream(boxes.device).cuda_stream
-    error = library.soft_nms_cuda(
-        total,
-        *(t.data_ptr() for t in (sorted_keys, rows, order, kept)),
-        method,
-        sigma,
-        iou_threshold,
-        score_threshold,
-        stream,
+
+    def launch(*args: int | float) -> None:
+        error = library.soft_nms_cuda(*args, boxes.device.index, stream)
+        if error != 0:
+            raise RuntimeError(f"the soft-NMS kernel did not launch: CUDA error {error}")
+
+    return soft_nms_sorted_rows(
+        boxes, scores, keys, method, sigma, iou_threshold, score_threshold, launch
     )
-    if error != 0:
-        raise RuntimeError(f"the soft-NMS kernel did not launch: CUDA error {error}")
+
+
+def soft_nms_sorted_rows(
+    boxes: Tensor,
+    scores: Tensor,
+    keys: Tensor,
+    method: int,
+    sigma: float,
+    iou_threshold: float,
+    score_threshold: float,
+    launch: Callable[..., None],
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The device's way of :func:`soft_nms_compiled`: the rows sorted by class with
+    PyTorch, then ``launch`` runs the loop of each class (on a GPU, the CUDA kernel; the
+    tests pass the CPU build of the same loop, ``soft_nms_rows``)."""
+    sorted_keys, order = torch.sort(keys, stable=True)  # a class is a run of equal keys
+    rows = torch.cat((boxes, scores[:, None]), dim=1)[order]  # (N, 5): x1 y1 x2 y2 s
+    kept = torch.empty(len(keys), dtype=torch.bool, device=keys.device)
+    pointers = (t.data_ptr() for t in (sorted_keys, rows, order, kept))
+    launch(len(keys), *pointers, method, sigma, iou_threshold, score_threshold)
     return kept_first(order, rows[:, 4], kept)
 
 
@@ -224,5 +247,6 @@ __all__ = [
     "load",
     "kept_first",
     "soft_nms_compiled",
+    "soft_nms_sorted_rows",
     "soft_nms_op",
 ]

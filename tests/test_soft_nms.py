@@ -1,4 +1,7 @@
-"""Soft-NMS, compiled and vectorised, against the official loop written out in Python."""
+"""Soft-NMS, compiled and vectorised, against the official loop written out in Python.
+
+The GPU's way (rows sorted by PyTorch, then the loop of each class) runs here with the CPU
+build of the loop; the tests marked ``cuda`` run it on a GPU."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cornernet_ref import soft_nms_op
-from cornernet_ref.decode import REJECTED, decode, soft_nms, soft_nms_all
+from cornernet_ref.decode import REJECTED, SoftNMSResult, decode, soft_nms, soft_nms_all
 from cornernet_ref.inference import (
     TestConfig,
     boxes_to_image,
@@ -22,10 +25,7 @@ from cornernet_ref.inference import (
 )
 from cornernet_ref.output import CornerNetOutput
 
-IMPLEMENTATIONS = [
-    pytest.param(True, id="compiled"),
-    pytest.param(False, id="vectorised"),
-]
+IMPLEMENTATIONS = ["compiled", "vectorised", "device_path"]
 f32 = np.float32
 
 
@@ -82,13 +82,27 @@ def official_per_class(boxes, scores, labels, method):
     return keep, new_scores
 
 
-def check_against_official(boxes, scores, labels, method, compiled):
-    result = soft_nms_all(
+def run_soft_nms(implementation, boxes, scores, labels, *, valid=None, method="gaussian"):
+    """soft_nms_all with the compiled loop or the vectorised form, or the GPU's way (rows
+    sorted by PyTorch, then the loop of each class) run with the CPU build of the loop."""
+    if implementation == "device_path":
+        keys = labels.long() if valid is None else torch.where(valid, labels.long(), -1)
+        options = (soft_nms_op.METHODS[method], 0.5, 0.5, 0.001)
+        launch = soft_nms_op.load("cpu").soft_nms_rows
+        return SoftNMSResult(
+            *soft_nms_op.soft_nms_sorted_rows(boxes, scores, keys, *options, launch)
+        )
+    compiled = implementation == "compiled"
+    return soft_nms_all(boxes, scores, labels, valid=valid, method=method, compiled=compiled)
+
+
+def check_against_official(boxes, scores, labels, method, implementation):
+    result = run_soft_nms(
+        implementation,
         torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
         torch.tensor(scores, dtype=torch.float32),
         torch.tensor(labels, dtype=torch.long),
         method=method,
-        compiled=compiled,
     )
     expected_keep, expected_scores = official_per_class(boxes, scores, labels, method)
     assert result.order[result.kept].tolist() == expected_keep  # the same boxes, same order
@@ -113,27 +127,27 @@ box_rows = st.lists(
 
 
 @pytest.mark.claim("soft-nms")
-@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @given(
     rows=box_rows,
     classes=st.sampled_from([1, 3, 80]),
     method=st.sampled_from(["gaussian", "linear"]),
     data=st.data(),
 )
-def test_soft_nms_equals_the_official_loop(rows, classes, method, data, compiled) -> None:
+def test_soft_nms_equals_the_official_loop(rows, classes, method, data, implementation) -> None:
     """Ties, threshold crossings, one class or many, empty input, both methods."""
     labels = data.draw(
         st.lists(st.integers(0, classes - 1), min_size=len(rows), max_size=len(rows))
     )
     boxes = [[x, y, x + w, y + h] for x, y, w, h, _ in rows]
     scores = [s for *_, s in rows]
-    check_against_official(boxes, scores, labels, method, compiled)
+    check_against_official(boxes, scores, labels, method, implementation)
 
 
 @pytest.mark.claim("soft-nms")
-@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @given(data=st.data(), method=st.sampled_from(["gaussian", "linear"]))
-def test_soft_nms_of_equal_boxes_follows_the_official_order(data, method, compiled) -> None:
+def test_soft_nms_of_equal_boxes_follows_the_official_order(data, method, implementation) -> None:
     """Copies of a few boxes with a few scores: nearly every choice is a tie, decided by
     the order the official swaps leave."""
     count = data.draw(st.integers(0, 40))
@@ -141,35 +155,35 @@ def test_soft_nms_of_equal_boxes_follows_the_official_order(data, method, compil
     boxes = data.draw(st.lists(st.sampled_from(shapes), min_size=count, max_size=count))
     scores = data.draw(st.lists(st.sampled_from([0.8, 0.4, 0.002]), min_size=count, max_size=count))
     labels = data.draw(st.lists(st.integers(0, 1), min_size=count, max_size=count))
-    check_against_official(boxes, scores, labels, method, compiled)
+    check_against_official(boxes, scores, labels, method, implementation)
 
 
-@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
-def test_soft_nms_ties_follow_the_array_not_the_input_order(compiled) -> None:
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_soft_nms_ties_follow_the_array_not_the_input_order(implementation) -> None:
     """Boxes 2 and 3 are equal, far from the others, and score 0.5 each. Step 0 keeps box 0
     and drops its copy, box 1 (0.001 e^{-2} < 0.001): the last box, 3, takes position 1, so
     the array is 0, 3, 2. Step 1 then keeps box 3, the first 0.5 in the array (box 2 in the
     input order), and decays its copy, box 2, by e^{-2}."""
     boxes = [[0, 0, 9, 9], [0, 0, 9, 9], [100, 0, 109, 9], [100, 0, 109, 9]]
-    result = soft_nms_all(
+    result = run_soft_nms(
+        implementation,
         torch.tensor(boxes, dtype=torch.float32),
         torch.tensor([0.9, 0.001, 0.5, 0.5]),
         torch.zeros(4, dtype=torch.long),
-        compiled=compiled,
     )
     assert result.order[result.kept].tolist() == [0, 3, 2]
     assert result.scores[result.kept].tolist() == pytest.approx([0.9, 0.5, 0.5 * math.exp(-2)])
 
 
 @pytest.mark.claim("soft-nms")
-@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
-def test_soft_nms_hand_computed(compiled) -> None:
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_soft_nms_hand_computed(implementation) -> None:
     boxes = torch.tensor(
         [[0, 0, 9, 9], [0, 0, 9, 9], [0, 0, 9, 4], [0, 0, 9, 9]], dtype=torch.float
     )
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
     labels = torch.tensor([0, 0, 0, 1])
-    result = soft_nms_all(boxes, scores, labels, compiled=compiled)
+    result = run_soft_nms(implementation, boxes, scores, labels)
     by_index = dict(
         zip(result.order[result.kept].tolist(), result.scores[result.kept].tolist(), strict=True)
     )
@@ -179,7 +193,7 @@ def test_soft_nms_hand_computed(compiled) -> None:
     # is the best left (0.7 e^{-0.5} = 0.42 > 0.8 e^{-2} = 0.108) and decays box 1 again.
     assert by_index[2] == pytest.approx(0.7 * math.exp(-(0.5**2) / 0.5))
     assert by_index[1] == pytest.approx(0.8 * math.exp(-2) * math.exp(-(0.5**2) / 0.5))
-    result = soft_nms_all(boxes, scores, labels, method="linear", compiled=compiled)
+    result = run_soft_nms(implementation, boxes, scores, labels, method="linear")
     by_index = dict(
         zip(result.order[result.kept].tolist(), result.scores[result.kept].tolist(), strict=True)
     )
@@ -187,15 +201,29 @@ def test_soft_nms_hand_computed(compiled) -> None:
     assert by_index[2] == pytest.approx(0.7)  # IoU 0.5 is not > 0.5
 
 
-@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
-def test_soft_nms_leaves_out_the_invalid_boxes(compiled) -> None:
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_soft_nms_leaves_out_the_invalid_boxes(implementation) -> None:
     """A left-out box is never kept and decays nothing, even an exact copy of a kept box."""
     boxes = torch.tensor([[0, 0, 9, 9], [0, 0, 9, 9], [0, 0, 9, 9]], dtype=torch.float)
     scores = torch.tensor([0.5, 0.9, 0.7])
     valid = torch.tensor([True, False, True])
-    result = soft_nms_all(boxes, scores, torch.zeros(3), valid=valid, compiled=compiled)
+    result = run_soft_nms(implementation, boxes, scores, torch.zeros(3), valid=valid)
     assert result.order[result.kept].tolist() == [2, 0]
     assert result.scores[result.kept].tolist() == pytest.approx([0.7, 0.5 * math.exp(-2)])
+
+
+@given(data=st.data())
+def test_soft_nms_depends_on_the_order_of_the_labels_only(data) -> None:
+    """Labels far apart (grouped by a comparison sort, not by counting) give the result of
+    small labels in the same order."""
+    count = data.draw(st.integers(1, 30))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+    corners = torch.rand(count, 2, generator=g) * 30
+    boxes = torch.cat((corners, corners + torch.rand(count, 2, generator=g) * 20), dim=1)
+    scores, labels = torch.rand(count, generator=g), torch.randint(0, 3, (count,), generator=g)
+    small = soft_nms_all(boxes, scores, labels)
+    spread = soft_nms_all(boxes, scores, labels * 10**12 + 5)
+    assert torch.equal(spread.order, small.order) and torch.equal(spread.scores, small.scores)
 
 
 def test_soft_nms_returns_the_kept_boxes_grouped_by_class() -> None:
@@ -294,7 +322,7 @@ def test_detect_image_gives_the_detections_of_the_official_loop(seed, max_per_im
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
+@pytest.mark.parametrize("compiled", [True, False])
 def test_soft_nms_on_a_gpu_equals_the_cpu(compiled) -> None:
     g = torch.Generator().manual_seed(0)
     corners = torch.rand(1000, 2, generator=g) * 400

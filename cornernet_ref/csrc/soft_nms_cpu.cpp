@@ -23,6 +23,18 @@ static void sort_by_key(int64_t total, const int64_t* keys, int64_t* index) {
   for (int64_t box = 0; box < total; ++box) index[next[keys[box] - *low]++] = box;
 }
 
+// The loop of every class on rows sorted by key, as the CUDA kernel runs it (one class per
+// thread there): `keys` (N,) sorted; `rows` (N, 5) x1 y1 x2 y2 s, decayed in place; `index`
+// (N,) the box of each row, permuted with the rows; `kept` (N,) written.
+extern "C" void soft_nms_rows(
+    int64_t total, const int64_t* keys, float* rows, int64_t* index, bool* kept, int method,
+    float sigma, float iou_threshold, float score_threshold) {
+  const SoftNMSOptions options{method, sigma, iou_threshold, score_threshold};
+  for (int64_t t = 0; t < total; ++t) {
+    soft_nms_class_at(t, total, keys, rows, index, kept, options);
+  }
+}
+
 // Soft-NMS of `total` boxes ((N, 4) `boxes`, (N,) `scores`) by class (`keys`). Writes `order`,
 // every box once: the kept boxes first, grouped by key ascending and in the order kept, then
 // the others; `new_scores`, the decayed score of each; `kept`.
@@ -40,12 +52,10 @@ extern "C" void soft_nms_cpu(
     std::copy(boxes + 4 * box, boxes + 4 * box + 4, rows.data() + 5 * row);
     rows[5 * row + 4] = scores[box];
   }
-  const SoftNMSOptions options{method, sigma, iou_threshold, score_threshold};
   std::unique_ptr<bool[]> is_kept(new bool[total]);  // by row
-  for (int64_t t = 0; t < total; ++t) {
-    soft_nms_class_at(
-        t, total, sorted_keys.data(), rows.data(), index.data(), is_kept.get(), options);
-  }
+  soft_nms_rows(
+      total, sorted_keys.data(), rows.data(), index.data(), is_kept.get(), method, sigma,
+      iou_threshold, score_threshold);
   int64_t out = 0;
   for (const bool keep : {true, false}) {  // the kept rows first, then the others
     for (int64_t row = 0; row < total; ++row) {

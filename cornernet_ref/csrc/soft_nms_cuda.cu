@@ -14,15 +14,21 @@ __global__ void soft_nms_kernel(
 
 // `keys` (N,): the sorted keys; `rows` (N, 5): x1 y1 x2 y2 s of the box of each row, decayed
 // in place; `index` (N,): the box of each row, permuted with the rows; `kept` (N,) written.
+// `device` and `stream`: where the tensors are and the caller's stream on it.
 extern "C" int soft_nms_cuda(
     int64_t total, const int64_t* keys, float* rows, int64_t* index, bool* kept, int method,
-    float sigma, float iou_threshold, float score_threshold, void* stream) {
+    float sigma, float iou_threshold, float score_threshold, int device, void* stream) {
   const SoftNMSOptions options{method, sigma, iou_threshold, score_threshold};
   const int threads = 128;
   const int64_t blocks = (total + threads - 1) / threads;
+  int caller_device = 0;
+  cudaGetDevice(&caller_device);
+  cudaSetDevice(device);  // the stream's device, restored after the launch
   if (blocks > 0) {
     soft_nms_kernel<<<(unsigned)blocks, threads, 0, (cudaStream_t)stream>>>(
         total, keys, rows, index, kept, options);
   }
-  return (int)cudaGetLastError();  // a launch error, read without waiting for the kernel
+  const cudaError_t error = cudaGetLastError();  // a launch error; nothing waits for the kernel
+  cudaSetDevice(caller_device);
+  return (int)error;
 }
