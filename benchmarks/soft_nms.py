@@ -105,6 +105,15 @@ void official_per_class(const float *boxes, const float *scores, const int64_t *
 """
 
 
+# What a run on a GPU must confirm; this benchmark runs on the CPU only.
+NOT_MEASURED = [
+    "the CUDA build of csrc/soft_nms_cuda.cu (nvcc -arch=native) loads and launches",
+    "tests/test_soft_nms.py -m cuda: the GPU's result equals the CPU's, and decoding with "
+    "soft-NMS runs under torch.cuda.set_sync_debug_mode('error') (no host sync)",
+    "the time of decode + soft-NMS per image on the GPU (gpu_check's inference step)",
+]
+
+
 def build_official_loop(directory: Path) -> ctypes.CDLL:
     """Compile :data:`OFFICIAL_LOOP` with the package's CPU compiler and flags."""
     compiler, flags, _ = soft_nms_op.BUILDS["cpu"]
@@ -188,14 +197,17 @@ def soft_nms_case(library, count: int, classes: int, repeats: int) -> dict:
     rows = torch.cat((boxes[keep], new_scores[:, None]), dim=1).numpy()
     expected = np.concatenate(official_rows())
     equal = rows.shape == expected.shape and bool(np.abs(rows - expected).max() <= 1e-6)
-    ratio = timings["soft_nms"]["median_ms"] / timings["official_loop"]["median_ms"]
+    ratios = {
+        statistic: round(timings["soft_nms"][statistic] / timings["official_loop"][statistic], 3)
+        for statistic in ("median_ms", "best_ms")
+    }
     return {
         "boxes": count,
         "classes": classes,
         "kept": len(keep),
         "same_kept_boxes_and_scores_as_official_loop": equal,
         "timings": timings,
-        "soft_nms_over_official_loop_median": round(ratio, 3),
+        "soft_nms_over_official_loop": ratios,
     }
 
 
@@ -247,6 +259,7 @@ def main() -> None:
             soft_nms_case(library, 1000, classes, args.repeats) for classes in (80, 1)
         ]
     result["decode"] = decode_case(args.repeats)
+    result["not_measured_here"] = NOT_MEASURED
     result["load_average_1_5_15_min_after"] = [round(x, 2) for x in os.getloadavg()]
     write_result(args.out, result)
     print(json_summary(result))
@@ -259,7 +272,7 @@ def json_summary(result: dict) -> str:
         lines.append(
             f"{case['boxes']} boxes, {case['classes']} classes: "
             + ", ".join(f"{name} {v['median_ms']} ms" for name, v in t.items())
-            + f"; ratio {case['soft_nms_over_official_loop_median']}, "
+            + f"; ratio {case['soft_nms_over_official_loop']}, "
             f"equal {case['same_kept_boxes_and_scores_as_official_loop']}"
         )
     lines.append("decode: " + str(result["decode"]))
