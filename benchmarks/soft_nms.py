@@ -67,9 +67,9 @@ static int64_t official(float *rows, int64_t n, int method, float sigma, float n
     for (int64_t pos = i + 1; pos < n; pos++) {
       float *r = rows + 5 * pos;
       float area = (r[2] - r[0] + 1) * (r[3] - r[1] + 1);
-      float iw = fminf(tx2, r[2]) - fmaxf(tx1, r[0]) + 1;
+      float iw = (tx2 < r[2] ? tx2 : r[2]) - (tx1 > r[0] ? tx1 : r[0]) + 1;
       if (iw > 0) {
-        float ih = fminf(ty2, r[3]) - fmaxf(ty1, r[1]) + 1;
+        float ih = (ty2 < r[3] ? ty2 : r[3]) - (ty1 > r[1] ? ty1 : r[1]) + 1;
         if (ih > 0) {
           float ua = (tx2 - tx1 + 1) * (ty2 - ty1 + 1) + area - iw * ih;
           float ov = iw * ih / ua;

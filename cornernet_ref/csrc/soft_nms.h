@@ -57,13 +57,16 @@ SOFT_NMS_HOST_DEVICE inline int64_t soft_nms_class(
   }
   for (int64_t i = 0; i < n; ++i) {
     swap_rows(rows, index, i, best);
-    const float* m = rows + 5 * i;  // M
-    const float area_m = (m[2] - m[0] + 1) * (m[3] - m[1] + 1);
-    best = i + 1;  // M of the next step, among the rows examined so far
+    const float m_x1 = rows[5 * i], m_y1 = rows[5 * i + 1];  // M
+    const float m_x2 = rows[5 * i + 2], m_y2 = rows[5 * i + 3];
+    const float area_m = (m_x2 - m_x1 + 1) * (m_y2 - m_y1 + 1);
+    best = -1;  // M of the next step, among the rows examined so far
+    float best_score = 0;
     for (int64_t pos = i + 1; pos < n; ++pos) {
       float* b = rows + 5 * pos;
-      const float inter_w = fminf(m[2], b[2]) - fmaxf(m[0], b[0]) + 1;
-      const float inter_h = fminf(m[3], b[3]) - fmaxf(m[1], b[1]) + 1;
+      // min and max as comparisons, as the official Cython compiles them
+      const float inter_w = (m_x2 < b[2] ? m_x2 : b[2]) - (m_x1 > b[0] ? m_x1 : b[0]) + 1;
+      const float inter_h = (m_y2 < b[3] ? m_y2 : b[3]) - (m_y1 > b[1] ? m_y1 : b[1]) + 1;
       if (inter_w > 0 && inter_h > 0) {  // b touches M: decay s_b
         const float area_b = (b[2] - b[0] + 1) * (b[3] - b[1] + 1);
         const float inter = inter_w * inter_h;
@@ -83,7 +86,10 @@ SOFT_NMS_HOST_DEVICE inline int64_t soft_nms_class(
           continue;
         }
       }
-      if (rows[5 * best + 4] < b[4]) best = pos;  // row pos is final for this step
+      if (best < 0 || best_score < b[4]) {  // row pos is final for this step
+        best = pos;
+        best_score = b[4];
+      }
     }
   }
   return n;
