@@ -22,7 +22,7 @@ random logits, and ``merge_detections`` of its pairs (soft-NMS of up to 2000 box
 Everything runs on one thread (``torch.set_num_threads(1)``), as the loops do. The machine's
 load average is recorded before and after.
 
-    python benchmarks/soft_nms.py --repeats 15
+    python benchmarks/soft_nms.py --repeats 61
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import random
 import statistics
 import subprocess
 import tempfile
@@ -162,15 +163,19 @@ def official_runner(library: ctypes.CDLL, boxes, scores, labels, classes: int):
 
 
 def time_in_turn(runs: dict[str, Callable[[], object]], repeats: int, inner: int) -> dict:
-    """Median and best of ``repeats`` rounds, each timing every run ``inner`` times."""
+    """Median and best of ``repeats`` rounds, each timing every run ``inner`` times, in an
+    order shuffled from round to round (so that a burst of load on the shared machine does
+    not fall on the same run every time)."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for run in runs.values():
         run()  # warm up: builds, allocations
+    order, shuffle = list(runs), random.Random(0).shuffle
     for _ in range(repeats):
-        for name, run in runs.items():
+        shuffle(order)
+        for name in order:
             start = time.perf_counter()
             for _ in range(inner):
-                run()
+                runs[name]()
             times[name].append((time.perf_counter() - start) / inner * 1e3)
     return {
         name: {"median_ms": round(statistics.median(t), 4), "best_ms": round(min(t), 4)}
@@ -235,13 +240,13 @@ def decode_case(repeats: int) -> dict:
         "maps": [2, classes, height, width],
         "valid_pairs": int((part.scores > -1).sum()),
         "final_boxes": len(merge_detections([part], config).scores),
-        "timings": time_in_turn(runs, repeats, 3),
+        "timings": time_in_turn(runs, max(3, repeats // 5), 1),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=61)
     parser.add_argument("--out", type=Path, default=RESULTS / "soft_nms_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
