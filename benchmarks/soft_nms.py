@@ -17,7 +17,9 @@ timed in turn round after round so that a change of load affects them alike:
 * ``vectorised``: the readable tensor form, the fallback where the loop does not build.
 
 Decoding: ``decode`` of a flip-test batch (2 x 80 x 128 x 192 maps: a 511 x 767 canvas) with
-random logits, and ``merge_detections`` of its pairs (soft-NMS of up to 2000 boxes).
+random logits, ``scale_detections`` (decode and the boxes mapped to the image) and
+``merge_detections`` of its pairs; and the 3 x 3 max-pool of ``local_maxima`` on one of its
+heatmaps, in PyTorch's default layout and in channels_last (which decode uses).
 
 Everything runs on one thread (``torch.set_num_threads(1)``), as the loops do. The machine's
 load average is recorded before and after.
@@ -40,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from report import RESULTS, header, write_result
 
 from cornernet_ref import soft_nms_op
@@ -233,7 +236,13 @@ def decode_case(repeats: int) -> dict:
     )  # fmt: skip
     config = TestConfig()
     part = scale_detections(out, geometry, config)
+    heat = out.tl_heat.sigmoid()
     runs = {
+        # The 3 x 3 max-pool of local_maxima in PyTorch's default layout and in the one it uses.
+        "max_pool_nchw": lambda: F.max_pool2d(heat, 3, stride=1, padding=1),
+        "max_pool_channels_last": lambda: F.max_pool2d(
+            heat.contiguous(memory_format=torch.channels_last), 3, stride=1, padding=1
+        ).contiguous(),
         "decode": lambda: decode(out, config.decode),
         "scale_detections": lambda: scale_detections(out, geometry, config),
         "merge_detections": lambda: merge_detections([part], config),
