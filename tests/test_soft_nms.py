@@ -343,14 +343,18 @@ def test_decoding_and_soft_nms_on_a_gpu_never_wait_for_it() -> None:
     out = CornerNetOutput(*(t.cuda() for t in flat_maps(0)))
     record = {"id": 1, "file_name": "unused.png", "height": 93, "width": 90}
     config = TestConfig()
-    soft_nms_op.load("cuda")  # built before the check
     geometry = canvas_geometry(record["height"], record["width"])
+
+    def decode_and_soft_nms() -> tuple:
+        part = scale_detections(out, geometry, config)
+        valid = part.scores > REJECTED
+        return part, soft_nms_all(part.boxes, part.scores, part.labels, valid=valid, compiled=True)
+
+    decode_and_soft_nms()  # once before the check: the build and CUDA's lazy set-up
+    torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        part = scale_detections(out, geometry, config)
-        result = soft_nms_all(
-            part.boxes, part.scores, part.labels, valid=part.scores > REJECTED, compiled=True
-        )
+        part, result = decode_and_soft_nms()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     expected = soft_nms_all(
