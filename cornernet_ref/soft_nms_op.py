@@ -21,8 +21,8 @@ called through ``ctypes`` on the tensors' memory.
 [soft_nms_compiled][cornernet_ref.soft_nms_op.soft_nms_compiled] is also the operator
 ``torch.ops.cornernet_ref.soft_nms`` (a ``torch.library.custom_op``, with a fake
 implementation for ``torch.compile``); [soft_nms_all][cornernet_ref.decode.soft_nms_all]
-calls the function directly, since the dispatcher adds more time than the loop takes on a
-typical image (``benchmarks/soft_nms.py``, ``torch_op``).
+calls the function directly, since on a typical image the dispatcher adds a large share of
+the time (``benchmarks/soft_nms.py``: ``torch_op`` beside ``soft_nms_all``).
 [available][cornernet_ref.soft_nms_op.available] says whether the build for a device works
 (a failure is remembered, with its reason).
 """
@@ -224,8 +224,8 @@ def kept_first(order: Tensor, scores: Tensor, kept: Tensor) -> tuple[Tensor, Ten
 
 
 # The same function as a PyTorch operator, for torch.compile, export and torch.library.opcheck.
-# soft_nms calls the function itself: the dispatcher would add more time than the loop takes
-# on a typical image (benchmarks/soft_nms.py).
+# soft_nms_all calls the function itself: on a typical image the dispatcher adds a large share
+# of the time (benchmarks/soft_nms.py: torch_op beside soft_nms_all).
 soft_nms_op = torch.library.custom_op("cornernet_ref::soft_nms", mutates_args=())(soft_nms_compiled)
 
 
