@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cornernet_ref import soft_nms_op
 from cornernet_ref.output import CornerNetOutput, gather_at
 from cornernet_ref.printable import PrintableConfig
 
@@ -95,7 +96,14 @@ def local_maxima(heat: Tensor, kernel: int = DecodeConfig.kernel) -> Tensor:
     Ties survive: two equal neighbouring peaks are both kept, as in the official code.
     """
     check_kernel(kernel)
-    window_max = F.max_pool2d(heat, kernel, stride=1, padding=(kernel - 1) // 2)
+    # Pooled in channels_last, where PyTorch's CPU max-pool is several times faster
+    # (benchmarks/soft_nms.py, decode); a maximum is exact in any layout.
+    window_max = F.max_pool2d(
+        heat.contiguous(memory_format=torch.channels_last),
+        kernel,
+        stride=1,
+        padding=(kernel - 1) // 2,
+    ).contiguous()
     return heat * (window_max == heat)  # step 1: keep the peaks only
 
 
@@ -206,25 +214,42 @@ def decode(out: CornerNetOutput, config: DecodeConfig = DecodeConfig()) -> Detec
     )
 
 
-def box_iou_plus_one(boxes: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Pairwise IoU of ``(N, 4)`` boxes with the official "+1 pixel" convention.
+def box_iou_plus_one(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    r"""IoU of ``(..., 4)`` boxes ``a`` and ``b`` (broadcast) with the official "+1 pixel" rule.
 
     The official soft-NMS (from the Fast R-CNN code base) counts a box from ``x1`` to ``x2``
     as ``x2 - x1 + 1`` pixels wide, and only boxes whose "+1" intersection is positive in
     both axes are touched by a decay. Both conventions are kept here so that the scores
-    match the official ones.
+    match the official ones; the IoU of two boxes that do not touch is 0.
 
     Returns:
-        ``(iou, touching)``: ``(N, N)`` IoU and a boolean ``(N, N)`` overlap mask.
+        ``(iou, touching)``: the IoU and a boolean overlap mask, of the broadcast shape.
     """
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    inter_w = torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None]) + 1
-    inter_h = torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None]) + 1
+    ax1, ay1, ax2, ay2 = a.unbind(-1)
+    bx1, by1, bx2, by2 = b.unbind(-1)
+    inter_w = torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1) + 1
+    inter_h = torch.minimum(ay2, by2) - torch.maximum(ay1, by1) + 1
     touching = (inter_w > 0) & (inter_h > 0)
     inter = inter_w.clamp(min=0) * inter_h.clamp(min=0)
-    iou = inter / (areas[:, None] + areas[None] - inter)
+    area_a = (ax2 - ax1 + 1) * (ay2 - ay1 + 1)
+    area_b = (bx2 - bx1 + 1) * (by2 - by1 + 1)
+    iou = inter / (area_a + area_b - inter)
     return torch.where(touching, iou, torch.zeros_like(iou)), touching
+
+
+class SoftNMSResult(NamedTuple):
+    r"""Soft-NMS of ``N`` boxes as fixed-size ``(N,)`` tensors, in the kept order.
+
+    Attributes:
+        order: every box index once: the kept boxes first, grouped by class ascending and,
+            within a class, in the order they were kept; then the others.
+        scores: the decayed score of box ``order[n]``.
+        kept: whether box ``order[n]`` is kept (``True`` for the first ones, then ``False``).
+    """
+
+    order: Tensor
+    scores: Tensor
+    kept: Tensor
 
 
 def soft_nms(
@@ -248,45 +273,192 @@ def soft_nms(
        \;\;(\text{linear}, N_t = 0.5), $$
 
     with the IoU of [box_iou_plus_one][cornernet_ref.decode.box_iou_plus_one]. Gaussian
-    is the official default.
+    is the official default. A decayed box whose score falls below ``score_threshold`` is
+    dropped; a box that never touches a kept one is kept whatever its score.
 
-    Boxes of different classes never decay each other, so all classes run in one loop:
-    each step keeps the best remaining box (the first one on ties, as the official code
-    does) and decays, in one vectorised update, every remaining box of its class that it
-    touches. A decayed box whose score falls below ``score_threshold`` is dropped.
+    This is the official algorithm, step for step, ties included: it keeps the boxes of a
+    class in an array, takes as $M$ the first highest score after the boxes already kept,
+    swaps it to the front, and moves each dropped box behind the last remaining one, which
+    takes its place; these moves decide which of two equal scores comes first.
+    [soft_nms_all][cornernet_ref.decode.soft_nms_all] runs it.
 
     Returns:
         ``(keep, new_scores)``: indices of the kept boxes, grouped by class (ascending) and
-        in the order they were kept, and their decayed scores.
+        in the order they were kept, and their decayed scores. On a GPU, this selection is
+        the one step that waits for the device (the number of kept boxes is read).
+    """
+    result = soft_nms_all(
+        boxes,
+        scores,
+        labels,
+        method=method,
+        sigma=sigma,
+        iou_threshold=iou_threshold,
+        score_threshold=score_threshold,
+    )
+    count = int(result.kept.count_nonzero())  # the kept boxes come first
+    return result.order[:count], result.scores[:count]
+
+
+def soft_nms_all(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    *,
+    valid: Tensor | None = None,
+    method: Literal["gaussian", "linear"] = "gaussian",
+    sigma: float = 0.5,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.001,
+    compiled: bool | None = None,
+) -> SoftNMSResult:
+    r"""[soft_nms][cornernet_ref.decode.soft_nms] with a result of fixed size: on a GPU,
+    nothing waits for the device.
+
+    Two implementations give the same result: the official loop compiled
+    ([cornernet_ref.soft_nms_op][]: C++ on the CPU, one CUDA thread per class on a GPU) and
+    the readable [soft_nms_vectorised][cornernet_ref.decode.soft_nms_vectorised].
+
+    Args:
+        boxes: ``(N, 4)`` ``(x1, y1, x2, y2)``; computed in float32.
+        scores: ``(N,)``.
+        labels: ``(N,)`` classes, integers from 0.
+        valid: ``(N,)`` booleans, ``False`` for a box to leave out (never kept, decays
+            nothing); all boxes by default.
+        method, sigma, iou_threshold, score_threshold: as :func:`soft_nms`.
+        compiled: ``True`` for the compiled loop, ``False`` for the vectorised form,
+            ``None`` (default) for the compiled loop where it builds.
     """
     if boxes.dim() != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
         raise ValueError(
             f"expected boxes (N, 4) and scores (N,), got {tuple(boxes.shape)} "
             f"and {tuple(scores.shape)}"
         )
-    if method not in ("gaussian", "linear"):
-        raise ValueError(f"method must be 'gaussian' or 'linear', got {method!r}")
-    iou, touching = box_iou_plus_one(boxes.float())
-    same_class = labels[:, None] == labels[None]
-    touching &= same_class
-    if method == "gaussian":
-        weights = torch.exp(-(iou**2) / sigma)  # s *= exp(-IoU^2 / sigma)
-    else:
-        weights = torch.where(iou > iou_threshold, 1 - iou, torch.ones_like(iou))  # s *= 1 - IoU
-    weights = torch.where(touching, weights, torch.ones_like(weights))
+    if method not in soft_nms_op.METHODS:
+        raise ValueError(f"method must be one of {tuple(soft_nms_op.METHODS)}, got {method!r}")
+    keys = labels.long() if valid is None else torch.where(valid, labels.long(), -1)
+    options = (soft_nms_op.METHODS[method], sigma, iou_threshold, score_threshold)
+    if compiled is None:
+        compiled = soft_nms_op.available(boxes.device.type)
+    if compiled:
+        return SoftNMSResult(*soft_nms_op.soft_nms_compiled(boxes, scores, keys, *options))
+    return soft_nms_vectorised(boxes, scores, keys, *options)
 
-    current = scores.clone().float()
-    remaining = torch.ones_like(current, dtype=torch.bool)
-    kept = []
-    for _ in range(len(current)):
-        candidates = torch.where(remaining, current, torch.full_like(current, -torch.inf))
-        best = int(candidates.argmax())
-        if not remaining[best]:
-            break
-        kept.append(best)
-        remaining[best] = False
-        current = torch.where(remaining, current * weights[best], current)
-        remaining &= ~(touching[best] & (current < score_threshold))
-    keep = torch.tensor(kept, dtype=torch.long, device=boxes.device)
-    keep = keep[torch.sort(labels[keep], stable=True).indices]  # group by class, as COCO files
-    return keep, current[keep]
+
+def soft_nms_vectorised(
+    boxes: Tensor,
+    scores: Tensor,
+    keys: Tensor,
+    method: int,
+    sigma: float,
+    iou_threshold: float,
+    score_threshold: float,
+) -> SoftNMSResult:
+    r"""The official soft-NMS loop of every class at once, as tensor operations, on any device.
+
+    The boxes of each class fill a row of a padded ``(S, W)`` table (``S`` classes, ``W``
+    boxes in the largest), in their order in the input: a row is the official array of its
+    class. Step $i$ of the loop runs in all rows together, so there are ``W`` steps, not ``N``
+    (:func:`_soft_nms_step`). The table's size is read from the class sizes: on a GPU, one
+    wait for the device, which the compiled loop does not have.
+
+    Args:
+        boxes, scores: ``(N, 4)`` and ``(N,)``.
+        keys: ``(N,)`` int64 class of each box, ``-1`` for a box to leave out.
+        method: ``METHODS["gaussian"]`` or ``METHODS["linear"]``
+            (:mod:`cornernet_ref.soft_nms_op`); sigma, iou_threshold, score_threshold: as
+            :func:`soft_nms`.
+    """
+    total = len(keys)
+    sorted_keys, order = torch.sort(keys, stable=True)
+    class_keys, sizes = torch.unique_consecutive(sorted_keys, return_counts=True)
+    width = max(sizes.tolist(), default=0)  # W; the one read from the device
+    starts = sizes.cumsum(0) - sizes
+    column = torch.arange(width, device=keys.device)
+    present = column < sizes[:, None]  # (S, W): not padding
+    row = (starts[:, None] + column).clamp(max=max(total - 1, 0))  # the sorted box there
+    index = order[row]  # (S, W) the box at each position of each class's array
+    count = torch.where(class_keys >= 0, sizes, 0)  # N of each array; left-out boxes: none
+    table = (index, scores.float()[index], boxes.float()[index])
+    for i in range(width):
+        table, count = _soft_nms_step(
+            i, table, count, method, sigma, iou_threshold, score_threshold
+        )
+    index, decayed, _ = table
+    # Back to one (N,) result, read row by row; padding goes to a spare last slot.
+    slot = torch.where(present, row, total).flatten()
+    kept = column < count[:, None]
+
+    def flat(values: Tensor) -> Tensor:
+        spare = values.new_zeros(total + 1)
+        return spare.scatter(0, slot, values.flatten())[:total]
+
+    return SoftNMSResult(*soft_nms_op.kept_first(flat(index), flat(decayed), flat(kept)))
+
+
+def _soft_nms_step(
+    i: int,
+    table: tuple[Tensor, Tensor, Tensor],
+    count: Tensor,
+    method: int,
+    sigma: float,
+    iou_threshold: float,
+    score_threshold: float,
+) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+    r"""Step $i$ of the official loop in every class's array at once.
+
+    ``table`` is ``(index, s, box)``: ``(S, W)`` box indices, ``(S, W)`` scores and
+    ``(S, W, 4)`` boxes, position by position; ``count`` ``(S,)`` is the number ``N`` of
+    boxes still in each array (positions ``0..N-1``). The official loop, in each array:
+    $M$ is the first highest score at positions ``i..N-1``, swapped to position ``i``; every
+    box after it that touches it is decayed; each one whose score falls below the threshold
+    is swapped with the last box, which is examined in its place, and ``N`` shrinks.
+
+    The swaps of the drops come out as follows: the boxes that survive stay where they are
+    if they are before the new end ``N'``, and the ``k``-th dropped box before ``N'`` (from
+    the left) changes places with the ``k``-th survivor after it (from the right).
+    """
+    index, s, box = table
+    column = torch.arange(s.shape[1], device=s.device)
+    alive = column < count[:, None]  # positions 0..N-1
+    live = i < count  # the classes with a box left to keep
+    # M: the first highest score at or after i (argmax returns the first of equal maxima).
+    candidates = torch.where(alive & (column >= i), s, -torch.inf)
+    best = torch.where(live, candidates.argmax(1), i)
+    swap = column.expand_as(s).scatter(1, best[:, None], i)
+    swap[:, i] = best
+    index, s, box = _permute(swap, index, s, box)
+
+    iou, touching = box_iou_plus_one(box[:, i : i + 1], box)  # IoU(M, b) for every b
+    decayed = alive & (column > i) & touching  # the boxes b after M that touch it
+    if method == soft_nms_op.METHODS["gaussian"]:
+        # e^{-IoU^2 / sigma}: the exponential in double, as numpy's in the official code
+        weights = torch.exp((-(iou * iou) / sigma).double()).float()
+    else:
+        weights = torch.where(iou > iou_threshold, 1 - iou, 1.0)  # 1 - IoU above N_t
+    s = torch.where(decayed, s * weights, s)  # s_b <- s_b w(IoU(M, b))
+    dropped = decayed & (s < score_threshold)
+
+    survived = alive & (column > i) & ~dropped
+    new_count = torch.where(live, i + 1 + survived.sum(1), count)  # N'
+    holes = dropped & (column < new_count[:, None])
+    movers = survived & (column >= new_count[:, None])
+    hole_rank = holes.cumsum(1) - 1  # k, from the left
+    mover_rank = movers.flip(1).cumsum(1).flip(1) - 1  # k, from the right
+    spare = s.shape[1]  # a last column for the positions that are neither
+    by_rank = torch.zeros(len(s), spare + 1, dtype=torch.long, device=s.device)  # rank -> j
+    hole_at = by_rank.scatter(1, torch.where(holes, hole_rank, spare), column.expand_as(s))
+    mover_at = by_rank.scatter(1, torch.where(movers, mover_rank, spare), column.expand_as(s))
+    moves = torch.where(
+        holes,
+        mover_at.gather(1, hole_rank.clamp(min=0)),
+        torch.where(movers, hole_at.gather(1, mover_rank.clamp(min=0)), column),
+    )
+    return _permute(moves, index, s, box), new_count
+
+
+def _permute(source: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    r"""Each ``(S, W, ...)`` tensor with position ``j`` of row ``r`` read from ``source[r, j]``."""
+    return tuple(
+        t.gather(1, source.view(*source.shape, *[1] * (t.dim() - 2)).expand_as(t)) for t in tensors
+    )

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from cornernet_ref.data.image import MEAN_RGB, STD_RGB, normalize, read_image, resize_image
-from cornernet_ref.decode import REJECTED, DecodeConfig, decode, soft_nms
+from cornernet_ref.decode import REJECTED, DecodeConfig, decode, soft_nms_all
 from cornernet_ref.errors import InputError
 from cornernet_ref.output import CornerNetOutput
 from cornernet_ref.printable import PrintableConfig
@@ -216,18 +216,23 @@ class ImageDetections(NamedTuple):
 def scale_detections(
     out: CornerNetOutput, geometry: CanvasGeometry, config: TestConfig = TestConfig()
 ) -> ImageDetections:
-    r"""The valid pairs of one scale (and its mirror, with ``config.flip``) in image pixels.
+    r"""The pairs of one scale (and its mirror, with ``config.flip``) in image pixels.
 
     The mirror's boxes are mirrored back on the output grid before the ratio and the border
     are undone: the whole canvas was mirrored, so this is exact even when its two borders
-    differ by a pixel. Rejected pairs (score ``-1``) are dropped; soft-NMS comes later
-    ([merge_detections][cornernet_ref.inference.merge_detections]).
+    differ by a pixel. Rejected pairs are kept, with their score ``-1``, so that the number
+    of boxes does not depend on the maps (nothing waits for a GPU);
+    [merge_detections][cornernet_ref.inference.merge_detections] leaves them out.
 
     Args:
         out: raw maps of a batch of 1 (the canvas) or, with ``config.flip``, 2 (the canvas
             and its mirror).
         geometry: the canvas geometry of the image at this scale.
         config: ``flip`` and the ``decode`` options.
+
+    Returns:
+        ``(D, 4)`` boxes, ``(D,)`` scores and labels: ``num_dets`` pairs per canvas
+        ([decode][cornernet_ref.decode.decode]).
     """
     expected = 2 if config.flip else 1
     if out.tl_heat.shape[0] != expected:
@@ -239,9 +244,7 @@ def scale_detections(
     if config.flip:  # mirror the mirror's boxes back on the output grid
         boxes = torch.stack((boxes[0], mirror_boxes(boxes[1], geometry.output_size[1])))
     boxes = boxes_to_image(boxes, geometry).reshape(-1, 4)
-    scores, labels = dets.scores.reshape(-1), dets.labels.reshape(-1)
-    valid = scores > REJECTED
-    return ImageDetections(boxes[valid], scores[valid], labels[valid])
+    return ImageDetections(boxes, dets.scores.reshape(-1), dets.labels.reshape(-1))
 
 
 def merge_detections(
@@ -249,7 +252,10 @@ def merge_detections(
 ) -> ImageDetections:
     r"""Pool the detections of every scale, soft-NMS per class, keep the best ``max_per_image``.
 
-    Ties with the last kept score are kept too, as the official threshold does.
+    Rejected pairs (score ``-1``) are left out of soft-NMS. Ties with the last kept score are
+    kept too, as the official threshold does. Everything up to the last line has a size
+    fixed by the inputs'; the last line selects the final boxes, and on a GPU it is the one
+    step that waits for the device (to read how many there are).
 
     Args:
         parts: the detections of each scale (:func:`scale_detections`).
@@ -258,13 +264,13 @@ def merge_detections(
     boxes = torch.cat([part.boxes for part in parts])
     scores = torch.cat([part.scores for part in parts])
     labels = torch.cat([part.labels for part in parts])
-    keep, scores = soft_nms(boxes, scores, labels, method=config.nms_method)
-    boxes, labels = boxes[keep], labels[keep]
-    if len(scores) > config.max_per_image:
-        threshold = scores.topk(config.max_per_image).values[-1]
-        top = scores >= threshold
-        boxes, scores, labels = boxes[top], scores[top], labels[top]
-    return ImageDetections(boxes, scores, labels)
+    result = soft_nms_all(boxes, scores, labels, valid=scores > REJECTED, method=config.nms_method)
+    # The max_per_image-th best kept score (-inf if fewer are kept) is the threshold.
+    kept_scores = torch.where(result.kept, result.scores, -torch.inf)
+    threshold = kept_scores.topk(min(config.max_per_image, len(scores))).values[-1:]
+    final = result.kept & (result.scores >= threshold)
+    pick = result.order[final]  # the variable-size result: read back from a GPU here
+    return ImageDetections(boxes[pick], result.scores[final], labels[pick])
 
 
 OutputSource = Callable[[dict, CanvasGeometry, bool], CornerNetOutput]

@@ -1,4 +1,5 @@
-"""Decoding (peaks, top-K, pairing rules) and soft-NMS against simple loop versions."""
+"""Decoding (peaks, top-K, pairing rules) against simple loop versions, and the IoU of
+soft-NMS (tests/test_soft_nms.py tests soft-NMS itself)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cornernet_ref.decode import DecodeConfig, box_iou_plus_one, decode, local_maxima, soft_nms
+from cornernet_ref.decode import DecodeConfig, box_iou_plus_one, decode, local_maxima
 from cornernet_ref.output import CornerNetOutput
 
 LOW, HIGH = -20.0, 4.0  # background and peak logits of the hand-built maps
@@ -140,113 +141,18 @@ def test_decode_rejects_mismatched_heatmaps() -> None:
         decode(out._replace(br_heat=out.br_heat[:, :2]))
 
 
-# ---------------------------------------------------------------- soft-NMS
+# ------------------------------------------------------- the IoU of soft-NMS
 
 
-def loop_soft_nms(boxes, scores, labels, method, sigma=0.5, nt=0.5, threshold=0.001):
-    """Soft-NMS one box at a time, each class on its own, "+1" pixel areas."""
-    kept = {}
-    for cls in set(labels):
-        pool = [[b, s] for b, s, l in zip(boxes, scores, labels, strict=True) if l == cls]
-        while pool:
-            best = max(range(len(pool)), key=lambda i: (pool[i][1], -i))
-            box, score = pool.pop(best)
-            kept[tuple(box)] = score
-            survivors = []
-            for other, s in pool:
-                iw = min(box[2], other[2]) - max(box[0], other[0]) + 1
-                ih = min(box[3], other[3]) - max(box[1], other[1]) + 1
-                if iw > 0 and ih > 0:
-                    area = lambda b: (b[2] - b[0] + 1) * (b[3] - b[1] + 1)  # noqa: E731
-                    iou = iw * ih / (area(box) + area(other) - iw * ih)
-                    if method == "gaussian":
-                        s *= math.exp(-iou * iou / sigma)
-                    elif iou > nt:
-                        s *= 1 - iou
-                    if s < threshold:
-                        continue
-                survivors.append([other, s])
-            pool = survivors
-    return kept
-
-
-box_lists = st.lists(
-    st.tuples(
-        st.integers(0, 40),
-        st.integers(0, 40),
-        st.integers(0, 30),
-        st.integers(0, 30),
-        st.floats(0.0005, 1.0),
-        st.integers(0, 2),
-    ),
-    min_size=1,
-    max_size=25,
-    unique_by=lambda t: t[:4],
-)
-
-
-@pytest.mark.claim("soft-nms")
-@given(rows=box_lists, method=st.sampled_from(["gaussian", "linear"]))
-def test_soft_nms_equals_loop_version(rows, method) -> None:
-    boxes = [[x, y, x + w, y + h] for x, y, w, h, _, _ in rows]
-    scores = [s for *_, s, _ in rows]
-    labels = [c for *_, c in rows]
-    keep, new_scores = soft_nms(
-        torch.tensor(boxes, dtype=torch.float32),
-        torch.tensor(scores, dtype=torch.float32),
-        torch.tensor(labels),
-        method=method,
-    )
-    got = {tuple(boxes[i]): s for i, s in zip(keep.tolist(), new_scores.tolist(), strict=True)}
-    expected = loop_soft_nms(boxes, scores, labels, method)
-    assert got.keys() == expected.keys()
-    for box, score in expected.items():
-        assert got[box] == pytest.approx(score, rel=1e-4, abs=1e-6)
-    kept_labels = torch.tensor(labels)[keep]
-    assert torch.all(kept_labels.diff() >= 0)  # grouped by class
-    for label in kept_labels.unique():  # in the order kept: the best remaining box first
-        assert torch.all(new_scores[kept_labels == label].diff() <= 0)
-
-
-@pytest.mark.claim("soft-nms")
-def test_soft_nms_hand_computed() -> None:
-    boxes = torch.tensor(
-        [[0, 0, 9, 9], [0, 0, 9, 9], [0, 0, 9, 4], [0, 0, 9, 9]], dtype=torch.float
-    )
-    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
-    labels = torch.tensor([0, 0, 0, 1])
-    keep, new = soft_nms(boxes, scores, labels)
-    by_index = dict(zip(keep.tolist(), new.tolist(), strict=True))
-    assert by_index[0] == pytest.approx(0.9)
-    assert by_index[3] == pytest.approx(0.6)  # another class: untouched
-    # Box 2 (half of box 0, IoU 50/100 with "+1" areas) is decayed once by box 0, then
-    # is the best left (0.7 e^{-0.5} = 0.42 > 0.8 e^{-2} = 0.108) and decays box 1 again.
-    assert by_index[2] == pytest.approx(0.7 * math.exp(-(0.5**2) / 0.5))
-    assert by_index[1] == pytest.approx(0.8 * math.exp(-2) * math.exp(-(0.5**2) / 0.5))
-    keep, new = soft_nms(boxes, scores, labels, method="linear")
-    assert 1 not in keep.tolist()  # IoU 1 > 0.5: score x (1 - 1) = 0, dropped
-    assert dict(zip(keep.tolist(), new.tolist(), strict=True))[2] == pytest.approx(
-        0.7
-    )  # IoU 0.5 is not > 0.5
-
-
-@pytest.mark.claim("soft-nms")
-def test_linear_soft_nms_keeps_what_it_decays_above_the_threshold() -> None:
-    boxes = torch.tensor([[0, 0, 9, 9], [0, 0, 9, 7], [0, 5, 9, 14]], dtype=torch.float)
-    # IoU with box 0: 80 / 100 = 0.8 (decayed), 50 / 150 (not decayed); box 2 sits at the
-    # threshold exactly and is not dropped (only a score below it is).
-    threshold = float(torch.tensor(0.001))  # the float32 number the scores are compared with
-    scores = torch.tensor([0.9, 0.8, threshold])
-    keep, new = soft_nms(boxes, scores, torch.zeros(3, dtype=torch.long), method="linear")
-    assert keep.tolist() == [0, 1, 2]
-    assert new.tolist() == pytest.approx([0.9, 0.8 * (1 - 0.8), threshold])
+def pairwise_iou(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return box_iou_plus_one(boxes[:, None], boxes[None])
 
 
 def test_iou_plus_one_convention() -> None:
-    iou, touching = box_iou_plus_one(torch.tensor([[0.0, 0, 9, 9], [10, 0, 19, 9], [9, 0, 18, 9]]))
+    iou, touching = pairwise_iou(torch.tensor([[0.0, 0, 9, 9], [10, 0, 19, 9], [9, 0, 18, 9]]))
     assert not touching[0, 1]  # adjacent: 10 pixels each, no shared pixel
     assert iou[0, 2] == pytest.approx(10 / 190)  # one shared pixel column of 10
-    iou, touching = box_iou_plus_one(torch.tensor([[0.0, 0, 9, 9], [0, 10, 9, 19], [0, 9, 9, 18]]))
+    iou, touching = pairwise_iou(torch.tensor([[0.0, 0, 9, 9], [0, 10, 9, 19], [0, 9, 9, 18]]))
     assert not touching[0, 1]
     assert touching[0, 2] and iou[0, 2] == pytest.approx(10 / 190)  # one shared pixel row
 
@@ -254,18 +160,11 @@ def test_iou_plus_one_convention() -> None:
 def test_iou_plus_one_of_fractional_boxes() -> None:
     """Decoded corners fall between cells: an overlap of half a pixel is half a pixel."""
     boxes = torch.tensor([[0.0, 0, 9, 9], [9.5, 0, 19, 9], [0, 9.5, 9, 19]])
-    iou, touching = box_iou_plus_one(boxes)
+    iou, touching = pairwise_iou(boxes)
     assert touching[0, 1] and touching[0, 2]
     # areas 10 x 10 and 10.5 x 10, intersection 0.5 x 10
     assert iou[0, 1] == pytest.approx(5 / (100 + 105 - 5))
     assert iou[0, 2] == pytest.approx(5 / (100 + 105 - 5))
-
-
-def test_soft_nms_rejects_bad_shapes() -> None:
-    with pytest.raises(ValueError, match="boxes"):
-        soft_nms(torch.zeros(3, 5), torch.zeros(3), torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match="method"):
-        soft_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3), method="hard")
 
 
 # ------------------------------------------------- decoding of a batch against brute force
