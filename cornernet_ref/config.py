@@ -10,16 +10,15 @@ inside it). Two are named:
 * ``small_shapes``: a small single-stack hourglass on the synthetic shapes data, trained on a
   CPU in minutes.
 
-Every field can be overridden with ``--field value`` (``--model.nstack 1``,
-``--augment.flip false``, ``--targets.gaussian-iou 0.5``, ``--lr-decay-iters 100,200``,
-``--test.scales 0.5,1``, ``--test.decode.K 50``).
+On the command line every field is an option of ``cornernet-ref train``, ``--field value``
+(``--model.nstack 1``, ``--augment.flip false``, ``--targets.gaussian-iou 0.5``,
+``--lr-decay-iters 100,200``, ``--test.scales 0.5,1``, ``--test.decode.K 50``; see
+:mod:`cornernet_ref.cli.options`); :func:`apply_overrides` applies them.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -196,88 +195,6 @@ def short_coco_run(
     )
 
 
-def _flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
-    r"""``{"model.nstack": value, ...}`` for every leaf field of a (nested) configuration."""
-    leaves = {}
-    for item in fields(config):
-        value = getattr(config, item.name)
-        if dataclasses.is_dataclass(value):
-            leaves.update(_flat_fields(value, f"{prefix}{item.name}."))
-        else:
-            leaves[prefix + item.name] = value
-    return leaves
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _parser_for(default: Any):
-    r"""A string -> value parser of the same type as ``default``."""
-    if isinstance(default, bool):
-        return _parse_bool
-    if isinstance(default, tuple):
-        item = type(default[0]) if default else float
-
-        def parse_tuple(text: str) -> tuple:
-            return tuple(item(part) for part in text.split(",") if part.strip())
-
-        return parse_tuple
-    return type(default)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    r"""One ``--field`` option per configuration field (``_`` written ``-``), default unset."""
-    for key, default in _flat_fields(TrainConfig()).items():
-        parser.add_argument(
-            "--" + key.replace("_", "-"),
-            dest="config__" + key,
-            type=_parser_for(default),
-            default=argparse.SUPPRESS,
-            metavar=type(default).__name__.upper(),
-            help=argparse.SUPPRESS if "." in key else "",
-        )
-    show_defaults(parser, TrainConfig())
-
-
-_DEFAULT_OF = "(default of "
-
-
-def _as_typed(value: Any) -> str:
-    r"""``value`` as it is typed on the command line (``true``, ``32,48``, ``'runs/x'``)."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def show_defaults(parser: argparse.ArgumentParser, config: TrainConfig) -> None:
-    r"""Make the help of each ``--field`` option of ``parser`` show ``config``'s value."""
-    values = _flat_fields(config)
-    for action in parser._actions:
-        key = action.dest.removeprefix("config__")
-        if key == action.dest or action.help == argparse.SUPPRESS:
-            continue
-        described = (action.help or "").split(_DEFAULT_OF)[0].rstrip()
-        value = _as_typed(values[key]).replace("%", "%%")  # help strings are %-formatted
-        default = f"{_DEFAULT_OF}{config.name}: {value})"
-        action.help = f"{described} {default}" if described else default
-
-
-class ShowConfigDefaults(argparse.Action):
-    r"""``--config NAME``: the help of the options that follow shows NAME's values."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        show_defaults(parser, get_config(values))
-        setattr(namespace, self.dest, values)
-
-
 def apply_overrides(config: Config, overrides: dict[str, Any], prefix: str = "") -> Config:
     r"""``config`` with ``{"lr": 1e-3, "model.nstack": 1, "test.decode.K": 50, ...}`` replaced."""
     nested: dict[str, dict[str, Any]] = {}
@@ -295,24 +212,11 @@ def apply_overrides(config: Config, overrides: dict[str, Any], prefix: str = "")
     return replace(config, **top)
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    r"""The ``--field value`` options given on the command line."""
-    return {
-        key.removeprefix("config__"): value
-        for key, value in vars(args).items()
-        if key.startswith("config__")
-    }
-
-
 __all__ = [
     "CONFIGS",
-    "ShowConfigDefaults",
     "TrainConfig",
-    "add_config_arguments",
     "apply_overrides",
     "config_from_dict",
     "get_config",
-    "overrides_from_args",
     "short_coco_run",
-    "show_defaults",
 ]

@@ -43,7 +43,6 @@ reads.
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import re
 from collections.abc import Mapping
@@ -323,33 +322,10 @@ def convert_file(source: str | Path, target: str | Path, *, trust: bool = False)
     return config
 
 
-def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert official CornerNet weights (e.g. CornerNet_500000.pkl)",
-        description="Convert an official CornerNet state dict into a checkpoint of this model.",
-    )
-    parser.add_argument("official", type=Path, help="the official .pkl (a saved state dict)")
-    parser.add_argument("out", type=Path, help="where to write the converted checkpoint")
-    parser.add_argument(
-        "--trust",
-        action="store_true",
-        help="unpickle in full if the safe loader refuses the file (trusted files only)",
-    )
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    config = convert_file(args.official, args.out, trust=args.trust)
-    print(f"wrote {args.out}: {config}")
-    return 0
-
-
 __all__ = [
     "COCO_CLASS_NAMES",
     "FIRST_CONV",
     "RULES",
-    "add_subcommand",
     "convert_file",
     "convert_official_state_dict",
     "expected_shapes",

@@ -28,7 +28,6 @@ the averaged loss terms, so all stop at the same iteration with the same
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -50,21 +49,11 @@ from tqdm import tqdm
 
 from cornernet_ref import finetune
 from cornernet_ref.checkpoint import load_checkpoint, save_checkpoint, write_atomically
-from cornernet_ref.config import (
-    CONFIGS,
-    ShowConfigDefaults,
-    TrainConfig,
-    add_config_arguments,
-    apply_overrides,
-    config_from_dict,
-    get_config,
-    overrides_from_args,
-    show_defaults,
-)
+from cornernet_ref.config import TrainConfig
 from cornernet_ref.data.coco import CocoDetection, load_coco
 from cornernet_ref.data.loader import StreamBatchSampler, TrainingSet, make_loader
 from cornernet_ref.data.shapes import write_shapes
-from cornernet_ref.errors import InputError, print_error
+from cornernet_ref.errors import InputError
 from cornernet_ref.evaluate import evaluate
 from cornernet_ref.inference import model_source
 from cornernet_ref.losses import CornerNetLoss
@@ -478,71 +467,3 @@ def save_training_state(
     save_checkpoint(path, state)
     config_text = (json.dumps(state["config"], indent=2) + "\n").encode()
     write_atomically(path.with_name("config.json"), lambda file: file.write(config_text))
-
-
-def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
-    r"""``cornernet-ref train``: with no arguments, the small config on shapes on the CPU."""
-    parser = subparsers.add_parser(
-        "train",
-        help="train CornerNet (no arguments: a small model on synthetic shapes, CPU, minutes)",
-        description=__doc__.splitlines()[0],
-    )
-    parser.add_argument(
-        "--config",
-        default="small_shapes",
-        choices=sorted(CONFIGS),
-        action=ShowConfigDefaults,
-        help="named configuration (before --help: the defaults shown are its values)",
-    )
-    start = parser.add_mutually_exclusive_group()
-    start.add_argument("--resume", type=Path, help="checkpoint to continue from")
-    start.add_argument(
-        "--init-from",
-        type=Path,
-        help="start a new run from these weights (official .pkl or checkpoint): tensors of "
-        "matching name and shape load, the others start fresh",
-    )
-    parser.add_argument(
-        "--images",
-        dest="config__train_images",
-        default=argparse.SUPPRESS,
-        metavar="DIR",
-        help="training images (COCO format)",
-    )
-    parser.add_argument(
-        "--annotations",
-        dest="config__train_annotations",
-        default=argparse.SUPPRESS,
-        metavar="JSON",
-        help="training annotation JSON",
-    )
-    add_config_arguments(parser)
-    show_defaults(parser, get_config(parser.get_default("config")))
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.resume is not None:
-        saved = load_checkpoint(args.resume, resume=True)["config"]
-        try:
-            config = config_from_dict(saved, TrainConfig)
-        except ValueError as error:  # written by a version with other fields
-            raise InputError(f"{args.resume}: its training configuration: {error}") from error
-    else:
-        config = get_config(args.config)
-    try:
-        config = apply_overrides(config, overrides_from_args(args))
-    except ValueError as error:  # a field out of range, or a combination the config rejects
-        raise InputError(f"configuration: {error}") from error
-    try:
-        _, summary = train(config, resume=args.resume, init_from=args.init_from)
-    except NonFiniteLossError as error:
-        print_error(str(error))
-        return 1
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2))
-        if "metrics" in summary:
-            path = Path(config.out) / "metrics.json"
-            path.write_text(json.dumps(summary["metrics"], indent=2) + "\n")
-            print(f"metrics written to {path}", file=sys.stderr)
-    return 0

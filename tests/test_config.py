@@ -8,14 +8,13 @@ import json
 
 import pytest
 
+from cornernet_ref.cli.options import add_config_options, overrides_from_args
 from cornernet_ref.config import (
     CONFIGS,
     TrainConfig,
-    add_config_arguments,
     apply_overrides,
     config_from_dict,
     get_config,
-    overrides_from_args,
     short_coco_run,
 )
 from cornernet_ref.decode import DecodeConfig
@@ -43,7 +42,7 @@ def test_json_round_trip(name):
 
 def test_command_line_overrides():
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
+    add_config_options(parser, TrainConfig())
     args = parser.parse_args(
         ["--lr", "0.5", "--model.nstack", "1", "--augment.flip", "false",
          "--lr-decay-iters", "10,20", "--train-images", "x", "--test.flip", "false",
@@ -61,7 +60,7 @@ def test_command_line_overrides():
 
 def test_target_options_are_nested_under_targets():
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
+    add_config_options(parser, TrainConfig())
     args = parser.parse_args(
         ["--targets.gaussian-iou", "0.5", "--targets.radius-variant", "exact",
          "--targets.penalty-reduction", "false", "--targets.max-objects", "9"]
