@@ -6,7 +6,8 @@ inside it). Two are named:
 
 * ``hourglass104_coco``: the paper's (§4.1): Hourglass-104 with two stacks, input 511 x 511,
   output 128 x 128, Adam with learning rate $2.5 \times 10^{-4}$, batch 49, 500k iterations,
-  learning rate $\times 0.1$ at 450k, Gaussian radius overlap 0.3, loss weights 0.1, 0.1, 1.
+  learning rate $\times 0.1$ at 450k, Gaussian radius overlap 0.3, loss weights 0.1, 0.1, 1
+  (``loss``).
 * ``small_shapes``: a small single-stack hourglass on the synthetic shapes data, trained on a
   CPU in minutes.
 
@@ -23,7 +24,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cornernet_ref.data.augment import AugmentConfig
+from cornernet_ref.hourglass import stem_output_size
 from cornernet_ref.inference import TestConfig
+from cornernet_ref.losses import LossConfig
 from cornernet_ref.model import ModelConfig
 from cornernet_ref.printable import PrintableConfig, config_from_dict
 from cornernet_ref.targets import TargetConfig
@@ -41,9 +44,12 @@ class TrainConfig(PrintableConfig):
             starts (the number of its categories); the value given here is replaced, and
             the configuration saved with the checkpoints holds the data's.
         augment: the training augmentation; ``augment.input_size`` is the input side.
-        output_size: side of the output maps (input 511 -> 128).
+        output_size: side of the output maps, the input side after the stem
+            (:func:`~cornernet_ref.hourglass.stem_output_size`: 511 -> 128); checked.
         targets: how the ground-truth maps are drawn (radius overlap, radius formula,
             penalty reduction, capacity; :class:`~cornernet_ref.targets.TargetConfig`).
+        loss: the weights of the loss terms and the single-object push rule
+            (:class:`~cornernet_ref.losses.LossConfig`).
         dataset: ``"shapes"`` (generated under ``<out>/data``) or ``"coco"`` (the paths below).
         train_images, train_annotations: COCO-format training data.
         val_images, val_annotations: COCO-format validation data (optional for ``coco``).
@@ -55,7 +61,6 @@ class TrainConfig(PrintableConfig):
         lr: Adam learning rate.
         lr_decay_iters: iterations at which the learning rate is multiplied by ``lr_decay``.
         lr_decay: the decay factor.
-        pull_weight, push_weight, offset_weight: loss weights (§3.5).
         precision: ``auto`` (bf16 where supported on CUDA, else fp16 with a grad scaler; fp32
             on CPU), ``fp32``, ``bf16`` or ``fp16``.
         channels_last: NHWC memory layout for the convolutions.
@@ -77,6 +82,7 @@ class TrainConfig(PrintableConfig):
     augment: AugmentConfig = AugmentConfig()
     output_size: int = 128
     targets: TargetConfig = TargetConfig()
+    loss: LossConfig = LossConfig()
     dataset: str = "shapes"
     train_images: str = ""
     train_annotations: str = ""
@@ -93,9 +99,6 @@ class TrainConfig(PrintableConfig):
     lr: float = 2.5e-4
     lr_decay_iters: tuple[int, ...] = (450_000,)
     lr_decay: float = 0.1
-    pull_weight: float = 0.1
-    push_weight: float = 0.1
-    offset_weight: float = 1.0
     precision: str = "auto"
     channels_last: bool = False
     compile: bool = False
@@ -124,6 +127,17 @@ class TrainConfig(PrintableConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.dataset == "coco" and not (self.train_images and self.train_annotations):
             raise ValueError("dataset 'coco' needs train_images and train_annotations")
+        side = self.augment.input_size
+        if self.output_size != stem_output_size(side):
+            raise ValueError(
+                f"output_size {self.output_size} does not match augment.input_size {side}: "
+                f"the network's maps of a {side}-pixel input have {stem_output_size(side)} "
+                "cells a side"
+            )
+        try:
+            self.model.check_input_size(side, side)
+        except ValueError as error:
+            raise ValueError(f"augment.input_size: {error}") from None
 
 
 # The named configurations.

@@ -27,13 +27,15 @@ from typing import Literal
 import numpy as np
 import torch
 
+from cornernet_ref.printable import PrintableConfig
+
 RadiusVariant = Literal["official", "exact"]
 TARGET_KEYS = ("tl_heat", "br_heat", "tl_ind", "br_ind", "mask", "tl_off", "br_off")
 RADIUS_VARIANTS = ("official", "exact")
 
 
 @dataclass(frozen=True)
-class TargetConfig:
+class TargetConfig(PrintableConfig):
     r"""How :func:`build_targets` draws the targets; the defaults are the official ones.
 
     Attributes:

@@ -246,7 +246,7 @@ def _train(
     scaler = torch.amp.GradScaler(job.device.type, enabled=dtype == torch.float16)
     start = restore(resume, model, optimizer, scaler) if resume is not None else 0
     network = parallel(model, config, job)
-    criterion = CornerNetLoss(config.pull_weight, config.push_weight, config.offset_weight)
+    criterion = CornerNetLoss(config.loss)
     dataset = TrainingSet(
         source,
         config.augment,
