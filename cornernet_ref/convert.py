@@ -305,20 +305,15 @@ def convert_file(source: str | Path, target: str | Path, *, trust: bool = False)
     official = load_official(source, trust=trust)
     config = infer_model_config(official)
     converted = convert_official_state_dict(official, config)
-    names = (
+    with torch.device("meta"):  # no memory: the converted tensors take the parameters' place
+        model = CornerNet(config)
+    model.load_state_dict(converted, assign=True)
+    model.class_names = (
         list(COCO_CLASS_NAMES)
         if config.num_classes == len(COCO_CLASS_NAMES)
         else [str(i) for i in range(config.num_classes)]
     )
-    save_checkpoint(
-        target,
-        {
-            "model": converted,
-            "model_config": config.to_dict(),
-            "class_names": names,
-            "converted_from": Path(source).name,
-        },
-    )
+    save_checkpoint(target, model.checkpoint_state() | {"converted_from": Path(source).name})
     return config
 
 

@@ -37,6 +37,7 @@ from cornernet_ref.inference import (
     pad_image,
 )
 from cornernet_ref.output import CornerNetOutput
+from cornernet_ref.run import RunFolder
 
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180))
 Box = tuple[float, float, float, float]  # (x1, y1, x2, y2)
@@ -347,11 +348,11 @@ def write_pictures(
         test: how the images are tested.
         threshold: the smallest score drawn.
     """
-    folder = Path(out) / "pictures"
+    run = RunFolder(Path(out))
+    folder = run.pictures
     folder.mkdir(parents=True, exist_ok=True)
-    history_path = Path(out) / "history.jsonl"
-    if history_path.is_file():
-        history = [json.loads(line) for line in history_path.read_text().splitlines()]
+    if run.history.is_file():
+        history = [json.loads(line) for line in run.history.read_text().splitlines()]
         plot_loss_curve(history, folder / "loss.png")
     if val is None:
         return folder

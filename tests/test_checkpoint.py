@@ -205,3 +205,16 @@ def test_version_2_training_configurations_load_with_their_loss_weights(tmp_path
     save_checkpoint(tmp_path / "v3.pt", model_state() | training)
     with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\) \['offset_weight'"):
         config_from_dict(load_checkpoint(tmp_path / "v3.pt")["config"], TrainConfig)
+
+
+@pytest.mark.parametrize("class_names", [["a", "b"], None])
+def test_a_model_writes_the_half_of_a_checkpoint_it_reads_back(tmp_path, class_names):
+    torch.manual_seed(3)
+    model = CornerNet(ModelConfig.from_dict(TINY_CONFIG))
+    model.class_names = class_names
+    state = model.checkpoint_state()
+    assert state["model_config"] == ModelConfig.from_dict(TINY_CONFIG).to_dict()
+    save_checkpoint(tmp_path / "model.pt", state)
+    loaded = CornerNet.from_checkpoint(tmp_path / "model.pt")
+    assert loaded.config == model.config and loaded.class_names == class_names
+    assert_same_state(loaded.checkpoint_state(), state)

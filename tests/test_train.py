@@ -18,17 +18,12 @@ import torch.multiprocessing as mp
 from helpers import TINY_TRAINING as TINY
 from PIL import Image
 
-from cornernet_ref.checkpoint import CheckpointError
+from cornernet_ref.checkpoint import CheckpointError, load_checkpoint
 from cornernet_ref.config import TrainConfig
 from cornernet_ref.losses import CornerNetLoss
 from cornernet_ref.model import CornerNet
 from cornernet_ref.output import CornerNetOutput
-from cornernet_ref.train import (
-    NonFiniteLossError,
-    learning_rate,
-    load_checkpoint,
-    train,
-)
+from cornernet_ref.train import NonFiniteLossError, learning_rate, train
 from cornernet_ref.visualize import upscale_factor
 
 TINY_MODEL = replace(TINY.model, num_classes=3)  # the shapes data has 3 classes

@@ -32,6 +32,7 @@ from cornernet_ref.errors import InputError, print_error
 from cornernet_ref.inference import TestConfig, model_source
 from cornernet_ref.model import CornerNet
 from cornernet_ref.printable import config_from_dict
+from cornernet_ref.run import RunFolder
 from cornernet_ref.visualize import write_heatmap_picture
 
 TEST_PREFIX = "test."  # the options of a TestConfig: --test.flip, --test.decode.K, ...
@@ -112,7 +113,7 @@ def run_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
         if "metrics" in summary:
-            path = Path(config.out) / "metrics.json"
+            path = RunFolder(Path(config.out)).metrics
             path.write_text(json.dumps(summary["metrics"], indent=2) + "\n")
             print(f"metrics written to {path}", file=sys.stderr)
     return 0
