@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cornernet_ref.corner_pool import CORNERS
 from cornernet_ref.output import CornerNetOutput, gather_at
 from cornernet_ref.printable import PrintableConfig
 from cornernet_ref.targets import TARGET_KEYS
@@ -243,7 +244,7 @@ class CornerNetLoss(nn.Module):
                 tl_tag, br_tag, mask, single_object_push=self.single_object_push
             )
             pull, push = pull + pulled, push + pushed
-            for corner in ("tl", "br"):
+            for corner in CORNERS:
                 predicted = gather_at(
                     getattr(out, f"{corner}_off").float(), targets[f"{corner}_ind"]
                 )

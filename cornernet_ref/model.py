@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cornernet_ref.checkpoint import CheckpointError, load_checkpoint
+from cornernet_ref.corner_pool import CORNERS
 from cornernet_ref.errors import first_line
 from cornernet_ref.heads import PredictionModule
 from cornernet_ref.hourglass import ConvBN, Hourglass, Residual, Stem, stem_output_size
@@ -183,7 +184,7 @@ class CornerNet(nn.Module):
                 )
                 for _ in range(config.nstack)
             )
-            for corner in ("tl", "br")
+            for corner in CORNERS
         )
         self.transitions = nn.ModuleList(
             StackTransition(width, config.cnv_dim) for _ in range(config.nstack - 1)

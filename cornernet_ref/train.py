@@ -119,10 +119,11 @@ def _train(
     run = RunFolder(Path(config.out))
     log = RunLog(run, config, start, enabled=job.is_main)
 
+    # The loop: one optimiser step per iteration, from the resumed one to max_iters.
     model.train()
     terms = dict.fromkeys(LOSS_TERMS, 0.0)
     for iteration in range(start, config.max_iters):
-        # One Adam step on the global batch of B images (train_step's equation).
+        # theta <- Adam(theta, g) with g = grad sum_m |b_m| / (B / R) L(b_m) over the batch.
         terms = train_step(network, criterion, optimizer, scaler, batches, config, job, iteration)
         done = iteration + 1
         # The record: the loss terms and the learning rate, every log_every iterations.

@@ -29,11 +29,11 @@ from cornernet_ref.config import CONFIGS, TrainConfig, apply_overrides, get_conf
 from cornernet_ref.convert import convert_file
 from cornernet_ref.data.coco import category_ids, load_coco
 from cornernet_ref.errors import InputError, print_error
-from cornernet_ref.inference import TestConfig, model_source
+from cornernet_ref.inference import TestConfig, detect_image, model_source
 from cornernet_ref.model import CornerNet
 from cornernet_ref.printable import config_from_dict
 from cornernet_ref.run import RunFolder
-from cornernet_ref.visualize import write_heatmap_picture
+from cornernet_ref.visualize import DRAW_THRESHOLD, write_heatmap_picture
 
 TEST_PREFIX = "test."  # the options of a TestConfig: --test.flip, --test.decode.K, ...
 DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -201,7 +201,7 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threshold",
         type=unit_interval,
-        default=0.3,
+        default=DRAW_THRESHOLD,
         help="minimum score drawn (0 to 1; default: %(default)s)",
     )
     parser.add_argument("--device", default=DEFAULT_DEVICE)
@@ -217,15 +217,15 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     config = test_config_from_args(args)
-    detections, names = predict.detect(
-        args.checkpoint, args.image, config=config, device=args.device
-    )
+    # One source of maps, the checkpoint's model or the .onnx export, for both pictures.
+    source, names = predict.load_source(args.checkpoint, args.image.parent, args.device)
+    record = predict.image_record(args.image)
+    detections = detect_image(source, record, config)
     count = predict.draw_detections(args.image, detections, names, args.out, args.threshold)
     print(f"{count} detections drawn to {args.out}")
     if args.heatmaps:
-        model = CornerNet.from_checkpoint(args.checkpoint).to(args.device)
         panel = args.out.with_name(f"{args.out.stem}_heatmaps{args.out.suffix}")
-        write_heatmap_picture(model, args.image, names, panel, args.threshold)
+        write_heatmap_picture(source, args.image.parent, record, names, panel, args.threshold)
         print(f"heatmaps drawn to {panel}")
     return 0
 
