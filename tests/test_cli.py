@@ -273,7 +273,9 @@ def test_the_installed_command_prints_one_line(tmp_path, command):
 def help_defaults(text: str) -> dict[str, str]:
     """``{"--max-iters": "1200", ...}`` read off the help text."""
     flat = " ".join(text.split())
-    return dict(re.findall(r"(--[\w.-]+) [A-Z]+ \(default: ([^)]*)\)", flat))
+    # An option, its metavar, its description (no other option in it), then its default.
+    shown = re.findall(r"(--[\w.-]+) [A-Z]+ ((?:(?!--[\w.-]+ [A-Z]).)*?)\(default: ([^)]*)\)", flat)
+    return {option: default for option, _, default in shown}
 
 
 @pytest.mark.parametrize("name", [None, *sorted(CONFIGS)])

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cornernet_ref.config import get_config
@@ -21,16 +23,51 @@ DEST_PREFIX = "config__"  # the destinations of field options, told apart from t
 _DEFAULT = "(default: "
 
 
-def flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
-    r"""``{"model.nstack": value, ...}`` for every leaf field of a (nested) configuration."""
-    leaves = {}
+def leaves(config: Any, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
+    r"""``(path, value, description)`` of every leaf field of a (nested) configuration, the
+    description read off its class's docstring (:func:`field_descriptions`)."""
+    descriptions = field_descriptions(type(config))
     for item in dataclasses.fields(config):
         value = getattr(config, item.name)
         if dataclasses.is_dataclass(value):
-            leaves.update(flat_fields(value, f"{prefix}{item.name}."))
+            yield from leaves(value, f"{prefix}{item.name}.")
         else:
-            leaves[prefix + item.name] = value
-    return leaves
+            yield prefix + item.name, value, descriptions.get(item.name, "")
+
+
+def flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
+    r"""``{"model.nstack": value, ...}`` for every leaf field of a (nested) configuration."""
+    return {path: value for path, value, _ in leaves(config, prefix)}
+
+
+_ENTRY = re.compile(r"^ {4}(\w+(?:, \w+)*): (.*)")  # "    name, other: text" (Google style)
+_MARKUP = (  # documentation markup -> plain text, for the help
+    (re.compile(r":[a-z]+:`~?(?:[\w.]*\.)?([^`.]+)`"), r"\1"),  # :class:`~a.B` -> B
+    (re.compile(r"\[([^\]]+)\]\[[^\]]*\]"), r"\1"),  # [text][reference] -> text
+    (re.compile(r"``([^`]*)``"), r"\1"),
+    (re.compile(r"\$([^$]*)\$"), lambda found: found[1].replace("\\", "")),  # $\alpha$
+)
+
+
+def field_descriptions(cls: type) -> dict[str, str]:
+    r"""Each field's description in the ``Attributes:`` section of ``cls``'s docstring, as
+    plain text (the help of its option)."""
+    doc = inspect.getdoc(cls) or ""
+    section = doc.split("\nAttributes:\n", 1)[1] if "\nAttributes:\n" in doc else ""
+    texts: dict[str, str] = {}
+    names: list[str] = []
+    for line in section.splitlines():
+        if line and not line.startswith(" "):
+            break  # the next section
+        entry = _ENTRY.match(line)
+        if entry:
+            names = entry[1].split(", ")
+            texts |= dict.fromkeys(names, entry[2])
+        elif line.strip():
+            texts |= {name: f"{texts[name]} {line.strip()}" for name in names}
+    for pattern, plain in _MARKUP:
+        texts = {name: pattern.sub(plain, text) for name, text in texts.items()}
+    return texts
 
 
 def parse_bool(text: str) -> bool:
@@ -81,7 +118,7 @@ def add_config_options(parser: argparse.ArgumentParser, config: Any, prefix: str
         prefix: put before every field path (``"test."`` for a bare ``TestConfig``).
     """
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for key, default in flat_fields(config, prefix).items():
+    for key, default, description in leaves(config, prefix):
         head = key.rsplit(".", 1)[0] + "." if "." in key else ""
         if head not in groups:
             title = f"--{head}* options" if head else "configuration options"
@@ -92,7 +129,7 @@ def add_config_options(parser: argparse.ArgumentParser, config: Any, prefix: str
             type=value_parser(default),
             default=argparse.SUPPRESS,
             metavar=type(default).__name__.upper(),
-            help="",
+            help=description.replace("%", "%%"),  # help strings are %-formatted
         )
     show_defaults(parser, config, prefix)
 
@@ -102,8 +139,8 @@ def show_defaults(parser: argparse.ArgumentParser, config: Any, prefix: str = ""
     values = flat_fields(config, prefix)
     for action in parser._actions:
         key = action.dest.removeprefix(DEST_PREFIX)
-        if key == action.dest or key not in values:
-            continue
+        if key not in values or action.option_strings != ["--" + key.replace("_", "-")]:
+            continue  # not a field option (or another name for one, as train's --images)
         described = (action.help or "").split(_DEFAULT)[0].rstrip()
         value = _as_typed(values[key]).replace("%", "%%")  # help strings are %-formatted
         action.help = f"{described} {_DEFAULT}{value})".lstrip()
@@ -151,7 +188,9 @@ def unit_interval(text: str) -> float:
 __all__ = [
     "ShowConfigDefaults",
     "add_config_options",
+    "field_descriptions",
     "flat_fields",
+    "leaves",
     "overrides_from_args",
     "parse_bool",
     "positive_int",
