@@ -4,7 +4,8 @@ r"""COCO evaluation of the detections of the test procedure (paper §4.3).
 ([detect_image][cornernet_ref.inference.detect_image]), writes the boxes in COCO's ``xywh``
 results format ([detections_to_coco][cornernet_ref.evaluate.detections_to_coco]) and scores
 them with pycocotools ([coco_metrics][cornernet_ref.evaluate.coco_metrics]). The
-subcommand ``cornernet-ref evaluate`` does it for a checkpoint or for the ground truth itself.
+subcommand ``cornernet-ref evaluate`` (:mod:`cornernet_ref.cli`) does it for a checkpoint or
+for the ground truth itself.
 """
 
 from __future__ import annotations

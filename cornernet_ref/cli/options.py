@@ -4,7 +4,8 @@ Every leaf field of a (nested) configuration dataclass becomes one option named 
 path, ``_`` written ``-``: ``--lr``, ``--model.nstack``, ``--augment.flip``,
 ``--test.scales``, ``--test.decode.K``. Booleans are written ``true``/``false``, tuples
 comma-separated (``--lr-decay-iters 100,200``). An option not given leaves the field as the
-configuration has it; the help of each option shows that value.
+configuration has it; the help of each option gives the field's description (from the
+``Attributes:`` of its class's docstring) and that value.
 """
 
 from __future__ import annotations
