@@ -204,7 +204,6 @@ class CornerNetLoss(nn.Module):
 
     def __init__(self, config: LossConfig = LossConfig()) -> None:
         super().__init__()
-        self.config = config
         self.pull_weight = config.pull_weight
         self.push_weight = config.push_weight
         self.offset_weight = config.offset_weight

@@ -386,7 +386,7 @@ def test_single_object_push_is_set_from_the_command_line(tmp_path, monkeypatch):
     for flag in ("false", "true"):
         options = ["--loss.single-object-push", flag, "--max-iters", "1", "--shapes-val", "0"]
         assert main(["train", *_tiny_arguments(tmp_path / flag), *options]) == 0
-    assert [criterion.config.single_object_push for criterion in built] == [False, True]
+    assert [criterion.single_object_push for criterion in built] == [False, True]
     # Two images of one object each: no pair to push apart.
     heat = torch.zeros(2, 1, 4, 4)
     maps = CornerNetOutput(heat, heat, torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4),
