@@ -29,8 +29,11 @@ a version (a dict with ``model`` and ``model_kwargs``) are read as version 0.
 
 **Versions.** Version 2 calls the model's configuration
 (:class:`~cornernet_ref.model.ModelConfig`) ``model_config``; versions 0 and 1
-stored the same dict under ``model_kwargs``, which :func:`load_checkpoint` renames, so
-older files load unchanged.
+stored the same dict under ``model_kwargs``, which :func:`load_checkpoint` renames. Version 3
+nests the loss weights of the training configuration in ``config["loss"]``
+(:class:`~cornernet_ref.losses.LossConfig`); earlier versions kept ``pull_weight``,
+``push_weight`` and ``offset_weight`` at its top, which :func:`load_checkpoint` moves. So
+older files load unchanged, and resume with the configuration they were trained with.
 
 Checkpoints are pickles (the random states are Python objects): load only files you trust.
 """
@@ -48,9 +51,10 @@ import torch
 from cornernet_ref.errors import InputError, first_line
 
 FORMAT = "cornernet-ref checkpoint"
-VERSION = 2
+VERSION = 3
 MODEL_KEYS = ("model", "model_config")
 _OLD_MODEL_CONFIG_KEY = "model_kwargs"  # versions 0 and 1
+_OLD_LOSS_FIELDS = ("pull_weight", "push_weight", "offset_weight")  # top-level up to version 2
 RESUME_KEYS = ("iteration", "optimizer", "scaler", "rng", "config")
 
 
@@ -95,8 +99,9 @@ def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict[str, Any]
         resume: also require the training state (:data:`RESUME_KEYS`).
 
     Returns:
-        The dict of the table above (an older version's ``model_kwargs`` renamed
-        ``model_config``).
+        The dict of the table above, in the layout of :data:`VERSION` (an older version's
+        ``model_kwargs`` renamed ``model_config``, its loss weights moved into
+        ``config["loss"]``).
 
     Raises:
         CheckpointError: naming ``path`` and what is wrong with it.
@@ -119,10 +124,22 @@ def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict[str, Any]
     except Exception as error:  # damaged bytes make the readers raise any of many types
         reason = first_line(error)
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {reason}") from error
-    if isinstance(state, dict) and state.get("version", 0) in (0, 1):
-        if _OLD_MODEL_CONFIG_KEY in state:
-            state["model_config"] = state.pop(_OLD_MODEL_CONFIG_KEY)
+    state = _upgrade(state)
     _check(path, state, resume)
+    return state
+
+
+def _upgrade(state: Any) -> Any:
+    r"""An older version's checkpoint in the layout of the current one (else ``state``)."""
+    version = state.get("version", 0) if isinstance(state, dict) else None
+    if not isinstance(version, int):
+        return state  # not a checkpoint: _check names what it is
+    if version <= 1 and _OLD_MODEL_CONFIG_KEY in state:
+        state["model_config"] = state.pop(_OLD_MODEL_CONFIG_KEY)
+    if version <= 2 and isinstance(state.get("config"), dict):
+        config = dict(state["config"])
+        loss = {name: config.pop(name) for name in _OLD_LOSS_FIELDS if name in config}
+        state["config"] = config | {"loss": loss}
     return state
 
 

@@ -6,27 +6,29 @@ inside it). Three are named:
 
 * ``hourglass104_coco``: the paper's (§4.1): Hourglass-104 with two stacks, input 511 x 511,
   output 128 x 128, Adam with learning rate $2.5 \times 10^{-4}$, batch 49, 500k iterations,
-  learning rate $\times 0.1$ at 450k, Gaussian radius overlap 0.3, loss weights 0.1, 0.1, 1.
+  learning rate $\times 0.1$ at 450k, Gaussian radius overlap 0.3, loss weights 0.1, 0.1, 1
+  (``loss``).
 * ``hourglass52_coco``: the same with one stack, Hourglass-52, for smaller GPUs (the paper
   reports 37.8 AP for it on COCO).
 * ``small_shapes``: a small single-stack hourglass on the synthetic shapes data, trained on a
   CPU in minutes.
 
-Every field can be overridden with ``--field value`` (``--model.nstack 1``,
-``--augment.flip false``, ``--targets.gaussian-iou 0.5``, ``--lr-decay-iters 100,200``,
-``--test.scales 0.5,1``, ``--test.decode.K 50``).
+On the command line every field is an option of ``cornernet-ref train``, ``--field value``
+(``--model.nstack 1``, ``--augment.flip false``, ``--targets.gaussian-iou 0.5``,
+``--lr-decay-iters 100,200``, ``--test.scales 0.5,1``, ``--test.decode.K 50``; see
+:mod:`cornernet_ref.cli.options`); :func:`apply_overrides` applies them.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cornernet_ref.data.augment import AugmentConfig
+from cornernet_ref.hourglass import stem_output_size
 from cornernet_ref.inference import TestConfig
+from cornernet_ref.losses import LossConfig
 from cornernet_ref.model import ModelConfig
 from cornernet_ref.printable import PrintableConfig, config_from_dict
 from cornernet_ref.targets import TargetConfig
@@ -44,9 +46,12 @@ class TrainConfig(PrintableConfig):
             starts (the number of its categories); the value given here is replaced, and
             the configuration saved with the checkpoints holds the data's.
         augment: the training augmentation; ``augment.input_size`` is the input side.
-        output_size: side of the output maps (input 511 -> 128).
+        output_size: side of the output maps, the input side after the stem
+            (:func:`~cornernet_ref.hourglass.stem_output_size`: 511 -> 128); checked.
         targets: how the ground-truth maps are drawn (radius overlap, radius formula,
             penalty reduction, capacity; :class:`~cornernet_ref.targets.TargetConfig`).
+        loss: the weights of the loss terms and the single-object push rule
+            (:class:`~cornernet_ref.losses.LossConfig`).
         dataset: ``"shapes"`` (generated under ``<out>/data``) or ``"coco"`` (the paths below).
         train_images, train_annotations: COCO-format training data.
         val_images, val_annotations: COCO-format validation data (optional for ``coco``).
@@ -58,7 +63,6 @@ class TrainConfig(PrintableConfig):
         lr: Adam learning rate.
         lr_decay_iters: iterations at which the learning rate is multiplied by ``lr_decay``.
         lr_decay: the decay factor.
-        pull_weight, push_weight, offset_weight: loss weights (§3.5).
         precision: ``auto`` (bf16 where supported on CUDA, else fp16 with a grad scaler; fp32
             on CPU), ``fp32``, ``bf16`` or ``fp16``.
         channels_last: NHWC memory layout for the convolutions.
@@ -80,6 +84,7 @@ class TrainConfig(PrintableConfig):
     augment: AugmentConfig = AugmentConfig()
     output_size: int = 128
     targets: TargetConfig = TargetConfig()
+    loss: LossConfig = LossConfig()
     dataset: str = "shapes"
     train_images: str = ""
     train_annotations: str = ""
@@ -96,9 +101,6 @@ class TrainConfig(PrintableConfig):
     lr: float = 2.5e-4
     lr_decay_iters: tuple[int, ...] = (450_000,)
     lr_decay: float = 0.1
-    pull_weight: float = 0.1
-    push_weight: float = 0.1
-    offset_weight: float = 1.0
     precision: str = "auto"
     channels_last: bool = False
     compile: bool = False
@@ -127,6 +129,17 @@ class TrainConfig(PrintableConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.dataset == "coco" and not (self.train_images and self.train_annotations):
             raise ValueError("dataset 'coco' needs train_images and train_annotations")
+        side = self.augment.input_size
+        if self.output_size != stem_output_size(side):
+            raise ValueError(
+                f"output_size {self.output_size} does not match augment.input_size {side}: "
+                f"the network's maps of a {side}-pixel input have {stem_output_size(side)} "
+                "cells a side"
+            )
+        try:
+            self.model.check_input_size(side, side)
+        except ValueError as error:
+            raise ValueError(f"augment.input_size: {error}") from None
 
 
 # The named configurations.
@@ -250,88 +263,6 @@ def short_coco_run(
     )
 
 
-def _flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
-    r"""``{"model.nstack": value, ...}`` for every leaf field of a (nested) configuration."""
-    leaves = {}
-    for item in fields(config):
-        value = getattr(config, item.name)
-        if dataclasses.is_dataclass(value):
-            leaves.update(_flat_fields(value, f"{prefix}{item.name}."))
-        else:
-            leaves[prefix + item.name] = value
-    return leaves
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _parser_for(default: Any):
-    r"""A string -> value parser of the same type as ``default``."""
-    if isinstance(default, bool):
-        return _parse_bool
-    if isinstance(default, tuple):
-        item = type(default[0]) if default else float
-
-        def parse_tuple(text: str) -> tuple:
-            return tuple(item(part) for part in text.split(",") if part.strip())
-
-        return parse_tuple
-    return type(default)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    r"""One ``--field`` option per configuration field (``_`` written ``-``), default unset."""
-    for key, default in _flat_fields(TrainConfig()).items():
-        parser.add_argument(
-            "--" + key.replace("_", "-"),
-            dest="config__" + key,
-            type=_parser_for(default),
-            default=argparse.SUPPRESS,
-            metavar=type(default).__name__.upper(),
-            help=argparse.SUPPRESS if "." in key else "",
-        )
-    show_defaults(parser, TrainConfig())
-
-
-_DEFAULT_OF = "(default of "
-
-
-def _as_typed(value: Any) -> str:
-    r"""``value`` as it is typed on the command line (``true``, ``32,48``, ``'runs/x'``)."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def show_defaults(parser: argparse.ArgumentParser, config: TrainConfig) -> None:
-    r"""Make the help of each ``--field`` option of ``parser`` show ``config``'s value."""
-    values = _flat_fields(config)
-    for action in parser._actions:
-        key = action.dest.removeprefix("config__")
-        if key == action.dest or action.help == argparse.SUPPRESS:
-            continue
-        described = (action.help or "").split(_DEFAULT_OF)[0].rstrip()
-        value = _as_typed(values[key]).replace("%", "%%")  # help strings are %-formatted
-        default = f"{_DEFAULT_OF}{config.name}: {value})"
-        action.help = f"{described} {default}" if described else default
-
-
-class ShowConfigDefaults(argparse.Action):
-    r"""``--config NAME``: the help of the options that follow shows NAME's values."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        show_defaults(parser, get_config(values))
-        setattr(namespace, self.dest, values)
-
-
 def apply_overrides(config: Config, overrides: dict[str, Any], prefix: str = "") -> Config:
     r"""``config`` with ``{"lr": 1e-3, "model.nstack": 1, "test.decode.K": 50, ...}`` replaced."""
     nested: dict[str, dict[str, Any]] = {}
@@ -349,25 +280,12 @@ def apply_overrides(config: Config, overrides: dict[str, Any], prefix: str = "")
     return replace(config, **top)
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    r"""The ``--field value`` options given on the command line."""
-    return {
-        key.removeprefix("config__"): value
-        for key, value in vars(args).items()
-        if key.startswith("config__")
-    }
-
-
 __all__ = [
     "CONFIGS",
-    "ShowConfigDefaults",
     "TrainConfig",
     "accumulation_for_memory",
-    "add_config_arguments",
     "apply_overrides",
     "config_from_dict",
     "get_config",
-    "overrides_from_args",
     "short_coco_run",
-    "show_defaults",
 ]

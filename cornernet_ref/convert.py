@@ -43,7 +43,6 @@ reads.
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import re
 from collections.abc import Mapping
@@ -306,50 +305,22 @@ def convert_file(source: str | Path, target: str | Path, *, trust: bool = False)
     official = load_official(source, trust=trust)
     config = infer_model_config(official)
     converted = convert_official_state_dict(official, config)
-    names = (
+    with torch.device("meta"):  # no memory: the converted tensors take the parameters' place
+        model = CornerNet(config)
+    model.load_state_dict(converted, assign=True)
+    model.class_names = (
         list(COCO_CLASS_NAMES)
         if config.num_classes == len(COCO_CLASS_NAMES)
         else [str(i) for i in range(config.num_classes)]
     )
-    save_checkpoint(
-        target,
-        {
-            "model": converted,
-            "model_config": config.to_dict(),
-            "class_names": names,
-            "converted_from": Path(source).name,
-        },
-    )
+    save_checkpoint(target, model.checkpoint_state() | {"converted_from": Path(source).name})
     return config
-
-
-def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert official CornerNet weights (e.g. CornerNet_500000.pkl)",
-        description="Convert an official CornerNet state dict into a checkpoint of this model.",
-    )
-    parser.add_argument("official", type=Path, help="the official .pkl (a saved state dict)")
-    parser.add_argument("out", type=Path, help="where to write the converted checkpoint")
-    parser.add_argument(
-        "--trust",
-        action="store_true",
-        help="unpickle in full if the safe loader refuses the file (trusted files only)",
-    )
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    config = convert_file(args.official, args.out, trust=args.trust)
-    print(f"wrote {args.out}: {config}")
-    return 0
 
 
 __all__ = [
     "COCO_CLASS_NAMES",
     "FIRST_CONV",
     "RULES",
-    "add_subcommand",
     "convert_file",
     "convert_official_state_dict",
     "expected_shapes",

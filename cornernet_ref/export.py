@@ -44,7 +44,6 @@ onnxruntime runs the graph with its default CPU operators.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -345,39 +344,6 @@ def onnx_source(model: OnnxModel, images_dir: str | Path) -> OutputSource:
         )
 
     return outputs
-
-
-def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
-    r"""``cornernet-ref export --checkpoint CKPT --out model.onnx``."""
-    parser = subparsers.add_parser(
-        "export",
-        help="export a checkpoint to ONNX (the last stack's six maps)",
-        description=__doc__.splitlines()[0],
-    )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="trained checkpoint")
-    parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
-    parser.add_argument(
-        "--max-input-side",
-        type=int,
-        default=MAX_INPUT_SIDE,
-        help="largest input side the exported corner pools cover (default: %(default)s)",
-    )
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from cornernet_ref.model import CornerNet
-
-    if not args.checkpoint.is_file():
-        raise SystemExit(f"checkpoint not found: {args.checkpoint}")
-    if not args.out.parent.is_dir():
-        raise SystemExit(f"the folder of --out does not exist: {args.out.parent}")
-    if args.max_input_side < 1:
-        raise SystemExit(f"--max-input-side must be positive, got {args.max_input_side}")
-    model = CornerNet.from_checkpoint(args.checkpoint)
-    export_onnx(model, args.out, max_input_side=args.max_input_side)
-    print(f"exported {args.checkpoint} to {args.out}")
-    return 0
 
 
 __all__ = [

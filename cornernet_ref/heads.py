@@ -18,11 +18,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cornernet_ref.corner_pool import CornerPool
+from cornernet_ref.corner_pool import CORNERS, CornerPool
 from cornernet_ref.hourglass import ConvBN
 
 HEATMAP_BIAS = -2.19  # official initial bias of the last heatmap convolution: sigmoid ~ 0.1
-CORNERS = ("tl", "br")
 
 
 class BranchSum(nn.Module):
@@ -57,7 +56,7 @@ class CornerPoolingModule(nn.Module):
     ) -> None:
         super().__init__()
         if corner not in CORNERS:
-            raise ValueError(f"corner must be one of {CORNERS}, got {corner!r}")
+            raise ValueError(f"corner must be one of {tuple(CORNERS)}, got {corner!r}")
         self.vertical = ConvBN(channels, pool_channels)  # pooled along columns (top / bottom)
         self.horizontal = ConvBN(channels, pool_channels)  # pooled along rows (left / right)
         self.pool: nn.Module = CornerPool(corner) if corner_pooling else BranchSum()

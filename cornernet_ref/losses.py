@@ -15,13 +15,17 @@ official implementation does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cornernet_ref.corner_pool import CORNERS
 from cornernet_ref.output import CornerNetOutput, gather_at
+from cornernet_ref.printable import PrintableConfig
 from cornernet_ref.targets import TARGET_KEYS
 
 EPSILON = 1e-4  # the official normaliser epsilon and probability clamp
@@ -158,6 +162,34 @@ def offset_loss(pred_off: Tensor, target_off: Tensor, mask: Tensor) -> Tensor:
     return loss / (mask.sum() + EPSILON)
 
 
+@dataclass(frozen=True)
+class LossConfig(PrintableConfig):
+    r"""How :class:`CornerNetLoss` weighs its terms; the defaults are the paper's (§4.1).
+
+    Attributes:
+        pull_weight: the weight $\alpha$ of the pull term (0.1 in the paper).
+        push_weight: the weight $\beta$ of the push term (0.1).
+        offset_weight: the weight $\gamma$ of the offset term (1); the focal term has
+            weight 1.
+        single_object_push: give images with one object the official constant push term
+            (see :func:`ae_loss`); it changes the logged push loss, not the gradient.
+
+    Raises:
+        ValueError: a weight that is negative or not finite.
+    """
+
+    pull_weight: float = 0.1
+    push_weight: float = 0.1
+    offset_weight: float = 1.0
+    single_object_push: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("pull_weight", "push_weight", "offset_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
 class CornerNetLoss(nn.Module):
     r"""The full training loss, over every hourglass stack (§3.5, §4.1).
 
@@ -167,25 +199,15 @@ class CornerNetLoss(nn.Module):
     computed in full precision under mixed-precision autocast.
 
     Args:
-        pull_weight: the weight of the pull term (0.1 in the paper).
-        push_weight: the weight of the push term (0.1).
-        offset_weight: the weight of the offset term (1); the focal term has weight 1.
-        single_object_push: see :func:`ae_loss`.
+        config: the weights of the terms and the single-object rule (:class:`LossConfig`).
     """
 
-    def __init__(
-        self,
-        pull_weight: float = 0.1,
-        push_weight: float = 0.1,
-        offset_weight: float = 1.0,
-        *,
-        single_object_push: bool = False,
-    ) -> None:
+    def __init__(self, config: LossConfig = LossConfig()) -> None:
         super().__init__()
-        self.pull_weight = pull_weight
-        self.push_weight = push_weight
-        self.offset_weight = offset_weight
-        self.single_object_push = single_object_push
+        self.pull_weight = config.pull_weight
+        self.push_weight = config.push_weight
+        self.offset_weight = config.offset_weight
+        self.single_object_push = config.single_object_push
 
     def forward(
         self,
@@ -221,7 +243,7 @@ class CornerNetLoss(nn.Module):
                 tl_tag, br_tag, mask, single_object_push=self.single_object_push
             )
             pull, push = pull + pulled, push + pushed
-            for corner in ("tl", "br"):
+            for corner in CORNERS:
                 predicted = gather_at(
                     getattr(out, f"{corner}_off").float(), targets[f"{corner}_ind"]
                 )

@@ -29,8 +29,8 @@ whose batch norm drew its scale $\gamma$ from $\mathcal{U}(0, 1)$; that is the d
 
 **Configuration.** Every constructor field sits in one frozen
 [ModelConfig][cornernet_ref.model.ModelConfig], which checks itself, travels in checkpoints
-as a dict (``to_dict`` / ``from_dict``) and is nested in the training configuration as
-``model``.
+as a dict (``to_dict`` / ``from_dict``, as every configuration: :mod:`cornernet_ref.printable`)
+and is nested in the training configuration as ``model``.
 
 Hourglass-104 with 80 classes has 201,035,212 parameters, laid out as the official
 checkpoint (:mod:`cornernet_ref.convert` maps the names).
@@ -38,8 +38,7 @@ checkpoint (:mod:`cornernet_ref.convert` maps the names).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +46,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cornernet_ref.checkpoint import CheckpointError, load_checkpoint
+from cornernet_ref.corner_pool import CORNERS
 from cornernet_ref.errors import first_line
 from cornernet_ref.heads import PredictionModule
 from cornernet_ref.hourglass import ConvBN, Hourglass, Residual, Stem, stem_output_size
 from cornernet_ref.output import CornerNetOutput
-from cornernet_ref.printable import config_from_dict
+from cornernet_ref.printable import PrintableConfig
 
 BATCHNORM_INITS = ("uniform", "ones")
 
@@ -81,7 +81,7 @@ class StackTransition(nn.Module):
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(PrintableConfig):
     r"""Everything :class:`CornerNet` is built from; the defaults are Hourglass-104, 80 classes.
 
     Attributes:
@@ -137,21 +137,16 @@ class ModelConfig:
                 f"batchnorm_init must be one of {BATCHNORM_INITS}, got {self.batchnorm_init!r}"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        r"""The fields as JSON values (tuples as lists): what checkpoints store."""
-        return {
-            key: list(value) if isinstance(value, tuple) else value
-            for key, value in asdict(self).items()
-        }
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
-        r"""The configuration of :meth:`to_dict`'s output; missing fields take the defaults.
-
-        Raises:
-            ValueError: a key that is no field (named), or a value the fields refuse.
-        """
-        return config_from_dict(dict(values), cls)
+    def check_input_size(self, height: int, width: int) -> None:
+        r"""Raise ``ValueError`` unless the hourglass can halve the stem's output ``n`` times."""
+        for name, side in (("height", height), ("width", width)):
+            out = stem_output_size(side)
+            if out % 2**self.n:
+                raise ValueError(
+                    f"input {name} {side} gives {out} cells after the stem, not a multiple of "
+                    f"2**n = {2**self.n}; use sides of the form {4 * 2**self.n}k - 1 "
+                    f"(e.g. {side | (4 * 2**self.n - 1)})"
+                )
 
 
 class CornerNet(nn.Module):
@@ -189,7 +184,7 @@ class CornerNet(nn.Module):
                 )
                 for _ in range(config.nstack)
             )
-            for corner in ("tl", "br")
+            for corner in CORNERS
         )
         self.transitions = nn.ModuleList(
             StackTransition(width, config.cnv_dim) for _ in range(config.nstack - 1)
@@ -200,15 +195,9 @@ class CornerNet(nn.Module):
                     nn.init.uniform_(module.weight)
 
     def check_input_size(self, height: int, width: int) -> None:
-        r"""Raise ``ValueError`` unless the hourglass can halve the stem's output ``n`` times."""
-        for name, side in (("height", height), ("width", width)):
-            out, n = stem_output_size(side), self.config.n
-            if out % 2**n:
-                raise ValueError(
-                    f"input {name} {side} gives {out} cells after the stem, not a multiple of "
-                    f"2**n = {2**n}; use sides of the form {4 * 2**n}k - 1 "
-                    f"(e.g. {side | (4 * 2**n - 1)})"
-                )
+        r"""Raise ``ValueError`` unless the hourglass can halve the stem's output ``n`` times
+        (:meth:`ModelConfig.check_input_size`)."""
+        self.config.check_input_size(height, width)
 
     def forward(self, images: Tensor) -> list[CornerNetOutput]:
         if images.dim() != 4 or images.shape[1] != 3:
@@ -226,6 +215,16 @@ class CornerNet(nn.Module):
             if stack < last:
                 x = self.transitions[stack](x, features)  # predictions are not fed back
         return outputs
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        r"""The model's half of a checkpoint (:mod:`cornernet_ref.checkpoint`), which
+        :meth:`from_checkpoint` reads back: the state dict (``model``), the configuration
+        (``model_config``, :meth:`ModelConfig.to_dict`) and the ``class_names``."""
+        return {
+            "model": self.state_dict(),
+            "model_config": self.config.to_dict(),
+            "class_names": self.class_names,
+        }
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: Any = "cpu") -> CornerNet:

@@ -7,16 +7,40 @@ drawn with their class name and score.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import torch
-
 from cornernet_ref.data.image import read_image
-from cornernet_ref.evaluate import add_test_arguments, unit_interval
-from cornernet_ref.inference import ImageDetections, TestConfig, detect_image, model_source
+from cornernet_ref.inference import (
+    ImageDetections,
+    OutputSource,
+    TestConfig,
+    detect_image,
+    model_source,
+)
 from cornernet_ref.model import CornerNet
-from cornernet_ref.visualize import render_detections, write_heatmap_picture
+from cornernet_ref.visualize import DRAW_THRESHOLD, render_detections
+
+
+def load_source(
+    checkpoint: str | Path, images_dir: str | Path, device: str = "cpu"
+) -> tuple[OutputSource, list[str]]:
+    r"""The maps of the images of ``images_dir`` and the class names, from a checkpoint or
+    from a file written by ``cornernet-ref export`` (``.onnx``, run by onnxruntime on the
+    CPU: ``device`` is then ignored)."""
+    if Path(checkpoint).suffix == ".onnx":
+        from cornernet_ref.export import OnnxModel, onnx_source
+
+        exported = OnnxModel(checkpoint)
+        return onnx_source(exported, images_dir), exported.class_names
+    model = CornerNet.from_checkpoint(checkpoint)
+    names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+    return model_source(model, images_dir, device), names
+
+
+def image_record(image_path: str | Path) -> dict:
+    r"""The COCO record of one image file: ``file_name``, ``height`` and ``width``."""
+    height, width = read_image(image_path).shape[:2]
+    return {"file_name": Path(image_path).name, "height": height, "width": width}
 
 
 def detect(
@@ -26,24 +50,10 @@ def detect(
     config: TestConfig = TestConfig(),
     device: str = "cpu",
 ) -> tuple[ImageDetections, list[str]]:
-    r"""Detections of one image (image pixels) and the class names of the checkpoint.
-
-    ``checkpoint`` may also be a file written by ``cornernet-ref export`` (``.onnx``), run
-    by onnxruntime on the CPU (``device`` is then ignored).
-    """
-    image_path = Path(image_path)
-    if Path(checkpoint).suffix == ".onnx":
-        from cornernet_ref.export import OnnxModel, onnx_source
-
-        exported = OnnxModel(checkpoint)
-        names, source = exported.class_names, onnx_source(exported, image_path.parent)
-    else:
-        model = CornerNet.from_checkpoint(checkpoint)
-        names = model.class_names or [str(i) for i in range(model.config.num_classes)]
-        source = model_source(model, image_path.parent, device)
-    height, width = read_image(image_path).shape[:2]
-    record = {"file_name": image_path.name, "height": height, "width": width}
-    return detect_image(source, record, config), names
+    r"""Detections of one image (image pixels) and the class names of the checkpoint (or of
+    the ``.onnx`` export: :func:`load_source`)."""
+    source, names = load_source(checkpoint, Path(image_path).parent, device)
+    return detect_image(source, image_record(image_path), config), names
 
 
 def draw_detections(
@@ -51,7 +61,7 @@ def draw_detections(
     detections: ImageDetections,
     names: list[str],
     out: str | Path,
-    threshold: float = 0.3,
+    threshold: float = DRAW_THRESHOLD,
 ) -> int:
     r"""Draw the detections scoring ``>= threshold`` onto the image; returns how many.
 
@@ -62,45 +72,3 @@ def draw_detections(
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     picture.save(out)
     return int((detections.scores >= threshold).sum())
-
-
-def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
-    r"""``cornernet-ref predict --checkpoint CKPT IMAGE --out PNG``."""
-    parser = subparsers.add_parser(
-        "predict",
-        help="detect objects in an image and draw them",
-        description=__doc__.splitlines()[0],
-    )
-    parser.add_argument("image", type=Path, help="the image")
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        required=True,
-        help="trained checkpoint, or an ONNX file written by `cornernet-ref export` (.onnx)",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
-    parser.add_argument(
-        "--threshold", type=unit_interval, default=0.3, help="minimum score drawn (0 to 1)"
-    )
-    add_test_arguments(parser)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--heatmaps",
-        action="store_true",
-        help="also draw the top-left and bottom-right heatmaps with the embeddings of the "
-        "detected corners (to OUT with _heatmaps before the suffix)",
-    )
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    config = TestConfig(flip=args.flip, scales=args.scales)
-    detections, names = detect(args.checkpoint, args.image, config=config, device=args.device)
-    count = draw_detections(args.image, detections, names, args.out, args.threshold)
-    print(f"{count} detections drawn to {args.out}")
-    if args.heatmaps:
-        model = CornerNet.from_checkpoint(args.checkpoint).to(args.device)
-        panel = args.out.with_name(f"{args.out.stem}_heatmaps{args.out.suffix}")
-        write_heatmap_picture(model, args.image, names, panel, args.threshold)
-        print(f"heatmaps drawn to {panel}")
-    return 0

@@ -1,21 +1,58 @@
-r"""Configurations as JSON: the training, model and test settings print and load one way."""
+r"""The one pattern of every configuration: a frozen dataclass that checks, prints and loads.
+
+Each configuration of the package (:class:`~cornernet_ref.config.TrainConfig` and the parts
+nested in it: :class:`~cornernet_ref.model.ModelConfig`,
+:class:`~cornernet_ref.data.augment.AugmentConfig`,
+:class:`~cornernet_ref.targets.TargetConfig`, :class:`~cornernet_ref.losses.LossConfig`,
+:class:`~cornernet_ref.inference.TestConfig`, :class:`~cornernet_ref.decode.DecodeConfig`)
+is a frozen dataclass deriving from :class:`PrintableConfig`:
+
+* it checks its fields when it is built (``__post_init__``), raising ``ValueError`` naming
+  the field out of range;
+* ``to_dict`` gives its fields as JSON values (nested, tuples as lists): what checkpoints
+  store and ``str`` prints, as JSON;
+* ``from_dict`` rebuilds it from that dict (:func:`config_from_dict`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import asdict, fields
-from typing import Any
+from dataclasses import fields
+from typing import Any, TypeVar
+
+Config = TypeVar("Config", bound="PrintableConfig")
 
 
 class PrintableConfig:
-    r"""Base of the configuration dataclasses: ``to_dict`` (nested) and ``str`` as JSON."""
+    r"""Base of the configuration dataclasses: ``to_dict``/``from_dict`` and ``str`` as JSON."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+        r"""The fields as JSON values: nested configurations as dicts, tuples as lists."""
+        return {
+            item.name: _json_value(getattr(self, item.name))
+            for item in fields(self)  # type: ignore[arg-type]  # subclasses are dataclasses
+        }
+
+    @classmethod
+    def from_dict(cls: type[Config], values: dict[str, Any]) -> Config:
+        r"""The configuration of :meth:`to_dict`'s output; missing fields take the defaults.
+
+        Raises:
+            ValueError: a key that is no field (named), or a value the fields refuse.
+        """
+        return config_from_dict(dict(values), cls)
 
     def __str__(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, PrintableConfig):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def config_from_dict(values: dict[str, Any], cls: type) -> Any:

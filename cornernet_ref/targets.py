@@ -27,13 +27,16 @@ from typing import Literal
 import numpy as np
 import torch
 
+from cornernet_ref.corner_pool import CORNERS
+from cornernet_ref.printable import PrintableConfig
+
 RadiusVariant = Literal["official", "exact"]
 TARGET_KEYS = ("tl_heat", "br_heat", "tl_ind", "br_ind", "mask", "tl_off", "br_off")
 RADIUS_VARIANTS = ("official", "exact")
 
 
 @dataclass(frozen=True)
-class TargetConfig:
+class TargetConfig(PrintableConfig):
     r"""How :func:`build_targets` draws the targets; the defaults are the official ones.
 
     Attributes:
@@ -314,9 +317,9 @@ def build_targets(
         )
 
     ratio_w, ratio_h = out_w / in_w, out_h / in_h
-    heat = {corner: np.zeros((num_classes, out_h, out_w), np.float32) for corner in ("tl", "br")}
-    index = {corner: np.zeros(max_objects, np.int64) for corner in ("tl", "br")}
-    offset = {corner: np.zeros((max_objects, 2), np.float32) for corner in ("tl", "br")}
+    heat = {corner: np.zeros((num_classes, out_h, out_w), np.float32) for corner in CORNERS}
+    index = {corner: np.zeros(max_objects, np.int64) for corner in CORNERS}
+    offset = {corner: np.zeros((max_objects, 2), np.float32) for corner in CORNERS}
     mask = np.zeros(max_objects, bool)
 
     for slot, ((x1, y1, x2, y2), label) in enumerate(zip(boxes, labels, strict=True)):
@@ -335,10 +338,10 @@ def build_targets(
             offset[corner][slot] = (scaled_x - cell_x, scaled_y - cell_y)  # Eq. (2)
         mask[slot] = True
 
-    targets = {f"{c}_heat": torch.from_numpy(heat[c]) for c in ("tl", "br")}
-    targets |= {f"{c}_ind": torch.from_numpy(index[c]) for c in ("tl", "br")}
+    targets = {f"{c}_heat": torch.from_numpy(heat[c]) for c in CORNERS}
+    targets |= {f"{c}_ind": torch.from_numpy(index[c]) for c in CORNERS}
     targets["mask"] = torch.from_numpy(mask)
-    targets |= {f"{c}_off": torch.from_numpy(offset[c]) for c in ("tl", "br")}
+    targets |= {f"{c}_off": torch.from_numpy(offset[c]) for c in CORNERS}
     return targets
 
 

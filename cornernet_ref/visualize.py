@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
@@ -31,13 +30,16 @@ from cornernet_ref.decode import DecodeConfig, best_corners, decode
 from cornernet_ref.inference import (
     CanvasGeometry,
     ImageDetections,
+    OutputSource,
     TestConfig,
+    canvas_geometry,
     detect_image,
     model_source,
-    pad_image,
 )
 from cornernet_ref.output import CornerNetOutput
+from cornernet_ref.run import RunFolder
 
+DRAW_THRESHOLD = 0.3  # the smallest score drawn, by default
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180))
 Box = tuple[float, float, float, float]  # (x1, y1, x2, y2)
 
@@ -103,7 +105,7 @@ def render_detections(
     detections: ImageDetections,
     names: Sequence[str],
     *,
-    threshold: float = 0.3,
+    threshold: float = DRAW_THRESHOLD,
     min_side: int = 512,
 ) -> tuple[Image.Image, list[Box]]:
     r"""Draw the detections scoring ``>= threshold`` on an ``(h, w, 3)`` RGB image.
@@ -208,21 +210,18 @@ class HeatmapPanel(NamedTuple):
 
 
 def heatmap_panel(
-    model: nn.Module, image: np.ndarray, *, threshold: float = 0.3, max_pairs: int = 8
+    maps: CornerNetOutput,
+    geometry: CanvasGeometry,
+    *,
+    threshold: float = DRAW_THRESHOLD,
+    max_pairs: int = 8,
 ) -> HeatmapPanel:
-    r"""Run ``model`` on the test canvas of an ``(h, w, 3)`` RGB image (no flip, scale 1).
+    r"""The panel of the maps of one test canvas (a batch of 1, placed by ``geometry``).
 
     The pairs are the decoder's (:func:`cornernet_ref.decode.decode`), and each corner's
     embedding is read at the cell the decoder took it from.
     """
-    canvas, geometry = pad_image(image)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        result = model(canvas[None].to(device))
-    model.train(was_training)
-    out = CornerNetOutput(*(t.float().cpu() for t in result[-1]))
+    out = CornerNetOutput(*(t.float().cpu() for t in maps))
     config = DecodeConfig()
     dets = decode(out, config)
     corners = {
@@ -314,15 +313,28 @@ def plot_heatmap_panel(
 
 
 def write_heatmap_picture(
-    model: nn.Module,
-    image_path: str | Path,
+    source: OutputSource,
+    images_dir: str | Path,
+    record: dict,
     names: Sequence[str],
     out: str | Path,
-    threshold: float = 0.3,
+    threshold: float = DRAW_THRESHOLD,
 ) -> Path:
-    r""":func:`heatmap_panel` of one image file, drawn to ``out``."""
-    image = read_image(image_path)
-    panel = heatmap_panel(model, image, threshold=threshold)
+    r""":func:`heatmap_panel` of one image, drawn to ``out``.
+
+    Args:
+        source: the maps of the images of ``images_dir``: a model
+            (:func:`~cornernet_ref.inference.model_source`) or an ONNX export
+            (:func:`~cornernet_ref.export.onnx_source`).
+        images_dir: the folder of the image.
+        record: its COCO record (``file_name``, ``height``, ``width``).
+        names: the class names.
+        out: the picture to write.
+        threshold: the smallest score of a pair drawn.
+    """
+    geometry = canvas_geometry(record["height"], record["width"])  # scale 1
+    panel = heatmap_panel(source(record, geometry, False), geometry, threshold=threshold)
+    image = read_image(Path(images_dir) / record["file_name"])
     return plot_heatmap_panel(panel, image, names, out)
 
 
@@ -334,7 +346,7 @@ def write_pictures(
     *,
     count: int = 4,
     test: TestConfig = TestConfig(),
-    threshold: float = 0.3,
+    threshold: float = DRAW_THRESHOLD,
 ) -> Path:
     r"""The end-of-training pictures, in ``<out>/pictures``; returns that folder.
 
@@ -347,11 +359,11 @@ def write_pictures(
         test: how the images are tested.
         threshold: the smallest score drawn.
     """
-    folder = Path(out) / "pictures"
+    run = RunFolder(Path(out))
+    folder = run.pictures
     folder.mkdir(parents=True, exist_ok=True)
-    history_path = Path(out) / "history.jsonl"
-    if history_path.is_file():
-        history = [json.loads(line) for line in history_path.read_text().splitlines()]
+    if run.history.is_file():
+        history = [json.loads(line) for line in run.history.read_text().splitlines()]
         plot_loss_curve(history, folder / "loss.png")
     if val is None:
         return folder
@@ -365,13 +377,13 @@ def write_pictures(
         image = read_image(Path(images) / record["file_name"])
         pictures.append(render_detections(image, detections, names, threshold=threshold)[0])
     side_by_side(pictures).save(folder / "detections.png")
-    first = Path(images) / records[0]["file_name"]
-    write_heatmap_picture(model, first, names, folder / "heatmaps.png", threshold)
+    write_heatmap_picture(source, images, records[0], names, folder / "heatmaps.png", threshold)
     model.train(was_training)
     return folder
 
 
 __all__ = [
+    "DRAW_THRESHOLD",
     "CornerMark",
     "HeatmapPanel",
     "PairMark",

@@ -143,7 +143,7 @@ def test_cli_evaluates_the_oracle(tmp_path: Path, scales: str) -> None:
     metrics_out = tmp_path / "metrics.json"
     status = cli.main(
         ["evaluate", "--images", str(tmp_path), "--annotations", str(path), "--oracle",
-         "--scales", scales, "--metrics-out", str(metrics_out), "--results-out",
+         "--test.scales", scales, "--metrics-out", str(metrics_out), "--results-out",
          str(tmp_path / "results.json")]
     )  # fmt: skip
     assert status == 0

@@ -16,6 +16,8 @@ from cornernet_ref.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from cornernet_ref.config import TrainConfig, config_from_dict
+from cornernet_ref.losses import LossConfig
 from cornernet_ref.model import CornerNet, ModelConfig
 
 TINY_CONFIG = {
@@ -186,3 +188,33 @@ def test_a_model_config_with_an_unknown_field_builds_no_model(tmp_path):
     message = r"unknown.pt does not build a model: unknown .*'depth'"
     with pytest.raises(CheckpointError, match=message):
         CornerNet.from_checkpoint(tmp_path / "unknown.pt")
+
+
+def test_version_2_training_configurations_load_with_their_loss_weights(tmp_path):
+    """Up to version 2 the loss weights sat at the top of the training configuration; they
+    load into ``config["loss"]``, so the run resumes with the weights it was trained with."""
+    trained = TrainConfig(loss=LossConfig(pull_weight=0.2, push_weight=0.3, offset_weight=4.0))
+    v2_config = {k: v for k, v in trained.to_dict().items() if k != "loss"}
+    v2_config |= {"pull_weight": 0.2, "push_weight": 0.3, "offset_weight": 4.0}
+    training = {"iteration": 1, "optimizer": {}, "scaler": {}, "rng": {}, "config": v2_config}
+    v2 = model_state() | training | {"format": FORMAT, "version": 2}
+    torch.save(v2, tmp_path / "v2.pt")
+    loaded = load_checkpoint(tmp_path / "v2.pt", resume=True)
+    assert config_from_dict(loaded["config"], TrainConfig) == trained
+    # The same layout under the current version is refused by name, not guessed at.
+    save_checkpoint(tmp_path / "v3.pt", model_state() | training)
+    with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\) \['offset_weight'"):
+        config_from_dict(load_checkpoint(tmp_path / "v3.pt")["config"], TrainConfig)
+
+
+@pytest.mark.parametrize("class_names", [["a", "b"], None])
+def test_a_model_writes_the_half_of_a_checkpoint_it_reads_back(tmp_path, class_names):
+    torch.manual_seed(3)
+    model = CornerNet(ModelConfig.from_dict(TINY_CONFIG))
+    model.class_names = class_names
+    state = model.checkpoint_state()
+    assert state["model_config"] == ModelConfig.from_dict(TINY_CONFIG).to_dict()
+    save_checkpoint(tmp_path / "model.pt", state)
+    loaded = CornerNet.from_checkpoint(tmp_path / "model.pt")
+    assert loaded.config == model.config and loaded.class_names == class_names
+    assert_same_state(loaded.checkpoint_state(), state)

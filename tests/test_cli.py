@@ -5,6 +5,7 @@ And the help of ``train`` shows the defaults of the configuration the command wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -21,6 +22,7 @@ from cornernet_ref import evaluate as evaluate_module
 from cornernet_ref.checkpoint import save_checkpoint
 from cornernet_ref.cli import main
 from cornernet_ref.config import CONFIGS, get_config
+from cornernet_ref.inference import TestConfig
 from cornernet_ref.model import CornerNet, ModelConfig
 
 TINY_CONFIG = {
@@ -148,14 +150,16 @@ def test_predict_names_the_bad_file(files, capsys, image, checkpoint, fragments)
 @pytest.mark.parametrize(
     ("argv", "fragments"),
     [
-        (["--scales", "1,a"], ["--scales", "'1,a'"]),
-        (["--scales", "0"], ["--scales", "'0'"]),
-        (["--scales", "nan"], ["--scales", "'nan'"]),
-        (["--scales", "1,inf"], ["--scales", "'1,inf'"]),
-        (["--scales", ","], ["--scales", "','"]),
+        (["--test.scales", "1,a"], ["--test.scales", "'1,a'"]),
+        (["--test.scales", "0"], ["test configuration: scales must be positive", "(0.0,)"]),
+        (["--test.scales", "nan"], ["test configuration: scales must be positive", "nan"]),
+        (["--test.scales", "1,inf"], ["test configuration: scales must be positive", "inf"]),
+        (["--test.scales", ","], ["test configuration: scales must be positive", "()"]),
+        (["--test.flip", "maybe"], ["--test.flip", "'maybe'"]),
+        (["--test.decode.K", "0"], ["test configuration: K must be positive"]),
         (["--limit", "0"], ["--limit", "'0'"]),
         (["--limit", "many"], ["--limit", "'many'"]),
-        (["--nms", "box"], ["--nms", "'box'"]),
+        (["--test.nms-method", "box"], ["nms_method must be one of", "'box'"]),
         (["--ground-truth", "heatmaps", "--oracle"], ["--oracle", "--checkpoint"]),
     ],
 )
@@ -247,7 +251,7 @@ def test_convert_names_the_bad_file(files, capsys, tmp_path, official, fragments
     "command",
     [
         ["predict", "nowhere.png", "--checkpoint", "missing.pt", "--out", "x.png"],
-        ["evaluate", "--images", ".", "--annotations", "a.json", "--oracle", "--scales", "x"],
+        ["evaluate", "--images", ".", "--annotations", "a.json", "--oracle", "--test.scales", "x"],
     ],
 )
 def test_the_installed_command_prints_one_line(tmp_path, command):
@@ -269,7 +273,9 @@ def test_the_installed_command_prints_one_line(tmp_path, command):
 def help_defaults(text: str) -> dict[str, str]:
     """``{"--max-iters": "1200", ...}`` read off the help text."""
     flat = " ".join(text.split())
-    return dict(re.findall(r"(--[\w-]+) [A-Z]+ \(default of \w+: ([^)]*)\)", flat))
+    # An option, its metavar, its description (no other option in it), then its default.
+    shown = re.findall(r"(--[\w.-]+) [A-Z]+ ((?:(?!--[\w.-]+ [A-Z]).)*?)\(default: ([^)]*)\)", flat)
+    return {option: default for option, _, default in shown}
 
 
 @pytest.mark.parametrize("name", [None, *sorted(CONFIGS)])
@@ -286,3 +292,50 @@ def test_train_help_shows_the_defaults_of_the_config_it_runs(capsys, name):
     assert shown["--dataset"] == repr(config.dataset)
     assert shown["--lr-decay-iters"] == ",".join(map(str, config.lr_decay_iters))
     assert shown["--val-limit"] == str(config.val_limit)
+
+
+def leaf_paths(config, prefix: str = "") -> list[str]:
+    """``["test.flip", ..., "test.decode.K", ...]``: the paths of a configuration's leaves."""
+    paths = []
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            paths += leaf_paths(value, f"{prefix}{item.name}.")
+        else:
+            paths.append(prefix + item.name)
+    return paths
+
+
+def test_train_evaluate_and_predict_take_the_same_test_options(capsys):
+    """One ``--test.*`` option per field of TestConfig (a new field appears in all three),
+    listed in each --help with the default that runs."""
+    shown = {}
+    for command in ("train", "evaluate", "predict"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        options = help_defaults(capsys.readouterr().out)
+        shown[command] = {key: value for key, value in options.items() if key.startswith("--test.")}
+    assert shown["train"] == shown["evaluate"] == shown["predict"]
+    expected = {"--" + path.replace("_", "-") for path in leaf_paths(TestConfig(), "test.")}
+    assert set(shown["evaluate"]) == expected
+    assert shown["evaluate"]["--test.flip"] == "true"
+    assert shown["evaluate"]["--test.scales"] == "1.0"
+    assert shown["evaluate"]["--test.decode.K"] == str(TestConfig().decode.K)
+
+
+def test_the_test_options_reach_the_configuration_of_each_command(files, capsys, monkeypatch):
+    """``--test.decode.K 7 --test.flip false`` is the TestConfig evaluate and predict run."""
+    used = []
+
+    def spy(source, record, config):
+        used.append(config)
+        raise ZeroDivisionError("stop here")
+
+    monkeypatch.setattr("cornernet_ref.evaluate.detect_image", spy)  # evaluate's
+    monkeypatch.setattr("cornernet_ref.cli.commands.detect_image", spy)  # predict's
+    options = ["--test.decode.K", "7", "--test.flip", "false"]
+    for argv in (evaluate_args(files), predict_args(files)):
+        with pytest.raises(ZeroDivisionError):
+            main([str(arg) for arg in [*argv, *options]])
+    expected = TestConfig(flip=False, decode=dataclasses.replace(TestConfig().decode, K=7))
+    assert used == [expected, expected]

@@ -8,19 +8,26 @@ import json
 
 import pytest
 
+from cornernet_ref.cli.options import add_config_options, overrides_from_args
 from cornernet_ref.config import (
     CONFIGS,
     TrainConfig,
-    add_config_arguments,
     apply_overrides,
     config_from_dict,
     get_config,
-    overrides_from_args,
     short_coco_run,
 )
+from cornernet_ref.data.augment import AugmentConfig
 from cornernet_ref.decode import DecodeConfig
 from cornernet_ref.inference import TestConfig
+from cornernet_ref.losses import LossConfig
+from cornernet_ref.model import ModelConfig
+from cornernet_ref.printable import PrintableConfig
 from cornernet_ref.targets import TargetConfig
+
+CONFIG_CLASSES = (
+    TrainConfig, ModelConfig, AugmentConfig, TargetConfig, LossConfig, TestConfig, DecodeConfig
+)  # fmt: skip
 
 
 @pytest.mark.claim("training-hyperparameters")
@@ -31,7 +38,8 @@ def test_paper_config():
     assert (config.augment.input_size, config.output_size) == (511, 128)
     assert config.augment.border == 128 and config.targets.gaussian_iou == 0.3
     assert config.targets.radius_variant == "official" and config.targets.penalty_reduction
-    assert (config.pull_weight, config.push_weight, config.offset_weight) == (0.1, 0.1, 1.0)
+    assert config.loss == LossConfig(pull_weight=0.1, push_weight=0.1, offset_weight=1.0)
+    assert not config.loss.single_object_push  # the push of Eq. 5 as written (chapter 2)
     assert (config.model.nstack, config.model.n) == (2, 5)
 
 
@@ -43,7 +51,7 @@ def test_json_round_trip(name):
 
 def test_command_line_overrides():
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
+    add_config_options(parser, TrainConfig())
     args = parser.parse_args(
         ["--lr", "0.5", "--model.nstack", "1", "--augment.flip", "false",
          "--lr-decay-iters", "10,20", "--train-images", "x", "--test.flip", "false",
@@ -61,7 +69,7 @@ def test_command_line_overrides():
 
 def test_target_options_are_nested_under_targets():
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
+    add_config_options(parser, TrainConfig())
     args = parser.parse_args(
         ["--targets.gaussian-iou", "0.5", "--targets.radius-variant", "exact",
          "--targets.penalty-reduction", "false", "--targets.max-objects", "9"]
@@ -90,12 +98,65 @@ def test_bad_values_are_named():
         get_config("nope")
 
 
-@pytest.mark.parametrize(
-    "config", [TrainConfig(), TestConfig(), DecodeConfig()], ids=["train", "test", "decode"]
-)
-def test_configurations_print_as_json_of_their_fields(config):
+@pytest.mark.parametrize("cls", CONFIG_CLASSES, ids=lambda cls: cls.__name__)
+def test_every_configuration_follows_one_pattern(cls):
+    """Frozen, printed as the JSON of its fields, rebuilt by from_dict, nested as such."""
+    config = cls()
+    assert isinstance(config, PrintableConfig) and cls.__dataclass_params__.frozen
     assert json.loads(str(config)) == json.loads(json.dumps(dataclasses.asdict(config)))
-    assert config_from_dict(json.loads(str(config)), type(config)) == config
+    assert json.loads(json.dumps(config.to_dict())) == config.to_dict()  # JSON values
+    assert cls.from_dict(json.loads(str(config))) == config
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            assert type(value) in CONFIG_CLASSES, item.name
+
+
+# One value out of range per configuration: each is refused on construction, named.
+OUT_OF_RANGE = [
+    (TrainConfig, {"max_iters": 0}, "max_iters"),
+    (ModelConfig, {"pool_dim": 0}, "pool_dim"),
+    (AugmentConfig, {"input_size": 0}, "input_size"),
+    (AugmentConfig, {"scales": ()}, "scales"),
+    (AugmentConfig, {"scales": (1.0, -0.5)}, "scales"),
+    (AugmentConfig, {"border": -1}, "border"),
+    (AugmentConfig, {"jitter": 1.0}, "jitter"),
+    (AugmentConfig, {"lighting_std": float("nan")}, "lighting_std"),
+    (TargetConfig, {"gaussian_iou": 1.0}, "gaussian_iou"),
+    (LossConfig, {"pull_weight": -0.1}, "pull_weight"),
+    (LossConfig, {"push_weight": float("inf")}, "push_weight"),
+    (LossConfig, {"offset_weight": float("nan")}, "offset_weight"),
+    (TestConfig, {"max_per_image": 0}, "max_per_image"),
+    (DecodeConfig, {"K": 0}, "K"),
+]
+
+
+@pytest.mark.parametrize(("cls", "values", "field"), OUT_OF_RANGE)
+def test_every_configuration_names_a_value_out_of_range(cls, values, field):
+    with pytest.raises(ValueError, match=field):
+        cls(**values)
+    cls.from_dict({})  # while the defaults build
+
+
+def test_the_edges_of_the_augmentation_and_loss_options_are_accepted():
+    AugmentConfig(input_size=1, scales=(1e-3,), border=0, jitter=0.0, lighting_std=0.0)
+    LossConfig(pull_weight=0.0, push_weight=0.0, offset_weight=0.0)
+
+
+def test_output_size_and_input_size_are_checked_together():
+    """The maps of a 127-pixel input have (127 - 1) // 4 + 1 = 32 cells a side (two
+    stride-2 steps rounding up: 127 -> 64 -> 32); any other output_size is refused up front,
+    and so is an input the hourglass cannot halve n times."""
+    small = get_config("small_shapes")
+    assert (small.augment.input_size, small.output_size) == (127, 32)
+    with pytest.raises(ValueError, match="output_size 31 does not match augment.input_size 127"):
+        dataclasses.replace(small, output_size=31)
+    with pytest.raises(ValueError, match="output_size 32 does not match augment.input_size 255"):
+        apply_overrides(small, {"augment.input_size": 255})
+    assert apply_overrides(small, {"augment.input_size": 255, "output_size": 64}).output_size == 64
+    # 119 -> 60 -> 30 cells, not a multiple of 2**3: small_shapes' hourglass cannot take it.
+    with pytest.raises(ValueError, match="augment.input_size: input height 119 gives 30 cells"):
+        apply_overrides(small, {"augment.input_size": 119, "output_size": 30})
 
 
 def test_the_test_configuration_is_the_official_one():

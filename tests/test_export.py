@@ -29,12 +29,25 @@ from cornernet_ref.corner_pool import CORNERS, DIRECTIONS, corner_pool, pool
 from cornernet_ref.data.image import MEAN_RGB, STD_RGB, read_image
 from cornernet_ref.data.loader import TrainingSet
 from cornernet_ref.data.shapes import CLASS_NAMES, render_shapes_image, shapes_detection
-from cornernet_ref.export import OUTPUT_NAMES, DoublingCornerPool, OnnxModel, doubling_pool
-from cornernet_ref.inference import TestConfig, canvas_geometry, detect_image, pad_image
+from cornernet_ref.export import (
+    OUTPUT_NAMES,
+    DoublingCornerPool,
+    OnnxModel,
+    doubling_pool,
+    onnx_source,
+)
+from cornernet_ref.inference import (
+    TestConfig,
+    canvas_geometry,
+    detect_image,
+    model_source,
+    pad_image,
+)
 from cornernet_ref.losses import CornerNetLoss
 from cornernet_ref.model import CornerNet
-from cornernet_ref.predict import detect
+from cornernet_ref.predict import detect, image_record
 from cornernet_ref.targets import collate_targets
+from cornernet_ref.visualize import heatmap_panel
 
 # Tests marked slow share one briefly trained network and its export (a minute on 2 cores).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -75,12 +88,7 @@ def model() -> CornerNet:
 @pytest.fixture(scope="module")
 def checkpoint(model: CornerNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("checkpoint") / "model.pt"
-    state = {
-        "model": model.state_dict(),
-        "model_config": model.config.to_dict(),
-        "class_names": model.class_names,
-    }
-    torch.save(state, path)
+    torch.save(model.checkpoint_state(), path)
     return path
 
 
@@ -171,14 +179,34 @@ def test_same_detections_after_decoding_one_canvas(model, session, images) -> No
 
 @pytest.mark.slow
 def test_predict_command_from_onnx(checkpoint, exported, images, tmp_path, capsys) -> None:
+    """The detections and, with --heatmaps, the heatmap panel, from the export as from the
+    checkpoint (the panel once reloaded the .onnx file as a checkpoint)."""
     printed = []
     for model_file in (checkpoint, exported):
         out = tmp_path / f"{model_file.suffix[1:]}.png"
         args = ["predict", "--checkpoint", str(model_file), str(images[0]), "--out", str(out)]
-        assert main([*args, "--threshold", "0"]) == 0
+        assert main([*args, "--threshold", "0", "--heatmaps"]) == 0, capsys.readouterr().err
         assert out.stat().st_size > 0
+        with Image.open(out.with_name(f"{out.stem}_heatmaps.png")) as panel:
+            assert panel.format == "PNG"
         printed.append(capsys.readouterr().out)
     assert printed[0].split()[0] == printed[1].split()[0], printed  # the same count
+
+
+@pytest.mark.slow
+def test_the_heatmap_panel_of_the_export_is_the_model_s(model, session, images) -> None:
+    record = image_record(images[1])
+    geometry = canvas_geometry(record["height"], record["width"])
+    folder = images[1].parent
+    torch_panel, onnx_panel = (
+        heatmap_panel(source(record, geometry, False), geometry, threshold=0.0)
+        for source in (model_source(model, folder), onnx_source(session, folder))
+    )
+    assert onnx_panel.geometry == torch_panel.geometry == geometry
+    for name in ("tl_heat", "br_heat"):
+        np.testing.assert_allclose(getattr(onnx_panel, name), getattr(torch_panel, name), atol=1e-5)
+    assert len(torch_panel.pairs) > 0
+    assert [pair.label for pair in onnx_panel.pairs] == [pair.label for pair in torch_panel.pairs]
 
 
 @pytest.mark.slow
@@ -322,13 +350,13 @@ def test_onnx_model_refuses_sizes_the_graph_cannot_take(session) -> None:
 
 
 @pytest.mark.slow
-def test_clear_errors(model, checkpoint, exported, pool_graph, tmp_path) -> None:
+def test_clear_errors(model, checkpoint, exported, pool_graph, tmp_path, capsys) -> None:
     missing = tmp_path / "missing.pt"
-    with pytest.raises(SystemExit, match=f"checkpoint not found: {missing}"):
-        main(["export", "--checkpoint", str(missing), "--out", str(tmp_path / "m.onnx")])
+    assert main(["export", "--checkpoint", str(missing), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert f"error: checkpoint not found: {missing}" in capsys.readouterr().err
     out = tmp_path / "no" / "such" / "m.onnx"
-    with pytest.raises(SystemExit, match="the folder of --out does not exist"):
-        main(["export", "--checkpoint", str(checkpoint), "--out", str(out)])
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
+    assert "error: the folder of --out does not exist" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="folder of the ONNX file does not exist"):
         export.export_onnx(model, out)
     with pytest.raises(FileNotFoundError, match="ONNX file not found"):

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from cornernet_ref.checkpoint import load_checkpoint
 from cornernet_ref.cli import main
 from cornernet_ref.config import TrainConfig
 from cornernet_ref.convert import convert_file, to_official_state_dict
@@ -29,7 +30,7 @@ from cornernet_ref.errors import InputError
 from cornernet_ref.finetune import init_from, load_matching
 from cornernet_ref.heads import HEATMAP_BIAS
 from cornernet_ref.model import CornerNet, ModelConfig
-from cornernet_ref.train import load_checkpoint, train
+from cornernet_ref.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

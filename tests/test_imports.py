@@ -1,4 +1,5 @@
-"""The package's modules import each other without cycles, and inference needs no pycocotools.
+"""The package's modules import each other without cycles, only the command line reads
+arguments, and inference needs no pycocotools.
 
 The graph is read from the source (every ``import`` and ``from ... import``, those inside
 functions and under ``TYPE_CHECKING`` included): a cycle hidden in a function body is still
@@ -48,6 +49,29 @@ def imported_modules(source: str, name: str, is_package: bool, known: set[str]) 
                     break
     found.discard(name)
     return found
+
+
+def imports_of(source: str) -> set[str]:
+    """Every module name an ``import`` or ``from ... import`` of ``source`` names (absolute)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module)
+    return names
+
+
+def modules_importing(root: Path, package: str, target: str) -> list[str]:
+    """The modules under root/package that import ``target`` (or one of its submodules)."""
+    return sorted(
+        module_name(path, root)
+        for path in (root / package).rglob("*.py")
+        if any(
+            name == target or name.startswith(target + ".")
+            for name in imports_of(path.read_text(encoding="utf-8"))
+        )
+    )
 
 
 def import_graph(root: Path, package: str) -> dict[str, set[str]]:
@@ -133,6 +157,25 @@ def test_the_check_accepts_a_chain(tmp_path: Path) -> None:
     graph = import_graph(write_package(tmp_path, modules), "p")
     assert graph == {"p": {"p.a"}, "p.a": {"p.b"}, "p.b": set()}
     assert find_cycle(graph) is None
+
+
+def test_only_the_command_line_imports_argparse() -> None:
+    """The paper and procedure modules take configurations and paths; the options, their
+    parsing and their help live in ``cornernet_ref.cli``."""
+    readers = modules_importing(REPO, PACKAGE, "argparse")
+    assert "cornernet_ref.cli.options" in readers  # the check sees the imports
+    outside = [name for name in readers if not name.startswith(f"{PACKAGE}.cli")]
+    assert not outside, f"argparse imported outside cornernet_ref.cli: {outside}"
+
+
+def test_the_argparse_check_finds_every_form_of_import(tmp_path: Path) -> None:
+    modules = {
+        "p/__init__.py": "",
+        "p/a.py": "import argparse\n",
+        "p/b.py": "def f():\n    from argparse import Namespace\n",
+        "p/c.py": "import argparse_extra\nfrom .argparse import x\n",  # other modules
+    }
+    assert modules_importing(write_package(tmp_path, modules), "p", "argparse") == ["p.a", "p.b"]
 
 
 def test_inference_and_scoring_import_without_pycocotools() -> None:

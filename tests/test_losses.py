@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cornernet_ref.losses import CornerNetLoss, ae_loss, focal_loss, offset_loss
+from cornernet_ref.losses import CornerNetLoss, LossConfig, ae_loss, focal_loss, offset_loss
 from cornernet_ref.output import CornerNetOutput
 from cornernet_ref.targets import TARGET_KEYS
 
@@ -137,7 +137,7 @@ def test_total_matches_the_official_computation(seed, counts, stacks):
 def test_flag_restores_the_official_single_object_push(seed, counts):
     outputs, targets = random_case(seed, counts=counts, stacks=2)
     weights = (0.5, 0.3, 2.0)
-    losses = CornerNetLoss(*weights, single_object_push=True)(outputs, targets)
+    losses = CornerNetLoss(LossConfig(*weights, single_object_push=True))(outputs, targets)
     expected = official_loss_by_loops(outputs, targets, weights, single_object_push=True)
     # In float32, 1 - 1/(1 + 1e-4) keeps only about three digits (as in the official code):
     # the single-object constant is within 1e-3 of its value.
@@ -150,8 +150,8 @@ def test_flag_restores_the_official_single_object_push(seed, counts):
 @pytest.mark.claim("official-loss-values")
 def test_each_term_is_the_weighted_mean_over_stacks():
     outputs, targets = random_case(3, counts=[2, 3], stacks=2)
-    losses = CornerNetLoss(0.2, 0.3, 4.0)(outputs, targets)
-    single = [CornerNetLoss(1.0, 1.0, 1.0)(out, targets) for out in outputs]
+    losses = CornerNetLoss(LossConfig(0.2, 0.3, 4.0))(outputs, targets)
+    single = [CornerNetLoss(LossConfig(1.0, 1.0, 1.0))(out, targets) for out in outputs]
     for name, weight in (("focal", 1.0), ("pull", 0.2), ("push", 0.3), ("offset", 4.0)):
         by_stack = sum(terms[name] for terms in single) / len(single)
         assert losses[name].item() == pytest.approx(weight * by_stack.item(), rel=1e-6)
@@ -167,7 +167,7 @@ def test_each_term_is_the_weighted_mean_over_stacks():
 )
 def test_total_is_exactly_the_sum_of_the_reported_terms(seed, counts, stacks, weights, single):
     outputs, targets = random_case(seed, counts=counts, stacks=stacks)
-    losses = CornerNetLoss(*weights, single_object_push=single)(outputs, targets)
+    losses = CornerNetLoss(LossConfig(*weights, single_object_push=single))(outputs, targets)
     parts = losses["focal"] + losses["pull"] + losses["push"] + losses["offset"]
     assert torch.equal(losses["total"], parts)
 
@@ -317,7 +317,7 @@ def test_offset_loss_by_hand():
 def test_all_terms_finite_and_nonnegative(seed, scale):
     outputs, targets = random_case(seed, stacks=2, scale=scale)
     for single in (False, True):
-        losses = CornerNetLoss(single_object_push=single)(outputs, targets)
+        losses = CornerNetLoss(LossConfig(single_object_push=single))(outputs, targets)
         assert set(losses) == {"total", "focal", "pull", "push", "offset"}
         for name, value in losses.items():
             assert value.dim() == 0 and torch.isfinite(value) and value >= 0, name

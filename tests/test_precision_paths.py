@@ -18,9 +18,10 @@ import pytest
 import torch
 from helpers import TINY_TRAINING
 
+from cornernet_ref.checkpoint import load_checkpoint
 from cornernet_ref.config import TrainConfig
 from cornernet_ref.model import CornerNet
-from cornernet_ref.train import LOSS_TERMS, autocast_dtype, load_checkpoint, train
+from cornernet_ref.train import LOSS_TERMS, autocast_dtype, train
 
 TINY = replace(TINY_TRAINING, shapes_train=8, batch_size=2, max_iters=2)
 DEFAULT_SCALE = 2.0**16  # torch.amp.GradScaler's initial scale

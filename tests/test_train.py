@@ -18,16 +18,12 @@ import torch.multiprocessing as mp
 from helpers import TINY_TRAINING as TINY
 from PIL import Image
 
-from cornernet_ref.checkpoint import CheckpointError
+from cornernet_ref.checkpoint import CheckpointError, load_checkpoint
 from cornernet_ref.config import TrainConfig
 from cornernet_ref.losses import CornerNetLoss
 from cornernet_ref.model import CornerNet
-from cornernet_ref.train import (
-    NonFiniteLossError,
-    learning_rate,
-    load_checkpoint,
-    train,
-)
+from cornernet_ref.output import CornerNetOutput
+from cornernet_ref.train import NonFiniteLossError, learning_rate, train
 from cornernet_ref.visualize import upscale_factor
 
 TINY_MODEL = replace(TINY.model, num_classes=3)  # the shapes data has 3 classes
@@ -371,3 +367,33 @@ def test_train_command_end_to_end(tmp_path):
     # Resuming with a longer schedule continues from iteration 2.
     assert main(["train", "--resume", checkpoint, "--max-iters", "3"]) == 0
     assert load_checkpoint(checkpoint)["iteration"] == 3
+
+
+def test_single_object_push_is_set_from_the_command_line(tmp_path, monkeypatch):
+    """``--loss.single-object-push true`` reaches the loss the run trains with, and there it
+    gives images of one object the official push term (0 without it, Eq. 5 as written)."""
+    import cornernet_ref.train as train_module
+    from cornernet_ref.cli import main
+
+    built = []
+
+    class RecordedLoss(CornerNetLoss):
+        def __init__(self, config):
+            super().__init__(config)
+            built.append(self)
+
+    monkeypatch.setattr(train_module, "CornerNetLoss", RecordedLoss)
+    for flag in ("false", "true"):
+        options = ["--loss.single-object-push", flag, "--max-iters", "1", "--shapes-val", "0"]
+        assert main(["train", *_tiny_arguments(tmp_path / flag), *options]) == 0
+    assert [criterion.single_object_push for criterion in built] == [False, True]
+    # Two images of one object each: no pair to push apart.
+    heat = torch.zeros(2, 1, 4, 4)
+    maps = CornerNetOutput(heat, heat, torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4),
+                           torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4, 4))  # fmt: skip
+    index, offsets = torch.tensor([[5, 0], [9, 0]]), torch.zeros(2, 2, 2)
+    mask = torch.tensor([[1, 0], [1, 0]])
+    targets = {"tl_heat": heat, "br_heat": heat, "tl_ind": index, "br_ind": index + 1,
+               "mask": mask, "tl_off": offsets, "br_off": offsets}  # fmt: skip
+    push = [criterion(maps, targets)["push"].item() for criterion in built]
+    assert push[0] == 0 and push[1] > 0

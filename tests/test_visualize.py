@@ -11,10 +11,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
-from torch import nn
 
 from cornernet_ref.data.shapes import write_shapes
-from cornernet_ref.inference import ImageDetections, pad_image
+from cornernet_ref.inference import ImageDetections, canvas_geometry, model_source, pad_image
 from cornernet_ref.model import CornerNet, ModelConfig
 from cornernet_ref.output import CornerNetOutput
 from cornernet_ref.visualize import (
@@ -110,20 +109,23 @@ def test_render_detections_upscales_boxes_and_labels_apart():
     assert not pixels[5 * 2, 5 * 2].any()  # the unscored box 3 stays undrawn
 
 
-def test_heatmap_panel_shows_the_model_maps():
+def test_heatmap_panel_shows_the_model_maps(tmp_path):
+    """The maps of a model's source for an image file are those of the model on its canvas."""
     model = small_model()
     image = np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8)
-    panel = heatmap_panel(model, image)
-    canvas, geometry = pad_image(image)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    record, geometry = {"file_name": "a.png", "height": 50, "width": 60}, canvas_geometry(50, 60)
+    panel = heatmap_panel(model_source(model, tmp_path)(record, geometry, False), geometry)
+    canvas, padded = pad_image(image)
     with torch.no_grad():
         out = model(canvas[None])[-1]
-    assert geometry == panel.geometry
+    assert panel.geometry == padded == geometry
     torch.testing.assert_close(torch.from_numpy(panel.tl_heat), out.tl_heat[0].sigmoid().amax(0))
     torch.testing.assert_close(torch.from_numpy(panel.br_heat), out.br_heat[0].sigmoid().amax(0))
 
 
-class PlantedCorners(nn.Module):
-    """A stand-in network whose maps hold two objects: corners, classes and tags planted."""
+class PlantedCorners:
+    """The maps of a 120-pixel image holding two objects: corners, classes and tags planted."""
 
     OBJECTS = (  # (class, top-left cell (x, y), bottom-right cell, tag), best first
         (1, (4, 6), (20, 25), 0.8),
@@ -131,8 +133,6 @@ class PlantedCorners(nn.Module):
     )
 
     def __init__(self) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(()))  # gives the device
         generator = torch.Generator().manual_seed(0)
         self.maps = CornerNetOutput(
             tl_heat=torch.full((1, 2, 32, 32), -6.0),
@@ -148,15 +148,12 @@ class PlantedCorners(nn.Module):
             self.maps.tl_tag[0, 0, y1, x1] = tag
             self.maps.br_tag[0, 0, y2, x2] = tag + 0.1
 
-    def forward(self, images: torch.Tensor) -> list[CornerNetOutput]:
-        return [self.maps]
-
 
 def test_heatmap_panel_finds_the_corners_and_embeddings_of_the_detected_boxes():
     model = PlantedCorners()
     image = np.zeros((120, 120, 3), dtype=np.uint8)
     # A planted corner paired with any weak one scores about 0.48: above 0.6, only the objects.
-    panel = heatmap_panel(model, image, threshold=0.6)
+    panel = heatmap_panel(model.maps, canvas_geometry(*image.shape[:2]), threshold=0.6)
     maps = model.maps
     assert [pair.label for pair in panel.pairs] == [label for label, *_ in model.OBJECTS]
     for pair, (_, (x1, y1), (x2, y2), tag) in zip(panel.pairs, model.OBJECTS, strict=True):
@@ -166,7 +163,7 @@ def test_heatmap_panel_finds_the_corners_and_embeddings_of_the_detected_boxes():
         ):
             expected = (x + offsets[0, 0, y, x], y + offsets[0, 1, y, x], embedding)
             assert tuple(corner) == pytest.approx(tuple(map(float, expected)))
-    assert heatmap_panel(model, image, threshold=0.99).pairs == []
+    assert heatmap_panel(model.maps, canvas_geometry(120, 120), threshold=0.99).pairs == []
 
 
 def test_write_pictures_writes_the_three_pictures(tmp_path):

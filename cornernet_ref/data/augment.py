@@ -34,11 +34,13 @@ each box through them beside the image.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from cornernet_ref.data.image import resize_image
+from cornernet_ref.printable import PrintableConfig
 
 # Official crop scales: numpy's arange(0.6, 1.4, 0.1), floating-point values kept as they are.
 OFFICIAL_SCALES: tuple[float, ...] = tuple(float(s) for s in np.arange(0.6, 1.4, 0.1))
@@ -60,7 +62,7 @@ GREY_WEIGHTS_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(PrintableConfig):
     r"""What the training augmentation does; the defaults are the official ones at 511 x 511.
 
     Attributes:
@@ -74,6 +76,9 @@ class AugmentConfig:
         jitter: the jitter factors are drawn from ``1 + U(-jitter, jitter)``.
         lighting: PCA lighting noise (applied only together with colour jitter, as officially).
         lighting_std: standard deviation of the lighting coefficients.
+
+    Raises:
+        ValueError: naming the field out of its range.
     """
 
     input_size: int = 511
@@ -86,6 +91,18 @@ class AugmentConfig:
     jitter: float = 0.4
     lighting: bool = True
     lighting_std: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.input_size < 1:
+            raise ValueError(f"input_size must be positive, got {self.input_size}")
+        if not self.scales or not all(math.isfinite(s) and s > 0 for s in self.scales):
+            raise ValueError(f"scales must be positive numbers, got {self.scales}")
+        if self.border < 0:
+            raise ValueError(f"border must be at least 0, got {self.border}")
+        if not 0 <= self.jitter < 1:  # a factor 1 + U(-jitter, jitter) stays positive
+            raise ValueError(f"jitter must lie in [0, 1), got {self.jitter}")
+        if not self.lighting_std >= 0:
+            raise ValueError(f"lighting_std must be at least 0, got {self.lighting_std}")
 
 
 def crop_border(border: int, size: int) -> int:

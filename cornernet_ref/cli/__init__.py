@@ -1,8 +1,13 @@
-r"""The ``cornernet-ref`` command.
+r"""The ``cornernet-ref`` command: every parser of the package, and nothing else.
 
-Each subcommand lives beside the code it runs: a module listed in ``SUBCOMMAND_MODULES``
-defines ``add_subcommand(subparsers)``, which adds its parser and sets ``func`` (called
-with the parsed arguments, returning an exit status).
+The subcommands (:mod:`cornernet_ref.cli.commands`) read their options here and call the
+procedures of the package (:func:`cornernet_ref.train.train`,
+:func:`cornernet_ref.evaluate.evaluate`, :func:`cornernet_ref.predict.detect`,
+:func:`cornernet_ref.convert.convert_file`, :func:`cornernet_ref.export.export_onnx`),
+which take configurations and paths, not parsed arguments. The configuration fields become
+options in :mod:`cornernet_ref.cli.options`: ``train`` takes every field of its
+:class:`~cornernet_ref.config.TrainConfig`, and ``train``, ``evaluate`` and ``predict`` the
+same ``--test.*`` options, those of :class:`~cornernet_ref.inference.TestConfig`.
 
 Bad input (a missing or damaged file, an option out of range) ends the command with one
 line, ``cornernet-ref: error: ...``, and exit status 2, whether argparse or the command
@@ -13,19 +18,11 @@ traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 from collections.abc import Sequence
 from typing import NoReturn
 
+from cornernet_ref.cli.commands import COMMANDS
 from cornernet_ref.errors import InputError, print_error
-
-SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "cornernet_ref.train",
-    "cornernet_ref.evaluate",
-    "cornernet_ref.predict",
-    "cornernet_ref.convert",
-    "cornernet_ref.export",
-)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,13 +33,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    r"""The parser of ``cornernet-ref`` and its subcommands; ``func`` runs the one given."""
     parser = _Parser(
         prog="cornernet-ref",
         description="CornerNet (Law & Deng, ECCV 2018): train, evaluate, predict, convert, export.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).add_subcommand(subparsers)
+    for add_command in COMMANDS:
+        add_command(subparsers)
     return parser
 
 
@@ -53,3 +51,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as error:
         print_error(str(error))
         return 2
+
+
+__all__ = ["build_parser", "main"]

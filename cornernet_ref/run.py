@@ -1,0 +1,247 @@
+r"""The plumbing of a training run: its folder, its processes, its random state, its record.
+
+[train][cornernet_ref.train.train] is the procedure; this module holds what it stands on:
+
+* [RunFolder][cornernet_ref.run.RunFolder]: the names of everything a run writes under
+  ``--out``;
+* [Distributed][cornernet_ref.run.Distributed]: this process's rank among the ``torchrun``
+  processes, its device, and the few collective operations the loop needs;
+* [RunLog][cornernet_ref.run.RunLog]: the progress bar, ``history.jsonl`` and TensorBoard;
+* [save_training_state][cornernet_ref.run.save_training_state] and
+  [load_training_state][cornernet_ref.run.load_training_state]: the checkpoint of a run
+  (:mod:`cornernet_ref.checkpoint`), with the optimiser, the loss scaler and every random
+  state, so that ``--resume`` continues exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from cornernet_ref.checkpoint import load_checkpoint, save_checkpoint, write_atomically
+
+if TYPE_CHECKING:
+    from cornernet_ref.config import TrainConfig
+    from cornernet_ref.model import CornerNet
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    r"""What a run writes under its folder ``root`` (the configuration's ``out``)."""
+
+    root: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        r"""The last checkpoint, rewritten atomically as the run goes."""
+        return self.root / "checkpoints" / "last.pt"
+
+    @property
+    def config(self) -> Path:
+        r"""The training configuration as JSON, beside the checkpoint."""
+        return self.checkpoint.with_name("config.json")
+
+    @property
+    def history(self) -> Path:
+        r"""One JSON line of loss terms per logged iteration."""
+        return self.root / "history.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def pictures(self) -> Path:
+        r"""The end-of-training pictures (:func:`cornernet_ref.visualize.write_pictures`)."""
+        return self.root / "pictures"
+
+    @property
+    def data(self) -> Path:
+        r"""The generated shapes data (``train`` and ``val`` splits)."""
+        return self.root / "data"
+
+    @property
+    def metrics(self) -> Path:
+        r"""The COCO metrics of the last validation."""
+        return self.root / "metrics.json"
+
+
+class Distributed:
+    r"""This process's place in the job: ``rank`` of ``world_size``, and its device."""
+
+    def __init__(self, device_name: str) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+        self.device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+        if use_cuda:
+            torch.cuda.set_device(self.device)
+        self.enabled = self.world_size > 1
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_mean(self, values: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(values)
+            values /= self.world_size
+        return values
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class RunLog:
+    r"""The record of a run (rank 0 only): the progress bar, the scalars of
+    ``history.jsonl`` and TensorBoard.
+
+    Args:
+        run: the run folder.
+        config: its ``max_iters``, ``log_every`` and ``batch_size`` set the bar and the rate.
+        start: the iteration the run starts from.
+        enabled: record anything at all (rank 0).
+    """
+
+    def __init__(self, run: RunFolder, config: TrainConfig, start: int, *, enabled: bool) -> None:
+        self.history = run.history
+        self.max_iters, self.log_every = config.max_iters, config.log_every
+        self.images_per_log = config.log_every * config.batch_size
+        self.progress = tqdm(
+            total=config.max_iters,
+            initial=start,
+            disable=not enabled,
+            desc="train",
+            file=sys.stderr,
+        )
+        self.tick = time.perf_counter()
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter  # here: it is slow to import
+
+            self.writer = SummaryWriter(str(run.tensorboard))
+
+    def step(self, done: int, terms: dict[str, float], lr: float) -> None:
+        r"""Iteration ``done`` is over: the bar moves; every ``log_every`` iterations and at
+        the last, the loss terms, ``lr`` and the images per second are recorded."""
+        self.progress.update(1)
+        if done % self.log_every == 0 or done == self.max_iters:
+            seconds, self.tick = time.perf_counter() - self.tick, time.perf_counter()
+            images_per_s = self.images_per_log / max(seconds, 1e-9)
+            self.progress.set_postfix(
+                {name: f"{value:.3f}" for name, value in terms.items()}
+                | {"img/s": f"{images_per_s:.1f}"}
+            )
+            self.scalars("train", done, {"lr": lr, "images_per_s": images_per_s, **terms})
+        if done == self.max_iters:
+            self.progress.close()
+
+    def validation(self, iteration: int, metrics: dict[str, float]) -> None:
+        r"""The COCO metrics of a validation: a line under the bar, and the scalars."""
+        self.progress.write(f"iteration {iteration}: AP {metrics['AP']:.3f}", file=sys.stderr)
+        self.scalars("val", iteration, metrics)
+
+    def scalars(self, split: str, iteration: int, values: dict[str, float]) -> None:
+        r"""Each value as the TensorBoard scalar ``split/name``; ``"train"`` values also as
+        the line ``{"iteration": ..., **values}`` of ``history.jsonl``."""
+        if self.writer is None:
+            return
+        if split == "train":
+            with self.history.open("a") as file:
+                file.write(json.dumps({"iteration": iteration, **values}) + "\n")
+        for name, value in values.items():
+            self.writer.add_scalar(f"{split}/{name}", value, iteration)
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def rng_states() -> dict[str, Any]:
+    r"""Every random state a run draws from: Python's, NumPy's global one, torch's (CPU, CUDA)."""
+    states = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 (the global state, if a user seeds it)
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])  # noqa: NPY002
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_training_state(
+    run: RunFolder,
+    config: TrainConfig,
+    iteration: int,
+    model: CornerNet,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> None:
+    r"""The checkpoint :attr:`RunFolder.checkpoint`, and ``config.json`` beside it, atomically:
+    the model's half (:meth:`~cornernet_ref.model.CornerNet.checkpoint_state`) and the
+    training state."""
+    state = model.checkpoint_state() | {
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "iteration": iteration,
+        "rng": rng_states(),
+        "config": config.to_dict(),
+    }
+    save_checkpoint(run.checkpoint, state)
+    config_text = (json.dumps(state["config"], indent=2) + "\n").encode()
+    write_atomically(run.config, lambda file: file.write(config_text))
+
+
+def load_training_state(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> int:
+    r"""Load the training state of the checkpoint ``path``; returns its iteration."""
+    state = load_checkpoint(path, resume=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    restore_rng_states(state["rng"])
+    return state["iteration"]
+
+
+__all__ = [
+    "Distributed",
+    "RunFolder",
+    "RunLog",
+    "load_training_state",
+    "restore_rng_states",
+    "rng_states",
+    "save_training_state",
+]
