@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -13,8 +17,11 @@ from cornernet_ref.checkpoint import (
     FORMAT,
     VERSION,
     CheckpointError,
+    OutputError,
+    atomic_path,
     load_checkpoint,
     save_checkpoint,
+    write_atomically,
 )
 from cornernet_ref.model import CornerNet, ModelConfig
 
@@ -186,3 +193,49 @@ def test_a_model_config_with_an_unknown_field_builds_no_model(tmp_path):
     message = r"unknown.pt does not build a model: unknown .*'depth'"
     with pytest.raises(CheckpointError, match=message):
         CornerNet.from_checkpoint(tmp_path / "unknown.pt")
+
+
+class _FillsUp(io.RawIOBase):
+    """A file that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, file: io.BufferedWriter, room: int) -> None:
+        self.file, self.room = file, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(tmp_path):
+    """torch.save hides the disk's error inside its own (``unexpected pos``): it is found."""
+    path = tmp_path / "last.pt"
+    first = model_state(seed=1)
+    save_checkpoint(path, first)
+    message = rf"^cannot write {re.escape(str(path))}: No space left on device; the previous"
+    with pytest.raises(OutputError, match=message):
+        write_atomically(path, lambda file: torch.save(model_state(seed=2), _FillsUp(file, 600)))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+    assert_same_state(load_checkpoint(path), first)
+
+
+def test_an_unwritable_folder_is_one_line_naming_it(tmp_path):
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "file" / "last.pt"  # its folder is a file
+    message = rf"^cannot write {re.escape(str(path))}: .*file is not a folder$"
+    with pytest.raises(OutputError, match=message):
+        save_checkpoint(path, model_state())
+
+
+def test_temporary_names_are_unique_and_beside_the_target(tmp_path):
+    path = tmp_path / "last.pt"
+    with atomic_path(path) as first, atomic_path(path) as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        first.write_bytes(b"1")
+        second.write_bytes(b"2")
+    assert path.read_bytes() == b"1"  # the outer write is the last renamed
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
