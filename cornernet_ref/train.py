@@ -69,6 +69,7 @@ from cornernet_ref.evaluate import evaluate
 from cornernet_ref.inference import model_source
 from cornernet_ref.losses import CornerNetLoss
 from cornernet_ref.model import CornerNet
+from cornernet_ref.runlock import run_lock
 from cornernet_ref.visualize import write_pictures
 
 LOSS_TERMS = ("total", "focal", "pull", "push", "offset")
@@ -534,15 +535,17 @@ def _run(args: argparse.Namespace) -> int:
         config = apply_overrides(config, overrides_from_args(args))
     except ValueError as error:  # a field out of range, or a combination the config rejects
         raise InputError(f"configuration: {error}") from error
-    try:
-        _, summary = train(config, resume=args.resume, init_from=args.init_from)
-    except NonFiniteLossError as error:
-        print_error(str(error))
-        return 1
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2))
-        if "metrics" in summary:
-            path = Path(config.out) / "metrics.json"
-            path.write_text(json.dumps(summary["metrics"], indent=2) + "\n")
-            print(f"metrics written to {path}", file=sys.stderr)
+    main = int(os.environ.get("RANK", "0")) == 0
+    with run_lock(config.out) if main else contextlib.nullcontext():  # one run per folder
+        try:
+            _, summary = train(config, resume=args.resume, init_from=args.init_from)
+        except NonFiniteLossError as error:
+            print_error(str(error))
+            return 1
+        if main:
+            print(json.dumps(summary, indent=2))
+            if "metrics" in summary:
+                path = Path(config.out) / "metrics.json"
+                path.write_text(json.dumps(summary["metrics"], indent=2) + "\n")
+                print(f"metrics written to {path}", file=sys.stderr)
     return 0
