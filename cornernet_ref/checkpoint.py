@@ -16,7 +16,8 @@ The file is the zip archive ``torch.save`` writes, which keeps a CRC-32 of every
 **Atomic.** :func:`save_checkpoint` writes a temporary file of a unique name in the
 target's folder, forces it to disk (``fsync``), renames it over the target (``os.replace``,
 atomic) and forces the folder's entry to disk too. A process killed at any moment leaves
-the old checkpoint or the new one, never a mix. A write that fails (a full disk, a
+the old checkpoint or the new one, never a mix; its temporary file is removed by the next
+write of the same file. A write that fails (a full disk, a
 read-only folder) removes its temporary file, keeps the old checkpoint and raises
 :class:`OutputError`, naming the file and the operating system's reason.
 
@@ -39,6 +40,7 @@ Checkpoints are pickles (the random states are Python objects): load only files 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import zipfile
@@ -96,7 +98,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
     The temporary name is unique to this write (``.<name>.<pid>.<random>.tmp``), so writers
     of the same file never share one. On any failure the temporary file is removed and
-    ``path`` is left as it was; after the rename the folder's entry is forced to disk.
+    ``path`` is left as it was; after the rename the folder's entry is forced to disk, and
+    temporary files of ``path`` left by killed writers (whose pid no longer runs) are removed.
 
     Raises:
         OutputError: the folder cannot be made or written, or the disk is full: naming
@@ -125,6 +128,27 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(folder)
         finally:
             os.close(folder)
+    _remove_stale_temporaries(path)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    r"""Remove the temporary files of ``path`` left by writers killed mid-write: those
+    whose process (the pid in the name) no longer runs."""
+    for temporary in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = temporary.name[len(path.name) + 2 :].split(".")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user
+        return True
+    return True
 
 
 def _os_error(error: BaseException | None) -> OSError | None:

@@ -7,6 +7,8 @@ import io
 import os
 import pickle
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -239,3 +241,18 @@ def test_temporary_names_are_unique_and_beside_the_target(tmp_path):
         second.write_bytes(b"2")
     assert path.read_bytes() == b"1"  # the outer write is the last renamed
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    left = tmp_path / f".last.pt.{int(dead.stdout)}.0badf00d.tmp"  # its process has ended
+    running = tmp_path / f".last.pt.{os.getpid()}.0badf00d.tmp"  # a write still going on
+    other = tmp_path / f".best.pt.{int(dead.stdout)}.0badf00d.tmp"  # another file's
+    for path in (left, running, other):
+        path.write_bytes(b"partial")
+    save_checkpoint(tmp_path / "last.pt", model_state())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["last.pt", running.name, other.name]
+    )
