@@ -336,7 +336,7 @@ def plot_heatmap_panel(
     r"""Draw the image and its two heatmaps with the detected corners and their embeddings.
 
     The panels show the image's part of the output grid (the padding around it holds no
-    corners); the boxes are listed below all three, with their scores and embeddings.
+    objects); the boxes are listed below all three, with their scores and embeddings.
     """
     import matplotlib.pyplot as plt  # slow to import: only when drawing
 
@@ -344,10 +344,10 @@ def plot_heatmap_panel(
     top, left = panel.geometry.border
     height, width = image.shape[:2]
     # The image on the output grid: pixel p of the canvas is cell p * ratio.
-    x0, x1 = left * ratio_x, (left + width) * ratio_x
-    y0, y1 = top * ratio_y, (top + height) * ratio_y
+    x_min, x_max = left * ratio_x, (left + width) * ratio_x
+    y_min, y_max = top * ratio_y, (top + height) * ratio_y
     out_h, out_w = panel.tl_heat.shape
-    panel_width = 4.4 * (x1 - x0) / (y1 - y0)
+    panel_width = 4.4 * (x_max - x_min) / (y_max - y_min)  # inches, for 4.4 high
     figure, axes = plt.subplots(
         1,
         3,
@@ -355,11 +355,11 @@ def plot_heatmap_panel(
         layout="constrained",
     )
     figure.suptitle(
-        "One pass at scale 1, no flip: the decoder's scores before flip testing and soft-NMS "
-        "(detections.png shows the test pipeline's)",
+        "One pass at scale 1, no flip: the decoder's scores before flip testing and soft-NMS, "
+        "so they differ from those of the detections picture",
         fontsize=10,
     )
-    axes[0].imshow(image, extent=(x0, x1, y1, y0))
+    axes[0].imshow(image, extent=(x_min, x_max, y_max, y_min))
     axes[0].set_title("input: detected boxes")
     for axis, heat, corner in (
         (axes[1], panel.tl_heat, "top-left"),
@@ -373,9 +373,9 @@ def plot_heatmap_panel(
     annotated: dict[int, list[tuple[float, float]]] = {id(axis): [] for axis in axes[1:]}
     for k, pair in enumerate(panel.pairs):
         colour = np.array(PALETTE[k % len(PALETTE)]) / 255
-        (x1c, y1c, e1), (x2c, y2c, e2) = pair.top_left, pair.bottom_right
+        (x1, y1, e1), (x2, y2, e2) = pair.top_left, pair.bottom_right
         caption = f"{names[pair.label]} {pair.score:.2f}: e {e1:+.2f} / {e2:+.2f}"
-        box = plt.Rectangle((x1c, y1c), x2c - x1c, y2c - y1c, fill=False, color=colour, lw=2)
+        box = plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, lw=2)
         axes[0].add_patch(box)
         box.set_label(caption)  # captions go to the legend, where they cannot overlap
         for axis, corner in ((axes[1], pair.top_left), (axes[2], pair.bottom_right)):
@@ -404,8 +404,8 @@ def plot_heatmap_panel(
             title_fontsize=9,
         )
     for axis in axes:
-        axis.set_xlim(x0, x1)
-        axis.set_ylim(y1, y0)
+        axis.set_xlim(x_min, x_max)
+        axis.set_ylim(y_max, y_min)
     out = Path(out)
     figure.savefig(out, dpi=100)
     plt.close(figure)

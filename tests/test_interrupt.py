@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(tmp_path):
     out = tmp_path / "run"
     tiny_run = (
-        "--shapes-train 4 --shapes-val 0 --shapes-size 64 --batch-size 2 --workers 0 "
+        "--shapes-train 4 --shapes-val 0 --shapes-size 64 --batch-size 2 --workers 1 "
         "--checkpoint-every 1 --max-iters 100000"
     ).split()
     process = subprocess.Popen(
@@ -30,12 +30,13 @@ def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=os.environ | {"PYTHONPATH": str(REPO_ROOT)},
+        start_new_session=True,  # a process group of its own, as a terminal's foreground job
     )
     checkpoint = out / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: to the command and its loader worker
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == INTERRUPTED == 130
     last_line = stderr.strip().splitlines()[-1]
