@@ -4,11 +4,13 @@ r"""Pictures of a trained CornerNet: its detections, its loss curve, its corner 
 and ``cornernet-ref predict --heatmaps`` the third for any image:
 
 * ``detections.png``: the boxes found on a few validation images by the test pipeline
-  (flip testing, soft-NMS). Of the boxes scoring at least the threshold, the best box of
-  each object is drawn bold and labelled; the boxes that overlap a better one (IoU over
-  :data:`DUPLICATE_IOU`: soft-NMS lowers such boxes' scores but keeps them) are drawn faint
-  and unlabelled, so the eye goes to one box per object. A caption under each image gives
-  the threshold and both counts. Small images are upscaled by a whole factor (a 127-pixel
+  (flip testing, soft-NMS). Of the boxes scoring at least the threshold, as many as the
+  image holds objects are drawn bold and labelled, the best first, and the rest faint and
+  unlabelled: the eye goes to the boxes that should match the objects, and the faint ones
+  show what else the model finds. A caption under each image gives the threshold and both
+  counts. (``predict`` knows no objects: it labels the best box of each object, and draws
+  faint the boxes overlapping a better one by an IoU over :data:`DUPLICATE_IOU`, which
+  soft-NMS lowers but keeps.) Small images are upscaled by a whole factor (a 127-pixel
   shape becomes 635 pixels) and each label is put where it covers no other label
   (:func:`place_labels`).
 * ``loss.png``: the loss terms of ``history.jsonl`` against the iteration.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -142,13 +145,16 @@ def render_detections(
     *,
     threshold: float = 0.3,
     min_side: int = 512,
+    top: int | None = None,
 ) -> tuple[Image.Image, list[Box]]:
     r"""Draw the detections scoring ``>= threshold`` on an ``(h, w, 3)`` RGB image.
 
     The image is upscaled by :func:`upscale_factor` first (nearest neighbour: the pixels
-    stay visible). The best box of each object (:func:`best_per_object`) is drawn bold and
-    labelled with its class and score; the others, its duplicates, thin and faint. A
-    caption under the image names the threshold and counts both kinds.
+    stay visible). The boxes a reader should look at are drawn bold and labelled with
+    their class and score, the others thin and faint: with ``top`` (the number of objects
+    the image holds, when known), the ``top`` best boxes; without it, the best box of each
+    object (:func:`best_per_object`). A caption under the image names the threshold, the
+    rule and both counts.
 
     Returns:
         The picture and the label boxes drawn (picture pixels), one per label placed.
@@ -163,8 +169,8 @@ def render_detections(
     boxes = (detections.boxes[order] * factor).tolist()
     labels = detections.labels[order].tolist()
     scores = detections.scores[order].tolist()
-    best = best_per_object(boxes)
-    faint = Image.new("RGBA", picture.size)  # the duplicates, blended in at 60 % opacity
+    best = best_per_object(boxes) if top is None else [k < top for k in range(len(boxes))]
+    faint = Image.new("RGBA", picture.size)  # the other boxes, blended in at 60 % opacity
     faint_pen = ImageDraw.Draw(faint)
     for box, label, is_best in zip(boxes, labels, best, strict=True):
         if not is_best:
@@ -176,7 +182,7 @@ def render_detections(
     texts = [f"{names[labels[i]]} {scores[i]:.2f}" for i in shown]
     sizes = []
     for text in texts:
-        left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
+        *_, right, bottom = pen.textbbox((0, 0), text, font=font)
         sizes.append((right + 4, bottom + 4))  # 2 pixels of margin on every side
     for i, colour in zip(shown, colours, strict=True):
         pen.rectangle(boxes[i], outline=colour, width=3)
@@ -185,15 +191,22 @@ def render_detections(
         if label is not None:
             pen.rectangle(label, fill=colour)
             pen.text((label[0] + 2, label[1] + 2), text, fill=(255, 255, 255), font=font)
-    caption = detections_caption(threshold, len(shown), len(boxes) - len(shown))
+    caption = detections_caption(threshold, len(shown), len(boxes) - len(shown), top)
     return with_caption(picture, caption, font), [box for box in placed if box is not None]
 
 
-def detections_caption(threshold: float, labelled: int, faint: int) -> list[str]:
+def detections_caption(
+    threshold: float, labelled: int, faint: int, top: int | None = None
+) -> list[str]:
     r"""The caption of a detections picture: the threshold and what is drawn how."""
+    rule = (
+        f"overlapping a better box by IoU > {DUPLICATE_IOU}"
+        if top is None
+        else f"after the best {top}, as many as the objects in the image"
+    )
     return [
         f"score >= {threshold:.2f}: {labelled} boxes labelled, {faint} faint",
-        f"(faint: overlapping a better box by IoU > {DUPLICATE_IOU})",
+        f"(faint: {rule})",
     ]
 
 
@@ -455,14 +468,18 @@ def write_pictures(
     if val is None:
         return folder
     images, annotations = val
-    records = json.loads(Path(annotations).read_text())["images"][:count]
+    dataset = json.loads(Path(annotations).read_text())
+    records = dataset["images"][:count]
+    objects = Counter(a["image_id"] for a in dataset["annotations"] if not a.get("iscrowd", 0))
     was_training = model.training
     source = model_source(model, images, next(model.parameters()).device)
     pictures = []
     for record in records:
         detections = detect_image(source, record, test)
         image = read_image(Path(images) / record["file_name"])
-        pictures.append(render_detections(image, detections, names, threshold=threshold)[0])
+        top = objects[record["id"]]  # the top boxes, as many as the objects, drawn bold
+        picture, _ = render_detections(image, detections, names, threshold=threshold, top=top)
+        pictures.append(picture)
     side_by_side(pictures).save(folder / "detections.png")
     first = Path(images) / records[0]["file_name"]
     write_heatmap_picture(model, first, names, folder / "heatmaps.png", threshold)

@@ -124,6 +124,24 @@ def test_the_caption_names_the_threshold_and_both_counts():
         "score >= 0.30: 2 boxes labelled, 5 faint",
         "(faint: overlapping a better box by IoU > 0.5)",
     ]
+    assert detections_caption(0.25, 3, 0, top=3)[1] == (
+        "(faint: after the best 3, as many as the objects in the image)"
+    )
+
+
+def test_with_the_number_of_objects_the_best_boxes_are_labelled_the_rest_faint():
+    image = np.zeros((120, 100, 3), dtype=np.uint8)
+    boxes = torch.tensor([[70.0, 80, 95, 115], [10, 10, 60, 60], [12, 11, 58, 62]])
+    detections = ImageDetections(boxes, torch.tensor([0.5, 0.9, 0.4]), torch.tensor([2, 0, 1]))
+    picture, labels = render_detections(image, detections, ["a", "b", "c"], top=1)
+    assert len(labels) == 1  # the box scoring 0.9 alone
+    pixels = np.asarray(picture).astype(int)
+    assert tuple(pixels[250, 50]) == (230, 25, 75)  # its left edge, bold
+    # The box scoring 0.5 (third colour) and 0.4 (second) are faint: 150/255 of their colour.
+    np.testing.assert_allclose(pixels[500, 350], [0, 130 * 150 / 255, 200 * 150 / 255], atol=1)
+    np.testing.assert_allclose(
+        pixels[250, 60], [60 * 150 / 255, 180 * 150 / 255, 75 * 150 / 255], atol=1
+    )
 
 
 def test_iou_by_hand():
