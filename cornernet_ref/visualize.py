@@ -17,9 +17,10 @@ and ``cornernet-ref predict --heatmaps`` the third for any image:
 * ``heatmaps.png``: for one image, the top-left and bottom-right heatmaps (the largest
   class probability of each cell) with the corners of the detected boxes and their
   embeddings. The two corners of one object carry close embeddings; that is how they were
-  paired (paper §3.3; :mod:`cornernet_ref.decode`). It shows one pass of the network on
-  the image as it is, so its scores are those of the decoder before flip testing and
-  soft-NMS, and differ from those of ``detections.png``; its title says so.
+  paired (paper §3.3; :mod:`cornernet_ref.decode`). It draws as many boxes as the image
+  holds objects, one per object, from one pass of the network on the image as it is, so
+  its scores are those of the decoder before flip testing and soft-NMS, and differ from
+  those of ``detections.png``; its title says so.
 """
 
 from __future__ import annotations
@@ -431,10 +432,12 @@ def write_heatmap_picture(
     names: Sequence[str],
     out: str | Path,
     threshold: float = 0.3,
+    *,
+    max_pairs: int = 8,
 ) -> Path:
-    r""":func:`heatmap_panel` of one image file, drawn to ``out``."""
+    r""":func:`heatmap_panel` of one image file (at most ``max_pairs`` boxes), drawn to ``out``."""
     image = read_image(image_path)
-    panel = heatmap_panel(model, image, threshold=threshold)
+    panel = heatmap_panel(model, image, threshold=threshold, max_pairs=max_pairs)
     return plot_heatmap_panel(panel, image, names, out)
 
 
@@ -482,7 +485,8 @@ def write_pictures(
         pictures.append(picture)
     side_by_side(pictures).save(folder / "detections.png")
     first = Path(images) / records[0]["file_name"]
-    write_heatmap_picture(model, first, names, folder / "heatmaps.png", threshold)
+    pairs = objects[records[0]["id"]]  # the boxes of as many pairs as the image holds objects
+    write_heatmap_picture(model, first, names, folder / "heatmaps.png", threshold, max_pairs=pairs)
     model.train(was_training)
     return folder
 
