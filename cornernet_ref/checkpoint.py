@@ -13,11 +13,13 @@ A checkpoint is a ``torch.save``'d dict:
 
 The file is the zip archive ``torch.save`` writes, which keeps a CRC-32 of every record.
 
-**Atomic.** :func:`save_checkpoint` writes a temporary file in the target's folder,
-forces it to disk (``fsync``), renames it over the target (``os.replace``, atomic) and
-forces the folder's entry to disk too. A process killed at any moment leaves the old
-checkpoint or the new one, never a mix; a stale temporary file is overwritten by the next
-save.
+**Atomic.** :func:`save_checkpoint` writes a temporary file of a unique name in the
+target's folder, forces it to disk (``fsync``), renames it over the target (``os.replace``,
+atomic) and forces the folder's entry to disk too. A process killed at any moment leaves
+the old checkpoint or the new one, never a mix; its temporary file is removed by the next
+write of the same file. A write that fails (a full disk, a
+read-only folder) removes its temporary file, keeps the old checkpoint and raises
+:class:`OutputError`, naming the file and the operating system's reason.
 
 **Clear errors.** :func:`load_checkpoint` raises :class:`CheckpointError`, naming the file,
 when it is missing, truncated or corrupt (not a zip archive, or a record whose bytes no
@@ -40,9 +42,12 @@ Checkpoints are pickles (the random states are Python objects): load only files 
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import secrets
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -74,21 +79,87 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     write_atomically(Path(path), lambda file: torch.save(payload, file))
 
 
+class OutputError(InputError, OSError):
+    r"""A file cannot be written (a full disk, a read-only or unwritable folder); the message
+    names the file and the operating system's reason."""
+
+
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    r"""Call ``write`` on a temporary file beside ``path``, force it to disk, rename it over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb") as file:
+    r"""Call ``write`` on a temporary file beside ``path``, force it to disk, rename it over.
+
+    See :func:`atomic_path`.
+    """
+
+    with atomic_path(path) as temporary, temporary.open("wb") as file:
         write(file)
         file.flush()
         os.fsync(file.fileno())
-    os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    r"""A temporary path beside ``path`` to write to; on success it is renamed over ``path``.
+
+    The temporary name is unique to this write (``.<name>.<pid>.<random>.tmp``), so writers
+    of the same file never share one. On any failure the temporary file is removed and
+    ``path`` is left as it was; after the rename the folder's entry is forced to disk, and
+    temporary files of ``path`` left by killed writers (whose pid no longer runs) are removed.
+
+    Raises:
+        OutputError: the folder cannot be made or written, or the disk is full: naming
+            ``path`` and the operating system's reason (also when the writer wrapped that
+            error in another, as ``torch.save`` does).
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):  # never written, or its folder is gone
+            temporary.unlink()
+        cause = _os_error(error)
+        if cause is None:
+            raise
+        reason = cause.strerror or str(cause)
+        if isinstance(cause, FileExistsError):  # from mkdir: a file where a folder should be
+            reason = f"{cause.filename} is not a folder"
+        kept = "; the previous file is unchanged" if path.is_file() else ""
+        raise OutputError(f"cannot write {path}: {reason}{kept}") from error
     if os.name == "posix":  # the rename itself reaches the disk with the folder's entry
         folder = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(folder)
         finally:
             os.close(folder)
+    _remove_stale_temporaries(path)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    r"""Remove the temporary files of ``path`` left by writers killed mid-write: those
+    whose process (the pid in the name) no longer runs."""
+    for temporary in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = temporary.name[len(path.name) + 2 :].split(".")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user
+        return True
+    return True
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    r"""The operating system's error behind ``error``: itself, or one it was raised from."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict[str, Any]:
@@ -178,6 +249,8 @@ __all__ = [
     "RESUME_KEYS",
     "VERSION",
     "CheckpointError",
+    "OutputError",
+    "atomic_path",
     "load_checkpoint",
     "save_checkpoint",
     "write_atomically",

@@ -48,7 +48,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cornernet_ref.checkpoint import atomic_path
 from cornernet_ref.corner_pool import CORNERS, DIRECTIONS, CornerPool
 from cornernet_ref.data.image import MEAN_RGB, STD_RGB
 from cornernet_ref.hourglass import stem_output_size
@@ -254,12 +254,8 @@ def export_onnx(
     }
     for key, value in metadata.items():
         program.model.metadata_props[METADATA_PREFIX + key] = json.dumps(value)
-    temporary = out.with_name(out.name + ".tmp")
-    try:
+    with atomic_path(out) as temporary:
         program.save(temporary, external_data=False)
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
     return out
 
 

@@ -514,8 +514,24 @@ def on_page_markdown(markdown: str, page, config, files: Files, **kwargs) -> str
     return markdown[:at] + "\n" + note + markdown[at:]
 
 
+INLINE_MATH = re.compile(r"\\\((.+?)\\\)")  # \( ... \), as arithmatex leaves math in text
+
+
+def plain_toc_titles(toc) -> None:
+    r"""Write the math in table-of-contents entries as text: ``\(2a\)`` becomes ``2a``.
+
+    The entries are plain text, which KaTeX does not typeset, so a heading's math would show
+    its delimiters; without them a short formula reads as it should.
+    """
+    for link in toc:
+        link.title = INLINE_MATH.sub(r"\1", link.title)
+        plain_toc_titles(link.children)
+
+
 def on_page_content(html: str, page, config, files: Files, **kwargs) -> str:
-    """Put a link back to the chapter under each notebook's title."""
+    """Plain-text math in the table of contents; a link back to the chapter under each
+    notebook's title."""
+    plain_toc_titles(page.toc)
     uri = page.file.src_uri
     if not (uri.startswith("notebooks/") and NUMBERED.match(page.file.name)):
         return html

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import pickle
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,8 +19,11 @@ from cornernet_ref.checkpoint import (
     FORMAT,
     VERSION,
     CheckpointError,
+    OutputError,
+    atomic_path,
     load_checkpoint,
     save_checkpoint,
+    write_atomically,
 )
 from cornernet_ref.config import TrainConfig, config_from_dict
 from cornernet_ref.losses import LossConfig
@@ -218,3 +227,64 @@ def test_a_model_writes_the_half_of_a_checkpoint_it_reads_back(tmp_path, class_n
     loaded = CornerNet.from_checkpoint(tmp_path / "model.pt")
     assert loaded.config == model.config and loaded.class_names == class_names
     assert_same_state(loaded.checkpoint_state(), state)
+
+
+class _FillsUp(io.RawIOBase):
+    """A file that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, file: io.BufferedWriter, room: int) -> None:
+        self.file, self.room = file, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(tmp_path):
+    """torch.save hides the disk's error inside its own (``unexpected pos``): it is found."""
+    path = tmp_path / "last.pt"
+    first = model_state(seed=1)
+    save_checkpoint(path, first)
+    message = rf"^cannot write {re.escape(str(path))}: No space left on device; the previous"
+    with pytest.raises(OutputError, match=message):
+        write_atomically(path, lambda file: torch.save(model_state(seed=2), _FillsUp(file, 600)))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+    assert_same_state(load_checkpoint(path), first)
+
+
+def test_an_unwritable_folder_is_one_line_naming_it(tmp_path):
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "file" / "last.pt"  # its folder is a file
+    message = rf"^cannot write {re.escape(str(path))}: .*file is not a folder$"
+    with pytest.raises(OutputError, match=message):
+        save_checkpoint(path, model_state())
+
+
+def test_temporary_names_are_unique_and_beside_the_target(tmp_path):
+    path = tmp_path / "last.pt"
+    with atomic_path(path) as first, atomic_path(path) as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        first.write_bytes(b"1")
+        second.write_bytes(b"2")
+    assert path.read_bytes() == b"1"  # the outer write is the last renamed
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    left = tmp_path / f".last.pt.{int(dead.stdout)}.0badf00d.tmp"  # its process has ended
+    running = tmp_path / f".last.pt.{os.getpid()}.0badf00d.tmp"  # a write still going on
+    other = tmp_path / f".best.pt.{int(dead.stdout)}.0badf00d.tmp"  # another file's
+    for path in (left, running, other):
+        path.write_bytes(b"partial")
+    save_checkpoint(tmp_path / "last.pt", model_state())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["last.pt", running.name, other.name]
+    )

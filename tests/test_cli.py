@@ -331,7 +331,9 @@ def test_the_test_options_reach_the_configuration_of_each_command(files, capsys,
         used.append(config)
         raise ZeroDivisionError("stop here")
 
-    monkeypatch.setattr("cornernet_ref.inference.detect_image", spy)  # evaluate's, via detect_images
+    monkeypatch.setattr(
+        "cornernet_ref.inference.detect_image", spy
+    )  # evaluate's, via detect_images
     monkeypatch.setattr("cornernet_ref.cli.commands.detect_image", spy)  # predict's
     options = ["--test.decode.K", "7", "--test.flip", "false"]
     for argv in (evaluate_args(files), predict_args(files)):

@@ -118,6 +118,36 @@ def test_skip_unreadable_drops_missing_files_and_skips_corrupt_ones(tiny_coco):
         CocoDetection(path, folder, skip_unreadable=True)  # nothing left to train on
 
 
+def test_an_image_of_another_size_than_its_record_stops_training(tiny_coco):
+    """A 1 x 1 file recorded as 30 x 20 would train on boxes outside the image."""
+    folder, path = tiny_coco
+    Image.new("RGB", (1, 1)).save(folder / "a.png")
+    dataset = CocoDetection(path, folder)
+    message = rf"^{re.escape(str(folder / 'a.png'))}: the image is 1 x 1 pixels, its record says "
+    with pytest.raises(ImageReadError, match=message + r"30 x 20$"):
+        dataset[1]
+    with pytest.warns(
+        UserWarning, match=r"skipping unreadable image: .*a\.png: the image is 1 x 1"
+    ):
+        sample = CocoDetection(path, folder, skip_unreadable=True)[1]
+    assert sample.image_id == 9  # the next image of the right size
+
+
+def test_a_record_of_the_stored_size_of_a_rotated_photo_is_named_as_such(tiny_coco):
+    """EXIF orientation 6 turns the stored 30 x 20 pixels upright, 20 x 30: the record (30 x 20)
+    describes the stored pixels, which the official reader (cv2.imread) would turn too."""
+    folder, path = tiny_coco
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (30, 20)).save(folder / "a.png", exif=exif.tobytes())
+    with pytest.raises(ImageReadError, match=r"20 x 30 pixels, its record says 30 x 20 \(sides"):
+        CocoDetection(path, folder)[1]
+    in_memory = json.loads(path.read_text())
+    dataset = CocoDetection(in_memory, image_reader=lambda name: np.zeros((2, 3, 3), np.uint8))
+    with pytest.raises(ImageReadError, match=r"^b\.png: the image is 3 x 2 pixels, its record"):
+        dataset[0]
+
+
 # --- Malformed annotation files: one case each, the message names file, record and field ---
 
 

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cornernet_ref.data.augment import AugmentConfig, augment
+from cornernet_ref.data.image import ImageReadError
 from cornernet_ref.data.loader import StreamBatchSampler, TrainingSet, make_loader
 from cornernet_ref.data.shapes import CLASS_NAMES, shapes_detection
 from cornernet_ref.targets import TargetConfig
@@ -155,3 +156,20 @@ def test_draw_augmented_samples_for_a_person():
     figure.savefig(out, dpi=80)
     plt.close(figure)
     assert plt.imread(out).shape == (6 * 80, 12 * 80, 4)  # the whole figure, as RGBA
+
+
+def test_a_bad_image_in_a_worker_stops_with_its_own_one_line_message():
+    """The worker's traceback stays in the worker: the error is the reader's one line."""
+    source = shapes_detection(3, seed=0, size=64)
+
+    def unreadable(name: str) -> np.ndarray:
+        raise ImageReadError(f"cannot decode image file {name}: broken")
+
+    source.image_reader = unreadable
+    config = AugmentConfig(input_size=63, border=16)
+    dataset = TrainingSet(source, config, output_size=16, target_config=EIGHT_SLOTS)
+    sampler = StreamBatchSampler(3, 1, start_iteration=0, stop_iteration=1)
+    ((index, _),) = next(iter(sampler))
+    with pytest.raises(ImageReadError) as raised:
+        list(make_loader(dataset, sampler, workers=1, pin_memory=False))
+    assert str(raised.value) == f"cannot decode image file {source.file_name(index)}: broken"

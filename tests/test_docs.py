@@ -178,6 +178,23 @@ def test_quoted_equations_link_to_their_docstrings():
     assert hooks.api_pages()["cornernet_ref.losses"] == "api/losses.md"
 
 
+def test_table_of_contents_shows_heading_math_as_text():
+    """Chapter 1's "the division by $2a$" is listed as "... by 2a", not "... by \\(2a\\)"."""
+    import markdown
+    from mkdocs.structure.toc import get_toc
+
+    md = markdown.Markdown(
+        extensions=["toc", "pymdownx.arithmatex"],
+        extension_configs={"pymdownx.arithmatex": {"generic": True}},
+    )
+    md.convert("## Radius\n\n### 3.5 The division by $2a$, not $a$\n")
+    toc = get_toc(md.toc_tokens)
+    assert toc.items[0].children[0].title == "3.5 The division by \\(2a\\), not \\(a\\)"
+    hooks.plain_toc_titles(toc)
+    assert toc.items[0].title == "Radius"
+    assert toc.items[0].children[0].title == "3.5 The division by 2a, not a"
+
+
 def test_claims_page_marks_gpu_claims_not_yet_measured_until_a_gpu_result(tmp_path):
     results = tmp_path / "benchmarks" / "results"
     results.mkdir(parents=True)

@@ -243,7 +243,11 @@ def test_runs_killed_at_random_moments_resume_to_the_same_parameters(tmp_path, o
     """
     config = replace(TINY, max_iters=8, checkpoint_every=1, out=str(tmp_path / "killed"))
     checkpoints = tmp_path / "killed" / "checkpoints"
-    last, temporary = checkpoints / "last.pt", checkpoints / "last.pt.tmp"
+    last = checkpoints / "last.pt"
+
+    def temporaries() -> list[Path]:  # named .last.pt.<pid>.<random>.tmp
+        return sorted(checkpoints.glob(".last.pt.*.tmp"))
+
     history = tmp_path / "killed" / "history.jsonl"
     (tmp_path / "child.py").write_text(FAULT_CHILD)
     rng = random.Random(0)
@@ -293,13 +297,15 @@ def test_runs_killed_at_random_moments_resume_to_the_same_parameters(tmp_path, o
         assert state["iteration"] >= start
         if stage == "half-written":
             assert state["iteration"] == stop_at - 1
-            with pytest.raises(CheckpointError, match="last.pt.tmp"):
+            [temporary] = temporaries()  # an earlier kill's was removed by a later write
+            with pytest.raises(CheckpointError, match=r"\.tmp is truncated"):
                 load_checkpoint(temporary)  # the kill did land inside the write
         elif stage == "before-rename":
             assert state["iteration"] == stop_at - 1
+            [temporary] = temporaries()
             assert load_checkpoint(temporary)["iteration"] == stop_at
     assert load_checkpoint(last)["iteration"] == config.max_iters
-    assert not temporary.exists()
+    assert not temporaries()
     train(replace(config, out=str(tmp_path / "whole")))
     resumed = load_checkpoint(last)["model"]
     uninterrupted = load_checkpoint(tmp_path / "whole/checkpoints/last.pt")["model"]
@@ -361,7 +367,8 @@ def test_train_command_end_to_end(tmp_path):
     with Image.open(drawing) as drawn, Image.open(image) as original:
         factor = upscale_factor(original.height, original.width)
         assert drawn.format == "PNG"
-        assert drawn.size == (original.width * factor, original.height * factor)
+        assert drawn.width == original.width * factor  # and a caption under the image
+        assert drawn.height > original.height * factor
     with Image.open(tmp_path / "boxes_heatmaps.png") as panel:
         assert panel.format == "PNG"
     # Resuming with a longer schedule continues from iteration 2.

@@ -17,7 +17,10 @@ from cornernet_ref.inference import ImageDetections, canvas_geometry, model_sour
 from cornernet_ref.model import CornerNet, ModelConfig
 from cornernet_ref.output import CornerNetOutput
 from cornernet_ref.visualize import (
+    best_per_object,
+    detections_caption,
     heatmap_panel,
+    iou,
     overlaps,
     place_labels,
     render_detections,
@@ -93,20 +96,75 @@ def test_small_images_are_upscaled_to_a_readable_size():
     assert upscale_factor(480, 640) == 1
 
 
-def test_render_detections_upscales_boxes_and_labels_apart():
+def test_render_detections_upscales_boxes_labels_the_best_and_fades_duplicates():
     image = np.zeros((120, 100, 3), dtype=np.uint8)
     boxes = torch.tensor([[10.0, 10, 60, 60], [12, 11, 58, 62], [70, 80, 95, 115], [0, 0, 5, 5]])
     detections = ImageDetections(
         boxes, torch.tensor([0.9, 0.8, 0.7, 0.1]), torch.tensor([0, 1, 2, 0])
     )
     picture, labels = render_detections(image, detections, ["a", "b", "c"], threshold=0.3)
-    assert picture.size == (500, 600)
-    assert len(labels) == 3  # the box scoring 0.1 is not drawn
+    assert picture.width == 500 and picture.height > 600  # 5x, and the caption below
+    assert len(labels) == 2  # box 1 overlaps box 0 (IoU 0.83): faint; box 3 scores 0.1
     for a, b in combinations(labels, 2):
         assert not overlaps(a, b)
-    pixels = np.asarray(picture)
+    pixels = np.asarray(picture).astype(int)
     assert tuple(pixels[300, 50 * 5]) == (230, 25, 75)  # left edge of box 0, 5x, first colour
+    # Box 1's left edge, second colour at 150/255 opacity over black: (35, 106, 44).
+    np.testing.assert_allclose(
+        pixels[250, 12 * 5], [60 * 150 / 255, 180 * 150 / 255, 75 * 150 / 255], atol=1
+    )
     assert not pixels[5 * 2, 5 * 2].any()  # the unscored box 3 stays undrawn
+    band = pixels[600:]
+    assert band.max() == 255 and band.min() < 100  # white, with dark text
+
+
+def test_the_caption_names_the_threshold_and_both_counts():
+    assert detections_caption(0.3, 2, 5) == [
+        "score >= 0.30: 2 boxes labelled, 5 faint",
+        "(faint: overlapping a better box by IoU > 0.5)",
+    ]
+    assert detections_caption(0.25, 3, 0, top=3)[1] == (
+        "(faint: after the best 3, as many as the objects in the image)"
+    )
+
+
+def test_with_the_number_of_objects_the_best_boxes_are_labelled_the_rest_faint():
+    image = np.zeros((120, 100, 3), dtype=np.uint8)
+    boxes = torch.tensor([[70.0, 80, 95, 115], [10, 10, 60, 60], [12, 11, 58, 62]])
+    detections = ImageDetections(boxes, torch.tensor([0.5, 0.9, 0.4]), torch.tensor([2, 0, 1]))
+    picture, labels = render_detections(image, detections, ["a", "b", "c"], top=1)
+    assert len(labels) == 1  # the box scoring 0.9 alone
+    pixels = np.asarray(picture).astype(int)
+    assert tuple(pixels[250, 50]) == (230, 25, 75)  # its left edge, bold
+    # The box scoring 0.5 (third colour) and 0.4 (second) are faint: 150/255 of their colour.
+    np.testing.assert_allclose(pixels[500, 350], [0, 130 * 150 / 255, 200 * 150 / 255], atol=1)
+    np.testing.assert_allclose(
+        pixels[250, 60], [60 * 150 / 255, 180 * 150 / 255, 75 * 150 / 255], atol=1
+    )
+
+
+def test_iou_by_hand():
+    assert iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
+    assert iou((0, 0, 2, 2), (0, 0, 2, 2)) == 1
+    assert iou((0, 0, 1, 1), (1, 1, 2, 2)) == 0
+    assert iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0
+
+
+@given(labelled_boxes(), st.sampled_from([0.0, 0.3, 0.5, 0.9]))
+def test_best_per_object_keeps_boxes_apart_and_each_dropped_one_has_a_better_twin(case, max_iou):
+    boxes = case[0]
+    best = best_per_object(boxes, max_iou)
+    kept = [box for box, is_best in zip(boxes, best, strict=True) if is_best]
+    for a, b in combinations(kept, 2):
+        assert iou(a, b) <= max_iou
+    for k, (box, is_best) in enumerate(zip(boxes, best, strict=True)):
+        if not is_best:
+            assert any(
+                iou(box, other) > max_iou
+                for other, ok in zip(boxes[:k], best[:k], strict=True)
+                if ok
+            )
+    assert best[:1] in ([], [True])
 
 
 def test_heatmap_panel_shows_the_model_maps(tmp_path):
@@ -166,6 +224,18 @@ def test_heatmap_panel_finds_the_corners_and_embeddings_of_the_detected_boxes():
     assert heatmap_panel(model.maps, canvas_geometry(120, 120), threshold=0.99).pairs == []
 
 
+def test_heatmap_panel_shows_one_pair_per_object():
+    """A second top-left corner two cells from object 0's makes a second box on it (IoU
+    0.88): the decoder finds it, the panel leaves it out."""
+    model = PlantedCorners()
+    model.maps.tl_heat[0, 1, 6, 6] = 2.5  # a local maximum: two cells from (4, 6)
+    model.maps.tl_tag[0, 0, 6, 6] = 0.8
+    image = np.zeros((120, 120, 3), dtype=np.uint8)
+    panel = heatmap_panel(model, image, threshold=0.6)
+    assert [pair.label for pair in panel.pairs] == [1, 0]
+    assert panel.pairs[0].top_left.x == pytest.approx(4 + float(model.maps.tl_off[0, 0, 6, 4]))
+
+
 def test_write_pictures_writes_the_three_pictures(tmp_path):
     images, annotations = write_shapes(tmp_path / "val", 3, seed=1, size=56)
     terms = ("total", "focal", "pull", "push", "offset")
@@ -181,7 +251,7 @@ def test_write_pictures_writes_the_three_pictures(tmp_path):
     ]
     assert model.training, "the model is left in the mode it was in"
     with Image.open(folder / "detections.png") as picture:  # two 56-pixel images, 10x, a gap
-        assert picture.size == (2 * 560 + 8, 560)
+        assert picture.width == 2 * 560 + 8 and picture.height > 560  # and their captions
 
 
 def test_without_validation_only_the_loss_curve(tmp_path):

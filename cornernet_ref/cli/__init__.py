@@ -12,7 +12,8 @@ same ``--test.*`` options, those of :class:`~cornernet_ref.inference.TestConfig`
 Bad input (a missing or damaged file, an option out of range) ends the command with one
 line, ``cornernet-ref: error: ...``, and exit status 2, whether argparse or the command
 finds it (:class:`~cornernet_ref.errors.InputError`); anything else is a bug and keeps its
-traceback.
+traceback. Ctrl-C ends it with one line too, and status 130 (:data:`INTERRUPTED`); the
+checkpoint on disk is the last one completed, since checkpoints are written atomically.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import NoReturn
 
 from cornernet_ref.cli.commands import COMMANDS
 from cornernet_ref.errors import InputError, print_error
+
+INTERRUPTED = 130  # 128 + SIGINT: the status a shell reports for a command ended by Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    r"""Run ``cornernet-ref ARGV``; the exit status: 0, 2 (bad input) or 130 (Ctrl-C)."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        # Files are written whole or not at all (atomic writes), so what is on disk is usable.
+        print_error(
+            "interrupted (Ctrl-C); the files written so far are complete, and a training run "
+            "continues with --resume OUT/checkpoints/last.pt"
+        )
+        return INTERRUPTED
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -53,4 +69,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-__all__ = ["build_parser", "main"]
+__all__ = ["INTERRUPTED", "build_parser", "main"]

@@ -7,6 +7,7 @@ Each ``add_*`` adds one subcommand to the subparsers of ``cornernet-ref`` and se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from cornernet_ref.inference import TestConfig, detect_image, model_source
 from cornernet_ref.model import CornerNet
 from cornernet_ref.printable import config_from_dict
 from cornernet_ref.run import RunFolder
+from cornernet_ref.runlock import run_lock
 from cornernet_ref.visualize import DRAW_THRESHOLD, write_heatmap_picture
 
 TEST_PREFIX = "test."  # the options of a TestConfig: --test.flip, --test.decode.K, ...
@@ -105,17 +107,19 @@ def run_train(args: argparse.Namespace) -> int:
         config = apply_overrides(config, overrides_from_args(args))
     except ValueError as error:  # a field out of range, or a combination the config rejects
         raise InputError(f"configuration: {error}") from error
-    try:
-        _, summary = train.train(config, resume=args.resume, init_from=args.init_from)
-    except train.NonFiniteLossError as error:
-        print_error(str(error))
-        return 1
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2))
-        if "metrics" in summary:
-            path = RunFolder(Path(config.out)).metrics
-            path.write_text(json.dumps(summary["metrics"], indent=2) + "\n")
-            print(f"metrics written to {path}", file=sys.stderr)
+    main = int(os.environ.get("RANK", "0")) == 0
+    with run_lock(config.out) if main else contextlib.nullcontext():  # one run per folder
+        try:
+            _, summary = train.train(config, resume=args.resume, init_from=args.init_from)
+        except train.NonFiniteLossError as error:
+            print_error(str(error))
+            return 1
+        if main:
+            print(json.dumps(summary, indent=2))
+            if "metrics" in summary:
+                path = RunFolder(Path(config.out)).metrics
+                path.write_text(json.dumps(summary["metrics"], indent=2) + "\n")
+                print(f"metrics written to {path}", file=sys.stderr)
     return 0
 
 

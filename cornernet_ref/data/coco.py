@@ -16,7 +16,8 @@ annotation's image, category and box) and :class:`CocoDetection` checks that eve
 file exists; a problem stops it with an :class:`AnnotationError` naming the file, the record
 and the field, e.g.
 ``train.json: annotations[17] (id 42): field 'category_id': 5 is not the id of any of the
-categories``.
+categories``. Each image's size is checked against its record when the image is read: boxes
+drawn on other pixels would train the network on wrong targets.
 """
 
 from __future__ import annotations
@@ -189,8 +190,8 @@ class CocoDetection:
             exist there (checked here, before any training).
         image_reader: instead of ``image_dir``, a function ``file_name -> (H, W, 3) uint8``.
         skip_unreadable: leave out the images whose file is missing (with one warning), and
-            when an image cannot be decoded, warn and return the next readable one, instead
-            of raising :class:`AnnotationError` or
+            when an image cannot be decoded or is not of its record's size, warn and return
+            the next readable one, instead of raising :class:`AnnotationError` or
             :class:`~cornernet_ref.data.image.ImageReadError`.
     """
 
@@ -263,10 +264,30 @@ class CocoDetection:
         return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
 
     def read(self, index: int) -> np.ndarray:
-        r"""The pixels of image ``index``; raises ``ImageReadError`` naming the file."""
+        r"""The ``(H, W, 3)`` pixels of image ``index``, of the size its record gives.
+
+        Raises:
+            ImageReadError: naming the file: it cannot be read, or its size is not the
+                record's ``width`` and ``height`` (the boxes would not fit it).
+        """
+        name = self.file_name(index)
         if self.image_reader is not None:
-            return self.image_reader(self.file_name(index))
-        return read_image(self.image_dir / self.file_name(index))
+            image = self.image_reader(name)
+        else:
+            name = str(self.image_dir / name)
+            image = read_image(name)
+        record = self.coco.imgs[self.image_ids[index]]
+        height, width = image.shape[:2]
+        if (width, height) != (record["width"], record["height"]):
+            # The usual cause: an EXIF orientation tag that read_image applies, in a record
+            # written from the stored (unrotated) pixels.
+            swapped = (height, width) == (record["width"], record["height"])
+            hint = " (sides swapped: an EXIF orientation tag?)" if swapped else ""
+            raise ImageReadError(
+                f"{name}: the image is {width} x {height} pixels, its record says "
+                f"{record['width']} x {record['height']}{hint}"
+            )
+        return image
 
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < len(self):

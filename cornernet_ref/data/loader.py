@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cornernet_ref.data.augment import AugmentConfig, augment
 from cornernet_ref.data.coco import CocoDetection
 from cornernet_ref.data.image import normalize
+from cornernet_ref.errors import InputError
 from cornernet_ref.targets import TargetConfig, build_targets, collate_targets
 
 StreamKey = tuple[int, int]  # (dataset index, stream position)
@@ -155,11 +156,36 @@ class StreamBatchSampler(Sampler[list[StreamKey]]):
                 yield [keys[i] for i in part]
 
 
+class _Loader(DataLoader):
+    r"""A DataLoader whose workers' bad-input errors keep their one-line message.
+
+    A worker's exception reaches the main process re-raised with the worker's whole
+    traceback as its message; for an :class:`~cornernet_ref.errors.InputError` (an
+    undecodable image, say) that is a page where one line is due, so the original
+    message is restored.
+    """
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        try:
+            yield from super().__iter__()
+        except InputError as error:
+            # The worker's text ends with "<module>.<type>: <message>", as traceback prints it.
+            kind = type(error)
+            _, found, message = str(error).rpartition(f"{kind.__module__}.{kind.__qualname__}: ")
+            if not found:
+                raise
+            raise kind(message.strip()) from None
+
+
 def make_loader(
     dataset: TrainingSet, sampler: StreamBatchSampler, *, workers: int, pin_memory: bool
 ) -> DataLoader:
-    r"""A DataLoader over ``sampler``'s micro-batches, ``workers`` processes, optionally pinned."""
-    return DataLoader(
+    r"""A DataLoader over ``sampler``'s micro-batches, ``workers`` processes, optionally pinned.
+
+    An :class:`~cornernet_ref.errors.InputError` raised in a worker is raised again in the
+    main process with its own message, not the worker's traceback.
+    """
+    return _Loader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
