@@ -172,7 +172,12 @@ class RunLog:
         for name, value in values.items():
             self.writer.add_scalar(f"{split}/{name}", value, iteration)
 
-    def close(self) -> None:
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # Also on an error or Ctrl-C: the bar ends its line, so a message after it starts a
+        # line of its own, and TensorBoard's file is flushed.
         self.progress.close()
         if self.writer is not None:
             self.writer.close()

@@ -117,40 +117,40 @@ def _train(
     criterion = CornerNetLoss(config.loss)
     batches = micro_batches(source, config, job, start)
     run = RunFolder(Path(config.out))
-    log = RunLog(run, config, start, enabled=job.is_main)
+    with RunLog(run, config, start, enabled=job.is_main) as log:
+        # The loop: one optimiser step per iteration, from the resumed one to max_iters.
+        model.train()
+        terms = dict.fromkeys(LOSS_TERMS, 0.0)
+        for iteration in range(start, config.max_iters):
+            # theta <- Adam(theta, g) with g = grad sum_m |b_m| / (B / R) L(b_m) over the batch.
+            terms = train_step(
+                network, criterion, optimizer, scaler, batches, config, job, iteration
+            )
+            done = iteration + 1
+            # The record: the loss terms and the learning rate, every log_every iterations.
+            log.step(done, terms, learning_rate(config, iteration))
+            # The checkpoint: every checkpoint_every iterations and at the end (rank 0 writes).
+            if job.is_main and (done % config.checkpoint_every == 0 or done == config.max_iters):
+                save_training_state(run, config, done, model, optimizer, scaler)
+            # Validation every val_every iterations (the last one comes after the loop); the
+            # other ranks wait for rank 0's.
+            validation_due = val is not None and config.val_every and done % config.val_every == 0
+            if validation_due and done < config.max_iters:
+                if job.is_main:
+                    log.validation(done, validate(model, config, val, job.device))
+                job.barrier()
 
-    # The loop: one optimiser step per iteration, from the resumed one to max_iters.
-    model.train()
-    terms = dict.fromkeys(LOSS_TERMS, 0.0)
-    for iteration in range(start, config.max_iters):
-        # theta <- Adam(theta, g) with g = grad sum_m |b_m| / (B / R) L(b_m) over the batch.
-        terms = train_step(network, criterion, optimizer, scaler, batches, config, job, iteration)
-        done = iteration + 1
-        # The record: the loss terms and the learning rate, every log_every iterations.
-        log.step(done, terms, learning_rate(config, iteration))
-        # The checkpoint: every checkpoint_every iterations and at the end (rank 0 writes).
-        if job.is_main and (done % config.checkpoint_every == 0 or done == config.max_iters):
-            save_training_state(run, config, done, model, optimizer, scaler)
-        # Validation every val_every iterations (the last one comes after the loop); the
-        # other ranks wait for rank 0's.
-        validation_due = val is not None and config.val_every and done % config.val_every == 0
-        if validation_due and done < config.max_iters:
-            if job.is_main:
-                log.validation(done, validate(model, config, val, job.device))
-            job.barrier()
-
-    # The end: the last validation and the pictures (rank 0).
-    summary: dict[str, Any] = {"iteration": config.max_iters, "loss": terms}
-    if initialised is not None:
-        summary["init_from"] = initialised.to_dict()
-    if job.is_main:
-        if val is not None:
-            summary["metrics"] = validate(model, config, val, job.device)
-            log.validation(config.max_iters, summary["metrics"])
-        pictures = write_pictures(model, run.root, val, source.class_names, test=config.test)
-        summary["pictures"] = str(pictures)
-        print(f"pictures written to {pictures}", file=sys.stderr)
-    log.close()
+        # The end: the last validation and the pictures (rank 0).
+        summary: dict[str, Any] = {"iteration": config.max_iters, "loss": terms}
+        if initialised is not None:
+            summary["init_from"] = initialised.to_dict()
+        if job.is_main:
+            if val is not None:
+                summary["metrics"] = validate(model, config, val, job.device)
+                log.validation(config.max_iters, summary["metrics"])
+            pictures = write_pictures(model, run.root, val, source.class_names, test=config.test)
+            summary["pictures"] = str(pictures)
+            print(f"pictures written to {pictures}", file=sys.stderr)
     return model, summary
 
 

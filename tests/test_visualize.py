@@ -230,8 +230,7 @@ def test_heatmap_panel_shows_one_pair_per_object():
     model = PlantedCorners()
     model.maps.tl_heat[0, 1, 6, 6] = 2.5  # a local maximum: two cells from (4, 6)
     model.maps.tl_tag[0, 0, 6, 6] = 0.8
-    image = np.zeros((120, 120, 3), dtype=np.uint8)
-    panel = heatmap_panel(model, image, threshold=0.6)
+    panel = heatmap_panel(model.maps, canvas_geometry(120, 120), threshold=0.6)
     assert [pair.label for pair in panel.pairs] == [1, 0]
     assert panel.pairs[0].top_left.x == pytest.approx(4 + float(model.maps.tl_off[0, 0, 6, 4]))
 
