@@ -106,10 +106,34 @@ def fake_backward(a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: boo
 
 
 def save_maps(ctx, inputs: tuple[Tensor | None, Tensor | None, bool], output: Tensor) -> None:
-    r"""What the backward needs: the two maps (their argmax is found again) and the scan."""
+    r"""What the backward needs: the two maps (it finds their argmax again) and ``reverse``."""
     a, b, reverse = inputs
     ctx.save_for_backward(a, b)
     ctx.reverse = reverse
+
+
+def reference_kernels() -> Kernels:
+    r"""The reference: the implementation for every device without one of its own."""
+    return REFERENCE_KERNELS
+
+
+def forward_by(kernels: Callable[[], Kernels]) -> Callable[..., Tensor]:
+    r"""The forward operator's implementation by ``kernels()``."""
+
+    def forward(a: Tensor | None, b: Tensor | None, reverse: bool) -> Tensor:
+        return kernels().forward(a, b, reverse)
+
+    return forward
+
+
+def backward_by(kernels: Callable[[], Kernels]) -> Callable[..., list[Tensor]]:
+    r"""The backward operator's implementation by ``kernels()``."""
+
+    def backward(a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool) -> list[Tensor]:
+        # An operator cannot return an absent tensor: the gradients of the maps given only.
+        return [g for g in kernels().backward(a, b, grad, reverse) if g is not None]
+
+    return backward
 
 
 class CornerPoolOps:
@@ -126,39 +150,22 @@ class CornerPoolOps:
     def __init__(self, namespace: str, kernels: dict[str, Callable[[], Kernels]]) -> None:
         self.forward = torch.library.custom_op(
             f"{namespace}::corner_pool",
-            REFERENCE_KERNELS.forward,
+            forward_by(reference_kernels),
             mutates_args=(),
             schema=FORWARD_SCHEMA,
         )
         self.backward = torch.library.custom_op(
             f"{namespace}::corner_pool_backward",
-            lambda a, b, grad, reverse: self.given_gradients(
-                REFERENCE_KERNELS, a, b, grad, reverse
-            ),
+            backward_by(reference_kernels),
             mutates_args=(),
             schema=BACKWARD_SCHEMA,
         )
         for device, implementation in kernels.items():
-            self.forward.register_kernel(
-                device, lambda a, b, reverse, k=implementation: k().forward(a, b, reverse)
-            )
-            self.backward.register_kernel(
-                device,
-                lambda a, b, grad, reverse, k=implementation: self.given_gradients(
-                    k(), a, b, grad, reverse
-                ),
-            )
+            self.forward.register_kernel(device, forward_by(implementation))
+            self.backward.register_kernel(device, backward_by(implementation))
         self.forward.register_fake(fake_forward)
         self.backward.register_fake(fake_backward)
         self.forward.register_autograd(self.differentiate, setup_context=save_maps)
-
-    @staticmethod
-    def given_gradients(
-        kernels: Kernels, a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool
-    ) -> list[Tensor]:
-        r"""The backward operator's result: the kernels' ``(grad_a, grad_b)`` without the
-        Nones (an operator cannot return an absent tensor)."""
-        return [g for g in kernels.backward(a, b, grad, reverse) if g is not None]
 
     def differentiate(self, ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         r"""The autograd formula: the gradients of ``a`` and ``b`` (None for ``reverse``)."""

@@ -211,9 +211,8 @@ class ReferenceKernels:
         where the argmax moved, then :func:`scan_max_backward`."""
         dim, from_end = DIRECTIONS[direction]
         _, moved = scan_max(rows_along(x, dim), from_end)
-        return rows_along(scan_max_backward(rows_along(grad, dim), moved, from_end), dim).to(
-            grad.dtype
-        )
+        gradient = scan_max_backward(rows_along(grad, dim), moved, from_end)
+        return rows_along(gradient.to(grad.dtype), dim)
 
 
 REFERENCE_KERNELS = ReferenceKernels()
