@@ -181,9 +181,9 @@ class CornerPoolOps:
         )
 
     def pool(self, x: Tensor, direction: str) -> Tensor:
-        r"""One pooling direction: ``x`` is the map ``a`` (``top``, ``bottom``) or ``b``."""
+        r"""One pooling direction: ``x`` is the map ``b`` (``left``, ``right``) or ``a``."""
         dim, from_end = DIRECTIONS[direction]
-        return self.forward(x, None, from_end) if dim == 2 else self.forward(None, x, from_end)
+        return self.forward(None, x, from_end) if dim == 3 else self.forward(x, None, from_end)
 
     def corner_pool(self, a: Tensor, b: Tensor, corner: str) -> Tensor:
         r"""``top(a) + left(b)`` (``"tl"``) or ``bottom(a) + right(b)`` (``"br"``)."""
