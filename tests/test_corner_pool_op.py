@@ -27,12 +27,17 @@ from cornernet_ref.corner_pool.reference import REFERENCE_KERNELS
 from cornernet_ref.model import CornerNet, ModelConfig
 
 HAS_CUDA = torch.cuda.is_available()
-needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 # A CornerNet of two stacks, 8 channels wide: four corner pools in training, two at test time.
 TINY = ModelConfig(
-    num_classes=3, n=2, nstack=2, dims=(8, 8, 8), modules=(1, 1, 1), cnv_dim=8, pre_dim=8,
+    num_classes=3,
+    n=2,
+    nstack=2,
+    dims=(8, 8, 8),
+    modules=(1, 1, 1),
+    cnv_dim=8,
+    pre_dim=8,
     pool_dim=8,
-)  # fmt: skip
+)
 # Operators of the reference's scan: none of them may appear where the operator stands.
 SCAN_OPERATORS = {"aten.where.self", "aten.gt.Tensor", "aten.isnan.default", "aten.stack.default"}
 
