@@ -8,8 +8,9 @@ and returns the last stack's six raw maps, named and ordered as
 br_tag, tl_off, br_off``, each ``(1, ., H_out, W_out)`` with ``H_out = (H - 1) // 4 + 1``.
 The decoding and soft-NMS stay in Python (:mod:`cornernet_ref.inference`).
 
-**Corner pooling with standard operators.** The reference pools by a scan over the rows,
-one in-place step per row; traced, it would fix the number of rows. The export computes
+**Corner pooling with standard operators.** The model's corner pooling is an operator of
+its own (``cornernet_ref::corner_pool``), which ONNX does not know, and the reference scan,
+traced, would fix the number of rows (one step per row). The export computes
 the same maxima by *doubling*: with $y^{(0)} = x$ and, for the ``top`` direction (the
 maximum of the rows below),
 

@@ -1,21 +1,27 @@
 """What several test files share: the repository's scripts loaded as modules, the tiny
-training configuration that runs a few iterations in seconds on a CPU, and a "model" that
-finds white rectangles."""
+training configuration that runs a few iterations in seconds on a CPU, a "model" that
+finds white rectangles, and the corner-pool operators over the CUDA kernel built for the
+CPU."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+import kernel_emulation
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
 
 from cornernet_ref.config import TrainConfig
+from cornernet_ref.corner_pool.op import CornerPoolOps
 from cornernet_ref.data.augment import AugmentConfig
 from cornernet_ref.model import ModelConfig
 from cornernet_ref.output import CornerNetOutput
@@ -106,3 +112,23 @@ def draw_rectangles(folder: Path, images: Sequence[dict], boxes: Sequence[tuple]
             if image_id == record["id"] and not crowd:
                 pixels[int(y) : int(y + h), int(x) : int(x + w)] = 255
         Image.fromarray(pixels).save(folder / record["file_name"])
+
+
+def emulated_kernels() -> kernel_emulation.EmulatedKernels:
+    """The CUDA kernel built for the CPU; without a C++ compiler the test skips (fails under
+    CI)."""
+    try:
+        return kernel_emulation.emulated_kernels()
+    except kernel_emulation.BuildError as error:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"cannot build the kernel for the CPU: {error}")
+
+
+@functools.cache
+def emulated_ops() -> CornerPoolOps:
+    """The package's corner-pool operators (fake implementations, autograd formula) with the
+    kernel built for the CPU as their CPU implementation, in a namespace of the tests:
+    ``torch.ops.cornernet_ref_emulated``."""
+    emulated_kernels()  # built now, or the test skips
+    return CornerPoolOps("cornernet_ref_emulated", {"cpu": kernel_emulation.emulated_kernels})

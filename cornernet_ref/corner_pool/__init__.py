@@ -22,33 +22,35 @@ gradient). ``torch.cummax`` gives the same values but sends the gradient of a ti
 last one met, the nearest. NaN counts as larger than every number
 ([greater][cornernet_ref.corner_pool.reference.greater]).
 
-**Backends.** ``"reference"`` is the readable pure-PyTorch scan
-([reference][cornernet_ref.corner_pool.reference]), on any device; ``"cuda"`` the fused CUDA
-kernel ([fused][cornernet_ref.corner_pool.fused]), which computes a whole corner pool in
-one pass over the two maps and agrees with the reference bit for bit. ``backend=None``
-takes the kernel for CUDA tensors when it builds (otherwise it warns once and uses the
-reference) and the reference elsewhere. Outputs and gradients are contiguous ``(B, C, H, W)``
-tensors whatever the layout of the inputs.
+**Backends.** By default (``backend=None``) both functions call the operator
+``torch.ops.cornernet_ref.corner_pool`` ([op][cornernet_ref.corner_pool.op]), which
+``torch.compile`` and ``torch.export`` keep as one node of their graphs. On CUDA tensors
+the operator runs the fused kernel ([fused][cornernet_ref.corner_pool.fused]), which
+computes a whole corner pool in one pass over the two maps and agrees with the reference
+bit for bit; where the kernel cannot be built, it warns once and runs the reference. On
+every other device it runs the readable pure-PyTorch scan
+([reference][cornernet_ref.corner_pool.reference]). ``backend="cuda"`` is the operator on
+CUDA tensors, with an error saying what is missing if the kernel cannot be built;
+``backend="reference"`` is the scan itself, differentiable PyTorch code on any device,
+which ``torch.compile`` traces operation by operation. Outputs and gradients are contiguous
+``(B, C, H, W)`` tensors whatever the layout of the inputs.
 """
 
 from __future__ import annotations
 
-import warnings
-
 from torch import Tensor, nn
 
-from cornernet_ref.corner_pool import fused, reference
-from cornernet_ref.corner_pool.reference import DIRECTIONS
+from cornernet_ref.corner_pool import reference
+from cornernet_ref.corner_pool.fused import load_extension
+from cornernet_ref.corner_pool.op import OPS
+from cornernet_ref.corner_pool.reference import CORNERS, DIRECTIONS
 
-# corner -> (direction pooling the first map, direction pooling the second map)
-CORNERS: dict[str, tuple[str, str]] = {"tl": ("top", "left"), "br": ("bottom", "right")}
 BACKENDS = ("reference", "cuda")
-
-_warned_fallback = False
 
 
 def _check(tensors: tuple[Tensor, ...], backend: str | None) -> None:
-    r"""Validate the inputs and the backend name; raise ValueError naming the problem."""
+    r"""Validate the inputs and the backend name; raise ValueError naming the problem (and
+    RuntimeError for ``backend="cuda"`` when the kernel cannot be built)."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
     for x in tensors:
@@ -64,25 +66,10 @@ def _check(tensors: tuple[Tensor, ...], backend: str | None) -> None:
                 f"{tuple(first.shape)} {first.dtype} {first.device} and "
                 f"{tuple(x.shape)} {x.dtype} {x.device}"
             )
-    if backend == "cuda" and not first.is_cuda:
-        raise ValueError(f"backend='cuda' needs CUDA tensors, got a tensor on {first.device}")
-
-
-def _use_cuda(x: Tensor, backend: str | None) -> bool:
-    r"""Whether to run the fused kernel: asked for, or automatic on a CUDA tensor that builds."""
-    global _warned_fallback
-    if backend is not None:
-        return backend == "cuda"
-    if not x.is_cuda:
-        return False
-    try:
-        fused.load_extension()
-    except RuntimeError as error:
-        if not _warned_fallback:
-            warnings.warn(f"{error}; corner pooling falls back to the reference", stacklevel=3)
-            _warned_fallback = True
-        return False
-    return True
+    if backend == "cuda":
+        if not first.is_cuda:
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got a tensor on {first.device}")
+        load_extension()  # asked for by name: no fallback to the reference
 
 
 def pool(x: Tensor, direction: str, backend: str | None = None) -> Tensor:
@@ -102,9 +89,9 @@ def pool(x: Tensor, direction: str, backend: str | None = None) -> Tensor:
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {tuple(DIRECTIONS)}, got {direction!r}")
     _check((x,), backend)
-    if _use_cuda(x, backend):
-        return fused.pool(x, direction)
-    return reference.pool(x, direction)
+    if backend == "reference":
+        return reference.pool(x, direction)
+    return OPS.pool(x, direction)
 
 
 def corner_pool(a: Tensor, b: Tensor, corner: str, backend: str | None = None) -> Tensor:
@@ -139,10 +126,10 @@ def corner_pool(a: Tensor, b: Tensor, corner: str, backend: str | None = None) -
     if corner not in CORNERS:
         raise ValueError(f"corner must be one of {tuple(CORNERS)}, got {corner!r}")
     _check((a, b), backend)
-    if _use_cuda(a, backend):
-        return fused.corner_pool(a, b, corner)
-    vertical, horizontal = CORNERS[corner]
-    return reference.pool(a, vertical) + reference.pool(b, horizontal)
+    if backend == "reference":
+        vertical, horizontal = CORNERS[corner]
+        return reference.pool(a, vertical) + reference.pool(b, horizontal)
+    return OPS.corner_pool(a, b, corner)
 
 
 class CornerPool(nn.Module):

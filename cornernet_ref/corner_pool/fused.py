@@ -8,6 +8,9 @@ gradients, with the tie rule of the reference and the same order of additions, w
 atomics. The source, ``cuda/corner_pool.cu``, is commented for readers new to CUDA;
 ``cuda/binding.cpp`` is its PyTorch binding. The same source also builds for the CPU
 (``cuda/emulation``), which is how the tests check it on machines without a GPU.
+[CudaKernels][cornernet_ref.corner_pool.fused.CudaKernels] calls the two kernels; the
+corner-pool operator ([op][cornernet_ref.corner_pool.op]) gives them their autograd
+formula and lets ``torch.compile`` and ``torch.export`` keep them as one node.
 
 The extension is compiled on first use by ``torch.utils.cpp_extension.load`` (nvcc and
 ninja; a minute or so) into PyTorch's extension cache (``$TORCH_EXTENSIONS_DIR``, by
@@ -23,21 +26,10 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 SOURCE_DIR = Path(__file__).resolve().parent / "cuda"
 SOURCES = (SOURCE_DIR / "binding.cpp", SOURCE_DIR / "corner_pool.cu")
 EXTENSION_NAME = "cornernet_corner_pool"
-
-# direction -> (the map it pools in the kernel: 0 = a, along columns; 1 = b, along rows,
-# whether the kernel runs reversed, i.e. scans from the bottom / right border)
-KERNEL_DIRECTIONS: dict[str, tuple[int, bool]] = {
-    "top": (0, True),
-    "bottom": (0, False),
-    "left": (1, True),
-    "right": (1, False),
-}
-KERNEL_CORNERS: dict[str, bool] = {"tl": True, "br": False}  # corner -> reversed
 
 _extension: ModuleType | None = None
 _build_error: str | None = None
@@ -84,8 +76,9 @@ def load_extension() -> ModuleType:
 class CudaKernels:
     r"""The kernels of the compiled extension, run on the current CUDA stream.
 
-    :class:`FusedCornerPool` takes any object with these two methods; the tests pass the
-    CPU build of the same source (``tests/kernel_emulation.py``).
+    The corner-pool operator ([op][cornernet_ref.corner_pool.op]) runs them for CUDA
+    tensors; the tests run the CPU build of the same source, which has the same two methods
+    (``tests/kernel_emulation.py``).
     """
 
     def forward(self, a: Tensor | None, b: Tensor | None, reverse: bool) -> Tensor:
@@ -103,44 +96,3 @@ class CudaKernels:
 
 
 CUDA_KERNELS = CudaKernels()
-
-
-class FusedCornerPool(torch.autograd.Function):
-    r"""Autograd function around the kernels: ``V(a) + H(b)``, either map may be None.
-
-    The backward is a kernel, not a graph of differentiable operations: a second derivative
-    through it (``create_graph=True``, then backward again) raises an error instead of
-    silently treating the gradient as a constant.
-    """
-
-    @staticmethod
-    def forward(
-        ctx, a: Tensor | None, b: Tensor | None, reverse: bool, kernels: CudaKernels
-    ) -> Tensor:
-        ctx.save_for_backward(a, b)
-        ctx.reverse, ctx.kernels = reverse, kernels
-        return kernels.forward(a, b, reverse)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
-        a, b = ctx.saved_tensors
-        # Skip the scan of a map whose gradient nobody needs.
-        a = a if ctx.needs_input_grad[0] else None
-        b = b if ctx.needs_input_grad[1] else None
-        if a is None and b is None:
-            return None, None, None, None
-        grad_a, grad_b = ctx.kernels.backward(a, b, grad, ctx.reverse)
-        return grad_a, grad_b, None, None
-
-
-def pool(x: Tensor, direction: str, kernels: CudaKernels = CUDA_KERNELS) -> Tensor:
-    r"""One pooling direction of a CUDA ``(B, C, H, W)`` tensor with the fused kernel."""
-    which, reverse = KERNEL_DIRECTIONS[direction]
-    maps = (x, None) if which == 0 else (None, x)
-    return FusedCornerPool.apply(*maps, reverse, kernels)
-
-
-def corner_pool(a: Tensor, b: Tensor, corner: str, kernels: CudaKernels = CUDA_KERNELS) -> Tensor:
-    r"""``top(a) + left(b)`` (``"tl"``) or ``bottom(a) + right(b)`` (``"br"``), fused."""
-    return FusedCornerPool.apply(a, b, KERNEL_CORNERS[corner], kernels)

@@ -11,8 +11,17 @@ is the comparison, NaN included. The CUDA kernel adds the same numbers in the sa
 so the two agree bit for bit.
 
 The loops run over the $L$ rows and handle a whole row of every image and channel per
-step, so their Python overhead is $O(L)$ operations. Columns are pooled as the rows of the
-transposed map. Memory: the backward keeps one boolean per input (where the argmax moved).
+step, so their Python overhead is $O(L)$ operations. Each step makes new row tensors, and
+the rows are stacked once at the end: nothing is written in place, so ``torch.compile``
+traces the scan like any other PyTorch code (unrolled, a few operations per row). Columns
+are pooled as the rows of the transposed map.
+
+Two ways to run it. [pool][cornernet_ref.corner_pool.reference.pool] is differentiable
+([RowPool][cornernet_ref.corner_pool.reference.RowPool]) and keeps one boolean per input
+for the backward (where the argmax moved): the ``"reference"`` backend.
+[ReferenceKernels][cornernet_ref.corner_pool.reference.ReferenceKernels] has the interface
+of the fused kernel, keeps nothing and scans again in the backward: the corner-pool
+operator's implementation for tensors that are not on a GPU.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ DIRECTIONS: dict[str, tuple[int, bool]] = {
     "left": (3, True),  # max over columns j..W-1: scan from the rightmost column
     "right": (3, False),  # max over columns 0..j: scan from the leftmost column
 }
+# corner -> (direction pooling the first map, direction pooling the second map)
+CORNERS: dict[str, tuple[str, str]] = {"tl": ("top", "left"), "br": ("bottom", "right")}
 
 
 def scan_positions(length: int, from_end: bool) -> list[int]:
@@ -36,20 +47,24 @@ def scan_positions(length: int, from_end: bool) -> list[int]:
     return list(range(length - 1, -1, -1)) if from_end else list(range(length))
 
 
-def greater(value: Tensor, best: Tensor, out: Tensor) -> Tensor:
+def greater(value: Tensor, best: Tensor) -> Tensor:
     r"""The comparison that moves the argmax: strictly greater, NaN above every number.
 
     A NaN counts as larger than every number, and a later NaN is not larger than an earlier
     one: the first NaN met is the maximum from there on and receives the gradient. Like
     ``torch.maximum``, a NaN propagates to every output it can reach.
     """
-    torch.gt(value, best, out=out)
-    return out.logical_or_(value.isnan() & ~best.isnan())
+    return torch.gt(value, best) | (value.isnan() & ~best.isnan())
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     r"""Gradient sums are kept in float32 for 16-bit inputs, in the input dtype otherwise."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def stack_rows(rows: dict[int, Tensor]) -> Tensor:
+    r"""``(B, C, H, W)`` from the rows ``{i: (B, C, W)}``, put back in order, contiguous."""
+    return torch.stack([rows[i] for i in sorted(rows)], dim=2)
 
 
 def scan_max(x: Tensor, from_end: bool) -> tuple[Tensor, Tensor]:
@@ -71,18 +86,18 @@ def scan_max(x: Tensor, from_end: bool) -> tuple[Tensor, Tensor]:
         a boolean mask that is True where the argmax moved, i.e. at every input that is a
         maximum for some output (the border included).
     """
-    pooled = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    moved = torch.empty(x.shape, dtype=torch.bool, device=x.device)
     if x.numel() == 0:
-        return pooled, moved
+        empty = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        return empty, torch.empty_like(empty, dtype=torch.bool)
     rows = scan_positions(x.shape[2], from_end)
-    pooled[:, :, rows[0]] = x[:, :, rows[0]]  # the border row is the first maximum
-    moved[:, :, rows[0]] = True
-    for previous, i in pairwise(rows):
+    best = x[:, :, rows[0]]  # m_0 = x_0: the border row is the first maximum
+    pooled = {rows[0]: best}
+    moved = {rows[0]: torch.ones_like(best, dtype=torch.bool)}
+    for i in rows[1:]:
         # One step handles row i of every image and channel at once.
-        greater(x[:, :, i], pooled[:, :, previous], out=moved[:, :, i])  # a tie keeps the first
-        torch.where(moved[:, :, i], x[:, :, i], pooled[:, :, previous], out=pooled[:, :, i])
-    return pooled, moved
+        moved[i] = greater(x[:, :, i], best)  # x_k > m_{k-1}: a tie keeps the first
+        best = pooled[i] = torch.where(moved[i], x[:, :, i], best)  # m_k
+    return stack_rows(pooled), stack_rows(moved)
 
 
 def scan_max_backward(grad: Tensor, moved: Tensor, from_end: bool) -> Tensor:
@@ -99,27 +114,34 @@ def scan_max_backward(grad: Tensor, moved: Tensor, from_end: bool) -> Tensor:
 
     Two passes over the rows: in scan order, a running sum of the gradients that restarts
     at every new maximum; then back from the far border, each maximum receives the sum at
-    the end of its run. The result is in the accumulation dtype.
+    the end of its run. The result is contiguous, in the accumulation dtype.
     """
-    grad = grad.to(accumulation_dtype(grad.dtype)).contiguous()
-    running = torch.empty_like(grad)
-    result = torch.empty_like(grad)
+    grad = grad.to(accumulation_dtype(grad.dtype))
     if grad.numel() == 0:
-        return result
+        return torch.empty_like(grad, memory_format=torch.contiguous_format)
     rows = scan_positions(grad.shape[2], from_end)
-    running[:, :, rows[0]] = grad[:, :, rows[0]]
+    running = {rows[0]: grad[:, :, rows[0]]}
     for previous, i in pairwise(rows):
         # Output i adds to the current run, unless it is a new maximum, which starts one.
-        torch.add(running[:, :, previous], grad[:, :, i], out=running[:, :, i])
-        torch.where(moved[:, :, i], grad[:, :, i], running[:, :, i], out=running[:, :, i])
-    zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
-    run_total = running[:, :, rows[-1]]  # the run that reaches the far border is complete
+        running[i] = torch.where(moved[:, :, i], grad[:, :, i], running[previous] + grad[:, :, i])
+    result = {}
+    run_total = running[rows[-1]]  # the run that reaches the far border is complete
     for step in range(len(rows) - 1, -1, -1):
         i = rows[step]
-        torch.where(moved[:, :, i], run_total, zero, out=result[:, :, i])  # only maxima
+        result[i] = torch.where(moved[:, :, i], run_total, 0)  # only maxima
         if step > 0:  # the run before a maximum ends one step earlier
-            run_total = torch.where(moved[:, :, i], running[:, :, rows[step - 1]], run_total)
-    return result
+            run_total = torch.where(moved[:, :, i], running[rows[step - 1]], run_total)
+    return stack_rows(result)
+
+
+def rows_along(x: Tensor, dim: int) -> Tensor:
+    r"""``x`` with its pooled dimension (2, rows; or 3, columns) as the rows, contiguous.
+
+    Columns are pooled as the rows of the transposed map, so that every step of the scan
+    reads a row of contiguous memory instead of one number per cache line. Applied to a
+    result, it puts the dimensions back.
+    """
+    return x.transpose(2, 3).contiguous() if dim == 3 else x.contiguous()
 
 
 class RowPool(torch.autograd.Function):
@@ -139,10 +161,58 @@ class RowPool(torch.autograd.Function):
 
 
 def pool(x: Tensor, direction: str) -> Tensor:
-    r"""One pooling direction of a ``(B, C, H, W)`` tensor (see the module docstring)."""
+    r"""One pooling direction of a ``(B, C, H, W)`` tensor (see the module docstring), with
+    its gradient by [RowPool][cornernet_ref.corner_pool.reference.RowPool]."""
     dim, from_end = DIRECTIONS[direction]
-    if dim == 3:
-        # Columns: pool the rows of the transposed map, so that every step of the scan
-        # reads a row of contiguous memory instead of one number per cache line.
-        return RowPool.apply(x.transpose(2, 3).contiguous(), from_end).transpose(2, 3).contiguous()
-    return RowPool.apply(x, from_end)
+    return rows_along(RowPool.apply(rows_along(x, dim), from_end), dim)
+
+
+class ReferenceKernels:
+    r"""The scans of this module with the interface of the fused kernel
+    ([CudaKernels][cornernet_ref.corner_pool.fused.CudaKernels]): no autograd, contiguous
+    results. The corner-pool operator ([op][cornernet_ref.corner_pool.op]) runs them for
+    tensors on any device but CUDA, and on CUDA where the kernel cannot be built.
+
+    The map ``a`` is pooled along its columns, ``b`` along its rows; ``reverse`` scans from
+    the bottom and right borders (``top(a) + left(b)``, the top-left pool), otherwise from
+    the top and left ones (``bottom(a) + right(b)``).
+    """
+
+    def forward(self, a: Tensor | None, b: Tensor | None, reverse: bool) -> Tensor:
+        r"""``V(a) + H(b)``, ``(B, C, H, W)``; either map may be None (then the other alone)."""
+        vertical, horizontal = CORNERS["tl" if reverse else "br"]
+        if b is None:
+            return self.pooled(a, vertical)
+        if a is None:
+            return self.pooled(b, horizontal)
+        return self.pooled(a, vertical) + self.pooled(b, horizontal)
+
+    def backward(
+        self, a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
+        r"""``(grad_a, grad_b)``, each ``(B, C, H, W)`` in the dtype of ``grad``, from the
+        output gradient ``grad``; None for an absent map."""
+        vertical, horizontal = CORNERS["tl" if reverse else "br"]
+        return (
+            None if a is None else self.gradient(a, grad, vertical),
+            None if b is None else self.gradient(b, grad, horizontal),
+        )
+
+    @staticmethod
+    def pooled(x: Tensor, direction: str) -> Tensor:
+        r"""``pool(x, direction)`` without autograd."""
+        dim, from_end = DIRECTIONS[direction]
+        pooled, _ = scan_max(rows_along(x, dim), from_end)
+        return rows_along(pooled, dim)
+
+    @staticmethod
+    def gradient(x: Tensor, grad: Tensor, direction: str) -> Tensor:
+        r"""The gradient of ``pool(x, direction)`` with respect to ``x``: the scan again, for
+        where the argmax moved, then :func:`scan_max_backward`."""
+        dim, from_end = DIRECTIONS[direction]
+        _, moved = scan_max(rows_along(x, dim), from_end)
+        gradient = scan_max_backward(rows_along(grad, dim), moved, from_end)
+        return rows_along(gradient.to(grad.dtype), dim)
+
+
+REFERENCE_KERNELS = ReferenceKernels()
