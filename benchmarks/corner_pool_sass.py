@@ -54,15 +54,7 @@ SM_REGISTERS, SM_SHARED, SM_THREADS, SM_BLOCKS = 65536, 233472, 2048, 32
 # per pass and the warps that run it.
 VERSIONS: dict[str, dict] = {
     "before": {
-        "commit": "2493d69",
-        "design": "one 64-thread block per plane; a pass is one 32 x 32 tile through shared "
-        "memory; warp 0 scans its columns, warp 1 its rows (inner loops unrolled 4 times: "
-        "8 iterations per tile)",
-        "forward": {"cells": 1024, "warps": 2, "inner": [8, 8]},
-        "backward": {"cells": 1024, "warps": 2, "inner": [8] * 4},
-    },
-    "after": {
-        "commit": None,
+        "commit": "e993414",
         "block_warps": 4,
         "design": "no shared memory: forward, one warp per plane, a pass is 4 rows of a "
         "128-column chunk (lane l: 4 columns, one vector load per map and row, the loads of "
@@ -73,7 +65,27 @@ VERSIONS: dict[str, dict] = {
         "forward": {"cells": 512, "warps": 1, "inner": []},
         "backward": {"cells": 512, "warps": 1, "loops": 2, "inner": []},
     },
+    "after": {
+        "commit": None,
+        "block_warps": 4,
+        "design": "the kernel of the working tree (same as before until it changes)",
+        "forward": {"cells": 512, "warps": 1, "inner": []},
+        "backward": {"cells": 512, "warps": 1, "loops": 2, "inner": []},
+    },
 }
+
+# The bandwidth target in instructions. A warp scheduler issues at most one warp instruction
+# per cycle; an H200 has 132 SMs of 4 schedulers at up to 1.98 GHz (datasheet boost clock),
+# and its copy bandwidth, measured by benchmarks/gpu_check.py on 2026-12-04 (read + write),
+# was 4222 GB/s. At that bandwidth the chip can issue at most ISSUE_CEILING warp
+# instructions per KB moved; a kernel that needs more cannot reach the bandwidth, and one
+# that needs a large share of it leaves the schedulers too little slack to hide latency.
+H200 = {"sms": 132, "schedulers_per_sm": 4, "clock_ghz": 1.98, "copy_gb_per_s": 4222.3}
+ISSUE_CEILING = (
+    H200["sms"] * H200["schedulers_per_sm"] * H200["clock_ghz"] * 1e9
+    / (H200["copy_gb_per_s"] * 1e9 / 1024)
+)  # fmt: skip
+TARGET_SHARE = 0.4  # of the ceiling: the design aims below it, for every kernel and dtype
 
 
 def tool(name: str) -> str:
@@ -237,7 +249,9 @@ def steady_state(code: list[tuple[int, str]], kind: str, spec: dict, dtype_bytes
         "steady_state_loops": found,
         "executed_warp_instructions_per_pass": executed,
         "kilobytes_moved_per_pass": kilobytes,
+        "warp_instructions_per_cell": round(executed / spec["cells"], 3),
         "warp_instructions_per_kilobyte": round(executed / kilobytes, 1),
+        "share_of_issue_ceiling": round(executed / kilobytes / ISSUE_CEILING, 2),
     }
 
 
@@ -349,6 +363,18 @@ def main() -> None:
         .stdout.strip()
         .splitlines()[-1],
         "arch": ARCH,
+        "bandwidth_target": H200
+        | {
+            "issue_ceiling_warp_instructions_per_kilobyte": round(ISSUE_CEILING, 1),
+            "target_share_of_ceiling": TARGET_SHARE,
+            "arithmetic": "132 SMs x 4 schedulers x 1.98e9 cycles/s = 1.045e12 warp "
+            "instructions/s; 4222.3e9 B/s / 1024 = 4.12e9 KB/s; ceiling = 1.045e12 / 4.12e9 "
+            f"= {ISSUE_CEILING:.0f} warp instructions per KB moved. A cell moves 3 values "
+            "forward (read a, b; write out) and 5 backward (read a, b, grad; write 2 "
+            "grads): per cell, float32 forward 12 bytes, so at most 12 / 1024 x ceiling "
+            f"= {12 / 1024 * ISSUE_CEILING:.2f} warp instructions (x 32 lanes: per-thread "
+            "instructions per 32 cells), bfloat16 forward half that.",
+        },
         "versions": {},
     }
     with tempfile.TemporaryDirectory() as scratch:
