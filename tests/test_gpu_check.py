@@ -165,8 +165,9 @@ def test_dry_run_end_to_end(tmp_path, shared_dir):
     kernel = steps["kernel_benchmark"]["result"]["results"]
     assert set(kernel) == {"float32", "bfloat16"}
     for shapes in kernel.values():
-        for entries in shapes.values():
-            assert set(entries) == {"reference", "cummax"}
+        for shape, entries in shapes.items():
+            main = shape in ("training", "large")  # the reference is timed there only
+            assert set(entries) == ({"reference", "cummax"} if main else {"cummax"})
             for modes in entries.values():
                 assert set(modes) == {"forward", "forward_backward"}
     throughput = steps["train_throughput"]["result"]["rows"]
