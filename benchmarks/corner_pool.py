@@ -20,12 +20,21 @@ machine affects them alike. Reported per implementation: the median and the best
 ``--repeats`` rounds; the median over rounds of the time relative to ``cummax``'s; the
 bandwidth implied by the median time, counting only the bytes the operation must move
 (forward: read a and b, write the output; backward: read a, b and the output gradient,
-write two gradients); on a GPU, that bandwidth as a fraction of the device's measured copy
-bandwidth (a large device-to-device copy, read + write). On a CPU, the copy bandwidth of
-``Tensor.copy_`` is given for scale.
+write two gradients); on a GPU, that bandwidth as a fraction of the device's copy
+bandwidth (a 1 GiB device-to-device copy, read + write) timed the same way in the same
+process, and the checks of the kernel's targets (``targets``).
+
+How a call is timed (``time_once``). On a GPU, between two CUDA events recorded around the
+call, after a write of 256 MiB that flushes the L2 cache, so that each run reads its maps
+from memory; the median of 20 runs after a warm-up. On a CPU, by the wall clock. On a GPU
+the maps hold 2^25 numbers or more, float32 and bfloat16, at the two main shapes and at
+thin, one-row, one-column, tall and wide maps (``GPU_SHAPES``); the reference and the
+official-style loops run at the main shapes only (elsewhere their Python loops over H or W
+steps would take minutes).
 
     python benchmarks/corner_pool.py                 # on the GPU if there is one, else CPU
     python benchmarks/corner_pool.py --device cpu --repeats 5
+    python benchmarks/corner_pool.py --dry-run       # every line at toy size on the CPU
 """
 
 from __future__ import annotations
