@@ -66,12 +66,17 @@ GPU_SHAPES = {
     "wide": (1, 1, 4, 2**23),
 }
 MAIN_SHAPES = ("training", "large")  # where the targets hold; elsewhere within 2x
+# Forward only: the backward gives each scanned line to one thread, which adds its
+# gradients one after the other in the reference's order; a plane of 4 lines of 2^23
+# numbers is 4 threads' work, seconds per call, by design.
+FORWARD_ONLY = ("tall", "wide")
 CPU_SHAPES = {"training": (2, 128, 128, 128), "large": (1, 128, 192, 256)}
 DRY_RUN_SHAPES = {
     "training": (1, 8, 16, 16),
     "large": (1, 4, 12, 20),
     "one_row": (1, 2, 1, 40),
     "one_column": (1, 2, 40, 1),
+    "tall": (1, 1, 64, 4),
 }
 MAPS_MOVED = {"forward": 3, "forward_backward": 8}  # maps read or written per call
 TARGET_FRACTION = 0.8  # of the copy bandwidth, at the main shapes
@@ -207,9 +212,11 @@ def measure(
     repeats: int,
     copy_bytes_per_s: float,
     dtype: torch.dtype = torch.float32,
+    modes: tuple[str, ...] = tuple(MAPS_MOVED),
 ) -> dict:
-    """Times of every implementation at one shape and dtype, run in turn in each round, so
-    that a change of load on the machine affects them all alike."""
+    """Times of every implementation at one shape and dtype, forward and (in ``modes``)
+    forward + backward, run in turn in each round, so that a change of load on the machine
+    affects them all alike."""
     generator = torch.Generator(device).manual_seed(0)
     a, b, grad = (
         torch.randn(shape, generator=generator, device=device, dtype=dtype) for _ in range(3)
@@ -225,7 +232,8 @@ def measure(
             a_leaf.grad = b_leaf.grad = None
             implementation(a_leaf, b_leaf).backward(grad)
 
-        return {"forward": forward, "forward_backward": forward_backward}
+        both = {"forward": forward, "forward_backward": forward_backward}
+        return {mode: both[mode] for mode in modes}
 
     calls = {name: runs(IMPLEMENTATIONS[name]) for name in names}
     for modes in calls.values():  # warm-up (builds the CUDA kernel on first use)
@@ -310,8 +318,11 @@ def run_all(
         by_shape = report["results"].setdefault(str(dtype).removeprefix("torch."), {})
         for key, shape in shapes.items():
             here = [n for n in names if key in MAIN_SHAPES or n in ("cuda", "cummax")]
+            modes = ("forward",) if key in FORWARD_ONLY else tuple(MAPS_MOVED)
             try:
-                by_shape[key] = measure(here, shape, device, repeats, copy_bytes_per_s, dtype)
+                by_shape[key] = measure(
+                    here, shape, device, repeats, copy_bytes_per_s, dtype, modes
+                )
             except Exception as error:  # one dtype or shape failing keeps the others
                 by_shape[key] = {"error": f"{type(error).__name__}: {error}"}
             for name, entry in by_shape[key].items():

@@ -651,7 +651,7 @@ def step_compute_sanitizer(context: Context) -> dict:
 STEPS: dict[str, tuple[Callable[[Context], dict], int]] = {  # name -> (function, budget s)
     "environment": (step_environment, 15),
     "build_and_cuda_tests": (step_build_and_cuda_tests, 75),
-    "kernel_benchmark": (step_kernel_benchmark, 45),
+    "kernel_benchmark": (step_kernel_benchmark, 90),  # with the build, if the step runs alone
     "train_throughput": (step_train_throughput, 150),  # a cold torch.compile takes minutes
     "coco128_training": (step_coco128_training, 80),
     "inference": (step_inference, 35),

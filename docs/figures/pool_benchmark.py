@@ -48,9 +48,10 @@ def draw(ax: plt.Axes, report: dict) -> None:
     names = [name for name in COLORS if any(name in entries for entries in results.values())]
     width = 0.8 / len(names)
     for n, name in enumerate(names):
-        # The reference and the loops are timed at the main shapes only: no bar elsewhere.
+        # The reference and the loops are timed at the main shapes only, the backward not on
+        # tall and wide maps: no bar there.
         times = [
-            results[shape][name][mode]["median_ms"] if name in results[shape] else np.nan
+            results[shape].get(name, {}).get(mode, {}).get("median_ms", np.nan)
             for shape, mode in groups
         ]
         positions = np.arange(len(groups)) + (n - (len(names) - 1) / 2) * width
