@@ -70,10 +70,11 @@ VERSIONS: dict[str, dict] = {
         "block_warps": 4,
         "design": "16-byte vectors in every dtype (4 float32, 8 bfloat16 per lane); forward, "
         "a group of lanes per plane (32 on rows of 32 vectors or more, fewer on narrow "
-        "planes, several planes per warp), a pass is 4 rows of a chunk of 32 vectors; long "
+        "planes, several planes per warp), a pass is 8 rows (4 for bfloat16) of a chunk of 32 "
+        "vectors; long "
         "columns cut into segments by a first pass of column maxima (not counted: it runs "
         "only when the planes give too few warps); backward as before with 16-byte vectors",
-        "forward": {"cells": {"float32": 512, "bfloat16": 1024}, "warps": 1, "inner": []},
+        "forward": {"cells": {"float32": 1024, "bfloat16": 1024}, "warps": 1, "inner": []},
         "backward": {
             "cells": {"float32": 512, "bfloat16": 1024},
             "warps": 1,

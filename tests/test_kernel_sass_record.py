@@ -52,12 +52,18 @@ def test_the_ceiling_follows_from_the_recorded_device_and_each_share_from_it():
 
 def test_the_bfloat16_forward_left_the_issue_bound_region():
     """The change this record documents: the bfloat16 forward needed 85% of the ceiling, too
-    close to it to reach the bandwidth; now each corner needs less than two thirds, and the
-    float32 forward no more than before."""
+    close to it to reach the bandwidth; now each corner needs less than two thirds. The
+    float32 forward needs no more than before, read (as chapter 3 says) on the lower of the
+    two corners' bounds."""
     kernels = {v: r["kernels"] for v, r in json.loads(RESULT.read_text())["versions"].items()}
     for corner in ("tl", "br"):
         assert kernels["before"][f"forward_bfloat16_{corner}"]["share_of_issue_ceiling"] > 0.8
         assert kernels["after"][f"forward_bfloat16_{corner}"]["share_of_issue_ceiling"] < 0.6
-        before = kernels["before"][f"forward_float32_{corner}"]["warp_instructions_per_kilobyte"]
-        after = kernels["after"][f"forward_float32_{corner}"]["warp_instructions_per_kilobyte"]
-        assert after <= before * 1.07
+
+    def lower_bound(version: str) -> float:
+        return min(
+            kernels[version][f"forward_float32_{corner}"]["warp_instructions_per_kilobyte"]
+            for corner in ("tl", "br")
+        )
+
+    assert lower_bound("after") <= lower_bound("before")

@@ -15,8 +15,8 @@
 // at which it moves bytes, and the limit is the memory bandwidth only if the warps issue few
 // enough instructions per byte, and keep enough bytes on their way from memory. The kernels
 // below are written for that: no shared memory and no __syncthreads(); each lane loads and
-// stores 16 bytes at a time (VEC numbers: 4 float32, 8 bfloat16); the loads of 4 rows leave
-// before the first is used; addresses inside a plane are 32-bit offsets.
+// stores 16 bytes at a time (VEC numbers: 4 float32, 8 bfloat16); the loads of several rows
+// leave before the first is used; addresses inside a plane are 32-bit offsets.
 //
 // What is computed
 // ----------------
@@ -31,9 +31,9 @@
 // A *group* of G lanes (G a power of two, the fewest whose VEC columns each cover a row, at
 // most 32) owns a plane: lane g of the group holds the VEC consecutive columns g VEC ..
 // g VEC + VEC - 1 of a *chunk* of G VEC columns, and the group walks the rows in scan order,
-// 4 rows at a time: first the loads of the 4 rows, then their scans. A warp holds 32 / G
-// groups, so a narrow map keeps every lane busy (a 128-column bfloat16 row needs 16 lanes:
-// a warp pools two planes). For each row a lane has its VEC values of a and of b:
+// 8 rows at a time (4 for 2-byte types): first the loads of the rows, then their scans.
+// A warp holds 32 / G groups, so a narrow map keeps every lane busy (a 128-column bfloat16
+// row needs 16 lanes: a warp pools two planes). For each row a lane has its VEC values of a and of b:
 //
 //   vertical   (a): the running maximum of each of its columns stays in its registers;
 //   horizontal (b): the row's running maximum is a *scan across the group*: each lane scans
@@ -97,6 +97,12 @@ namespace {
 
 constexpr int WARPS = 4;  // warps per block
 constexpr int AHEAD = 4;  // rows (or vectors) a lane loads before it uses the first
+// The forward's rows in flight: 8 vectors of 16 bytes per map and lane (4 for 2-byte types,
+// whose values take twice the registers once widened to float), so that 1000 warps keep
+// about 8 MB on their way from memory (4 with 2-byte types, where a warp holds twice the
+// planes of narrow maps).
+template <typename T>
+constexpr int FORWARD_AHEAD = VEC<T> == 8 ? 4 : 8;
 constexpr int THREADS = WARPS * WARP;
 constexpr unsigned int ALL_LANES = 0xffffffffu;
 
@@ -271,14 +277,15 @@ __global__ void __launch_bounds__(THREADS)
       }
     }
 
-    // Rows in scan order, AHEAD at a time: first the loads of all of them, so that they
-    // travel from memory together (a load does not wait for its value; the instruction
-    // that uses the value does), then the scans. `offset`: the lane's first cell of a row.
-    for (int first_row = 0; first_row < plan.segment_rows; first_row += AHEAD) {
-      Acc a_rows[AHEAD][N], b_rows[AHEAD][N];
-      int rows[AHEAD], offsets[AHEAD], counts[AHEAD];  // rows[r] < 0: past the segment
+    // Rows in scan order, R at a time: first the loads of all of them, so that they travel
+    // from memory together (a load does not wait for its value; the instruction that uses
+    // the value does), then the scans. `offsets`: the lane's first cell of each row.
+    constexpr int R = FORWARD_AHEAD<T>;
+    for (int first_row = 0; first_row < plan.segment_rows; first_row += R) {
+      Acc a_rows[R][N], b_rows[R][N];
+      int rows[R], offsets[R], counts[R];  // rows[r] < 0: past the segment
 #pragma unroll
-      for (int r = 0; r < AHEAD; ++r) {
+      for (int r = 0; r < R; ++r) {
         const int step = first_step + first_row + r;
         rows[r] = first_row + r < steps ? (Reverse ? height - 1 - step : step) : -1;
         counts[r] = rows[r] >= 0 ? count : 0;  // nothing past the segment's end
@@ -287,7 +294,7 @@ __global__ void __launch_bounds__(THREADS)
         if (!Maxima) load(b, offsets[r], b == nullptr ? 0 : counts[r], vector, b_rows[r]);
       }
 #pragma unroll
-      for (int r = 0; r < AHEAD; ++r) {
+      for (int r = 0; r < R; ++r) {
         if (first_row + r >= plan.segment_rows) break;  // the same in every lane
         Acc pooled[N] = {};
         if (a != nullptr) {
