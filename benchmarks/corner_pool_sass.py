@@ -73,7 +73,9 @@ VERSIONS: dict[str, dict] = {
         "planes, several planes per warp), a pass is 8 rows (4 for bfloat16) of a chunk of 32 "
         "vectors; long "
         "columns cut into segments by a first pass of column maxima (not counted: it runs "
-        "only when the planes give too few warps); backward as before with 16-byte vectors",
+        "only when the planes give too few warps); backward as before with 16-byte vectors, "
+        "and a step of a run without branches (a run starts at the border as maximum -inf "
+        "with sum -0.0, so there is no case for the first value)",
         "forward": {"cells": {"float32": 1024, "bfloat16": 1024}, "warps": 1, "inner": []},
         "backward": {
             "cells": {"float32": 512, "bfloat16": 1024},

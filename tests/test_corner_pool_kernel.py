@@ -144,3 +144,29 @@ def test_cuda_kernel_splits_like_the_reference(dtype, shape):
         results.append((out.detach(), a_in.grad, b_in.grad))
     for expected, actual in zip(*results, strict=True):
         assert same_bits(actual, expected)
+
+
+@pytest.mark.parametrize("direction", ["top", "bottom", "left", "right"])
+def test_lines_that_start_at_minus_infinity_or_nan_keep_the_reference_gradient(direction):
+    """Each line's run starts as "maximum -inf, sum -0.0" at its border position. A border
+    value of -inf must then extend that run (its -0.0 gradients summing to -0.0, not +0.0),
+    and a border NaN start a run there, whose sum replaces what the start stored."""
+    inf, nan = math.inf, math.nan
+    line = torch.tensor([[-inf, -inf, 2.0, 2.0], [nan, 1.0, nan, 3.0], [-inf, 5.0, -inf, 1.0]])
+    grad = torch.tensor([[-0.0, -0.0, -0.0, 1.5], [1.0, -0.0, 2.0, 0.25], [-0.0, 1.0, 2.0, 3.0]])
+    if direction in ("top", "bottom"):  # the same lines as columns
+        line, grad = line.T.contiguous(), grad.T.contiguous()
+    if direction in ("top", "left"):  # scans from the far end: put each line's start there
+        flip = 0 if direction == "top" else 1
+        line, grad = line.flip(flip).contiguous(), grad.flip(flip).contiguous()
+    x, grad = line.view(1, 1, *line.shape), grad.view(1, 1, *line.shape)
+    results = []
+    for pooling in (
+        lambda t: pool(t, direction, backend="reference"),
+        lambda t: fused.pool(t, direction, kernels=kernels()),
+    ):
+        leaf = x.clone().requires_grad_()
+        pooling(leaf).backward(grad)
+        results.append(leaf.grad)
+    reference, kernel = results
+    assert same_bits(kernel.nan_to_num(), reference.nan_to_num())

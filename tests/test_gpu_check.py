@@ -168,8 +168,9 @@ def test_dry_run_end_to_end(tmp_path, shared_dir):
         for shape, entries in shapes.items():
             main = shape in ("training", "large")  # the reference is timed there only
             assert set(entries) == ({"reference", "cummax"} if main else {"cummax"})
-            for modes in entries.values():
-                assert set(modes) == {"forward", "forward_backward"}
+            for modes in entries.values():  # the backward is not timed on tall maps
+                expected = {"forward"} if shape == "tall" else {"forward", "forward_backward"}
+                assert set(modes) == expected
     throughput = steps["train_throughput"]["result"]["rows"]
     assert [row["variant"].endswith("compile") for row in throughput][-1]
     assert all("images_per_s" in row for row in throughput)

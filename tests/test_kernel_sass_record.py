@@ -67,3 +67,13 @@ def test_the_bfloat16_forward_left_the_issue_bound_region():
         )
 
     assert lower_bound("after") <= lower_bound("before")
+
+
+def test_the_backward_without_branches_needs_a_quarter_of_the_ceiling():
+    """Chapter 3: the backward needed 55% of the ceiling in bfloat16; its branchless run
+    step brings every dtype and corner to about a quarter."""
+    kernels = {v: r["kernels"] for v, r in json.loads(RESULT.read_text())["versions"].items()}
+    assert kernels["before"]["backward_bfloat16_tl"]["share_of_issue_ceiling"] > 0.5
+    for dtype in ("float32", "bfloat16"):
+        for corner in ("tl", "br"):
+            assert kernels["after"][f"backward_{dtype}_{corner}"]["share_of_issue_ceiling"] < 0.3

@@ -333,25 +333,32 @@ __global__ void __launch_bounds__(THREADS)
 // Backward
 // ---------------------------------------------------------------------------------------
 
-// The run of one scanned line.
+// The run of one scanned line. It starts as a run of maximum -inf at the line's first
+// position with a sum of -0.0, which adds nothing (-0.0 + g is g, bit for bit, -0.0 and
+// +0.0 included): the first value then either starts a run there, as in the reference, or
+// is -inf itself and extends the same run. So every step is the same few instructions,
+// with no case for "no value yet" and no branch but the store.
 template <typename Acc>
 struct Run {
   Acc best;  // the current maximum
-  int at;    // its offset in the plane; -1 before the first value
+  int at;    // its offset in the plane
   Acc sum;   // the gradients of the outputs since then, added in scan order
 
+  static __device__ __forceinline__ Run start(int first) {
+    return {neutral<Acc>(), first, -Acc(0)};
+  }
+
   // One more value of the line, at `offset`, whose output has gradient `grad`. A new maximum
-  // completes the run: its sum goes to the old maximum (after the zero stored there before).
+  // completes the run: its sum goes to the old maximum (after the zero stored there before;
+  // at the line's first position, the -0.0 stored by a run that starts there is replaced
+  // when that run completes).
   template <typename T>
   __device__ __forceinline__ void step(Acc value, Acc grad, int offset, T* __restrict__ dst) {
-    if (at < 0 || greater(value, best)) {
-      if (at >= 0) dst[at] = static_cast<T>(sum);
-      best = value;
-      at = offset;
-      sum = grad;
-    } else {
-      sum += grad;
-    }
+    const bool moved = greater(value, best);
+    if (moved) dst[at] = static_cast<T>(sum);
+    best = moved ? value : best;
+    at = moved ? offset : at;
+    sum = moved ? grad : sum + grad;
   }
 };
 
@@ -365,9 +372,10 @@ __device__ void backward_columns(const T* __restrict__ a, const T* __restrict__ 
   const Acc zeros[N] = {};
   for (int column = lane * N; column < width; column += WARP * N) {
     const int count = min(N, width - column);
+    const int first = (Reverse ? height - 1 : 0) * width + column;  // the border row
     Run<Acc> runs[N];
 #pragma unroll
-    for (int j = 0; j < N; ++j) runs[j] = {0, -1, 0};
+    for (int j = 0; j < N; ++j) runs[j] = Run<Acc>::start(first + j);
     for (int first_step = 0; first_step < height; first_step += AHEAD) {  // as the forward
       Acc values[AHEAD][N], grads[AHEAD][N];
 #pragma unroll
@@ -405,7 +413,7 @@ __device__ void backward_rows(const T* __restrict__ b, const T* __restrict__ gra
   const Acc zeros[N] = {};
   const int vectors = (width + N - 1) / N;
   for (int row = lane; row < height; row += WARP) {
-    Run<Acc> run{0, -1, 0};
+    Run<Acc> run = Run<Acc>::start(row * width + (Reverse ? width - 1 : 0));  // border column
     for (int first_v = 0; first_v < vectors; first_v += AHEAD) {  // AHEAD vectors at a time
       Acc values[AHEAD][N], grads[AHEAD][N];
 #pragma unroll
