@@ -64,7 +64,9 @@
 // share a maximum are consecutive, from the maximum to the step before the next new maximum:
 // a *run*. A thread carries its run (best value, where it was met, sum of the gradients of
 // the run so far). When a strictly greater value arrives, the run is complete and its sum is
-// written at the old maximum's position; every other position gets 0. The sums must be added
+// written at the old maximum's position; every other position gets 0. A line's run starts
+// at its border as "maximum -inf, sum -0.0" (see Run), so a step is the same few
+// instructions for every value, the first included, with no branch but the store. The sums must be added
 // one after the other in scan order, as the PyTorch reference does
 // (cornernet_ref/corner_pool/reference.py), to agree with it bit for bit, so each scanned
 // line belongs to one thread (a line's sums cannot be split without changing their order):
