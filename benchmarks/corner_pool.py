@@ -20,12 +20,21 @@ machine affects them alike. Reported per implementation: the median and the best
 ``--repeats`` rounds; the median over rounds of the time relative to ``cummax``'s; the
 bandwidth implied by the median time, counting only the bytes the operation must move
 (forward: read a and b, write the output; backward: read a, b and the output gradient,
-write two gradients); on a GPU, that bandwidth as a fraction of the device's measured copy
-bandwidth (a large device-to-device copy, read + write). On a CPU, the copy bandwidth of
-``Tensor.copy_`` is given for scale.
+write two gradients); on a GPU, that bandwidth as a fraction of the device's copy
+bandwidth (a 1 GiB device-to-device copy, read + write) timed the same way in the same
+process, and the checks of the kernel's targets (``targets``).
+
+How a call is timed (``time_once``). On a GPU, between two CUDA events recorded around the
+call, after a write of 256 MiB that flushes the L2 cache, so that each run reads its maps
+from memory; the median of 20 runs after a warm-up. On a CPU, by the wall clock. On a GPU
+the maps hold 2^25 numbers or more, float32 and bfloat16, at the two main shapes and at
+thin, one-row, one-column, tall and wide maps (``GPU_SHAPES``); the reference and the
+official-style loops run at the main shapes only (elsewhere their Python loops over H or W
+steps would take minutes).
 
     python benchmarks/corner_pool.py                 # on the GPU if there is one, else CPU
     python benchmarks/corner_pool.py --device cpu --repeats 5
+    python benchmarks/corner_pool.py --dry-run       # every line at toy size on the CPU
 """
 
 from __future__ import annotations
@@ -45,8 +54,32 @@ from torch import Tensor
 from cornernet_ref.corner_pool import corner_pool
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU_SHAPES = [(8, 128, 128, 128), (2, 128, 192, 256)]  # training; a large test canvas
-CPU_SHAPES = [(2, 128, 128, 128), (1, 128, 192, 256)]
+# name -> (B, C, H, W). On a GPU every map holds 2^25 numbers or more (128 MiB in float32,
+# 64 MiB in bfloat16): the three maps of a forward never fit in the 60 MB L2 of an H200.
+GPU_SHAPES = {
+    "training": (16, 128, 128, 128),  # a training batch's pooling input
+    "large": (4, 256, 192, 256),  # wider than one chunk of float32, fewer planes
+    "thin": (2048, 16, 32, 32),  # small planes: several per warp
+    "one_row": (16, 128, 1, 16384),
+    "one_column": (16, 128, 16384, 1),
+    "tall": (1, 1, 2**23, 4),  # one plane: the kernel cuts its columns into segments
+    "wide": (1, 1, 4, 2**23),
+}
+MAIN_SHAPES = ("training", "large")  # where the targets hold; elsewhere within 2x
+# Forward only: the backward gives each scanned line to one thread, which adds its
+# gradients one after the other in the reference's order; a plane of 4 lines of 2^23
+# numbers is 4 threads' work, seconds per call, by design.
+FORWARD_ONLY = ("tall", "wide")
+CPU_SHAPES = {"training": (2, 128, 128, 128), "large": (1, 128, 192, 256)}
+DRY_RUN_SHAPES = {
+    "training": (1, 8, 16, 16),
+    "large": (1, 4, 12, 20),
+    "one_row": (1, 2, 1, 40),
+    "one_column": (1, 2, 40, 1),
+    "tall": (1, 1, 64, 4),
+}
+MAPS_MOVED = {"forward": 3, "forward_backward": 8}  # maps read or written per call
+TARGET_FRACTION = 0.8  # of the copy bandwidth, at the main shapes
 
 
 # --- The implementations ----------------------------------------------------------------
@@ -127,6 +160,9 @@ IMPLEMENTATIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 # --- Timing -----------------------------------------------------------------------------
 
+L2_FLUSH_BYTES = 256 * 2**20  # more than the L2 cache of any GPU this runs on (60 MB on H200)
+_flush: dict[torch.device, Tensor] = {}
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -134,13 +170,21 @@ def sync(device: torch.device) -> None:
 
 
 def time_once(run: Callable[[], object], device: torch.device) -> float:
-    """Seconds taken by one call."""
+    """Seconds taken by one call of ``run``.
+
+    On a GPU: the L2 cache is flushed first (256 MiB written), so that no run reads what the
+    one before left in it, then two CUDA events are recorded around the call, and the time is
+    that of the GPU between them. The host's launch work overlaps the flush, so it is not
+    counted unless it takes longer. On a CPU: the wall clock around the call."""
     if device.type == "cuda":
+        if device not in _flush:
+            _flush[device] = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        _flush[device].zero_()
         start.record()
         run()
         end.record()
-        torch.cuda.synchronize(device)
+        end.synchronize()
         return start.elapsed_time(end) / 1e3
     start_time = time.perf_counter()
     run()
@@ -148,14 +192,17 @@ def time_once(run: Callable[[], object], device: torch.device) -> float:
 
 
 def copy_bandwidth(device: torch.device, repeats: int) -> float:
-    """Bytes per second of a large ``copy_`` (read + write) on the device."""
+    """Bytes per second of a large ``copy_`` (read + write), median of ``repeats`` runs timed
+    as the implementations are (:func:`time_once`)."""
     numel = 256 * 2**20 if device.type == "cuda" else 16 * 2**20  # 1 GiB / 64 MiB of float32
     source = torch.randn(numel, device=device)
     target = torch.empty_like(source)
-    target.copy_(source)
+    target.copy_(source)  # warm-up
     sync(device)
-    best = min(time_once(lambda: target.copy_(source), device) for _ in range(repeats))
-    return 2 * source.numel() * source.element_size() / best
+    median = statistics.median(
+        time_once(lambda: target.copy_(source), device) for _ in range(repeats)
+    )
+    return 2 * source.numel() * source.element_size() / median
 
 
 def measure(
@@ -165,11 +212,15 @@ def measure(
     repeats: int,
     copy_bytes_per_s: float,
     dtype: torch.dtype = torch.float32,
+    modes: tuple[str, ...] = tuple(MAPS_MOVED),
 ) -> dict:
-    """Times of every implementation at one shape and dtype, run in turn in each round, so
-    that a change of load on the machine affects them all alike."""
-    generator = torch.Generator().manual_seed(0)
-    a, b, grad = (torch.randn(shape, generator=generator).to(device, dtype) for _ in range(3))
+    """Times of every implementation at one shape and dtype, forward and (in ``modes``)
+    forward + backward, run in turn in each round, so that a change of load on the machine
+    affects them all alike."""
+    generator = torch.Generator(device).manual_seed(0)
+    a, b, grad = (
+        torch.randn(shape, generator=generator, device=device, dtype=dtype) for _ in range(3)
+    )
     a_leaf, b_leaf = a.clone().requires_grad_(), b.clone().requires_grad_()
 
     def runs(implementation: Callable[[Tensor, Tensor], Tensor]) -> dict:
@@ -181,7 +232,8 @@ def measure(
             a_leaf.grad = b_leaf.grad = None
             implementation(a_leaf, b_leaf).backward(grad)
 
-        return {"forward": forward, "forward_backward": forward_backward}
+        both = {"forward": forward, "forward_backward": forward_backward}
+        return {mode: both[mode] for mode in modes}
 
     calls = {name: runs(IMPLEMENTATIONS[name]) for name in names}
     for modes in calls.values():  # warm-up (builds the CUDA kernel on first use)
@@ -195,16 +247,15 @@ def measure(
                 times[name][mode].append(time_once(run, device))
 
     bytes_per_map = a.numel() * a.element_size()
-    maps_moved = {"forward": 3, "forward_backward": 8}
     result = {}
     for name, modes in times.items():
         result[name] = {}
         for mode, samples in modes.items():
             median = statistics.median(samples)
             entry = {
-                "median_ms": round(median * 1e3, 3),
-                "best_ms": round(min(samples) * 1e3, 3),
-                "gb_per_s": round(maps_moved[mode] * bytes_per_map / median / 1e9, 2),
+                "median_ms": round(median * 1e3, 4),
+                "best_ms": round(min(samples) * 1e3, 4),
+                "gb_per_s": round(MAPS_MOVED[mode] * bytes_per_map / median / 1e9, 2),
             }
             if "cummax" in times:  # median over rounds of the time relative to cummax's
                 pairs = zip(samples, times["cummax"][mode], strict=True)
@@ -213,10 +264,73 @@ def measure(
                 )
             if device.type == "cuda":
                 entry["fraction_of_copy_bandwidth"] = round(
-                    maps_moved[mode] * bytes_per_map / median / copy_bytes_per_s, 3
+                    MAPS_MOVED[mode] * bytes_per_map / median / copy_bytes_per_s, 3
                 )
             result[name][mode] = entry
     return result
+
+
+# --- What the kernel must show on a GPU -----------------------------------------------
+
+
+def targets(results: dict) -> list[dict]:
+    """The checks of the kernel's figures against its targets: forward and forward +
+    backward at TARGET_FRACTION of the copy bandwidth or more at the main shapes, in
+    float32 and bfloat16; every other shape within 2x of that (half of it)."""
+    checks = []
+    for dtype, shapes in results.items():
+        for key, entries in shapes.items():
+            main = key in MAIN_SHAPES
+            for mode in MAPS_MOVED:
+                fraction = entries.get("cuda", {}).get(mode, {}).get("fraction_of_copy_bandwidth")
+                if fraction is None:
+                    continue
+                needed = TARGET_FRACTION if main else TARGET_FRACTION / 2
+                checks.append({
+                    "dtype": dtype, "shape": key, "mode": mode, "fraction": fraction,
+                    "needed": needed, "met": fraction >= needed,
+                })  # fmt: skip
+    return checks
+
+
+def run_all(
+    device: torch.device,
+    shapes: dict[str, tuple[int, ...]],
+    dtypes: list[torch.dtype],
+    repeats: int,
+    names: list[str],
+    on_result: Callable[[dict], None] = lambda partial: None,
+) -> dict:
+    """Every shape and dtype: the copy bandwidth first, then ``measure`` (the reference and
+    the official-style loops only at the main shapes: at the others their Python loops of H
+    or W steps would take minutes). ``on_result`` sees the result after each measurement."""
+    copy_bytes_per_s = copy_bandwidth(device, repeats)
+    report = {
+        "implementations": names,
+        "repeats": repeats,
+        "copy_gb_per_s": round(copy_bytes_per_s / 1e9, 2),
+        "bytes_counted": "forward 3 maps (read a, b; write out); backward 5 (read a, b, grad; "
+        "write 2 grads); forward_backward 8",
+        "shapes": {key: list(shape) for key, shape in shapes.items()},
+        "results": {},
+    }
+    for dtype in dtypes:
+        by_shape = report["results"].setdefault(str(dtype).removeprefix("torch."), {})
+        for key, shape in shapes.items():
+            here = [n for n in names if key in MAIN_SHAPES or n in ("cuda", "cummax")]
+            modes = ("forward",) if key in FORWARD_ONLY else tuple(MAPS_MOVED)
+            try:
+                by_shape[key] = measure(
+                    here, shape, device, repeats, copy_bytes_per_s, dtype, modes
+                )
+            except Exception as error:  # one dtype or shape failing keeps the others
+                by_shape[key] = {"error": f"{type(error).__name__}: {error}"}
+            for name, entry in by_shape[key].items():
+                print(dtype, key, name, json.dumps(entry), flush=True)
+            on_result(report)
+    if device.type == "cuda":
+        report["targets"] = targets(report["results"])
+    return report
 
 
 def main() -> None:
@@ -224,36 +338,26 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=None, help="default: 20 GPU, 7 CPU")
     parser.add_argument("--only", nargs="*", choices=list(IMPLEMENTATIONS), default=None)
+    parser.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU, no file")
     parser.add_argument("--note", default="", help="free text stored in the result")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = torch.device("cpu" if args.dry_run else args.device)
     on_gpu = device.type == "cuda"
-    repeats = args.repeats or (20 if on_gpu else 7)
+    repeats = 2 if args.dry_run else args.repeats or (20 if on_gpu else 7)
     names = args.only or [n for n in IMPLEMENTATIONS if on_gpu or n != "cuda"]
-    shapes = GPU_SHAPES if on_gpu else CPU_SHAPES
+    shapes = DRY_RUN_SHAPES if args.dry_run else GPU_SHAPES if on_gpu else CPU_SHAPES
+    dtypes = [torch.float32, torch.bfloat16] if on_gpu or args.dry_run else [torch.float32]
     load_start = os.getloadavg()
-    copy_bytes_per_s = copy_bandwidth(device, repeats)
-    results = {}
-    for shape in shapes:
-        key = "x".join(map(str, shape))
-        results[key] = measure(names, shape, device, repeats, copy_bytes_per_s)
-        for name, entry in results[key].items():
-            print(key, name, json.dumps(entry), flush=True)
-    report = header("corner_pool", device) | {
-        "corner": "tl",
-        "dtype": "float32",
-        "threads": torch.get_num_threads(),
-        "repeats": repeats,
-        "copy_gb_per_s": round(copy_bytes_per_s / 1e9, 2),
-        "bytes_counted": "forward 3 maps (read a, b; write out); backward 5 (read a, b, grad; "
-        "write 2 grads); forward_backward 8",
-        "results": results,
-    }
+    report = header("corner_pool", device) | {"corner": "tl", "threads": torch.get_num_threads()}
+    report |= run_all(device, shapes, dtypes, repeats, names)
     if not on_gpu:  # other processes on the machine slow a CPU measurement down
         report["load_average_1min_start_end"] = [load_start[0], os.getloadavg()[0]]
     if args.note:
         report["note"] = args.note
+    if args.dry_run:
+        print("dry run: nothing written")
+        return
     out = args.out or ROOT / "benchmarks/results" / f"corner_pool_{device.type}.json"
     write_result(out, report)
     print(f"wrote {out}")

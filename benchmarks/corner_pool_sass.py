@@ -54,15 +54,7 @@ SM_REGISTERS, SM_SHARED, SM_THREADS, SM_BLOCKS = 65536, 233472, 2048, 32
 # per pass and the warps that run it.
 VERSIONS: dict[str, dict] = {
     "before": {
-        "commit": "2493d69",
-        "design": "one 64-thread block per plane; a pass is one 32 x 32 tile through shared "
-        "memory; warp 0 scans its columns, warp 1 its rows (inner loops unrolled 4 times: "
-        "8 iterations per tile)",
-        "forward": {"cells": 1024, "warps": 2, "inner": [8, 8]},
-        "backward": {"cells": 1024, "warps": 2, "inner": [8] * 4},
-    },
-    "after": {
-        "commit": None,
+        "commit": "e993414",
         "block_warps": 4,
         "design": "no shared memory: forward, one warp per plane, a pass is 4 rows of a "
         "128-column chunk (lane l: 4 columns, one vector load per map and row, the loads of "
@@ -73,7 +65,39 @@ VERSIONS: dict[str, dict] = {
         "forward": {"cells": 512, "warps": 1, "inner": []},
         "backward": {"cells": 512, "warps": 1, "loops": 2, "inner": []},
     },
+    "after": {
+        "commit": None,
+        "block_warps": 4,
+        "design": "16-byte vectors in every dtype (4 float32, 8 bfloat16 per lane); forward, "
+        "a group of lanes per plane (32 on rows of 32 vectors or more, fewer on narrow "
+        "planes, several planes per warp), a pass is 8 rows (4 for bfloat16) of a chunk of 32 "
+        "vectors; long "
+        "columns cut into segments by a first pass of column maxima (not counted: it runs "
+        "only when the planes give too few warps); backward as before with 16-byte vectors, "
+        "and a step of a run without branches (a run starts at the border as maximum -inf "
+        "with sum -0.0, so there is no case for the first value)",
+        "forward": {"cells": {"float32": 1024, "bfloat16": 1024}, "warps": 1, "inner": []},
+        "backward": {
+            "cells": {"float32": 512, "bfloat16": 1024},
+            "warps": 1,
+            "loops": 2,
+            "inner": [],
+        },
+    },
 }
+
+# The bandwidth target in instructions. A warp scheduler issues at most one warp instruction
+# per cycle; an H200 has 132 SMs of 4 schedulers at up to 1.98 GHz (datasheet boost clock),
+# and its copy bandwidth, measured by benchmarks/gpu_check.py on 2026-12-04 (read + write),
+# was 4222 GB/s. At that bandwidth the chip can issue at most ISSUE_CEILING warp
+# instructions per KB moved; a kernel that needs more cannot reach the bandwidth, and one
+# that needs a large share of it leaves the schedulers too little slack to hide latency.
+H200 = {"sms": 132, "schedulers_per_sm": 4, "clock_ghz": 1.98, "copy_gb_per_s": 4222.3}
+ISSUE_CEILING = (
+    H200["sms"] * H200["schedulers_per_sm"] * H200["clock_ghz"] * 1e9
+    / (H200["copy_gb_per_s"] * 1e9 / 1024)
+)  # fmt: skip
+TARGET_SHARE = 0.4  # of the ceiling: the design aims below it, for every kernel and dtype
 
 
 def tool(name: str) -> str:
@@ -107,10 +131,14 @@ def compile_kernel(source: Path, scratch: Path) -> tuple[str, str]:
 
 
 def kernel_name(mangled: str) -> tuple[str, str] | None:
-    """(``forward`` or ``backward``, dtype name, corner) of a mangled kernel name, or None.
-    The corner is ``""`` for a kernel that takes it as an argument, else ``tl`` or ``br``."""
-    found = re.search(r"(forward|backward)_kernelI(f|N3c108BFloat16E)(?:Lb([01])E)?E", mangled)
-    if not found:
+    """(``forward`` or ``backward``, dtype name, corner) of a mangled kernel name, or None
+    (for other dtypes, and for the forward's first pass over split columns, which runs only
+    when the planes are too few to fill the GPU). The corner is ``""`` for a kernel that
+    takes it as an argument, else ``tl`` or ``br``."""
+    found = re.search(
+        r"(forward|backward)_kernelI(f|N3c108BFloat16E)(?:Lb([01])E)?(?:Lb([01])E)?E", mangled
+    )
+    if not found or found.group(4) == "1":
         return None
     dtype = DTYPES["IfE" if found.group(2) == "f" else "IN3c108BFloat16EE"][0]
     corner = {None: "", "1": "tl", "0": "br"}[found.group(3)]
@@ -184,7 +212,9 @@ def loops(code: list[tuple[int, str]]) -> list[tuple[int, int]]:
     return sorted(found)
 
 
-def steady_state(code: list[tuple[int, str]], kind: str, spec: dict, dtype_bytes: int) -> dict:
+def steady_state(
+    code: list[tuple[int, str]], kind: str, spec: dict, dtype: str, dtype_bytes: int
+) -> dict:
     """The steady-state loop(s) of a kernel and the instructions per KB one pass executes.
 
     A pass runs ``spec["loops"]`` loops once each (the ones with the most global accesses
@@ -232,12 +262,15 @@ def steady_state(code: list[tuple[int, str]], kind: str, spec: dict, dtype_bytes
         })  # fmt: skip
     if next(trips, None) is not None:
         raise SystemExit(f"{kind}: fewer inner loops in the SASS than given")
-    kilobytes = spec["cells"] * MAPS_MOVED[kind] * dtype_bytes / 1024
+    cells = spec["cells"] if isinstance(spec["cells"], int) else spec["cells"][dtype]
+    kilobytes = cells * MAPS_MOVED[kind] * dtype_bytes / 1024
     return {
         "steady_state_loops": found,
         "executed_warp_instructions_per_pass": executed,
         "kilobytes_moved_per_pass": kilobytes,
+        "warp_instructions_per_cell": round(executed / cells, 3),
         "warp_instructions_per_kilobyte": round(executed / kilobytes, 1),
+        "share_of_issue_ceiling": round(executed / kilobytes / ISSUE_CEILING, 2),
     }
 
 
@@ -335,7 +368,7 @@ def analyse(source: Path, version: dict) -> dict:
         kernels["_".join(filter(None, name))] = (
             used[name]
             | occupancy(used[name]["registers"], used[name]["shared_bytes"], block_warps)
-            | steady_state(listing, kind, spec, dtype_bytes)
+            | steady_state(listing, kind, spec, dtype, dtype_bytes)
         )  # fmt: skip
     return {"design": version["design"], "kernels": kernels}
 
@@ -349,6 +382,18 @@ def main() -> None:
         .stdout.strip()
         .splitlines()[-1],
         "arch": ARCH,
+        "bandwidth_target": H200
+        | {
+            "issue_ceiling_warp_instructions_per_kilobyte": round(ISSUE_CEILING, 1),
+            "target_share_of_ceiling": TARGET_SHARE,
+            "arithmetic": "132 SMs x 4 schedulers x 1.98e9 cycles/s = 1.045e12 warp "
+            "instructions/s; 4222.3e9 B/s / 1024 = 4.12e9 KB/s; ceiling = 1.045e12 / 4.12e9 "
+            f"= {ISSUE_CEILING:.0f} warp instructions per KB moved. A cell moves 3 values "
+            "forward (read a, b; write out) and 5 backward (read a, b, grad; write 2 "
+            "grads): per cell, float32 forward 12 bytes, so at most 12 / 1024 x ceiling "
+            f"= {12 / 1024 * ISSUE_CEILING:.2f} warp instructions (x 32 lanes: per-thread "
+            "instructions per 32 cells), bfloat16 forward half that.",
+        },
         "versions": {},
     }
     with tempfile.TemporaryDirectory() as scratch:

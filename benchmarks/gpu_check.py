@@ -15,7 +15,7 @@ H100 or H200; the whole run stops at ``--time-limit``, 480 s by default):
   ``cuda`` (in the files that import without the dev extras).
 * ``kernel_benchmark``: fused kernel vs reference vs ``cummax``, forward and
   forward + backward, float32 and bfloat16 (``benchmarks/corner_pool.py``), as a fraction
-  of the copy bandwidth.
+  of the copy bandwidth timed the same way; fails when the kernel misses its targets.
 * ``train_throughput``: Hourglass-104 at 511, bf16, channels_last, the paper's batch of 49
   in the fewest micro-batches the memory allows (one on an 80+ GB GPU), eager and with
   ``torch.compile(fullgraph=True)``: images/s (goal 150 compiled), peak memory beside the
@@ -31,8 +31,9 @@ H100 or H200; the whole run stops at ``--time-limit``, 480 s by default):
   244 ms per image (Titan X) and mmdetection's 238 ms (V100), with the weights of
   ``--checkpoint`` or else those ``coco128_training`` left; then decoding and soft-NMS on a
   fixed load, the ground truth's maps of the same images.
-* ``compute_sanitizer``: the corner pooling tests once under ``compute-sanitizer``
-  (memcheck, racecheck), three examples per hypothesis test (``few_examples.py``).
+* ``compute_sanitizer``: the corner pooling CUDA tests under each tool of
+  ``compute-sanitizer`` (memcheck, racecheck, synccheck, initcheck; the four at once),
+  three examples per hypothesis test (``few_examples.py``), errors counted per tool.
 
 Every step is guarded: one that fails, or runs past its budget, is recorded as such and
 the others still run. The combined JSON is rewritten after every step (and while a long
@@ -309,7 +310,11 @@ def step_build_and_cuda_tests(context: Context) -> dict:
 
 def step_kernel_benchmark(context: Context) -> dict:
     """The fused kernel, the reference and cummax: forward and forward + backward, float32
-    and bfloat16, as a fraction of the measured copy bandwidth."""
+    and bfloat16, as a fraction of the copy bandwidth measured the same way
+    (``benchmarks/corner_pool.py``: CUDA events around each call after an L2 flush, median
+    of 20), at the main shapes and at thin, one-row, one-column, tall and wide maps; the
+    result also goes to ``benchmarks/results/corner_pool_cuda.json``, with the checks of
+    the targets (80% of copy at the main shapes, half of that elsewhere)."""
     import corner_pool as benchmark
 
     from cornernet_ref.corner_pool import fused
@@ -324,27 +329,19 @@ def step_kernel_benchmark(context: Context) -> dict:
             names.insert(0, "cuda")
         except RuntimeError as error:
             result["cuda_left_out"] = describe(error)
-    shapes = [(1, 8, 16, 16)] if context.dry_run else benchmark.GPU_SHAPES
+    shapes = benchmark.DRY_RUN_SHAPES if context.dry_run else benchmark.GPU_SHAPES
     repeats = 2 if context.dry_run else 20
-    copy_bytes_per_s = benchmark.copy_bandwidth(device, repeats)
-    result |= {
-        "implementations": names,
-        "repeats": repeats,
-        "copy_gb_per_s": round(copy_bytes_per_s / 1e9, 1),
-        "bytes_counted": "forward 3 maps (read a, b; write out); forward_backward 8",
-        "results": {},
-    }
-    for dtype in (torch.float32, torch.bfloat16):
-        by_shape = result["results"].setdefault(str(dtype).removeprefix("torch."), {})
-        for shape in shapes:
-            key = "x".join(map(str, shape))
-            try:
-                by_shape[key] = benchmark.measure(
-                    names, shape, device, repeats, copy_bytes_per_s, dtype
-                )
-            except Exception as error:  # one dtype or shape failing keeps the others
-                by_shape[key] = {"error": describe(error)}
-            context.partial(result)
+    dtypes = [torch.float32, torch.bfloat16]
+    result |= benchmark.run_all(
+        device, shapes, dtypes, repeats, names, lambda partial: context.partial(result | partial)
+    )
+    if not context.dry_run:
+        benchmark.write_result(
+            RESULTS / "corner_pool_cuda.json", header("corner_pool", device) | result
+        )
+    missed = [check for check in result.get("targets", []) if not check["met"]]
+    if missed:
+        raise StepFailed(result, f"{len(missed)} kernel figures below target: {missed[:3]}")
     return result
 
 
@@ -719,9 +716,17 @@ def decode_times(source, records: list[dict], config, device: torch.device, stop
     }
 
 
+SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
+
+
 def step_compute_sanitizer(context: Context) -> dict:
-    """The corner pooling tests once under compute-sanitizer, memcheck then racecheck, with
-    three examples per hypothesis test (every launch runs instrumented, many times slower)."""
+    """Every corner pooling CUDA test under each tool of compute-sanitizer (memcheck,
+    racecheck, synccheck, initcheck), three examples per hypothesis test
+    (``few_examples.py``). The four run at once, one process each (every launch runs
+    instrumented, many times slower, and the machine has cores to spare); each tool's
+    errors are reported on their own."""
+    from concurrent.futures import ThreadPoolExecutor
+
     require_gpu(context)
     require_pycocotools()  # tests/conftest.py imports it
     executable = shutil.which("compute-sanitizer") or sanitizer_path()
@@ -731,21 +736,28 @@ def step_compute_sanitizer(context: Context) -> dict:
         raise NotAvailable("compute-sanitizer is not on the PATH nor beside nvcc")
     files = [f for f in cuda_test_files() if Path(f).name.startswith("test_corner_pool")]
     result: dict = {"executable": executable, "test_files": files, "hypothesis_examples": 3}
-    tools = ("memcheck", "racecheck")
-    for index, tool in enumerate(tools):
-        share = context.seconds_left() / (len(tools) - index) - 2
+
+    def sanitize(tool: str) -> dict:
         prefix = (executable, "--tool", tool, "--error-exitcode", "86")
-        arguments = ["-p", "few_examples", "-m", "cuda", "-x", *files]
-        run = run_pytest(arguments, context.work / f"junit_{tool}.xml", share, prefix)
+        arguments = ["-p", "few_examples", "-m", "cuda", *files]
+        junit = context.work / f"junit_{tool}.xml"
+        run = run_pytest(arguments, junit, context.seconds_left() - 3, prefix)
         output = "\n".join(run.pop("tail"))
         run["summary"] = [line for line in output.splitlines() if line.startswith("=========")]
+        found = re.search(r"ERROR SUMMARY: (\d+) error", output)
+        run["errors"] = int(found.group(1)) if found else None
         run["tail"] = tail(output, 8)
-        result[tool] = run
-        context.partial(result)
-        if "device not supported" in output.lower():  # seen on gVisor machines
-            reason = "compute-sanitizer does not support this device (its output: "
-            return result | {"status": "not available", "reason": f"{reason}{tail(output, 3)})"}
-    failed = [tool for tool in tools if result[tool]["returncode"] not in (0, 5)]
+        return run
+
+    with ThreadPoolExecutor(len(SANITIZER_TOOLS)) as pool:
+        for tool, run in zip(SANITIZER_TOOLS, pool.map(sanitize, SANITIZER_TOOLS), strict=True):
+            result[tool] = run
+    context.partial(result)
+    output = " ".join(" ".join(result[tool]["summary"]) for tool in SANITIZER_TOOLS)
+    if "device not supported" in output.lower():  # seen on gVisor machines
+        reason = "compute-sanitizer does not support this device (its output: "
+        return result | {"status": "not available", "reason": f"{reason}{output[-300:]})"}
+    failed = [tool for tool in SANITIZER_TOOLS if result[tool]["returncode"] not in (0, 5)]
     if failed:
         raise StepFailed(result, f"compute-sanitizer found problems or failed: {failed}")
     return result
@@ -759,11 +771,13 @@ STEPS: dict[str, tuple[Callable[[Context], dict], int]] = {  # name -> (function
     # the fixed load now).
     "environment": (step_environment, 15),
     "build_and_cuda_tests": (step_build_and_cuda_tests, 85),
-    "kernel_benchmark": (step_kernel_benchmark, 30),
-    "train_throughput": (step_train_throughput, 150),  # a cold torch.compile takes minutes
-    "coco128_training": (step_coco128_training, 75),
+    # The extension is built by the step before; run alone, the step builds it first and
+    # needs about 45 s more (--time-limit).
+    "kernel_benchmark": (step_kernel_benchmark, 45),
+    "train_throughput": (step_train_throughput, 140),  # a cold torch.compile takes minutes
+    "coco128_training": (step_coco128_training, 60),
     "inference": (step_inference, 60),
-    "compute_sanitizer": (step_compute_sanitizer, 60),
+    "compute_sanitizer": (step_compute_sanitizer, 75),
 }
 
 
@@ -899,7 +913,7 @@ def summary_lines(results: dict) -> list[str]:
         elif name == "compute_sanitizer" and result:
             figures = "; ".join(
                 f"{tool}: {(result[tool].get('summary') or ['?'])[-1]}"
-                for tool in ("memcheck", "racecheck")
+                for tool in SANITIZER_TOOLS
                 if tool in result
             )
         detail = step.get("reason") or step.get("error") or figures

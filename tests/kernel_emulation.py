@@ -121,12 +121,19 @@ def pointer(x: Tensor | None) -> ctypes.c_void_p | None:
 
 class EmulatedKernels:
     """The kernels of ``corner_pool.cu`` on the CPU, with the interface of the CUDA
-    extension's binding: CPU tensors in, contiguous CPU tensors out."""
+    extension's binding: CPU tensors in, contiguous CPU tensors out. ``segments``: how many
+    segments the forward cuts each plane's rows into; 0 lets the kernel choose, as on a GPU."""
 
-    def __init__(self, library: Path) -> None:
+    def __init__(self, library: Path, segments: int = 0) -> None:
+        self.segments = segments
         self.library = ctypes.CDLL(str(library))
         self.library.corner_pool_forward.restype = ctypes.c_char_p
-        self.library.corner_pool_forward.argtypes = [ctypes.c_int, *[ctypes.c_void_p] * 3, *SIZES]
+        self.library.corner_pool_forward.argtypes = [
+            ctypes.c_int,
+            *[ctypes.c_void_p] * 3,
+            *SIZES,
+            ctypes.c_int,  # segments
+        ]
         self.library.corner_pool_backward.restype = ctypes.c_char_p
         self.library.corner_pool_backward.argtypes = [ctypes.c_int, *[ctypes.c_void_p] * 5, *SIZES]
 
@@ -151,6 +158,7 @@ class EmulatedKernels:
                     height,
                     width,
                     reverse,
+                    self.segments,
                 )
             )
         return out
@@ -181,6 +189,7 @@ class EmulatedKernels:
 
 
 @functools.cache
-def emulated_kernels() -> EmulatedKernels:
-    """The CPU build of the kernels, compiled once (and cached across sessions)."""
-    return EmulatedKernels(build("library"))
+def emulated_kernels(segments: int = 0) -> EmulatedKernels:
+    """The CPU build of the kernels, compiled once (and cached across sessions); ``segments``
+    as in :class:`EmulatedKernels`."""
+    return EmulatedKernels(build("library"), segments)

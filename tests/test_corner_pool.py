@@ -622,8 +622,9 @@ def test_kernel_launch_rejects_sizes_it_cannot_run(sizes, message):
     says what is wrong instead of silently writing nothing."""
     library = emulated_kernels().library
     for launch in (library.corner_pool_forward, library.corner_pool_backward):
-        pointers = [None] * (3 if launch is library.corner_pool_forward else 5)
-        error = launch(0, *pointers, *sizes, False)
+        forward = launch is library.corner_pool_forward
+        pointers = [None] * (3 if forward else 5)
+        error = launch(0, *pointers, *sizes, False, *([0] if forward else []))  # 0: segments
         assert error is not None and message in error.decode()
 
 

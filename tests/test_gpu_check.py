@@ -166,10 +166,12 @@ def test_dry_run_end_to_end(tmp_path, shared_dir):
     kernel = steps["kernel_benchmark"]["result"]["results"]
     assert set(kernel) == {"float32", "bfloat16"}
     for shapes in kernel.values():
-        for entries in shapes.values():
-            assert set(entries) == {"reference", "cummax"}
-            for modes in entries.values():
-                assert set(modes) == {"forward", "forward_backward"}
+        for shape, entries in shapes.items():
+            main = shape in ("training", "large")  # the reference is timed there only
+            assert set(entries) == ({"reference", "cummax"} if main else {"cummax"})
+            for modes in entries.values():  # the backward is not timed on tall maps
+                expected = {"forward"} if shape == "tall" else {"forward", "forward_backward"}
+                assert set(modes) == expected
     throughput = steps["train_throughput"]["result"]
     eager, compiled = throughput["rows"]
     assert "compile" not in eager["variant"] and "images_per_s" in eager

@@ -24,7 +24,8 @@ import kernel_emulation
 import pytest
 
 # planes x height x width: 33 rows (two groups of 32 lanes) and single loads (65 columns),
-# vector rows of one chunk, of several (the row carry).
+# vector rows of one chunk, of several (the row carry); the program also cuts every plane's
+# rows into 3 segments (the column carry).
 SHAPES = ["2x33x65", "1x35x128", "1x5x260"]
 OPTIONS = {
     "thread": {"TSAN_OPTIONS": "halt_on_error=1 exitcode=66"},
@@ -85,8 +86,8 @@ def test_undefined_behaviour_sanitizer_catches_an_index_past_a_vector(tmp_path):
     past the array, reported."""
     source = altered_copy(
         tmp_path,
-        r"for \(int j = 0; j < VEC; \+\+j\) (values\[j\] = static_cast<Acc>\(loaded)",
-        r"for (int j = 0; j <= VEC; ++j) \1",
+        r"for \(int j = 0; j < N; \+\+j\) (values\[j\] = static_cast<Acc>\(loaded)",
+        r"for (int j = 0; j <= N; ++j) \1",
     )
     result = run(sanitized_program("undefined", source), "undefined", ["1x3x128"])
     assert REPORTS["undefined"] in result.stderr and result.returncode != 0

@@ -1,13 +1,19 @@
 r"""The fused CUDA kernel of corner pooling: one pass computes a whole corner pool.
 
-For each (image, channel) plane, one warp reads the two maps once, row by row in vectors of 4
-numbers, keeps the vertical running maxima in registers, scans each row across its lanes
-with shuffles and writes the sum: three tensors of traffic, the minimum for this operation.
-The backward pass reads the two maps and the output gradient and writes both input
-gradients, with the tie rule of the reference and the same order of additions, without
-atomics. The source, ``cuda/corner_pool.cu``, is commented for readers new to CUDA;
-``cuda/binding.cpp`` is its PyTorch binding. The same source also builds for the CPU
-(``cuda/emulation``), which is how the tests check it on machines without a GPU.
+For each (image, channel) plane, a group of lanes (a whole warp on rows of 32 vectors or
+more, fewer on narrow planes, so that a warp holds several) reads the two maps once, row by
+row in 16-byte vectors (4 float32, 8 bfloat16 per lane), keeps the vertical running maxima
+in registers, scans each row across its lanes with shuffles and writes the sum: three
+tensors of traffic, the minimum for this operation. When the planes are too few to keep the
+GPU's memory busy (a single tall column, say), each plane's rows are cut into segments
+walked in parallel, each starting from the column maxima of the segments before it (a first
+pass over ``a`` computes them). The backward pass reads the two maps and the output
+gradient and writes both input gradients, with the tie rule of the reference and the same
+order of additions, without atomics: each scanned line belongs to one thread, since its
+sums must be added in scan order. The source, ``cuda/corner_pool.cu``, is commented for
+readers new to CUDA; ``cuda/binding.cpp`` is its PyTorch binding. The same source also
+builds for the CPU (``cuda/emulation``), which is how the tests check it on machines without
+a GPU.
 [CudaKernels][cornernet_ref.corner_pool.fused.CudaKernels] calls the two kernels; the
 corner-pool operator ([op][cornernet_ref.corner_pool.op]) gives them their autograd
 formula and lets ``torch.compile`` and ``torch.export`` keep them as one node.

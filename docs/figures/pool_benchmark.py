@@ -28,20 +28,41 @@ COLORS = {
 }
 
 
+def by_shape(report: dict) -> dict:
+    """``{"shape" or "shape dtype": {implementation: {mode: figures}}}``: the results nested
+    by dtype (``{dtype: {shape: ...}}``), or the first files' float32 results by shape."""
+    results = report["results"]
+    if not any(key in results for key in ("float32", "bfloat16")):
+        return results
+    return {
+        f"{shape} {dtype}" if len(results) > 1 else shape: entries
+        for dtype, shapes in results.items()
+        for shape, entries in shapes.items()
+        if "error" not in entries
+    }
+
+
 def draw(ax: plt.Axes, report: dict) -> None:
-    groups = [(shape, mode) for shape in report["results"] for mode in MODES]
-    names = [name for name in COLORS if name in next(iter(report["results"].values()))]
+    results = by_shape(report)
+    groups = [(shape, mode) for shape in results for mode in MODES]
+    names = [name for name in COLORS if any(name in entries for entries in results.values())]
     width = 0.8 / len(names)
     for n, name in enumerate(names):
-        times = [report["results"][shape][name][mode]["median_ms"] for shape, mode in groups]
+        # The reference and the loops are timed at the main shapes only, the backward not on
+        # tall and wide maps: no bar there.
+        times = [
+            results[shape].get(name, {}).get(mode, {}).get("median_ms", np.nan)
+            for shape, mode in groups
+        ]
         positions = np.arange(len(groups)) + (n - (len(names) - 1) / 2) * width
         ax.bar(positions, times, width, label=name, color=COLORS[name])
         for position, (shape, mode) in zip(positions, groups, strict=True):
-            fraction = report["results"][shape][name][mode].get("fraction_of_copy_bandwidth")
+            figures = results[shape].get(name, {}).get(mode, {})
+            fraction = figures.get("fraction_of_copy_bandwidth")
             if name == "cuda" and fraction is not None:
                 label = f"{fraction:.0%}"
-                top = report["results"][shape][name][mode]["median_ms"]
-                ax.text(position, top * 1.1, label, ha="center", va="bottom", fontsize=8)
+                ax.text(position, figures["median_ms"] * 1.1, label, ha="center", va="bottom",
+                        fontsize=8)  # fmt: skip
     ax.set_xticks(np.arange(len(groups)))
     ax.set_xticklabels([f"{shape}\n{MODES[mode]}" for shape, mode in groups], fontsize=8)
     ax.set_yscale("log")
@@ -61,7 +82,8 @@ def main(out: Path) -> None:
         raise FileNotFoundError(
             f"no corner_pool_*.json in {RESULTS}: run benchmarks/corner_pool.py"
         )
-    fig, axes = plt.subplots(1, len(reports), figsize=(7 * len(reports), 4.5), squeeze=False)
+    widths = [max(7, len(by_shape(report))) for report in reports]
+    fig, axes = plt.subplots(1, len(reports), figsize=(sum(widths), 4.5), squeeze=False)
     for ax, report in zip(axes[0], reports, strict=True):
         draw(ax, report)
     fig.tight_layout()

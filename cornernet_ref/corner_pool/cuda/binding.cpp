@@ -1,6 +1,6 @@
 // PyTorch binding of the corner pooling kernels (corner_pool.cu): checks the tensors, makes
-// them contiguous, allocates the outputs and the forward's row carry, picks the kernel for the
-// dtype. It includes no CUDA header, so it compiles against any PyTorch build; the caller
+// them contiguous, allocates the outputs and the forward's carries (for wide rows and split
+// columns only), picks the kernel for the dtype. It includes no CUDA header, so it compiles against any PyTorch build; the caller
 // passes the CUDA stream to run on (torch.cuda.current_stream().cuda_stream).
 #include <torch/extension.h>
 
@@ -58,17 +58,20 @@ at::Tensor forward(const MaybeTensor& a, const MaybeTensor& b, bool reverse, int
   if (out.numel() == 0) return out;
   const int64_t planes = map.size(0) * map.size(1);
   const int height = map.size(2), width = map.size(3);
-  at::Tensor row_carry;
-  if (corner_pool::needs_row_carry(b_in.defined(), width)) {
-    const auto options = map.options().dtype(accumulation_type(map.scalar_type()));
-    row_carry = at::empty({planes, height}, options);
-  }
+  const auto carry_options = map.options().dtype(accumulation_type(map.scalar_type()));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, map.scalar_type(), "corner_pool_forward", [&] {
     using Acc = typename corner_pool::Accumulate<scalar_t>::type;
+    // The carries between chunks of a wide row, and between segments of a long column.
+    const corner_pool::Plan plan =
+        corner_pool::plan_forward<scalar_t>(b_in.defined(), planes, height, width);
+    const at::Tensor row_carry =
+        plan.row_carry ? at::empty({planes, height}, carry_options) : at::Tensor();
+    const int64_t maxima = a_in.defined() ? plan.column_maxima(planes, width) : 0;
+    const at::Tensor column_maxima = maxima ? at::empty({maxima}, carry_options) : at::Tensor();
     check_launch(corner_pool::launch_forward<scalar_t>(
         pointer<scalar_t>(a_in), pointer<scalar_t>(b_in), out.data_ptr<scalar_t>(),
-        pointer<Acc>(row_carry), planes, height, width, reverse,
-        reinterpret_cast<void*>(stream)));
+        pointer<Acc>(row_carry), pointer<Acc>(column_maxima), plan, planes, height, width,
+        reverse, reinterpret_cast<void*>(stream)));
   });
   return out;
 }

@@ -9,13 +9,14 @@
 // another in registers with *shuffles* (__shfl_up_sync(mask, value, d): each lane gets the
 // value of the lane d below it). When a warp reads consecutive numbers of global (GPU main)
 // memory, the hardware serves them in a few wide transactions: the access is *coalesced*;
-// a lane can also read 16 bytes in one instruction (four float32, a *vector* load).
+// a lane can also read 16 bytes in one instruction (a *vector* load).
 //
 // Corner pooling does one comparison and one addition per number, so its speed is the speed
 // at which it moves bytes, and the limit is the memory bandwidth only if the warps issue few
-// enough instructions per byte. The kernels below are written for that: every warp works on
-// its own, without shared memory or __syncthreads(); each lane loads and stores whole vectors;
-// addresses inside a plane are 32-bit offsets, computed once per row.
+// enough instructions per byte, and keep enough bytes on their way from memory. The kernels
+// below are written for that: no shared memory and no __syncthreads(); each lane loads and
+// stores 16 bytes at a time (VEC numbers: 4 float32, 8 bfloat16); the loads of several rows
+// leave before the first is used; addresses inside a plane are 32-bit offsets.
 //
 // What is computed
 // ----------------
@@ -25,23 +26,36 @@
 // from the top row and the leftmost column. `Reverse` (a template parameter) is true for the
 // top-left pool: its scans run towards smaller indices.
 //
-// Forward: one warp per plane
-// ---------------------------
-// Lane l owns the VEC = 4 consecutive columns 4l .. 4l + 3 of a 128-column *chunk* and walks
-// the rows in scan order, AHEAD = 4 rows at a time: first the loads of the 4 rows, then their
-// scans, so that each warp has several rows on their way from memory. For each row it has
-// its 4 values of a and of b:
+// Forward: a group of lanes per plane, rows in scan order
+// -------------------------------------------------------
+// A *group* of G lanes (G a power of two, the fewest whose VEC columns each cover a row, at
+// most 32) owns a plane: lane g of the group holds the VEC consecutive columns g VEC ..
+// g VEC + VEC - 1 of a *chunk* of G VEC columns, and the group walks the rows in scan order,
+// 8 rows at a time (4 for 2-byte types): first the loads of the rows, then their scans.
+// A warp holds 32 / G groups, so a narrow map keeps every lane busy (a 128-column bfloat16
+// row needs 16 lanes: a warp pools two planes). For each row a lane has its VEC values of a and of b:
 //
-//   vertical   (a): the running maximum of each of its 4 columns stays in its registers;
-//   horizontal (b): the row's running maximum is a *scan across the warp*: each lane scans its
-//              4 values, then the lanes combine their totals in 5 shuffle steps (1, 2, 4, 8,
-//              16 lanes apart), and each lane folds in the total of the lanes before it.
+//   vertical   (a): the running maximum of each of its columns stays in its registers;
+//   horizontal (b): the row's running maximum is a *scan across the group*: each lane scans
+//              its VEC values, then the lanes combine their totals in log2(G) shuffle steps
+//              (1, 2, 4, ... lanes apart), and each lane folds in the total of the lanes
+//              before it.
 //
 // Taking a maximum in this order instead of one value after the other changes nothing: the
 // running maximum keeps the first of the largest values met (see `first_max`), and "the first
 // largest value" of a sequence is the same however its parts are grouped. So the result is
-// the reference's, bit for bit. A plane wider than 128 columns is walked chunk after chunk in
-// scan order; between chunks each row's maximum waits in `row_carry` (one value per row).
+// the reference's, bit for bit. A row wider than 32 VEC columns is walked chunk after chunk
+// in scan order; between chunks each row's maximum waits in `row_carry` (one value per row).
+//
+// Long columns: segments
+// ----------------------
+// When the planes alone give too few warps to keep the memory busy (a few planes, or a
+// single very tall one), each plane's rows are cut into *segments* of consecutive rows in
+// scan order, each walked by a group of its own (see Plan in corner_pool.h). A segment must
+// start from the maxima of its columns over all the rows before it: a first pass (the same
+// kernel, `Maxima` = true) reads a and writes each segment's column maxima; the second folds
+// the maxima of the segments before its own into its starting values, then runs as above.
+// The horizontal scan needs nothing: a row lies in one segment.
 //
 // Backward and the tie rule
 // -------------------------
@@ -50,14 +64,16 @@
 // share a maximum are consecutive, from the maximum to the step before the next new maximum:
 // a *run*. A thread carries its run (best value, where it was met, sum of the gradients of
 // the run so far). When a strictly greater value arrives, the run is complete and its sum is
-// written at the old maximum's position; every other position gets 0. The sums must be added
+// written at the old maximum's position; every other position gets 0. A line's run starts
+// at its border as "maximum -inf, sum -0.0" (see Run), so a step is the same few
+// instructions for every value, the first included, with no branch but the store. The sums must be added
 // one after the other in scan order, as the PyTorch reference does
 // (cornernet_ref/corner_pool/reference.py), to agree with it bit for bit, so each scanned
-// line belongs to one thread:
+// line belongs to one thread (a line's sums cannot be split without changing their order):
 //
-//   a warp for the vertical gradient: lane l owns 4 columns and walks the rows;
-//   a warp for the horizontal gradient: lane l owns one row and walks its columns, 4 at a time
-//     (each load of a lane reads 16 bytes of its own row).
+//   a warp for the vertical gradient: lane l owns VEC columns and walks the rows;
+//   a warp for the horizontal gradient: lane l owns one row and walks its columns, VEC at a
+//     time (each load of a lane reads 16 bytes of its own row).
 //
 // Both read the output gradient; the two warps of a plane run side by side, so the second
 // read comes mostly from the L2 cache. Each gradient is written by the one thread that owns
@@ -81,17 +97,16 @@
 namespace corner_pool {
 namespace {
 
-constexpr int WARP = 32;
-constexpr int VEC = CHUNK / WARP;  // consecutive columns per lane (4)
-constexpr int WARPS = 4;           // warps per block
-constexpr int AHEAD = 4;           // rows (or vectors) a lane loads before it uses the first
+constexpr int WARPS = 4;  // warps per block
+constexpr int AHEAD = 4;  // rows (or vectors) a lane loads before it uses the first
+// The forward's rows in flight: 8 vectors of 16 bytes per map and lane (4 for 2-byte types,
+// whose values take twice the registers once widened to float), so that 1000 warps keep
+// about 8 MB on their way from memory (4 with 2-byte types, where a warp holds twice the
+// planes of narrow maps).
+template <typename T>
+constexpr int FORWARD_AHEAD = VEC<T> == 8 ? 4 : 8;
 constexpr int THREADS = WARPS * WARP;
 constexpr unsigned int ALL_LANES = 0xffffffffu;
-
-// n / d rounded up, in 64 bits: n + d - 1 overflows an int for n near 2^31.
-__host__ __device__ constexpr int ceil_div(int n, int d) {
-  return static_cast<int>((static_cast<int64_t>(n) + d - 1) / d);
-}
 
 // The comparison that moves the argmax: strictly greater, NaN above every number. An equal
 // value does not move it, so among equal maxima the first one met keeps the gradient.
@@ -115,42 +130,42 @@ __device__ __forceinline__ Acc neutral() {
   return -INFINITY;
 }
 
-// VEC values of T side by side, aligned so that one instruction (two for float64) loads or
-// stores them.
+// VEC values of T side by side, 16 bytes aligned: one instruction loads or stores them.
 template <typename T>
-struct alignas(VEC * sizeof(T)) Vector {
-  T value[VEC];
+struct alignas(16) Vector {
+  T value[VEC<T>];
 };
 
 // The VEC numbers of `src` from `offset` on, widened to Acc; `count` of them lie inside the
-// row (VEC, or fewer at its end), the others read as -inf. `vector`: the row and the
-// pointer are aligned, so one instruction loads them all.
-template <typename T, typename Acc>
+// row (VEC, or fewer at its end, or none: then nothing is read), the others read as -inf.
+// `vector`: the row and the pointer are aligned, so one instruction loads them all.
+template <typename T, typename Acc, int N>
 __device__ __forceinline__ void load(const T* __restrict__ src, int offset, int count,
-                                     bool vector, Acc (&values)[VEC]) {
-  if (vector && count == VEC) {
+                                     bool vector, Acc (&values)[N]) {
+  static_assert(N == VEC<T>);
+  if (vector && count == N) {
     const Vector<T> loaded = *reinterpret_cast<const Vector<T>*>(src + offset);
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) values[j] = static_cast<Acc>(loaded.value[j]);
+    for (int j = 0; j < N; ++j) values[j] = static_cast<Acc>(loaded.value[j]);
   } else {
 #pragma unroll
-    for (int j = 0; j < VEC; ++j)
+    for (int j = 0; j < N; ++j)
       values[j] = j < count ? static_cast<Acc>(src[offset + j]) : neutral<Acc>();
   }
 }
 
 // Store the first `count` of `values` at `offset`, rounded once to T.
-template <typename T, typename Acc>
+template <typename T, typename Acc, int N>
 __device__ __forceinline__ void store(T* __restrict__ dst, int offset, int count, bool vector,
-                                      const Acc (&values)[VEC]) {
-  if (vector && count == VEC) {
+                                      const Acc (&values)[N]) {
+  if (vector && count == N) {
     Vector<T> stored;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) stored.value[j] = static_cast<T>(values[j]);
+    for (int j = 0; j < N; ++j) stored.value[j] = static_cast<T>(values[j]);
     *reinterpret_cast<Vector<T>*>(dst + offset) = stored;
   } else {
 #pragma unroll
-    for (int j = 0; j < VEC; ++j)
+    for (int j = 0; j < N; ++j)
       if (j < count) dst[offset + j] = static_cast<T>(values[j]);
   }
 }
@@ -170,111 +185,148 @@ __device__ T* plane_start(T* tensor, int64_t plane, int height, int width) {
 // Forward
 // ---------------------------------------------------------------------------------------
 
-// The horizontal scan of one row chunk across the warp: on return, values[j] is the running
-// maximum up to (and including) this lane's j-th column, in scan order, starting from
-// `carry` (in the lane that starts the scan: the maximum of the chunks before, or -inf;
-// -inf in the others). Returns the maximum of the whole chunk, in every lane.
-template <bool Reverse, typename Acc>
-__device__ __forceinline__ Acc scan_row(Acc (&values)[VEC], Acc carry, int lane) {
-  // This lane's own VEC values, in scan order, after the carry (-inf but in the lane that
+// The horizontal scan of one row chunk across a group of `lanes` lanes (`g`: this lane's
+// place in it): on return, values[j] is the running maximum up to (and including) this
+// lane's j-th column, in scan order, starting from `carry` (in the lane that starts the
+// scan: the maximum of the chunks before, or -inf; -inf in the others). Returns the maximum
+// of the whole chunk, in every lane of the group. Every lane of the warp calls it together.
+template <bool Reverse, typename Acc, int N>
+__device__ __forceinline__ Acc scan_row(Acc (&values)[N], Acc carry, int lanes, int g,
+                                        int lane) {
+  // This lane's own values, in scan order, after the carry (-inf but in the lane that
   // starts the scan, so the other lanes are unchanged by it).
-  const int first_lane = Reverse ? WARP - 1 : 0;
-  const int first_value = Reverse ? VEC - 1 : 0;
+  const int first_value = Reverse ? N - 1 : 0;
   values[first_value] = first_max(carry, values[first_value]);
 #pragma unroll
-  for (int step = 1; step < VEC; ++step) {
-    const int j = Reverse ? VEC - 1 - step : step, before = Reverse ? j + 1 : j - 1;
+  for (int step = 1; step < N; ++step) {
+    const int j = Reverse ? N - 1 - step : step, before = Reverse ? j + 1 : j - 1;
     values[j] = first_max(values[before], values[j]);
   }
   // The lanes' totals: after the step of distance d, a lane holds the maximum of its own and
-  // the 2d - 1 lanes before it (in scan order: below it, or above it when Reverse).
-  Acc total = values[Reverse ? 0 : VEC - 1];
+  // the 2d - 1 lanes before it in its group (in scan order: below it, or above it when
+  // Reverse). A value shuffled in from another group is not used.
+  Acc total = values[Reverse ? 0 : N - 1];
 #pragma unroll
-  for (int distance = 1; distance < WARP; distance *= 2) {
+  for (int distance = 1; distance < WARP; distance *= 2) {  // no lane exists past `lanes`
     const Acc before = Reverse ? __shfl_down_sync(ALL_LANES, total, distance)
                                : __shfl_up_sync(ALL_LANES, total, distance);
-    const bool exists = Reverse ? lane + distance < WARP : lane >= distance;
+    const bool exists = Reverse ? g + distance < lanes : g >= distance;
     if (exists) total = first_max(before, total);
   }
   // Fold the maximum of the lanes before this one into its values.
   const Acc lanes_before = Reverse ? __shfl_down_sync(ALL_LANES, total, 1)
                                    : __shfl_up_sync(ALL_LANES, total, 1);
-  if (lane != first_lane) {
+  if (g != (Reverse ? lanes - 1 : 0)) {
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) values[j] = first_max(lanes_before, values[j]);
+    for (int j = 0; j < N; ++j) values[j] = first_max(lanes_before, values[j]);
   }
-  return __shfl_sync(ALL_LANES, total, Reverse ? 0 : WARP - 1);
+  const int group_start = lane - g;
+  return __shfl_sync(ALL_LANES, total, group_start + (Reverse ? 0 : lanes - 1));
 }
 
-template <typename T, bool Reverse>
+// One kernel for both passes. Maxima = false: the forward proper, out = V(a) + H(b) for
+// each (plane, segment). Maxima = true: the first pass when there are several segments;
+// for every segment but the last, the maximum of a over its rows, per column, into
+// column_maxima[plane][segment][column].
+//
+// Every lane of a warp runs the same loops the same number of times (a group with less or
+// no work masks its loads and stores), so that the shuffles of the row scan always find
+// all 32 lanes.
+template <typename T, bool Reverse, bool Maxima>
 __global__ void __launch_bounds__(THREADS)
     forward_kernel(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out,
-                   typename Accumulate<T>::type* __restrict__ row_carry, int64_t planes,
-                   int height, int width) {
+                   typename Accumulate<T>::type* __restrict__ row_carry,
+                   typename Accumulate<T>::type* __restrict__ column_maxima, Plan plan,
+                   int64_t planes, int height, int width) {
   using Acc = typename Accumulate<T>::type;
-  const int64_t plane = static_cast<int64_t>(blockIdx.x) * WARPS + threadIdx.x / WARP;
-  if (plane >= planes) return;  // the whole warp: the last block may have idle warps
-  const int lane = threadIdx.x % WARP;
-  a = plane_start(a, plane, height, width);
-  b = plane_start(b, plane, height, width);
-  out = plane_start(out, plane, height, width);
-  Acc* carry = row_carry == nullptr ? nullptr : row_carry + plane * height;
+  constexpr int N = VEC<T>;
+  const int lane = threadIdx.x % WARP, g = lane % plan.lanes;
+  const int64_t warp = static_cast<int64_t>(blockIdx.x) * WARPS + threadIdx.x / WARP;
+  const int64_t unit = warp * (WARP / plan.lanes) + lane / plan.lanes;  // (plane, segment)
+  const int64_t plane = unit / plan.segments;
+  const int segment = static_cast<int>(unit % plan.segments);
+  // The last segment's maxima are of no use: no segment comes after it.
+  const bool working = plane < planes && !(Maxima && segment == plan.segments - 1);
+  const int first_step = segment * plan.segment_rows;  // in scan order
+  const int steps = working ? min(plan.segment_rows, height - first_step) : 0;
+  if (working) {
+    a = plane_start(a, plane, height, width);
+    b = Maxima ? nullptr : plane_start(b, plane, height, width);
+    out = Maxima ? nullptr : plane_start(out, plane, height, width);
+  }
   // One instruction per vector when every row starts on a vector boundary.
-  const bool vector = width % VEC == 0 && (a == nullptr || aligned(a)) &&
-                      (b == nullptr || aligned(b)) && aligned(out);
-  const int chunks = ceil_div(width, CHUNK);
+  const bool vector = width % N == 0 && (a == nullptr || aligned(a)) &&
+                      (b == nullptr || aligned(b)) && (out == nullptr || aligned(out));
+  const bool starts = g == (Reverse ? plan.lanes - 1 : 0);  // starts the row scan
+  Acc* carry = row_carry == nullptr || !working ? nullptr : row_carry + plane * height;
 
-  for (int k = 0; k < chunks; ++k) {
-    const int chunk = Reverse ? chunks - 1 - k : k;  // chunks in scan order
-    const int column = chunk * CHUNK + lane * VEC;   // this lane's first column
-    const int count = min(VEC, width - column);      // of its columns, those in the plane
-    const int first = count > 0 ? column : 0;        // where its offsets start (a lane past
-                                                     // the edge loads nothing)
-    Acc column_max[VEC];                             // vertical: the running maxima of a
+  for (int k = 0; k < plan.chunks; ++k) {
+    const int chunk = Reverse ? plan.chunks - 1 - k : k;  // chunks in scan order
+    const int column = (chunk * plan.lanes + g) * N;      // this lane's first column
+    const int count = working ? min(N, width - column) : 0;  // of its columns, those here
+    const int first = count > 0 ? column : 0;  // where its offsets start (a lane past the
+                                               // edge, or with no work, loads nothing)
+    Acc column_max[N];                         // vertical: the running maxima of a
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) column_max[j] = neutral<Acc>();
+    for (int j = 0; j < N; ++j) column_max[j] = neutral<Acc>();
+    if (a != nullptr && count > 0) {  // the segments before this one, in scan order
+      const Acc* maxima = column_maxima + plane * plan.segments * width + first;
+      for (int earlier = 0; earlier < (Maxima ? 0 : segment); ++earlier) {
+#pragma unroll
+        for (int j = 0; j < N; ++j)
+          if (j < count) column_max[j] = first_max(column_max[j], maxima[j]);
+        maxima += width;
+      }
+    }
 
-    // Rows in scan order, AHEAD at a time: first the loads of all of them, so that they
-    // travel from memory together (a load does not wait for its value; the instruction
-    // that uses the value does), then the scans. `offset`: the lane's first cell of a row.
-    for (int first_step = 0; first_step < height; first_step += AHEAD) {
-      Acc a_rows[AHEAD][VEC], b_rows[AHEAD][VEC];
+    // Rows in scan order, R at a time: first the loads of all of them, so that they travel
+    // from memory together (a load does not wait for its value; the instruction that uses
+    // the value does), then the scans. `offsets`: the lane's first cell of each row.
+    constexpr int R = FORWARD_AHEAD<T>;
+    for (int first_row = 0; first_row < plan.segment_rows; first_row += R) {
+      Acc a_rows[R][N], b_rows[R][N];
+      int rows[R], offsets[R], counts[R];  // rows[r] < 0: past the segment
 #pragma unroll
-      for (int r = 0; r < AHEAD; ++r) {
-        const int step = min(first_step + r, height - 1);  // past the end: the last row again
-        const int offset = (Reverse ? height - 1 - step : step) * width + first;
-        if (a != nullptr) load(a, offset, count, vector, a_rows[r]);
-        if (b != nullptr) load(b, offset, count, vector, b_rows[r]);
+      for (int r = 0; r < R; ++r) {
+        const int step = first_step + first_row + r;
+        rows[r] = first_row + r < steps ? (Reverse ? height - 1 - step : step) : -1;
+        counts[r] = rows[r] >= 0 ? count : 0;  // nothing past the segment's end
+        offsets[r] = counts[r] > 0 ? rows[r] * width + first : 0;
+        load(a, offsets[r], a == nullptr ? 0 : counts[r], vector, a_rows[r]);
+        if (!Maxima) load(b, offsets[r], b == nullptr ? 0 : counts[r], vector, b_rows[r]);
       }
 #pragma unroll
-      for (int r = 0; r < AHEAD; ++r) {
-        const int step = first_step + r;
-        if (step >= height) break;
-        const int row = Reverse ? height - 1 - step : step;
-        const int offset = row * width + first;
-        Acc pooled[VEC] = {};
+      for (int r = 0; r < R; ++r) {
+        if (first_row + r >= plan.segment_rows) break;  // the same in every lane
+        Acc pooled[N] = {};
         if (a != nullptr) {
 #pragma unroll
-          for (int j = 0; j < VEC; ++j) {
+          for (int j = 0; j < N; ++j) {
             column_max[j] = first_max(column_max[j], a_rows[r][j]);
             pooled[j] = column_max[j];
           }
         }
-        if (b != nullptr) {
-          Acc (&values)[VEC] = b_rows[r];
-          // A wide plane: the row's maximum over the chunks before, kept by the lane that
-          // starts the scan of each chunk (so it reads what it wrote itself).
-          const bool starts = lane == (Reverse ? WARP - 1 : 0);
-          const Acc before = starts && k > 0 ? carry[row] : neutral<Acc>();
-          const Acc row_max = scan_row<Reverse>(values, before, lane);
-          if (starts && k + 1 < chunks) carry[row] = row_max;
+        if (Maxima) continue;
+        if (b != nullptr) {  // the same in every lane, those of groups with no work too
+          // A wide row's maximum over the chunks before is kept by the lane that starts
+          // the scan (so it reads what it wrote).
+          const bool carried = carry != nullptr && starts && rows[r] >= 0;
+          const Acc before = carried && k > 0 ? carry[rows[r]] : neutral<Acc>();
+          const Acc row_max = scan_row<Reverse>(b_rows[r], before, plan.lanes, g, lane);
+          if (carried && k + 1 < plan.chunks) carry[rows[r]] = row_max;
 #pragma unroll
-          for (int j = 0; j < VEC; ++j)
-            pooled[j] = a == nullptr ? values[j] : pooled[j] + values[j];
+          for (int j = 0; j < N; ++j)
+            pooled[j] = a == nullptr ? b_rows[r][j] : pooled[j] + b_rows[r][j];
         }
         // out = top + left, computed in Acc and rounded once to T, as PyTorch rounds a + b.
-        store(out, offset, count, vector, pooled);
+        store(out, offsets[r], counts[r], vector, pooled);
       }
+    }
+    if (Maxima && count > 0) {
+      Acc* maxima = column_maxima + (plane * plan.segments + segment) * width + first;
+#pragma unroll
+      for (int j = 0; j < N; ++j)
+        if (j < count) maxima[j] = column_max[j];
     }
   }
 }
@@ -283,42 +335,51 @@ __global__ void __launch_bounds__(THREADS)
 // Backward
 // ---------------------------------------------------------------------------------------
 
-// The run of one scanned line.
+// The run of one scanned line. It starts as a run of maximum -inf at the line's first
+// position with a sum of -0.0, which adds nothing (-0.0 + g is g, bit for bit, -0.0 and
+// +0.0 included): the first value then either starts a run there, as in the reference, or
+// is -inf itself and extends the same run. So every step is the same few instructions,
+// with no case for "no value yet" and no branch but the store.
 template <typename Acc>
 struct Run {
   Acc best;  // the current maximum
-  int at;    // its offset in the plane; -1 before the first value
+  int at;    // its offset in the plane
   Acc sum;   // the gradients of the outputs since then, added in scan order
 
+  static __device__ __forceinline__ Run start(int first) {
+    return {neutral<Acc>(), first, -Acc(0)};
+  }
+
   // One more value of the line, at `offset`, whose output has gradient `grad`. A new maximum
-  // completes the run: its sum goes to the old maximum (after the zero stored there before).
+  // completes the run: its sum goes to the old maximum (after the zero stored there before;
+  // at the line's first position, the -0.0 stored by a run that starts there is replaced
+  // when that run completes).
   template <typename T>
   __device__ __forceinline__ void step(Acc value, Acc grad, int offset, T* __restrict__ dst) {
-    if (at < 0 || greater(value, best)) {
-      if (at >= 0) dst[at] = static_cast<T>(sum);
-      best = value;
-      at = offset;
-      sum = grad;
-    } else {
-      sum += grad;
-    }
+    const bool moved = greater(value, best);
+    if (moved) dst[at] = static_cast<T>(sum);
+    best = moved ? value : best;
+    at = moved ? offset : at;
+    sum = moved ? grad : sum + grad;
   }
 };
 
-// Vertical gradient of one plane: lane l owns 4 columns of each chunk and walks the rows.
+// Vertical gradient of one plane: lane l owns VEC columns of each chunk and walks the rows.
 template <typename T, bool Reverse>
 __device__ void backward_columns(const T* __restrict__ a, const T* __restrict__ grad_out,
                                  T* __restrict__ grad_a, int height, int width, bool vector,
                                  int lane) {
   using Acc = typename Accumulate<T>::type;
-  const Acc zeros[VEC] = {};
-  for (int column = lane * VEC; column < width; column += CHUNK) {
-    const int count = min(VEC, width - column);
-    Run<Acc> runs[VEC];
+  constexpr int N = VEC<T>;
+  const Acc zeros[N] = {};
+  for (int column = lane * N; column < width; column += WARP * N) {
+    const int count = min(N, width - column);
+    const int first = (Reverse ? height - 1 : 0) * width + column;  // the border row
+    Run<Acc> runs[N];
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) runs[j] = {0, -1, 0};
+    for (int j = 0; j < N; ++j) runs[j] = Run<Acc>::start(first + j);
     for (int first_step = 0; first_step < height; first_step += AHEAD) {  // as the forward
-      Acc values[AHEAD][VEC], grads[AHEAD][VEC];
+      Acc values[AHEAD][N], grads[AHEAD][N];
 #pragma unroll
       for (int r = 0; r < AHEAD; ++r) {
         const int step = min(first_step + r, height - 1);
@@ -333,12 +394,12 @@ __device__ void backward_columns(const T* __restrict__ a, const T* __restrict__ 
         const int offset = (Reverse ? height - 1 - step : step) * width + column;
         store(grad_a, offset, count, vector, zeros);  // not a maximum, unless a run says so
 #pragma unroll
-        for (int j = 0; j < VEC; ++j)
+        for (int j = 0; j < N; ++j)
           if (j < count) runs[j].step(values[r][j], grads[r][j], offset + j, grad_a);
       }
     }
 #pragma unroll
-    for (int j = 0; j < VEC; ++j)
+    for (int j = 0; j < N; ++j)
       if (j < count) grad_a[runs[j].at] = static_cast<T>(runs[j].sum);  // the last runs
   }
 }
@@ -350,17 +411,18 @@ __device__ void backward_rows(const T* __restrict__ b, const T* __restrict__ gra
                               T* __restrict__ grad_b, int height, int width, bool vector,
                               int lane) {
   using Acc = typename Accumulate<T>::type;
-  const Acc zeros[VEC] = {};
-  const int vectors = ceil_div(width, VEC);
+  constexpr int N = VEC<T>;
+  const Acc zeros[N] = {};
+  const int vectors = (width + N - 1) / N;
   for (int row = lane; row < height; row += WARP) {
-    Run<Acc> run{0, -1, 0};
+    Run<Acc> run = Run<Acc>::start(row * width + (Reverse ? width - 1 : 0));  // border column
     for (int first_v = 0; first_v < vectors; first_v += AHEAD) {  // AHEAD vectors at a time
-      Acc values[AHEAD][VEC], grads[AHEAD][VEC];
+      Acc values[AHEAD][N], grads[AHEAD][N];
 #pragma unroll
       for (int r = 0; r < AHEAD; ++r) {
         const int v = min(first_v + r, vectors - 1);
-        const int column = (Reverse ? vectors - 1 - v : v) * VEC;
-        const int count = min(VEC, width - column), offset = row * width + column;
+        const int column = (Reverse ? vectors - 1 - v : v) * N;
+        const int count = min(N, width - column), offset = row * width + column;
         load(b, offset, count, vector, values[r]);
         load(grad_out, offset, count, vector, grads[r]);
       }
@@ -368,12 +430,12 @@ __device__ void backward_rows(const T* __restrict__ b, const T* __restrict__ gra
       for (int r = 0; r < AHEAD; ++r) {
         const int v = first_v + r;
         if (v >= vectors) break;
-        const int column = (Reverse ? vectors - 1 - v : v) * VEC;
-        const int count = min(VEC, width - column), offset = row * width + column;
+        const int column = (Reverse ? vectors - 1 - v : v) * N;
+        const int count = min(N, width - column), offset = row * width + column;
         store(grad_b, offset, count, vector, zeros);
 #pragma unroll
-        for (int step = 0; step < VEC; ++step) {
-          const int j = Reverse ? VEC - 1 - step : step;
+        for (int step = 0; step < N; ++step) {
+          const int j = Reverse ? N - 1 - step : step;
           if (j < count) run.step(values[r][j], grads[r][j], offset + j, grad_b);
         }
       }
@@ -396,7 +458,8 @@ __global__ void __launch_bounds__(THREADS)
   if (map == nullptr) return;  // no gradient wanted for this map
   const T* grad = plane_start(grad_out, plane, height, width);
   T* result = plane_start(columns ? grad_a : grad_b, plane, height, width);
-  const bool vector = width % VEC == 0 && aligned(map) && aligned(grad) && aligned(result);
+  const bool vector =
+      width % VEC<T> == 0 && aligned(map) && aligned(grad) && aligned(result);
   if (columns)
     backward_columns<T, Reverse>(map, grad, result, height, width, vector, lane);
   else
@@ -409,8 +472,8 @@ const char* launch_error() {
 }
 
 // The most values a plane may have: offsets inside a plane are 32-bit ints, and a lane's
-// first column may lie up to 2 * CHUNK past the last one.
-constexpr int64_t MAX_PLANE = INT32_MAX - 2 * CHUNK;
+// first column may lie up to 256 (a chunk of bfloat16) past the last one.
+constexpr int64_t MAX_PLANE = INT32_MAX - 256;
 
 // What is wrong with the sizes, or nullptr.
 const char* size_problem(int64_t planes, int height, int width) {
@@ -421,18 +484,36 @@ const char* size_problem(int64_t planes, int height, int width) {
   return nullptr;
 }
 
+template <typename T, bool Maxima>
+const char* launch_pass(const T* a, const T* b, T* out, typename Accumulate<T>::type* row_carry,
+                        typename Accumulate<T>::type* column_maxima, const Plan& plan,
+                        int64_t planes, int height, int width, bool reverse, void* stream) {
+  const auto kernel =
+      reverse ? forward_kernel<T, true, Maxima> : forward_kernel<T, false, Maxima>;
+  const int64_t warps = ceil_div(planes * plan.segments, WARP / plan.lanes);
+  const int64_t blocks = ceil_div(warps, WARPS);
+  if (blocks > INT32_MAX) return "corner_pool: too many planes for one launch";
+  LAUNCH_KERNEL(kernel, static_cast<unsigned int>(blocks), THREADS,
+                static_cast<cudaStream_t>(stream))(a, b, out, row_carry, column_maxima, plan,
+                                                   planes, height, width);
+  return launch_error();
+}
+
 }  // namespace
 
 template <typename T>
 const char* launch_forward(const T* a, const T* b, T* out,
-                           typename Accumulate<T>::type* row_carry, int64_t planes,
-                           int height, int width, bool reverse, void* stream) {
+                           typename Accumulate<T>::type* row_carry,
+                           typename Accumulate<T>::type* column_maxima, const Plan& plan,
+                           int64_t planes, int height, int width, bool reverse, void* stream) {
   if (const char* problem = size_problem(planes, height, width)) return problem;
-  const auto kernel = reverse ? forward_kernel<T, true> : forward_kernel<T, false>;
-  const auto blocks = static_cast<unsigned int>(ceil_div(static_cast<int>(planes), WARPS));
-  LAUNCH_KERNEL(kernel, blocks, THREADS, static_cast<cudaStream_t>(stream))(
-      a, b, out, row_carry, planes, height, width);
-  return launch_error();
+  if (plan.segments > 1 && a != nullptr) {  // the segments' column maxima first
+    if (const char* error = launch_pass<T, true>(a, nullptr, nullptr, nullptr, column_maxima,
+                                                 plan, planes, height, width, reverse, stream))
+      return error;
+  }
+  return launch_pass<T, false>(a, b, out, row_carry, column_maxima, plan, planes, height, width,
+                               reverse, stream);
 }
 
 template <typename T>
@@ -440,7 +521,7 @@ const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a
                             int64_t planes, int height, int width, bool reverse, void* stream) {
   if (const char* problem = size_problem(planes, height, width)) return problem;
   const auto kernel = reverse ? backward_kernel<T, true> : backward_kernel<T, false>;
-  const auto blocks = static_cast<unsigned int>(ceil_div(static_cast<int>(planes), WARPS / 2));
+  const auto blocks = static_cast<unsigned int>(ceil_div(planes, WARPS / 2));
   LAUNCH_KERNEL(kernel, blocks, THREADS, static_cast<cudaStream_t>(stream))(
       a, b, grad_out, grad_a, grad_b, planes, height, width);
   return launch_error();
@@ -448,7 +529,8 @@ const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a
 
 #define CORNER_POOL_INSTANTIATE(T)                                                          \
   template const char* launch_forward<T>(const T*, const T*, T*, Accumulate<T>::type*,       \
-                                         int64_t, int, int, bool, void*);                    \
+                                         Accumulate<T>::type*, const Plan&, int64_t, int,    \
+                                         int, bool, void*);                                  \
   template const char* launch_backward<T>(const T*, const T*, const T*, T*, T*, int64_t, int, \
                                           int, bool, void*);
 

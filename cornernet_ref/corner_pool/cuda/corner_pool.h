@@ -7,12 +7,8 @@
 
 namespace corner_pool {
 
-// The forward kernel walks each plane in chunks of CHUNK columns, one warp per chunk (see
-// corner_pool.cu).
-constexpr int CHUNK = 128;
-
-// Comparisons, sums and shared-memory tiles use `Accumulate<T>::type`: float for float,
-// float16 and bfloat16 (which hold every 16-bit value exactly), double for double.
+// Comparisons, sums and carries use `Accumulate<T>::type`: float for float, float16 and
+// bfloat16 (which hold every 16-bit value exactly), double for double.
 template <typename T>
 struct Accumulate {
   using type = float;
@@ -22,19 +18,74 @@ struct Accumulate<double> {
   using type = double;
 };
 
-// Whether the forward needs its row carry buffer (planes * height values, see below): only
-// when the map pooled along rows is present and the plane is wider than one chunk.
-constexpr bool needs_row_carry(bool has_b, int width) { return has_b && width > CHUNK; }
+constexpr int WARP = 32;
+// Every lane loads 16 bytes at a time: VEC<T> consecutive numbers (4 float32, 8 float16 or
+// bfloat16, 2 float64), so that a warp reads 512 contiguous bytes in one instruction.
+template <typename T>
+constexpr int VEC = 16 / static_cast<int>(sizeof(T));
+
+// How the forward shares a map out among warps (see corner_pool.cu). A plane's row is cut
+// into chunks of `lanes` * VEC columns, `lanes` a power of two up to 32: a group of `lanes`
+// lanes scans it, and a warp holds 32 / lanes groups, each on a plane of its own. Its rows
+// are cut into `segments` runs of `segment_rows` consecutive rows in scan order; each
+// (plane, segment) is one group's work, and a segment starts from the column maxima of the
+// segments before it (computed by a first pass over `a`, into `column_maxima`).
+struct Plan {
+  int lanes;         // lanes per group: the fewest that cover a row, at most 32
+  int chunks;        // chunks per row, scanned one after the other by the group
+  int segments;      // per plane
+  int segment_rows;  // rows per segment (the last may have fewer)
+  bool row_carry;    // wide rows: each row's maximum waits between chunks (planes * H values)
+  // Column maxima per segment: planes * segments * W values, or none with one segment.
+  int64_t column_maxima(int64_t planes, int width) const {
+    return segments > 1 ? planes * segments * width : 0;
+  }
+};
+
+// Splitting the rows costs one more read of `a` (the first pass), so it is done only when
+// the planes alone give fewer than MIN_WARPS warps: about 8 per SM of an H100 or H200, which
+// with 4 rows of 16-byte loads in flight per lane keep about 4 MB on their way from memory,
+// the bandwidth-latency product of the chip (4 TB/s x 1 us). A segment has at least
+// MIN_SEGMENT_ROWS rows, and at least 8 times as many rows as there are segments, so that
+// folding in the maxima of the segments before it costs at most an eighth of its reads.
+constexpr int64_t MIN_WARPS = 1024;
+constexpr int MIN_SEGMENT_ROWS = 64;
+
+constexpr int64_t ceil_div(int64_t n, int64_t d) { return (n + d - 1) / d; }
+
+// `segments` = 0 chooses the split as above; a positive value forces it (tests).
+template <typename T>
+Plan plan_forward(bool has_b, int64_t planes, int height, int width, int segments = 0) {
+  Plan plan{1, 1, 1, height, false};
+  while (plan.lanes < WARP && plan.lanes * VEC<T> < width) plan.lanes *= 2;
+  plan.chunks = static_cast<int>(ceil_div(width, plan.lanes * VEC<T>));
+  plan.row_carry = has_b && plan.chunks > 1;
+  if (segments <= 0) {
+    const int64_t groups_per_warp = WARP / plan.lanes;
+    const int64_t warps = ceil_div(planes, groups_per_warp);
+    segments = 1;
+    if (warps < MIN_WARPS) {
+      int64_t wanted = ceil_div(MIN_WARPS * groups_per_warp, planes);
+      wanted = wanted < height / MIN_SEGMENT_ROWS ? wanted : height / MIN_SEGMENT_ROWS;
+      while (wanted > 1 && wanted * wanted * 8 > height) wanted /= 2;
+      segments = wanted > 1 ? static_cast<int>(wanted) : 1;
+    }
+  }
+  plan.segment_rows = static_cast<int>(ceil_div(height, segments < height ? segments : height));
+  plan.segments = static_cast<int>(ceil_div(height, plan.segment_rows));  // none empty
+  return plan;
+}
 
 // Forward of one pool over `planes` contiguous H x W planes: out = V(a) + H(b), where V pools
 // the rows (top if reverse, else bottom) and H the columns (left if reverse, else right).
 // a or b may be nullptr: then out is the pool of the other one alone. `row_carry` holds
-// planes * height values when needs_row_carry (else nullptr). H * W may be at most
-// 2^31 - 257.
+// planes * H values when plan.row_carry, `column_maxima` plan.column_maxima(planes, W)
+// (else nullptr). H * W may be at most 2^31 - 257.
 template <typename T>
 const char* launch_forward(const T* a, const T* b, T* out,
-                           typename Accumulate<T>::type* row_carry, int64_t planes,
-                           int height, int width, bool reverse, void* stream);
+                           typename Accumulate<T>::type* row_carry,
+                           typename Accumulate<T>::type* column_maxima, const Plan& plan,
+                           int64_t planes, int height, int width, bool reverse, void* stream);
 
 // Backward: grad_a and grad_b (each may be nullptr together with its input) from grad_out.
 template <typename T>

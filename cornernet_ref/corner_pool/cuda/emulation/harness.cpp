@@ -1,9 +1,11 @@
 // C entry points to the kernels of corner_pool.cu built for the CPU (see cuda_runtime.h in this
 // folder), for the tests: tests/kernel_emulation.py loads them with ctypes, and the sanitizer
 // program (sanitize.cpp) links them. They do what binding.cpp does for PyTorch, minus the
-// tensors: allocate the forward's row carry and call launch_forward / launch_backward.
+// tensors: allocate the forward's carries and call launch_forward / launch_backward.
 //
 // dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16. A map that is absent is nullptr.
+// segments: how many segments the forward cuts each plane's rows into; 0 lets the kernel
+// choose (as the binding does), a positive number forces it (the tests run both).
 // Returns nullptr, or the error message of the launch.
 #include <vector>
 
@@ -15,13 +17,18 @@ using corner_pool::Accumulate;
 
 template <typename T>
 const char* forward(const void* a, const void* b, void* out, int64_t planes, int height,
-                    int width, bool reverse) {
+                    int width, bool reverse, int segments) {
   using Acc = typename Accumulate<T>::type;
-  const bool carry = corner_pool::needs_row_carry(b != nullptr, width);
-  std::vector<Acc> row_carry(carry ? planes * height : 0);
-  return corner_pool::launch_forward<T>(static_cast<const T*>(a), static_cast<const T*>(b),
-                                        static_cast<T*>(out), carry ? row_carry.data() : nullptr,
-                                        planes, height, width, reverse, nullptr);
+  if (planes < 1 || height < 1 || width < 1) segments = 1;  // the launch says what is wrong
+  const corner_pool::Plan plan =
+      corner_pool::plan_forward<T>(b != nullptr, planes, height, width, segments);
+  std::vector<Acc> row_carry(plan.row_carry ? planes * height : 0);
+  std::vector<Acc> column_maxima(a != nullptr ? plan.column_maxima(planes, width) : 0);
+  return corner_pool::launch_forward<T>(
+      static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(out),
+      row_carry.empty() ? nullptr : row_carry.data(),
+      column_maxima.empty() ? nullptr : column_maxima.data(), plan, planes, height, width,
+      reverse, nullptr);
 }
 
 template <typename T>
@@ -37,12 +44,13 @@ const char* backward(const void* a, const void* b, const void* grad_out, void* g
 extern "C" {
 
 const char* corner_pool_forward(int dtype, const void* a, const void* b, void* out,
-                                int64_t planes, int height, int width, bool reverse) {
+                                int64_t planes, int height, int width, bool reverse,
+                                int segments) {
   switch (dtype) {
-    case 0: return forward<float>(a, b, out, planes, height, width, reverse);
-    case 1: return forward<double>(a, b, out, planes, height, width, reverse);
-    case 2: return forward<c10::Half>(a, b, out, planes, height, width, reverse);
-    case 3: return forward<c10::BFloat16>(a, b, out, planes, height, width, reverse);
+    case 0: return forward<float>(a, b, out, planes, height, width, reverse, segments);
+    case 1: return forward<double>(a, b, out, planes, height, width, reverse, segments);
+    case 2: return forward<c10::Half>(a, b, out, planes, height, width, reverse, segments);
+    case 3: return forward<c10::BFloat16>(a, b, out, planes, height, width, reverse, segments);
     default: return "corner_pool: unknown dtype code";
   }
 }

@@ -6,9 +6,11 @@
 //   sanitize PLANESxHEIGHTxWIDTH ...
 //
 // For each shape: float32 and bfloat16, both corners, both maps and each map alone, and both
-// maps starting one element off a vector boundary; forward and backward, on integer maps
-// full of ties. Every output starts as NaN and the inputs hold
-// none, so an output left unwritten is caught too. Exit status 0 when all went well.
+// maps starting one element off a vector boundary; forward (each plane's rows cut into 3
+// segments, and as the kernel chooses) and backward, on integer maps full of ties. Every
+// output starts as NaN and the inputs hold none, so an output left unwritten is caught too.
+// Exit status 0 when all went well.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -19,7 +21,8 @@
 
 extern "C" {
 const char* corner_pool_forward(int dtype, const void* a, const void* b, void* out,
-                                int64_t planes, int height, int width, bool reverse);
+                                int64_t planes, int height, int width, bool reverse,
+                                int segments);
 const char* corner_pool_backward(int dtype, const void* a, const void* b, const void* grad_out,
                                  void* grad_a, void* grad_b, int64_t planes, int height,
                                  int width, bool reverse);
@@ -53,8 +56,15 @@ bool run(int dtype, int64_t planes, int height, int width, std::mt19937& random)
       const T* b_in = maps == 1 ? nullptr : b.data() + shift;
       const T nan = static_cast<T>(NAN);
       std::vector<T> out(count, nan), grad_a(a_in ? count : 0, nan), grad_b(b_in ? count : 0, nan);
-      const char* error =
-          corner_pool_forward(dtype, a_in, b_in, out.data(), planes, height, width, reverse);
+      // The forward with each plane cut into 3 segments (checked for unwritten outputs
+      // here), then with its own choice (checked below).
+      const char* error = corner_pool_forward(dtype, a_in, b_in, out.data(), planes, height,
+                                              width, reverse, 3);
+      ok = all_written(out) && ok;
+      std::fill(out.begin(), out.end(), nan);
+      if (error == nullptr)
+        error = corner_pool_forward(dtype, a_in, b_in, out.data(), planes, height, width,
+                                    reverse, 0);
       if (error == nullptr)
         error = corner_pool_backward(dtype, a_in, b_in, grad.data() + shift,
                                      a_in ? grad_a.data() : nullptr,

@@ -1,0 +1,182 @@
+"""The corner pooling kernel's ways of sharing out the work: groups of lanes on narrow planes,
+chunks on wide rows, and segments of long columns with their carried maxima.
+
+The kernel cuts each plane's rows into segments when the planes alone give too few warps
+(``corner_pool.h``, ``plan_forward``). The tests force the number of segments through the
+CPU build of the kernel (``kernel_emulation.py``), so that every split, from one segment to
+one per row, must give the reference's bits; on a GPU, the automatic choice is checked on
+the shapes that trigger it, the tallest column included.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import kernel_emulation
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cornernet_ref.corner_pool import corner_pool, pool
+from cornernet_ref.corner_pool.op import CornerPoolOps
+
+HAS_CUDA = torch.cuda.is_available()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def kernels(segments: int = 0) -> kernel_emulation.EmulatedKernels:
+    """The CPU build with ``segments`` forced (0: the kernel's choice)."""
+    try:
+        return kernel_emulation.emulated_kernels(segments)
+    except kernel_emulation.BuildError as error:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"cannot build the kernel for the CPU: {error}")
+
+
+@functools.cache
+def split_ops(segments: int) -> CornerPoolOps:
+    """The package's operators with the CPU build, ``segments`` forced, as their CPU
+    implementation (a namespace per count: ``torch.ops.cornernet_ref_segments_<n>``)."""
+    kernels(segments)  # built now, or the test skips
+    return CornerPoolOps(f"cornernet_ref_segments_{segments}", {"cpu": lambda: kernels(segments)})
+
+
+def same_bits(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Equal bit for bit (signed zeros and NaN payloads included)."""
+    if actual.shape != expected.shape or actual.dtype != expected.dtype:
+        return False
+    integer = {2: torch.int16, 4: torch.int32, 8: torch.int64}[actual.element_size()]
+    return torch.equal(actual.cpu().view(integer), expected.cpu().view(integer))
+
+
+def corner_forward(kernel, a: torch.Tensor, b: torch.Tensor | None, corner: str) -> torch.Tensor:
+    """The forward alone, straight through the kernel interface (no autograd)."""
+    return kernel.forward(a, b, corner == "tl")  # tl scans from the bottom and right
+
+
+def reference_forward(a: torch.Tensor, b: torch.Tensor | None, corner: str) -> torch.Tensor:
+    vertical, horizontal = {"tl": ("top", "left"), "br": ("bottom", "right")}[corner]
+    pooled = pool(a, vertical, backend="reference")
+    return pooled if b is None else pooled + pool(b, horizontal, backend="reference")
+
+
+def relu_like(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Small non-negative integers, half of them 0: ties everywhere, as after a ReLU."""
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=generator) * 3).round().clamp(min=0).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("segments", [2, 3, 7, 1000])
+@pytest.mark.parametrize("shape", [(2, 1, 37, 5), (1, 2, 20, 129), (3, 1, 9, 300)], ids=str)
+@pytest.mark.parametrize("corner", ["tl", "br"])
+def test_every_split_of_the_rows_gives_the_reference_bits(dtype, segments, shape, corner):
+    """Segments of 1 row (1000 > H) up to half the plane; narrow planes (several per warp),
+    one and several chunks per row."""
+    a, b = relu_like(shape, dtype, 1), relu_like(shape, dtype, 2)
+    expected = reference_forward(a, b, corner)
+    assert same_bits(corner_forward(kernels(segments), a, b, corner), expected)
+    assert same_bits(corner_forward(kernels(segments), a, None, corner), reference_forward(
+        a, None, corner))  # fmt: skip
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 2), st.integers(1, 40), st.integers(1, 70)),
+    segments=st.integers(0, 12),
+    corner=st.sampled_from(["tl", "br"]),
+    nan=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_split_forward_matches_the_reference_with_nan_and_signed_zeros(
+    shape, segments, corner, nan, seed
+):
+    """Any shape, any number of segments: the carried maxima keep the first of equal values
+    (0.0 and -0.0 told apart) and rank NaN above every number, as the reference does."""
+    generator = torch.Generator().manual_seed(seed)
+    pair = relu_like((2, *shape), torch.float32, seed)
+    sign = torch.where(torch.rand(pair.shape, generator=generator) < 0.5, -1.0, 1.0)
+    a, b = pair * sign  # -0.0 beside 0.0
+    if nan:
+        a = a.masked_fill(torch.rand(a.shape, generator=generator) < 0.05, math.nan)
+    expected = reference_forward(a, b, corner)
+    actual = corner_forward(kernels(segments), a, b, corner)
+    assert torch.equal(actual.isnan(), expected.isnan())
+    assert same_bits(actual.nan_to_num(), expected.nan_to_num())
+
+
+@pytest.mark.parametrize("direction", ["top", "bottom"])
+def test_a_tall_column_is_split_and_pooled_exactly(direction):
+    """One plane, 20 000 rows, 3 columns: too few warps, so the kernel cuts it into
+    segments by itself; with the largest value near the border the column maxima carried
+    across segments decide almost every output."""
+    x = relu_like((1, 1, 20_000, 3), torch.float32, 3)
+    x[0, 0, 5] = x[0, 0, -5] = 100.0
+    actual = split_ops(0).pool(x, direction)
+    assert same_bits(actual, pool(x, direction, backend="reference"))
+
+
+def test_the_gradient_does_not_depend_on_the_split():
+    """The backward scans each line whole (its sums must keep the reference's order): a
+    forward split into segments leaves the gradients as they were."""
+    a, b = relu_like((2, 1, 2, 30, 7), torch.float32, 4)
+    grad = torch.randn(a.shape, generator=torch.Generator().manual_seed(5))
+    results = []
+    for segments in (1, 4):
+        a_in, b_in = a.clone().requires_grad_(), b.clone().requires_grad_()
+        out = split_ops(segments).corner_pool(a_in, b_in, "tl")
+        out.backward(grad)
+        results.append((out.detach(), a_in.grad, b_in.grad))
+    for one, four in zip(*results, strict=True):
+        assert same_bits(one, four)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 4096, 3), (1, 2, 3000, 200), (1, 1, 2, 5000)], ids=str)
+def test_cuda_kernel_splits_like_the_reference(dtype, shape):
+    """Shapes with too few planes for the GPU: the kernel cuts their rows into 16 and 11
+    segments (the second also has 2 chunks per row); and a wide one, 40 chunks per row in
+    float32. Forward and gradients against the reference (whose Python loops over H or W
+    steps keep the sizes small)."""
+    a, b = relu_like((2, *shape), dtype, 6)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(dtype)
+    results = []
+    for device, backend in (("cpu", "reference"), ("cuda", "cuda")):
+        a_in, b_in = (t.to(device, copy=True).requires_grad_() for t in (a, b))
+        out = corner_pool(a_in, b_in, "tl", backend=backend)
+        out.backward(grad.to(device))
+        results.append((out.detach(), a_in.grad, b_in.grad))
+    for expected, actual in zip(*results, strict=True):
+        assert same_bits(actual, expected)
+
+
+@pytest.mark.parametrize("direction", ["top", "bottom", "left", "right"])
+def test_lines_that_start_at_minus_infinity_or_nan_keep_the_reference_gradient(direction):
+    """Each line's run starts as "maximum -inf, sum -0.0" at its border position. A border
+    value of -inf must then extend that run (its -0.0 gradients summing to -0.0, not +0.0),
+    and a border NaN start a run there, whose sum replaces what the start stored."""
+    inf, nan = math.inf, math.nan
+    line = torch.tensor([[-inf, -inf, 2.0, 2.0], [nan, 1.0, nan, 3.0], [-inf, 5.0, -inf, 1.0]])
+    grad = torch.tensor([[-0.0, -0.0, -0.0, 1.5], [1.0, -0.0, 2.0, 0.25], [-0.0, 1.0, 2.0, 3.0]])
+    if direction in ("top", "bottom"):  # the same lines as columns
+        line, grad = line.T.contiguous(), grad.T.contiguous()
+    if direction in ("top", "left"):  # scans from the far end: put each line's start there
+        flip = 0 if direction == "top" else 1
+        line, grad = line.flip(flip).contiguous(), grad.flip(flip).contiguous()
+    x, grad = line.view(1, 1, *line.shape), grad.view(1, 1, *line.shape)
+    results = []
+    for pooling in (
+        lambda t: pool(t, direction, backend="reference"),
+        lambda t: split_ops(0).pool(t, direction),
+    ):
+        leaf = x.clone().requires_grad_()
+        pooling(leaf).backward(grad)
+        results.append(leaf.grad)
+    reference, kernel = results
+    assert same_bits(kernel.nan_to_num(), reference.nan_to_num())
