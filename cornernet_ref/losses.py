@@ -1,12 +1,12 @@
-r"""The training losses: heatmaps, embeddings, offsets (paper §3.2, §3.3, §3.5, §4.1).
+r"""The training losses: heatmaps, offsets, embeddings (paper §3.2, §3.3, §3.5, §4.1).
 
 The network's raw maps (:class:`~cornernet_ref.output.CornerNetOutput`) are compared with
 the targets of :mod:`cornernet_ref.targets`. Each loss carries its equation in its own
-docstring, beside the lines that compute it:
+docstring, beside the lines that compute it, in the paper's order:
 
 * :func:`focal_loss`: the heatmaps (Eq. 1);
-* :func:`ae_loss`: the embeddings, pull and push (Eq. 4, 5), and the single-object rule;
 * :func:`offset_loss`: the offsets (Eq. 3);
+* :func:`ae_loss`: the embeddings, pull and push (Eq. 4, 5), and the single-object rule;
 * :class:`CornerNetLoss`: the weighted total over every hourglass stack (§3.5, §4.1).
 
 Where the paper is silent (epsilons, what $N$ counts in a batch) the code does what the
@@ -54,14 +54,48 @@ def focal_loss(logits: Tensor, target: Tensor, *, alpha: float = 2.0, beta: floa
         raise ValueError(
             f"heatmap logits {tuple(logits.shape)} and targets {tuple(target.shape)} differ"
         )
-    p = logits.float().sigmoid().clamp(EPSILON, 1 - EPSILON)
-    y = target.float()
-    positive = y == 1
+    p = logits.float().sigmoid().clamp(EPSILON, 1 - EPSILON)  # p_cij, logarithms finite
+    y = target.float()  # y_cij
+    positive = y == 1  # the first case; N counts these cells
     pos_terms = torch.log(p) * (1 - p).pow(alpha)  # (1 - p)^alpha log p
     neg_terms = torch.log(1 - p) * p.pow(alpha) * (1 - y).pow(beta)  # (1-y)^beta p^alpha log(1-p)
     total = torch.where(positive, pos_terms, 0).sum() + torch.where(y < 1, neg_terms, 0).sum()
     # Dividing by max(N, 1) leaves a batch without positives un-normalised, as officially.
     return -total / positive.sum().clamp(min=1)
+
+
+def offset_loss(pred_off: Tensor, target_off: Tensor, mask: Tensor) -> Tensor:
+    r"""Smooth L1 offset loss (Eq. 3) at the ground-truth corners.
+
+    With $o_k$ the target offset of corner $k$
+    (Eq. 2, [build_targets][cornernet_ref.targets.build_targets]), $\hat o_k$ the
+    prediction read at its cell and $N$ the number of objects in the batch:
+
+    $$ L_{off} = \frac{1}{N + 10^{-4}} \sum_{k=1}^{N} \operatorname{SmoothL1}(o_k, \hat o_k),
+       \qquad \operatorname{SmoothL1}(d) = \begin{cases} d^2 / 2 & |d| < 1 \\
+       |d| - 1/2 & \text{otherwise} \end{cases} $$
+
+    summed over both coordinates.
+
+    Args:
+        pred_off: ``(B, K, 2)`` predicted offsets read at the corners.
+        target_off: ``(B, K, 2)`` target offsets.
+        mask: ``(B, K)`` bool, the occupied slots.
+
+    Returns:
+        The scalar loss $L_{off}$.
+    """
+    if pred_off.shape != target_off.shape or pred_off.shape[:2] != mask.shape:
+        raise ValueError(
+            f"expected (B, K, 2) offsets and a (B, K) mask, got {tuple(pred_off.shape)}, "
+            f"{tuple(target_off.shape)} and {tuple(mask.shape)}"
+        )
+    mask = mask.bool()
+    # The sum over k and both coordinates; beta = 1 is the |d| < 1 of SmoothL1.
+    loss = F.smooth_l1_loss(
+        pred_off.float()[mask], target_off.float()[mask], reduction="sum", beta=1.0
+    )
+    return loss / (mask.sum() + EPSILON)  # N + 1e-4, N over the whole batch
 
 
 def ae_loss(
@@ -113,49 +147,18 @@ def ae_loss(
     tl_tag, br_tag, mask = tl_tag.float(), br_tag.float(), mask.bool()
     count = mask.sum(1, keepdim=True).float()  # (B, 1): N of each image
     mean = (tl_tag + br_tag) / 2  # e_k
+    # (B, K): the term of L_pull of each object, over N + 1e-4 of its image
     pulled = ((tl_tag - mean).pow(2) + (br_tag - mean).pow(2)) / (count + EPSILON)
-    pull = pulled[mask].sum()
+    pull = pulled[mask].sum()  # over the objects k, then over the images
 
     hinge = F.relu(1 - (mean[:, :, None] - mean[:, None, :]).abs())  # max(0, Δ - |e_k - e_j|)
     count = count[:, :, None]  # (B, 1, 1)
+    # (B, K, K): the term of L_push of each ordered pair (k, j)
     pushed = (hinge - 1 / (count + EPSILON)) / (count * (count - 1) + EPSILON)
     pairs = mask[:, :, None] & mask[:, None, :]  # all ordered pairs, k == j included
     pairs &= count >= (1 if single_object_push else 2)  # images that take part
-    push = pushed[pairs].sum()
+    push = pushed[pairs].sum()  # over the pairs, then over the images
     return pull, push
-
-
-def offset_loss(pred_off: Tensor, target_off: Tensor, mask: Tensor) -> Tensor:
-    r"""Smooth L1 offset loss (Eq. 3) at the ground-truth corners.
-
-    With $o_k$ the target offset of corner $k$
-    (Eq. 2, [build_targets][cornernet_ref.targets.build_targets]), $\hat o_k$ the
-    prediction read at its cell and $N$ the number of objects in the batch:
-
-    $$ L_{off} = \frac{1}{N + 10^{-4}} \sum_{k=1}^{N} \operatorname{SmoothL1}(o_k, \hat o_k),
-       \qquad \operatorname{SmoothL1}(d) = \begin{cases} d^2 / 2 & |d| < 1 \\
-       |d| - 1/2 & \text{otherwise} \end{cases} $$
-
-    summed over both coordinates.
-
-    Args:
-        pred_off: ``(B, K, 2)`` predicted offsets read at the corners.
-        target_off: ``(B, K, 2)`` target offsets.
-        mask: ``(B, K)`` bool, the occupied slots.
-
-    Returns:
-        The scalar loss $L_{off}$.
-    """
-    if pred_off.shape != target_off.shape or pred_off.shape[:2] != mask.shape:
-        raise ValueError(
-            f"expected (B, K, 2) offsets and a (B, K) mask, got {tuple(pred_off.shape)}, "
-            f"{tuple(target_off.shape)} and {tuple(mask.shape)}"
-        )
-    mask = mask.bool()
-    loss = F.smooth_l1_loss(
-        pred_off.float()[mask], target_off.float()[mask], reduction="sum", beta=1.0
-    )
-    return loss / (mask.sum() + EPSILON)
 
 
 class CornerNetLoss(nn.Module):
@@ -212,28 +215,29 @@ class CornerNetLoss(nn.Module):
         _check_inputs(outputs, targets)
         focal = pull = push = offset = torch.zeros((), device=targets["mask"].device)
         mask = targets["mask"]
-        for out in outputs:  # one iteration per stack
-            focal = focal + focal_loss(out.tl_heat, targets["tl_heat"])
-            focal = focal + focal_loss(out.br_heat, targets["br_heat"])
+        for out in outputs:  # one iteration per stack s
+            focal = focal + focal_loss(out.tl_heat, targets["tl_heat"])  # L_det^tl
+            focal = focal + focal_loss(out.br_heat, targets["br_heat"])  # L_det^br
+            # The tags e_{t_k}, e_{b_k}: the tag maps read at the ground-truth corners
             tl_tag = gather_at(out.tl_tag.float(), targets["tl_ind"])
             br_tag = gather_at(out.br_tag.float(), targets["br_ind"])
             pulled, pushed = ae_loss(
                 tl_tag, br_tag, mask, single_object_push=self.single_object_push
             )
             pull, push = pull + pulled, push + pushed
-            for corner in ("tl", "br"):
-                predicted = gather_at(
+            for corner in ("tl", "br"):  # L_off^tl, then L_off^br
+                predicted = gather_at(  # \hat o_k, read at the corner's cell
                     getattr(out, f"{corner}_off").float(), targets[f"{corner}_ind"]
                 )
                 offset = offset + offset_loss(predicted, targets[f"{corner}_off"], mask)
-        stacks = len(outputs)
-        terms = {
+        stacks = len(outputs)  # S
+        terms = {  # each term weighted, then averaged over the stacks
             "focal": focal / stacks,
             "pull": self.pull_weight * pull / stacks,
             "push": self.push_weight * push / stacks,
             "offset": self.offset_weight * offset / stacks,
         }
-        total = terms["focal"] + terms["pull"] + terms["push"] + terms["offset"]
+        total = terms["focal"] + terms["pull"] + terms["push"] + terms["offset"]  # L
         return {"total": total, **terms}
 
 
