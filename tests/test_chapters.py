@@ -1,8 +1,12 @@
 r"""The code and the equations the chapters quote are those of the package.
 
-Chapters show the lines that compute each equation as ``python`` code blocks. Every such
-line must stand, as written, in the package source: when the code changes, the quote in the
-chapter fails here instead of drifting. A line starting with ``...`` marks an elision.
+Chapters show the lines that compute each equation as ``python`` code blocks, each under
+a ``<!-- code: module.function -->`` marker naming the function (or class, or method) it
+quotes. The block must be a contiguous run of that object's source, as written (the
+indentation relative to the run's first line included): when the code changes, the quote
+fails here instead of drifting, and a line from elsewhere in the package does not pass. A
+line starting with ``...`` marks an elision: the runs on either side of it must each be
+contiguous, in the order of the source.
 
 Each equation of the paper is stated once in the package, in the docstring of the function
 that computes it. A chapter that shows it puts ``<!-- equation: module.function -->`` before
@@ -18,6 +22,7 @@ import importlib
 import inspect
 import json
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -25,34 +30,139 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((REPO / "chapters").glob("*.md"))
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.MULTILINE | re.DOTALL)
+CODE_MARK = re.compile(r"<!-- code: ([\w.]+) -->\s*\Z")
 
 
-def source_lines() -> set[str]:
-    return {
-        line.strip()
-        for path in (REPO / "cornernet_ref").rglob("*.py")
-        for line in path.read_text(encoding="utf-8").splitlines()
-    }
+def resolve(dotted: str) -> object:
+    """The object named ``package.module.Class.method``: the longest importable prefix,
+    then attributes."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[split:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(dotted)
+
+
+def quoted_blocks(text: str) -> list[tuple[int, str | None, str]]:
+    """``(line number, marked name or None, code)`` of every python block of a chapter."""
+    return [
+        (
+            text.count("\n", 0, block.start()) + 1,
+            mark.group(1) if (mark := CODE_MARK.search(text, 0, block.start())) else None,
+            block.group(1),
+        )
+        for block in PYTHON_BLOCK.finditer(text)
+    ]
+
+
+def runs_between_elisions(code: str) -> list[list[str]]:
+    """The runs of lines of a quoted block, split at the ``...`` lines, without the blank
+    lines at either end of a run."""
+    runs: list[list[str]] = [[]]
+    for line in code.splitlines():
+        if line.strip().startswith("..."):
+            runs.append([])
+        else:
+            runs[-1].append(line.rstrip())
+    trimmed = [textwrap.dedent("\n".join(run).strip("\n")).splitlines() for run in runs]
+    return [run for run in trimmed if run]
+
+
+def find_run(run: list[str], source: list[str], start: int) -> int:
+    """Where ``run`` stands in ``source[start:]`` as a contiguous block (compared after
+    removing the indentation common to each); -1 if nowhere."""
+    for at in range(start, len(source) - len(run) + 1):
+        window = textwrap.dedent("\n".join(source[at : at + len(run)])).splitlines()
+        if [line.rstrip() for line in window] == run:
+            return at
+    return -1
+
+
+def package_files_with(line: str) -> list[str]:
+    """The package files that contain ``line`` (stripped), to say where a stray quote is."""
+    return [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "cornernet_ref").rglob("*.py"))
+        if line.strip() in {text.strip() for text in path.read_text(encoding="utf-8").splitlines()}
+    ]
+
+
+def quote_problem(name: str, code: str) -> str | None:
+    """Why ``code`` is not a quote of ``name`` (contiguous runs, in order), or None."""
+    source = inspect.getsource(resolve(name)).splitlines()
+    stripped = [line.strip() for line in source]
+    start = 0
+    for run in runs_between_elisions(code):
+        at = find_run(run, source, start)
+        if at < 0:
+            return run_problem(name, [line.strip() for line in run], stripped[start:], stripped)
+        start = at + len(run)
+    return None
+
+
+def run_problem(name: str, run: list[str], after: list[str], whole: list[str]) -> str:
+    """Why the stripped ``run`` is not a contiguous block of ``after`` (the stripped source
+    of ``name`` after the previous run; ``whole`` is all of it): the first line that breaks
+    the longest head that does stand there."""
+
+    def stands(head: list[str]) -> bool:
+        return any(after[i : i + len(head)] == head for i in range(len(after)))
+
+    matched = max((k for k in range(1, len(run) + 1) if stands(run[:k])), default=0)
+    if matched == len(run):
+        return f"the run starting {run[0]!r} differs in its indentation"
+    line = run[matched]
+    if line not in whole:
+        where = ", ".join(package_files_with(line)) or "no file of the package"
+        return f"{line!r} is not a line of {name} (it stands in: {where})"
+    if matched:
+        return f"{line!r} does not follow {run[matched - 1]!r}"
+    return f"{line!r} stands in {name} before the previous quoted run"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
-def test_quoted_code_stands_in_the_source(chapter: Path) -> None:
-    known = source_lines()
-    quoted = [
-        line.strip()
-        for block in PYTHON_BLOCK.findall(chapter.read_text(encoding="utf-8"))
-        for line in block.splitlines()
-        if line.strip() and not line.strip().startswith("...")
-    ]
-    missing = [line for line in quoted if line not in known]
-    assert not missing, f"{chapter.name} quotes lines that are not in cornernet_ref/: {missing}"
+def test_quoted_code_is_a_run_of_the_named_function(chapter: Path) -> None:
+    problems = []
+    for line, name, code in quoted_blocks(chapter.read_text(encoding="utf-8")):
+        if name is None:
+            problems.append(f"line {line}: no <!-- code: module.function --> before the block")
+        elif (problem := quote_problem(name, code)) is not None:
+            problems.append(f"line {line}, quoting {name}: {problem}")
+    assert not problems, f"{chapter.name}:\n" + "\n".join(problems)
 
 
-def test_the_check_finds_a_changed_line(tmp_path: Path) -> None:
-    chapter = tmp_path / "00_x.md"
-    chapter.write_text("text\n\n```python\nreturn heat * (window_max == heat)  # step 1\n```\n")
-    [block] = PYTHON_BLOCK.findall(chapter.read_text())
-    assert block.strip() not in source_lines()  # the comment differs from decode.py's
+def function_body(name: str) -> list[str]:
+    """The code lines of a function's body, dedented: material for quotes, good and bad."""
+    source = textwrap.dedent(inspect.getsource(resolve(name)))
+    node = ast.parse(source).body[0]
+    lines = source.splitlines()
+    return [textwrap.dedent(lines[stmt.lineno - 1]) for stmt in node.body[1:]]  # no docstring
+
+
+def test_the_quote_check_accepts_a_run_and_rejects_others() -> None:
+    name, other = "cornernet_ref.targets.gaussian_bump", "cornernet_ref.targets.draw_gaussian"
+    body = function_body(name)
+    assert quote_problem(name, "\n".join(body[:2])) is None  # a contiguous run
+    assert quote_problem(name, f"{body[0]}\n...\n{body[2]}") is None  # with an elision
+    skipped = quote_problem(name, f"{body[0]}\n{body[2]}")  # a line left out, unmarked
+    assert skipped == f"{body[2]!r} does not follow {body[0]!r}"
+    swapped = quote_problem(name, f"{body[2]}\n...\n{body[0]}")  # runs out of order
+    assert swapped == f"{body[0]!r} stands in {name} before the previous quoted run"
+    stray = function_body(other)[-1]  # a line of the package, but of another function
+    assert f"{stray!r} is not a line of {name}" in quote_problem(name, stray)
+    assert "cornernet_ref/targets.py" in quote_problem(name, f"{body[0]}\n{stray}")
+    assert "indentation" in quote_problem(name, f"{body[0]}\n    {body[1]}")
+    assert quote_problem(name, f"{body[0]}\n{body[1]}  # changed") is not None
+
+
+def test_a_block_without_its_marker_is_reported() -> None:
+    text = "Some text.\n\n```python\nx = 1\n```\n\n<!-- code: a.b -->\n```python\ny\n```\n"
+    assert [(line, name) for line, name, _ in quoted_blocks(text)] == [(3, None), (8, "a.b")]
 
 
 # --- Equations -------------------------------------------------------------------------
@@ -91,21 +201,6 @@ MAIN_EQUATIONS = [
 
 def normalised(math: str) -> str:
     return " ".join(math.split())
-
-
-def resolve(dotted: str) -> object:
-    """The object named ``package.module.Class.method``: the longest importable prefix,
-    then attributes."""
-    parts = dotted.split(".")
-    for split in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:split]))
-        except ModuleNotFoundError:
-            continue
-        for name in parts[split:]:
-            obj = getattr(obj, name)
-        return obj
-    raise ImportError(dotted)
 
 
 def docstring_equations(dotted: str) -> list[str]:
