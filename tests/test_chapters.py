@@ -313,19 +313,90 @@ def test_training_chapter_quotes_the_measured_main_command() -> None:
     assert f"took {round(run['wall_clock_s'])} s" in (REPO / "chapters/06_training.md").read_text()
 
 
-@pytest.mark.parametrize(
-    ("run", "label"),
-    [
-        ("baseline", "as the paper (`small_shapes`)"),
-        ("no_corner_pooling", "without corner pooling"),
-        ("no_penalty_reduction", "without penalty reduction"),
-        ("exact_radius", "exact radius"),
-        ("seed_1", "seed 1"),
-        ("seed_2", "seed 2"),
-    ],
+# --- Measured figures -------------------------------------------------------------------
+
+# A figure a chapter takes from a benchmark's result carries the key it comes from, in a
+# comment right after it (and its unit): ``0.835<!-- radius_ratio.json: results/a/b -->``
+# reads ``benchmarks/results/radius_ratio.json`` at ``["results"]["a"]["b"]`` (a number
+# indexes a list). ``<!-- results ab: radius_ratio.json results/a -->`` names a part of a
+# file once, and ``0.835<!-- ab: b -->`` then reads the same value. The figure must be the
+# value rounded to the decimals written, after an optional `` * factor`` or `` / factor``
+# at the end of the comment (for a percentage or a unit): ``61%<!-- ab: share * 100 -->``,
+# ``686.3 G<!-- model_flops_cpu.json: flops / 1e9 -->``.
+RESULTS = REPO / "benchmarks" / "results"
+RESULTS_NAME = re.compile(r"<!-- results (\w+): ([\w.]+\.json)(?: (\S+))? -->")
+FIGURE_MARK = re.compile(r"<!-- (?!equation:|code:|results )[\w.]+: ")
+MEASURED = re.compile(
+    r"(?P<figure>\d[\d,]*(?:\.\d+)?)[ ]?(?:%|[A-Za-z]+)?"
+    r"<!-- (?P<source>[\w.]+): (?P<key>\S+)(?: (?P<op>[*/]) (?P<factor>[\d.e]+))? -->"
 )
-def test_ablation_table_quotes_the_measured_runs(run: str, label: str) -> None:
-    runs = json.loads((REPO / "benchmarks/results/ablations_shapes.json").read_text())["runs"]
-    metrics = runs[run]["metrics"]
-    row = markdown_rows("07_error_analysis.md", label)
-    assert row == [rounded(metrics[name]) for name in ("AP", "AP50", "AP75")]
+
+
+def measured_value(file: str, key: str, op: str | None, factor: str | None) -> float:
+    """The value at ``key`` (``a/b/0/c``) of a result file, scaled as the marker says."""
+    value = json.loads((RESULTS / file).read_text(encoding="utf-8"))
+    for part in key.split("/"):
+        try:
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        except (KeyError, IndexError, ValueError):
+            raise AssertionError(f"{file} has no {key!r}: no {part!r} there") from None
+    if op is None:
+        return value
+    return value * float(factor) if op == "*" else value / float(factor)
+
+
+def as_written(value: float, figure: str) -> str:
+    """``value`` rounded to the decimals of ``figure``, thousands separated as there."""
+    decimals = len(figure.partition(".")[2])
+    return f"{value:,.{decimals}f}" if "," in figure else f"{value:.{decimals}f}"
+
+
+def measured_figures(text: str) -> list[tuple[int, str, str]]:
+    """``(line, figure as written, value as it should be written)`` of each marked figure."""
+    names = {name: (file, prefix) for name, file, prefix in RESULTS_NAME.findall(text)}
+    found = []
+    for mark in MEASURED.finditer(text):
+        file, key = mark["source"], mark["key"]
+        if not file.endswith(".json"):
+            assert file in names, f"no <!-- results {file}: FILE.json KEY --> names {file!r}"
+            file, prefix = names[file]
+            key = f"{prefix}/{key}" if prefix else key
+        value = measured_value(file, key, mark["op"], mark["factor"])
+        line = text.count("\n", 0, mark.start()) + 1
+        found.append((line, mark["figure"], as_written(value, mark["figure"])))
+    return found
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
+def test_measured_figures_are_those_of_the_results(chapter: Path) -> None:
+    text = chapter.read_text(encoding="utf-8")
+    marks = len(FIGURE_MARK.findall(text))
+    assert len(measured_figures(text)) == marks, "a figure's marker not right after a number"
+    wrong = [
+        f"line {line}: {figure}, measured {value}"
+        for line, figure, value in measured_figures(text)
+        if figure != value
+    ]
+    assert not wrong, f"{chapter.name} disagrees with benchmarks/results/: {wrong}"
+
+
+def test_the_figure_check_reads_keys_scales_and_rounds() -> None:
+    runs = json.loads((RESULTS / "radius_ratio.json").read_text())["results"]
+    share = runs["coco128_longer_side_511"]["t=0.3"]["share_int_radius_larger_exact"]
+    key = "radius_ratio.json: results/coco128_longer_side_511/t=0.3/share_int_radius_larger_exact"
+    percent = f"{share * 100:.0f}"
+    [(line, figure, value)] = measured_figures(f"text\nabout {percent}%<!-- {key} * 100 -->")
+    assert (line, figure, value) == (2, percent, percent)
+    [(_, _, value)] = measured_figures(f"{share:.4f}<!-- {key} -->")
+    assert value == f"{share:.4f}"
+    parameters = json.loads((RESULTS / "model_flops_cpu.json").read_text())["parameters"]
+    [(_, _, value)] = measured_figures("1,000 k<!-- model_flops_cpu.json: parameters / 1e3 -->")
+    assert value == f"{parameters / 1000:,.0f}"  # the thousands separator follows the figure
+    [(_, figure, value)] = measured_figures(f"{share + 0.01:.2f}<!-- {key} -->")
+    assert figure != value  # a figure off in its last decimal is caught
+    with pytest.raises(AssertionError, match="radius_ratio.json has no .* no 'ratio_mx' there"):
+        measured_figures(f"0.998<!-- {key.rpartition('/')[0]}/ratio_mx -->")
+    named = "<!-- results coco: radius_ratio.json results/coco128_longer_side_511/t=0.3 -->"
+    text = f"{named}\n{share:.3f}<!-- coco: share_int_radius_larger_exact -->"
+    [(line, _, value)] = measured_figures(text)
+    assert (line, value) == (2, f"{share:.3f}")
