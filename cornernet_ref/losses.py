@@ -8,9 +8,6 @@ docstring, beside the lines that compute it, in the paper's order:
 * :func:`offset_loss`: the offsets (Eq. 3);
 * :func:`ae_loss`: the embeddings, pull and push (Eq. 4, 5), and the single-object rule;
 * :class:`CornerNetLoss`: the weighted total over every hourglass stack (§3.5, §4.1).
-
-Where the paper is silent (epsilons, what $N$ counts in a batch) the code does what the
-official implementation does.
 """
 
 from __future__ import annotations
@@ -113,19 +110,18 @@ def ae_loss(
        \left[\max(0, \Delta - |e_k - e_j|) - \frac{1}{N + 10^{-4}}\right],
        \qquad \Delta = 1. $$
 
-    The paper sums over $j \ne k$ and divides by $N(N - 1)$; the official code, followed
-    here, sums over *all* ordered pairs: each of the $N$ diagonal pairs adds
-    $\max(0, 1 - 0) = 1$, which the $N^2$ terms $-1/(N + 10^{-4})$ cancel up to a constant
-    of about $10^{-4} / (N(N - 1))$ (no gradient). Both losses are computed per image and
-    summed, not averaged, over the images of the batch.
+    As in the official code, the push sums over *all* ordered pairs, where the paper skips
+    $j = k$: the terms $-1/(N + 10^{-4})$ cancel the diagonal up to a constant without
+    gradient (chapter 2, section 3, works it out).
 
-    **Single object.** For an image with one object, $N(N - 1) = 0$ and the official push
-    is the residue alone, blown up by the vanishing denominator:
+    **Single object.** For an image with one object ($N(N - 1) = 0$) the official push is
+    a constant, without gradient:
 
     $$ \frac{1 - 1/(1 + 10^{-4})}{0 + 10^{-4}} = \frac{1}{1 + 10^{-4}} \approx 0.9999 . $$
 
-    A constant, without gradient. By default images with fewer than two objects add no
-    push term; ``single_object_push=True`` adds the constant, as the official code does.
+    By default images with fewer than two objects add no push term;
+    ``single_object_push=True`` adds the constant, as the official code does (chapter 2
+    says why the default differs).
 
     Args:
         tl_tag: ``(B, K)`` embeddings of the top-left corner of each object slot (or
