@@ -94,7 +94,10 @@ def package_files_with(line: str) -> list[str]:
 
 def quote_problem(name: str, code: str) -> str | None:
     """Why ``code`` is not a quote of ``name`` (contiguous runs, in order), or None."""
-    source = inspect.getsource(resolve(name)).splitlines()
+    try:
+        source = inspect.getsource(resolve(name)).splitlines()
+    except (ImportError, AttributeError, TypeError):
+        return "the marker names no function, class or method of the package"
     stripped = [line.strip() for line in source]
     start = 0
     for run in runs_between_elisions(code):
@@ -121,14 +124,19 @@ def run_problem(name: str, run: list[str], after: list[str], whole: list[str]) -
         where = ", ".join(package_files_with(line)) or "no file of the package"
         return f"{line!r} is not a line of {name} (it stands in: {where})"
     if matched:
-        return f"{line!r} does not follow {run[matched - 1]!r}"
+        shown = repr(line) if line else "a blank line"
+        return f"{shown} does not follow {run[matched - 1]!r}"
     return f"{line!r} stands in {name} before the previous quoted run"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
 def test_quoted_code_is_a_run_of_the_named_function(chapter: Path) -> None:
+    text = chapter.read_text(encoding="utf-8")
+    blocks = quoted_blocks(text)
     problems = []
-    for line, name, code in quoted_blocks(chapter.read_text(encoding="utf-8")):
+    if text.count("<!-- code: ") != sum(name is not None for _, name, _ in blocks):
+        problems.append("a <!-- code: module.function --> marker not right before a block")
+    for line, name, code in blocks:
         if name is None:
             problems.append(f"line {line}: no <!-- code: module.function --> before the block")
         elif (problem := quote_problem(name, code)) is not None:
@@ -157,6 +165,7 @@ def test_the_quote_check_accepts_a_run_and_rejects_others() -> None:
     assert f"{stray!r} is not a line of {name}" in quote_problem(name, stray)
     assert "cornernet_ref/targets.py" in quote_problem(name, f"{body[0]}\n{stray}")
     assert "indentation" in quote_problem(name, f"{body[0]}\n    {body[1]}")
+    assert "names no function" in quote_problem(f"{name}_", body[0])  # a misspelt marker
     assert quote_problem(name, f"{body[0]}\n{body[1]}  # changed") is not None
 
 
