@@ -86,11 +86,9 @@ class PredictionModule(nn.Module):
     r"""The corner pooling module and the heatmap, embedding and offset heads of one corner.
 
     The heads' hidden width is the hourglass width ``dims[0]`` (256), as in the official
-    code. **Heatmap prior.** The last bias of the heatmap head starts at $-2.19$: every
-    cell then begins with probability $\sigma(-2.19) \approx 0.1$ instead of $0.5$. Almost
-    every cell is a negative, and the focal loss of a network that starts at 0.5
-    everywhere would be dominated by the flood of easy negatives in the first iterations
-    (the prior trick of RetinaNet, $b = -\log((1 - \pi) / \pi)$ with $\pi \approx 0.1$).
+    code. **Heatmap prior.** The last bias of the heatmap head starts at $-2.19$, so that
+    every cell begins with probability $\sigma(-2.19) \approx 0.1$: the prior of RetinaNet,
+    $b = -\log((1 - \pi) / \pi)$ with $\pi \approx 0.1$ (chapter 4 tells why).
 
     Args:
         corner: ``"tl"`` or ``"br"``.

@@ -1,16 +1,13 @@
-r"""The training losses: heatmaps, embeddings, offsets (paper §3.2, §3.3, §3.5, §4.1).
+r"""The training losses: heatmaps, offsets, embeddings (paper §3.2, §3.3, §3.5, §4.1).
 
 The network's raw maps (:class:`~cornernet_ref.output.CornerNetOutput`) are compared with
 the targets of :mod:`cornernet_ref.targets`. Each loss carries its equation in its own
-docstring, beside the lines that compute it:
+docstring, beside the lines that compute it, in the paper's order:
 
 * :func:`focal_loss`: the heatmaps (Eq. 1);
-* :func:`ae_loss`: the embeddings, pull and push (Eq. 4, 5), and the single-object rule;
 * :func:`offset_loss`: the offsets (Eq. 3);
+* :func:`ae_loss`: the embeddings, pull and push (Eq. 4, 5), and the single-object rule;
 * :class:`CornerNetLoss`: the weighted total over every hourglass stack (§3.5, §4.1).
-
-Where the paper is silent (epsilons, what $N$ counts in a batch) the code does what the
-official implementation does.
 """
 
 from __future__ import annotations
@@ -58,75 +55,14 @@ def focal_loss(logits: Tensor, target: Tensor, *, alpha: float = 2.0, beta: floa
         raise ValueError(
             f"heatmap logits {tuple(logits.shape)} and targets {tuple(target.shape)} differ"
         )
-    p = logits.float().sigmoid().clamp(EPSILON, 1 - EPSILON)
-    y = target.float()
-    positive = y == 1
+    p = logits.float().sigmoid().clamp(EPSILON, 1 - EPSILON)  # p_cij, logarithms finite
+    y = target.float()  # y_cij
+    positive = y == 1  # the first case; N counts these cells
     pos_terms = torch.log(p) * (1 - p).pow(alpha)  # (1 - p)^alpha log p
     neg_terms = torch.log(1 - p) * p.pow(alpha) * (1 - y).pow(beta)  # (1-y)^beta p^alpha log(1-p)
     total = torch.where(positive, pos_terms, 0).sum() + torch.where(y < 1, neg_terms, 0).sum()
     # Dividing by max(N, 1) leaves a batch without positives un-normalised, as officially.
     return -total / positive.sum().clamp(min=1)
-
-
-def ae_loss(
-    tl_tag: Tensor, br_tag: Tensor, mask: Tensor, *, single_object_push: bool = False
-) -> tuple[Tensor, Tensor]:
-    r"""Pull and push losses (Eq. 4, 5) of the embeddings read at the ground-truth corners.
-
-    With $e_{t_k}, e_{b_k}$ the tags of the two corners of object $k$, $e_k$ their mean and
-    $N$ the number of objects of the image:
-
-    $$ L_{pull} = \frac{1}{N + 10^{-4}} \sum_{k=1}^{N}
-       \left[(e_{t_k} - e_k)^2 + (e_{b_k} - e_k)^2\right], $$
-
-    $$ L_{push} = \frac{1}{N(N - 1) + 10^{-4}} \sum_{k=1}^{N} \sum_{j=1}^{N}
-       \left[\max(0, \Delta - |e_k - e_j|) - \frac{1}{N + 10^{-4}}\right],
-       \qquad \Delta = 1. $$
-
-    The paper sums over $j \ne k$ and divides by $N(N - 1)$; the official code, followed
-    here, sums over *all* ordered pairs: each of the $N$ diagonal pairs adds
-    $\max(0, 1 - 0) = 1$, which the $N^2$ terms $-1/(N + 10^{-4})$ cancel up to a constant
-    of about $10^{-4} / (N(N - 1))$ (no gradient). Both losses are computed per image and
-    summed, not averaged, over the images of the batch.
-
-    **Single object.** For an image with one object, $N(N - 1) = 0$ and the official push
-    is the residue alone, blown up by the vanishing denominator:
-
-    $$ \frac{1 - 1/(1 + 10^{-4})}{0 + 10^{-4}} = \frac{1}{1 + 10^{-4}} \approx 0.9999 . $$
-
-    A constant, without gradient. By default images with fewer than two objects add no
-    push term; ``single_object_push=True`` adds the constant, as the official code does.
-
-    Args:
-        tl_tag: ``(B, K)`` embeddings of the top-left corner of each object slot (or
-            ``(B, K, 1)``).
-        br_tag: the same for the bottom-right corners.
-        mask: ``(B, K)`` bool, the occupied slots.
-        single_object_push: add the official single-object constant (see above).
-
-    Returns:
-        ``(pull, push)``, each summed over the images of the batch.
-    """
-    if tl_tag.dim() == 3:
-        tl_tag, br_tag = tl_tag.squeeze(-1), br_tag.squeeze(-1)
-    if tl_tag.dim() != 2 or tl_tag.shape != br_tag.shape or mask.shape != tl_tag.shape:
-        raise ValueError(
-            f"expected (B, K) tags and mask, got {tuple(tl_tag.shape)}, {tuple(br_tag.shape)} "
-            f"and {tuple(mask.shape)}"
-        )
-    tl_tag, br_tag, mask = tl_tag.float(), br_tag.float(), mask.bool()
-    count = mask.sum(1, keepdim=True).float()  # (B, 1): N of each image
-    mean = (tl_tag + br_tag) / 2  # e_k
-    pulled = ((tl_tag - mean).pow(2) + (br_tag - mean).pow(2)) / (count + EPSILON)
-    pull = pulled[mask].sum()
-
-    hinge = F.relu(1 - (mean[:, :, None] - mean[:, None, :]).abs())  # max(0, Δ - |e_k - e_j|)
-    count = count[:, :, None]  # (B, 1, 1)
-    pushed = (hinge - 1 / (count + EPSILON)) / (count * (count - 1) + EPSILON)
-    pairs = mask[:, :, None] & mask[:, None, :]  # all ordered pairs, k == j included
-    pairs &= count >= (1 if single_object_push else 2)  # images that take part
-    push = pushed[pairs].sum()
-    return pull, push
 
 
 def offset_loss(pred_off: Tensor, target_off: Tensor, mask: Tensor) -> Tensor:
@@ -156,10 +92,73 @@ def offset_loss(pred_off: Tensor, target_off: Tensor, mask: Tensor) -> Tensor:
             f"{tuple(target_off.shape)} and {tuple(mask.shape)}"
         )
     mask = mask.bool()
+    # The sum over k and both coordinates; beta = 1 is the |d| < 1 of SmoothL1.
     loss = F.smooth_l1_loss(
         pred_off.float()[mask], target_off.float()[mask], reduction="sum", beta=1.0
     )
-    return loss / (mask.sum() + EPSILON)
+    return loss / (mask.sum() + EPSILON)  # N + 1e-4, N over the whole batch
+
+
+def ae_loss(
+    tl_tag: Tensor, br_tag: Tensor, mask: Tensor, *, single_object_push: bool = False
+) -> tuple[Tensor, Tensor]:
+    r"""Pull and push losses (Eq. 4, 5) of the embeddings read at the ground-truth corners.
+
+    With $e_{t_k}, e_{b_k}$ the tags of the two corners of object $k$, $e_k$ their mean and
+    $N$ the number of objects of the image:
+
+    $$ L_{pull} = \frac{1}{N + 10^{-4}} \sum_{k=1}^{N}
+       \left[(e_{t_k} - e_k)^2 + (e_{b_k} - e_k)^2\right], $$
+
+    $$ L_{push} = \frac{1}{N(N - 1) + 10^{-4}} \sum_{k=1}^{N} \sum_{j=1}^{N}
+       \left[\max(0, \Delta - |e_k - e_j|) - \frac{1}{N + 10^{-4}}\right],
+       \qquad \Delta = 1. $$
+
+    As in the official code, the push sums over *all* ordered pairs, where the paper skips
+    $j = k$: the terms $-1/(N + 10^{-4})$ cancel the diagonal up to a constant without
+    gradient (chapter 2, section 3, works it out).
+
+    **Single object.** For an image with one object ($N(N - 1) = 0$) the official push is
+    a constant, without gradient:
+
+    $$ \frac{1 - 1/(1 + 10^{-4})}{0 + 10^{-4}} = \frac{1}{1 + 10^{-4}} \approx 0.9999 . $$
+
+    By default images with fewer than two objects add no push term;
+    ``single_object_push=True`` adds the constant, as the official code does (chapter 2
+    says why the default differs).
+
+    Args:
+        tl_tag: ``(B, K)`` embeddings of the top-left corner of each object slot (or
+            ``(B, K, 1)``).
+        br_tag: the same for the bottom-right corners.
+        mask: ``(B, K)`` bool, the occupied slots.
+        single_object_push: add the official single-object constant (see above).
+
+    Returns:
+        ``(pull, push)``, each summed over the images of the batch.
+    """
+    if tl_tag.dim() == 3:
+        tl_tag, br_tag = tl_tag.squeeze(-1), br_tag.squeeze(-1)
+    if tl_tag.dim() != 2 or tl_tag.shape != br_tag.shape or mask.shape != tl_tag.shape:
+        raise ValueError(
+            f"expected (B, K) tags and mask, got {tuple(tl_tag.shape)}, {tuple(br_tag.shape)} "
+            f"and {tuple(mask.shape)}"
+        )
+    tl_tag, br_tag, mask = tl_tag.float(), br_tag.float(), mask.bool()
+    count = mask.sum(1, keepdim=True).float()  # (B, 1): N of each image
+    mean = (tl_tag + br_tag) / 2  # e_k
+    # (B, K): the term of L_pull of each object, over N + 1e-4 of its image
+    pulled = ((tl_tag - mean).pow(2) + (br_tag - mean).pow(2)) / (count + EPSILON)
+    pull = pulled[mask].sum()  # over the objects k, then over the images
+
+    hinge = F.relu(1 - (mean[:, :, None] - mean[:, None, :]).abs())  # max(0, Δ - |e_k - e_j|)
+    count = count[:, :, None]  # (B, 1, 1)
+    # (B, K, K): the term of L_push of each ordered pair (k, j)
+    pushed = (hinge - 1 / (count + EPSILON)) / (count * (count - 1) + EPSILON)
+    pairs = mask[:, :, None] & mask[:, None, :]  # all ordered pairs, k == j included
+    pairs &= count >= (1 if single_object_push else 2)  # images that take part
+    push = pushed[pairs].sum()  # over the pairs, then over the images
+    return pull, push
 
 
 @dataclass(frozen=True)
@@ -234,28 +233,29 @@ class CornerNetLoss(nn.Module):
         _check_inputs(outputs, targets)
         focal = pull = push = offset = torch.zeros((), device=targets["mask"].device)
         mask = targets["mask"]
-        for out in outputs:  # one iteration per stack
-            focal = focal + focal_loss(out.tl_heat, targets["tl_heat"])
-            focal = focal + focal_loss(out.br_heat, targets["br_heat"])
+        for out in outputs:  # one iteration per stack s
+            focal = focal + focal_loss(out.tl_heat, targets["tl_heat"])  # L_det^tl
+            focal = focal + focal_loss(out.br_heat, targets["br_heat"])  # L_det^br
+            # The tags e_{t_k}, e_{b_k}: the tag maps read at the ground-truth corners
             tl_tag = gather_at(out.tl_tag.float(), targets["tl_ind"])
             br_tag = gather_at(out.br_tag.float(), targets["br_ind"])
             pulled, pushed = ae_loss(
                 tl_tag, br_tag, mask, single_object_push=self.single_object_push
             )
             pull, push = pull + pulled, push + pushed
-            for corner in CORNERS:
-                predicted = gather_at(
+            for corner in CORNERS:  # L_off^tl, then L_off^br
+                predicted = gather_at(  # \hat o_k, read at the corner's cell
                     getattr(out, f"{corner}_off").float(), targets[f"{corner}_ind"]
                 )
                 offset = offset + offset_loss(predicted, targets[f"{corner}_off"], mask)
-        stacks = len(outputs)
-        terms = {
+        stacks = len(outputs)  # S
+        terms = {  # each term weighted, then averaged over the stacks
             "focal": focal / stacks,
             "pull": self.pull_weight * pull / stacks,
             "push": self.push_weight * push / stacks,
             "offset": self.offset_weight * offset / stacks,
         }
-        total = terms["focal"] + terms["pull"] + terms["push"] + terms["offset"]
+        total = terms["focal"] + terms["pull"] + terms["push"] + terms["offset"]  # L
         return {"total": total, **terms}
 
 

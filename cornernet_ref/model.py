@@ -23,9 +23,9 @@ official test canvas of side ``s | 127`` ($128k - 1$) always qualifies: 511 -> 1
 767 -> 192, 1023 -> 256.
 
 **Initialisation.** Convolutions keep PyTorch's default; the heatmap bias starts at
-$-2.19$ (:mod:`cornernet_ref.heads`). The official model was trained under PyTorch 0.4.0,
-whose batch norm drew its scale $\gamma$ from $\mathcal{U}(0, 1)$; that is the default here
-(``batchnorm_init="uniform"``); ``"ones"`` gives today's $\gamma = 1$.
+$-2.19$ (:mod:`cornernet_ref.heads`). Batch-norm scales start from $\mathcal{U}(0, 1)$, as
+in the official training (``batchnorm_init="uniform"``, the default; chapter 4 tells why),
+or at today's $\gamma = 1$ (``"ones"``).
 
 **Configuration.** Every constructor field sits in one frozen
 [ModelConfig][cornernet_ref.model.ModelConfig], which checks itself, travels in checkpoints

@@ -128,10 +128,10 @@ def gaussian_radius(
     def larger_root(a: float, b: float, c: float) -> float:
         return (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
 
-    shift = smaller_root(1.0, -(h + w), w * h * (1 - t) / (1 + t))
-    shrink = smaller_root(4.0, -2 * (h + w), (1 - t) * w * h)
-    grow = larger_root(4 * t, 2 * t * (h + w), (t - 1) * w * h)
-    return min(shift, shrink, grow)
+    shift = smaller_root(1.0, -(h + w), w * h * (1 - t) / (1 + t))  # one in, one out
+    shrink = smaller_root(4.0, -2 * (h + w), (1 - t) * w * h)  # both in
+    grow = larger_root(4 * t, 2 * t * (h + w), (t - 1) * w * h)  # both out
+    return min(shift, shrink, grow)  # always the shrinking root, kept as officially computed
 
 
 def exact_radius(height: float, width: float, min_overlap: float) -> float:
@@ -170,8 +170,9 @@ def exact_radius(height: float, width: float, min_overlap: float) -> float:
         raise ValueError(f"min_overlap must lie in (0, 1), got {min_overlap}")
     t = min_overlap
     long_side, short_side = max(height, width), min(height, width)
+    # The box is 1 x rho in units of the longer side; delta = 1 - rho without cancellation.
     rho, delta = short_side / long_side, (long_side - short_side) / long_side
-    if delta == 0:
+    if delta == 0:  # a square: the closed forms above, for t >= 1/4 and below
         distance = math.sqrt(2) * (1 - math.sqrt(t)) if t >= 0.25 else math.sqrt(1 - 2 * t)
         return long_side * distance / 2
 
@@ -181,11 +182,11 @@ def exact_radius(height: float, width: float, min_overlap: float) -> float:
         return mu, (delta + s + mu * delta) / denominator, s / denominator
 
     low, high = t * rho * delta, rho  # XY < t rho at s = low, XY = rho > t rho at s = rho
-    while low < (middle := math.sqrt(low * high)) < high:
+    while low < (middle := math.sqrt(low * high)) < high:  # bisection on log s
         _, x, y = foot(middle)
-        low, high = (middle, high) if x * y < t * rho else (low, middle)
-    mu, x, y = foot(high)
-    return long_side * mu * math.hypot(x, y) / 2
+        low, high = (middle, high) if x * y < t * rho else (low, middle)  # XY = t rho between
+    mu, x, y = foot(high)  # the root, to machine precision
+    return long_side * mu * math.hypot(x, y) / 2  # r = mu sqrt(X^2 + Y^2) / 2, in cells
 
 
 def gaussian_bump(radius: int) -> np.ndarray:

@@ -96,9 +96,8 @@ print("heatmap at the cell:", float(targets["tl_heat"][labels[k], cell[1], cell[
 
 # %% [markdown]
 # ## 4. The radius of the bumps
-# Each bump's radius comes from the box size on the grid (rounded up) and $t = 0.3$. The
-# official formula protects corners that move up to $r$ along each axis; the exact one
-# corners anywhere within distance $r$, and is between 1 and $\sqrt 2$ times larger.
+# Each bump's radius comes from the box size on the grid (rounded up) and $t = 0.3$, by
+# either of the two formulas of chapter 1, sections 3.2 and 3.3:
 
 # %%
 for (bx1, by1, bx2, by2), label in zip(input_boxes * OUTPUT / INPUT, labels, strict=True):
@@ -139,11 +138,9 @@ print(f"with 5% larger circles: {iou_of_moved(w, h, *moves).min():.4f}")
 
 # %% [markdown]
 # ## 5. The formula of the first release
-# The first released code solved each quadratic as $(b \pm \sqrt{b^2 - 4ac})/2$, without
-# the division by $a$. For a 10 x 10 box at $t = 0.7$ (the case of the official issue 37)
-# its radius was 2.73; moving both corners inwards by that much along both axes leaves an
-# IoU of about 0.2. The official radius keeps 0.7 for moves of $(r, r)$, the exact one for
-# moves of length $r$ (the worst being diagonal for a square box).
+# Chapter 1, section 3.5, tells how the first released code lost the division by $2a$
+# (official issue 37). The radii of that issue's 10 x 10 box at $t = 0.7$, and the IoU
+# left when both corners move inwards by each, along both axes or diagonally:
 
 # %%
 t, side = 0.7, 10.0

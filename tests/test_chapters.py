@@ -1,8 +1,12 @@
 r"""The code and the equations the chapters quote are those of the package.
 
-Chapters show the lines that compute each equation as ``python`` code blocks. Every such
-line must stand, as written, in the package source: when the code changes, the quote in the
-chapter fails here instead of drifting. A line starting with ``...`` marks an elision.
+Chapters show the lines that compute each equation as ``python`` code blocks, each under
+a ``<!-- code: module.function -->`` marker naming the function (or class, or method) it
+quotes. The block must be a contiguous run of that object's source, as written (the
+indentation relative to the run's first line included): when the code changes, the quote
+fails here instead of drifting, and a line from elsewhere in the package does not pass. A
+line starting with ``...`` marks an elision: the runs on either side of it must each be
+contiguous, in the order of the source.
 
 Each equation of the paper is stated once in the package, in the docstring of the function
 that computes it. A chapter that shows it puts ``<!-- equation: module.function -->`` before
@@ -18,6 +22,7 @@ import importlib
 import inspect
 import json
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -25,34 +30,148 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((REPO / "chapters").glob("*.md"))
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.MULTILINE | re.DOTALL)
+CODE_MARK = re.compile(r"<!-- code: ([\w.]+) -->\s*\Z")
 
 
-def source_lines() -> set[str]:
-    return {
-        line.strip()
-        for path in (REPO / "cornernet_ref").rglob("*.py")
-        for line in path.read_text(encoding="utf-8").splitlines()
-    }
+def resolve(dotted: str) -> object:
+    """The object named ``package.module.Class.method``: the longest importable prefix,
+    then attributes."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[split:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(dotted)
+
+
+def quoted_blocks(text: str) -> list[tuple[int, str | None, str]]:
+    """``(line number, marked name or None, code)`` of every python block of a chapter."""
+    return [
+        (
+            text.count("\n", 0, block.start()) + 1,
+            mark.group(1) if (mark := CODE_MARK.search(text, 0, block.start())) else None,
+            block.group(1),
+        )
+        for block in PYTHON_BLOCK.finditer(text)
+    ]
+
+
+def runs_between_elisions(code: str) -> list[list[str]]:
+    """The runs of lines of a quoted block, split at the ``...`` lines, without the blank
+    lines at either end of a run."""
+    runs: list[list[str]] = [[]]
+    for line in code.splitlines():
+        if line.strip().startswith("..."):
+            runs.append([])
+        else:
+            runs[-1].append(line.rstrip())
+    trimmed = [textwrap.dedent("\n".join(run).strip("\n")).splitlines() for run in runs]
+    return [run for run in trimmed if run]
+
+
+def find_run(run: list[str], source: list[str], start: int) -> int:
+    """Where ``run`` stands in ``source[start:]`` as a contiguous block (compared after
+    removing the indentation common to each); -1 if nowhere."""
+    for at in range(start, len(source) - len(run) + 1):
+        window = textwrap.dedent("\n".join(source[at : at + len(run)])).splitlines()
+        if [line.rstrip() for line in window] == run:
+            return at
+    return -1
+
+
+def package_files_with(line: str) -> list[str]:
+    """The package files that contain ``line`` (stripped), to say where a stray quote is."""
+    return [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "cornernet_ref").rglob("*.py"))
+        if line.strip() in {text.strip() for text in path.read_text(encoding="utf-8").splitlines()}
+    ]
+
+
+def quote_problem(name: str, code: str) -> str | None:
+    """Why ``code`` is not a quote of ``name`` (contiguous runs, in order), or None."""
+    try:
+        source = inspect.getsource(resolve(name)).splitlines()
+    except (ImportError, AttributeError, TypeError):
+        return "the marker names no function, class or method of the package"
+    stripped = [line.strip() for line in source]
+    start = 0
+    for run in runs_between_elisions(code):
+        at = find_run(run, source, start)
+        if at < 0:
+            return run_problem(name, [line.strip() for line in run], stripped[start:], stripped)
+        start = at + len(run)
+    return None
+
+
+def run_problem(name: str, run: list[str], after: list[str], whole: list[str]) -> str:
+    """Why the stripped ``run`` is not a contiguous block of ``after`` (the stripped source
+    of ``name`` after the previous run; ``whole`` is all of it): the first line that breaks
+    the longest head that does stand there."""
+
+    def stands(head: list[str]) -> bool:
+        return any(after[i : i + len(head)] == head for i in range(len(after)))
+
+    matched = max((k for k in range(1, len(run) + 1) if stands(run[:k])), default=0)
+    if matched == len(run):
+        return f"the run starting {run[0]!r} differs in its indentation"
+    line = run[matched]
+    if line not in whole:
+        where = ", ".join(package_files_with(line)) or "no file of the package"
+        return f"{line!r} is not a line of {name} (it stands in: {where})"
+    if matched:
+        shown = repr(line) if line else "a blank line"
+        return f"{shown} does not follow {run[matched - 1]!r}"
+    return f"{line!r} stands in {name} before the previous quoted run"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
-def test_quoted_code_stands_in_the_source(chapter: Path) -> None:
-    known = source_lines()
-    quoted = [
-        line.strip()
-        for block in PYTHON_BLOCK.findall(chapter.read_text(encoding="utf-8"))
-        for line in block.splitlines()
-        if line.strip() and not line.strip().startswith("...")
-    ]
-    missing = [line for line in quoted if line not in known]
-    assert not missing, f"{chapter.name} quotes lines that are not in cornernet_ref/: {missing}"
+def test_quoted_code_is_a_run_of_the_named_function(chapter: Path) -> None:
+    text = chapter.read_text(encoding="utf-8")
+    blocks = quoted_blocks(text)
+    problems = []
+    if text.count("<!-- code: ") != sum(name is not None for _, name, _ in blocks):
+        problems.append("a <!-- code: module.function --> marker not right before a block")
+    for line, name, code in blocks:
+        if name is None:
+            problems.append(f"line {line}: no <!-- code: module.function --> before the block")
+        elif (problem := quote_problem(name, code)) is not None:
+            problems.append(f"line {line}, quoting {name}: {problem}")
+    assert not problems, f"{chapter.name}:\n" + "\n".join(problems)
 
 
-def test_the_check_finds_a_changed_line(tmp_path: Path) -> None:
-    chapter = tmp_path / "00_x.md"
-    chapter.write_text("text\n\n```python\nreturn heat * (window_max == heat)  # step 1\n```\n")
-    [block] = PYTHON_BLOCK.findall(chapter.read_text())
-    assert block.strip() not in source_lines()  # the comment differs from decode.py's
+def function_body(name: str) -> list[str]:
+    """The code lines of a function's body, dedented: material for quotes, good and bad."""
+    source = textwrap.dedent(inspect.getsource(resolve(name)))
+    node = ast.parse(source).body[0]
+    lines = source.splitlines()
+    return [textwrap.dedent(lines[stmt.lineno - 1]) for stmt in node.body[1:]]  # no docstring
+
+
+def test_the_quote_check_accepts_a_run_and_rejects_others() -> None:
+    name, other = "cornernet_ref.targets.gaussian_bump", "cornernet_ref.targets.draw_gaussian"
+    body = function_body(name)
+    assert quote_problem(name, "\n".join(body[:2])) is None  # a contiguous run
+    assert quote_problem(name, f"{body[0]}\n...\n{body[2]}") is None  # with an elision
+    skipped = quote_problem(name, f"{body[0]}\n{body[2]}")  # a line left out, unmarked
+    assert skipped == f"{body[2]!r} does not follow {body[0]!r}"
+    swapped = quote_problem(name, f"{body[2]}\n...\n{body[0]}")  # runs out of order
+    assert swapped == f"{body[0]!r} stands in {name} before the previous quoted run"
+    stray = function_body(other)[-1]  # a line of the package, but of another function
+    assert f"{stray!r} is not a line of {name}" in quote_problem(name, stray)
+    assert "cornernet_ref/targets.py" in quote_problem(name, f"{body[0]}\n{stray}")
+    assert "indentation" in quote_problem(name, f"{body[0]}\n    {body[1]}")
+    assert "names no function" in quote_problem(f"{name}_", body[0])  # a misspelt marker
+    assert quote_problem(name, f"{body[0]}\n{body[1]}  # changed") is not None
+
+
+def test_a_block_without_its_marker_is_reported() -> None:
+    text = "Some text.\n\n```python\nx = 1\n```\n\n<!-- code: a.b -->\n```python\ny\n```\n"
+    assert [(line, name) for line, name, _ in quoted_blocks(text)] == [(3, None), (8, "a.b")]
 
 
 # --- Equations -------------------------------------------------------------------------
@@ -91,21 +210,6 @@ MAIN_EQUATIONS = [
 
 def normalised(math: str) -> str:
     return " ".join(math.split())
-
-
-def resolve(dotted: str) -> object:
-    """The object named ``package.module.Class.method``: the longest importable prefix,
-    then attributes."""
-    parts = dotted.split(".")
-    for split in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:split]))
-        except ModuleNotFoundError:
-            continue
-        for name in parts[split:]:
-            obj = getattr(obj, name)
-        return obj
-    raise ImportError(dotted)
 
 
 def docstring_equations(dotted: str) -> list[str]:
@@ -218,19 +322,90 @@ def test_training_chapter_quotes_the_measured_main_command() -> None:
     assert f"took {round(run['wall_clock_s'])} s" in (REPO / "chapters/06_training.md").read_text()
 
 
-@pytest.mark.parametrize(
-    ("run", "label"),
-    [
-        ("baseline", "as the paper (`small_shapes`)"),
-        ("no_corner_pooling", "without corner pooling"),
-        ("no_penalty_reduction", "without penalty reduction"),
-        ("exact_radius", "exact radius"),
-        ("seed_1", "seed 1"),
-        ("seed_2", "seed 2"),
-    ],
+# --- Measured figures -------------------------------------------------------------------
+
+# A figure a chapter takes from a benchmark's result carries the key it comes from, in a
+# comment right after it (and its unit): ``0.835<!-- radius_ratio.json: results/a/b -->``
+# reads ``benchmarks/results/radius_ratio.json`` at ``["results"]["a"]["b"]`` (a number
+# indexes a list). ``<!-- results ab: radius_ratio.json results/a -->`` names a part of a
+# file once, and ``0.835<!-- ab: b -->`` then reads the same value. The figure must be the
+# value rounded to the decimals written, after an optional `` * factor`` or `` / factor``
+# at the end of the comment (for a percentage or a unit): ``61%<!-- ab: share * 100 -->``,
+# ``686.3 G<!-- model_flops_cpu.json: flops / 1e9 -->``.
+RESULTS = REPO / "benchmarks" / "results"
+RESULTS_NAME = re.compile(r"<!-- results (\w+): ([\w.]+\.json)(?: (\S+))? -->")
+FIGURE_MARK = re.compile(r"<!-- (?!equation:|code:|results )[\w.]+: ")
+MEASURED = re.compile(
+    r"(?P<figure>\d[\d,]*(?:\.\d+)?)[ ]?(?:%|[A-Za-z]+)?"
+    r"<!-- (?P<source>[\w.]+): (?P<key>\S+)(?: (?P<op>[*/]) (?P<factor>[\d.e]+))? -->"
 )
-def test_ablation_table_quotes_the_measured_runs(run: str, label: str) -> None:
-    runs = json.loads((REPO / "benchmarks/results/ablations_shapes.json").read_text())["runs"]
-    metrics = runs[run]["metrics"]
-    row = markdown_rows("07_error_analysis.md", label)
-    assert row == [rounded(metrics[name]) for name in ("AP", "AP50", "AP75")]
+
+
+def measured_value(file: str, key: str, op: str | None, factor: str | None) -> float:
+    """The value at ``key`` (``a/b/0/c``) of a result file, scaled as the marker says."""
+    value = json.loads((RESULTS / file).read_text(encoding="utf-8"))
+    for part in key.split("/"):
+        try:
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        except (KeyError, IndexError, ValueError):
+            raise AssertionError(f"{file} has no {key!r}: no {part!r} there") from None
+    if op is None:
+        return value
+    return value * float(factor) if op == "*" else value / float(factor)
+
+
+def as_written(value: float, figure: str) -> str:
+    """``value`` rounded to the decimals of ``figure``, thousands separated as there."""
+    decimals = len(figure.partition(".")[2])
+    return f"{value:,.{decimals}f}" if "," in figure else f"{value:.{decimals}f}"
+
+
+def measured_figures(text: str) -> list[tuple[int, str, str]]:
+    """``(line, figure as written, value as it should be written)`` of each marked figure."""
+    names = {name: (file, prefix) for name, file, prefix in RESULTS_NAME.findall(text)}
+    found = []
+    for mark in MEASURED.finditer(text):
+        file, key = mark["source"], mark["key"]
+        if not file.endswith(".json"):
+            assert file in names, f"no <!-- results {file}: FILE.json KEY --> names {file!r}"
+            file, prefix = names[file]
+            key = f"{prefix}/{key}" if prefix else key
+        value = measured_value(file, key, mark["op"], mark["factor"])
+        line = text.count("\n", 0, mark.start()) + 1
+        found.append((line, mark["figure"], as_written(value, mark["figure"])))
+    return found
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
+def test_measured_figures_are_those_of_the_results(chapter: Path) -> None:
+    text = chapter.read_text(encoding="utf-8")
+    marks = len(FIGURE_MARK.findall(text))
+    assert len(measured_figures(text)) == marks, "a figure's marker not right after a number"
+    wrong = [
+        f"line {line}: {figure}, measured {value}"
+        for line, figure, value in measured_figures(text)
+        if figure != value
+    ]
+    assert not wrong, f"{chapter.name} disagrees with benchmarks/results/: {wrong}"
+
+
+def test_the_figure_check_reads_keys_scales_and_rounds() -> None:
+    runs = json.loads((RESULTS / "radius_ratio.json").read_text())["results"]
+    share = runs["coco128_longer_side_511"]["t=0.3"]["share_int_radius_larger_exact"]
+    key = "radius_ratio.json: results/coco128_longer_side_511/t=0.3/share_int_radius_larger_exact"
+    percent = f"{share * 100:.0f}"
+    [(line, figure, value)] = measured_figures(f"text\nabout {percent}%<!-- {key} * 100 -->")
+    assert (line, figure, value) == (2, percent, percent)
+    [(_, _, value)] = measured_figures(f"{share:.4f}<!-- {key} -->")
+    assert value == f"{share:.4f}"
+    parameters = json.loads((RESULTS / "model_flops_cpu.json").read_text())["parameters"]
+    [(_, _, value)] = measured_figures("1,000 k<!-- model_flops_cpu.json: parameters / 1e3 -->")
+    assert value == f"{parameters / 1000:,.0f}"  # the thousands separator follows the figure
+    [(_, figure, value)] = measured_figures(f"{share + 0.01:.2f}<!-- {key} -->")
+    assert figure != value  # a figure off in its last decimal is caught
+    with pytest.raises(AssertionError, match="radius_ratio.json has no .* no 'ratio_mx' there"):
+        measured_figures(f"0.998<!-- {key.rpartition('/')[0]}/ratio_mx -->")
+    named = "<!-- results coco: radius_ratio.json results/coco128_longer_side_511/t=0.3 -->"
+    text = f"{named}\n{share:.3f}<!-- coco: share_int_radius_larger_exact -->"
+    [(line, _, value)] = measured_figures(text)
+    assert (line, value) == (2, f"{share:.3f}")
