@@ -142,37 +142,30 @@ class TrainConfig(PrintableConfig):
             raise ValueError(f"augment.input_size: {error}") from None
 
 
+# The paper's configuration; the others are named below it.
+HOURGLASS104_COCO = TrainConfig(
+    name="hourglass104_coco",
+    dataset="coco",
+    train_images="data/coco/train2017",
+    train_annotations="data/coco/annotations/instances_train2017.json",
+    val_images="data/coco/val2017",
+    val_annotations="data/coco/annotations/instances_val2017.json",
+    workers=4,
+    pin_memory=True,
+    channels_last=True,
+    checkpoint_every=5000,
+    val_every=50_000,
+    val_limit=500,
+    out="runs/hourglass104_coco",
+)
+
 # The named configurations.
 CONFIGS: dict[str, TrainConfig] = {
-    "hourglass104_coco": TrainConfig(
-        name="hourglass104_coco",
-        dataset="coco",
-        train_images="data/coco/train2017",
-        train_annotations="data/coco/annotations/instances_train2017.json",
-        val_images="data/coco/val2017",
-        val_annotations="data/coco/annotations/instances_val2017.json",
-        workers=4,
-        pin_memory=True,
-        channels_last=True,
-        checkpoint_every=5000,
-        val_every=50_000,
-        val_limit=500,
-        out="runs/hourglass104_coco",
-    ),
-    "hourglass52_coco": TrainConfig(
+    "hourglass104_coco": HOURGLASS104_COCO,
+    "hourglass52_coco": replace(  # one stack: Hourglass-52
+        HOURGLASS104_COCO,
         name="hourglass52_coco",
         model=ModelConfig(nstack=1),
-        dataset="coco",
-        train_images="data/coco/train2017",
-        train_annotations="data/coco/annotations/instances_train2017.json",
-        val_images="data/coco/val2017",
-        val_annotations="data/coco/annotations/instances_val2017.json",
-        workers=4,
-        pin_memory=True,
-        channels_last=True,
-        checkpoint_every=5000,
-        val_every=50_000,
-        val_limit=500,
         out="runs/hourglass52_coco",
     ),
     "small_shapes": TrainConfig(
