@@ -108,11 +108,13 @@ class FirstShareStatistics(CornerNet):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process(tmp_path, monkeypatch):
+def test_two_gloo_processes_equal_one_process(tmp_path, monkeypatch, one_thread):
     """Same global batch: 2 ranks x 1 micro-batch == 1 rank x 2 accumulated micro-batches.
 
     Parameters equal; the batch-norm buffers equal those of the documented rule (only rank
-    0's share updates them), and the checkpoint holds exactly rank 0's model.
+    0's share updates them), and the checkpoint holds exactly rank 0's model. Both sides run
+    one torch thread: the sums of a convolution's gradient are split by thread, and Adam's
+    first steps turn their last-bit differences into visible ones.
     """
     import cornernet_ref.train as train_module
 
