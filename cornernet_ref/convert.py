@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cornernet_ref.checkpoint import save_checkpoint
+from cornernet_ref.checkpoint import FORMAT, save_checkpoint
 from cornernet_ref.errors import InputError, first_line
 from cornernet_ref.model import CornerNet, ModelConfig
 
@@ -293,7 +293,35 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
         raise InputError(f"{path} is truncated or corrupt: {first_line(error)}") from error
     if not isinstance(state, Mapping):
         raise InputError(f"{path}: expected a state dict, got {type(state).__name__}")
+    if state.get("format") == FORMAT:
+        raise InputError(
+            f"{path} is a cornernet-ref checkpoint already: use it as it is (--checkpoint, "
+            "--resume or --init-from), there is nothing to convert"
+        )
+    not_tensors = [str(key) for key, value in state.items() if not isinstance(value, Tensor)]
+    if not_tensors:
+        raise InputError(
+            f"{path} is not an official CornerNet state dict: {not_tensors[0]!r} is not a "
+            f"tensor ({len(not_tensors)} of {len(state)} entries are not)"
+        )
     return dict(state)
+
+
+def read_official(
+    path: str | Path, *, trust: bool = False
+) -> tuple[ModelConfig, dict[str, Tensor]]:
+    r"""The configuration and this model's state dict of the official file ``path``.
+
+    Raises:
+        InputError: the file cannot be read (:func:`load_official`), or is not a complete
+            official state dict: naming the file and the first tensor missing or misshapen.
+    """
+    official = load_official(path, trust=trust)
+    try:
+        config = infer_model_config(official)
+        return config, convert_official_state_dict(official, config)
+    except ValueError as error:
+        raise InputError(f"{path}: {error}") from error
 
 
 def convert_file(source: str | Path, target: str | Path, *, trust: bool = False) -> ModelConfig:
@@ -302,9 +330,7 @@ def convert_file(source: str | Path, target: str | Path, *, trust: bool = False)
     Returns:
         The model configuration read off the file.
     """
-    official = load_official(source, trust=trust)
-    config = infer_model_config(official)
-    converted = convert_official_state_dict(official, config)
+    config, converted = read_official(source, trust=trust)
     with torch.device("meta"):  # no memory: the converted tensors take the parameters' place
         model = CornerNet(config)
     model.load_state_dict(converted, assign=True)
@@ -328,5 +354,6 @@ __all__ = [
     "load_official",
     "official_to_ours",
     "ours_to_official",
+    "read_official",
     "to_official_state_dict",
 ]
