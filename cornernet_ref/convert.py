@@ -289,6 +289,8 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
             f"{path} holds more than tensors (it names {found[1]}); if you trust the file, "
             f"convert it with `cornernet-ref convert --trust {path} OUT.pt` and use OUT.pt"
         ) from error
+    except OSError as error:  # no permission, a read error: as the operating system says
+        raise InputError(f"cannot read {path}: {error.strerror or error}") from error
     except Exception as error:  # damaged bytes make the readers raise any of many types
         raise InputError(f"{path} is truncated or corrupt: {first_line(error)}") from error
     if not isinstance(state, Mapping):
@@ -297,12 +299,6 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
         raise InputError(
             f"{path} is a cornernet-ref checkpoint already: use it as it is (--checkpoint, "
             "--resume or --init-from), there is nothing to convert"
-        )
-    not_tensors = [str(key) for key, value in state.items() if not isinstance(value, Tensor)]
-    if not_tensors:
-        raise InputError(
-            f"{path} is not an official CornerNet state dict: {not_tensors[0]!r} is not a "
-            f"tensor ({len(not_tensors)} of {len(state)} entries are not)"
         )
     return dict(state)
 
@@ -317,6 +313,12 @@ def read_official(
             official state dict: naming the file and the first tensor missing or misshapen.
     """
     official = load_official(path, trust=trust)
+    not_tensors = [str(key) for key, value in official.items() if not isinstance(value, Tensor)]
+    if not_tensors:
+        raise InputError(
+            f"{path} is not an official CornerNet state dict: {not_tensors[0]!r} is not a "
+            f"tensor ({len(not_tensors)} of {len(official)} entries are not)"
+        )
     try:
         config = infer_model_config(official)
         return config, convert_official_state_dict(official, config)
