@@ -278,6 +278,10 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
     if not Path(path).is_file():
         raise InputError(f"official weights not found: {path}")
     try:
+        Path(path).open("rb").close()  # a file that cannot be opened: as the system says
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror or error}") from error
+    try:
         state = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
@@ -289,8 +293,6 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
             f"{path} holds more than tensors (it names {found[1]}); if you trust the file, "
             f"convert it with `cornernet-ref convert --trust {path} OUT.pt` and use OUT.pt"
         ) from error
-    except OSError as error:  # no permission, a read error: as the operating system says
-        raise InputError(f"cannot read {path}: {error.strerror or error}") from error
     except Exception as error:  # damaged bytes make the readers raise any of many types
         raise InputError(f"{path} is truncated or corrupt: {first_line(error)}") from error
     if not isinstance(state, Mapping):

@@ -150,8 +150,8 @@ class RunLog:
         the run that wrote it may have gone further before it stopped."""
         if not self.history.is_file():
             return
-        lines = self.history.read_text().splitlines(keepends=True)
-        kept = "".join(line for line in lines if json.loads(line)["iteration"] <= start)
+        lines = self.history.read_text().split("\n")[:-1]  # the last, if torn by a kill, not
+        kept = "".join(f"{line}\n" for line in lines if json.loads(line)["iteration"] <= start)
         write_atomically(self.history, lambda file: file.write(kept.encode()))
 
     def step(self, done: int, terms: dict[str, float], lr: float) -> None:
