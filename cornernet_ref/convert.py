@@ -43,8 +43,10 @@ reads.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -281,6 +283,11 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
         Path(path).open("rb").close()  # a file that cannot be opened: as the system says
     except OSError as error:
         raise InputError(f"cannot read {path}: {error.strerror or error}") from error
+    if _is_checkpoint(path):  # its random states are not tensors: the safe loader refuses
+        raise InputError(
+            f"{path} is a cornernet-ref checkpoint already: use it as it is (--checkpoint, "
+            "--resume or --init-from), there is nothing to convert"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
@@ -297,12 +304,17 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
         raise InputError(f"{path} is truncated or corrupt: {first_line(error)}") from error
     if not isinstance(state, Mapping):
         raise InputError(f"{path}: expected a state dict, got {type(state).__name__}")
-    if state.get("format") == FORMAT:
-        raise InputError(
-            f"{path} is a cornernet-ref checkpoint already: use it as it is (--checkpoint, "
-            "--resume or --init-from), there is nothing to convert"
-        )
     return dict(state)
+
+
+def _is_checkpoint(path: str | Path) -> bool:
+    r"""Whether ``path`` is a checkpoint of this project, told without unpickling it: its
+    format marker is a string in the pickle of the ``torch.save`` archive."""
+    with contextlib.suppress(OSError, zipfile.BadZipFile, StopIteration):
+        with zipfile.ZipFile(path) as archive:
+            pickled = next(name for name in archive.namelist() if name.endswith("/data.pkl"))
+            return FORMAT.encode() in archive.read(pickled)
+    return False
 
 
 def read_official(

@@ -244,7 +244,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["convert", "{root}/not_tensors.pkl", "{ck}"],
         ["not_tensors.pkl", "'weights' is not a tensor"],
     ),
-    "convert-checkpoint": (["convert", "{ck}", "{run}/out.pt"], ["last.pt", "--trust"]),
+    "convert-checkpoint": (
+        ["convert", "{ck}", "{run}/out.pt"],
+        ["last.pt is a cornernet-ref checkpoint already", "use it as it is"],
+    ),
     "convert-trust-checkpoint": (
         ["convert", "--trust", "{ck}", "{run}/out.pt"],
         ["last.pt is a cornernet-ref checkpoint already", "use it as it is"],
