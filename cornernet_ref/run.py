@@ -11,6 +11,9 @@ r"""The plumbing of a training run: its folder, its processes, its random state,
   [load_training_state][cornernet_ref.run.load_training_state]: the checkpoint of a run
   (:mod:`cornernet_ref.checkpoint`), with the optimiser, the loss scaler and every random
   state, so that ``--resume`` continues exactly where a run stopped.
+* [check_resumable][cornernet_ref.run.check_resumable] and
+  [check_resumed_classes][cornernet_ref.run.check_resumed_classes]: a run is continued only
+  with the model and the data it was trained with, and only if it has iterations left.
 """
 
 from __future__ import annotations
