@@ -24,9 +24,11 @@ read-only folder) removes its temporary file, keeps the old checkpoint and raise
 **Clear errors.** :func:`load_checkpoint` raises :class:`CheckpointError`, naming the file,
 when it is missing, truncated or corrupt (not a zip archive, or a record whose bytes no
 longer match their CRC: checked before unpickling, since damaged bytes can make the
-unpickler ask for any amount of memory), not a checkpoint of this project (an official
-state dict is told to be converted first), written by a newer format version, or, for
-resuming, holds a model without its training state. Files written before the format had
+unpickler ask for any amount of memory), unreadable (the operating system's reason), in
+torch's legacy format (how to save it again is said), not a checkpoint of this project (an
+official state dict is told to be converted first), written by a newer format version,
+holds weights with NaN or infinite values (naming the tensor), or, for resuming, holds a
+model without its training state. Files written before the format had
 a version (a dict with ``model`` and ``model_kwargs``) are read as version 0.
 
 **Versions.** Version 2 calls the model's configuration
@@ -61,6 +63,9 @@ MODEL_KEYS = ("model", "model_config")
 _OLD_MODEL_CONFIG_KEY = "model_kwargs"  # versions 0 and 1
 _OLD_LOSS_FIELDS = ("pull_weight", "push_weight", "offset_weight")  # top-level up to version 2
 RESUME_KEYS = ("iteration", "optimizer", "scaler", "rng", "config")
+# The first bytes of a file of torch.save's legacy format (a pickle, no zip archive): the
+# pickle protocol 2 marker and torch's magic number, 0x1950A86A20F9469CFC6C, pickled.
+_LEGACY_HEAD = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
 
 
 class CheckpointError(InputError, ValueError):
@@ -185,6 +190,20 @@ def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict[str, Any]
             else f"checkpoint not found: {path}"
         )
     try:
+        with path.open("rb") as file:
+            head = file.read(len(_LEGACY_HEAD))
+    except OSError as error:  # no permission, a read error: as the operating system says
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {error.strerror or error}"
+        ) from error
+    if head == _LEGACY_HEAD:
+        raise CheckpointError(
+            f"checkpoint {path} is in the legacy torch format (before torch 1.6), which is not "
+            'read here; save it again in the current format with `python -c "import torch; '
+            f"torch.save(torch.load('{path}', weights_only=False), 'NEW.pt')\"` (trusted files "
+            "only)"
+        )
+    try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()  # reads every record and checks its CRC-32
         if damaged is not None:
@@ -241,6 +260,12 @@ def _check(path: Path, state: Any, resume: bool) -> None:
             f"{path} holds a model without its training state ({', '.join(missing)} missing): "
             "it cannot be resumed"
         )
+    for name, tensor in state["model"].items():  # a diverged run's weights predict nothing
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not tensor.isfinite().all():
+            raise CheckpointError(
+                f"checkpoint {path}: its weight {name!r} holds NaN or infinite values "
+                "(saved from a run that diverged?)"
+            )
 
 
 __all__ = [

@@ -43,15 +43,17 @@ reads.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from cornernet_ref.checkpoint import save_checkpoint
+from cornernet_ref.checkpoint import FORMAT, save_checkpoint
 from cornernet_ref.errors import InputError, first_line
 from cornernet_ref.model import CornerNet, ModelConfig
 
@@ -278,6 +280,15 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
     if not Path(path).is_file():
         raise InputError(f"official weights not found: {path}")
     try:
+        Path(path).open("rb").close()  # a file that cannot be opened: as the system says
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror or error}") from error
+    if _is_checkpoint(path):  # its random states are not tensors: the safe loader refuses
+        raise InputError(
+            f"{path} is a cornernet-ref checkpoint already: use it as it is (--checkpoint, "
+            "--resume or --init-from), there is nothing to convert"
+        )
+    try:
         state = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
@@ -296,15 +307,46 @@ def load_official(path: str | Path, *, trust: bool = False) -> dict[str, Tensor]
     return dict(state)
 
 
+def _is_checkpoint(path: str | Path) -> bool:
+    r"""Whether ``path`` is a checkpoint of this project, told without unpickling it: its
+    format marker is a string in the pickle of the ``torch.save`` archive."""
+    with contextlib.suppress(OSError, zipfile.BadZipFile, StopIteration):
+        with zipfile.ZipFile(path) as archive:
+            pickled = next(name for name in archive.namelist() if name.endswith("/data.pkl"))
+            return FORMAT.encode() in archive.read(pickled)
+    return False
+
+
+def read_official(
+    path: str | Path, *, trust: bool = False
+) -> tuple[ModelConfig, dict[str, Tensor]]:
+    r"""The configuration and this model's state dict of the official file ``path``.
+
+    Raises:
+        InputError: the file cannot be read (:func:`load_official`), or is not a complete
+            official state dict: naming the file and the first tensor missing or misshapen.
+    """
+    official = load_official(path, trust=trust)
+    not_tensors = [str(key) for key, value in official.items() if not isinstance(value, Tensor)]
+    if not_tensors:
+        raise InputError(
+            f"{path} is not an official CornerNet state dict: {not_tensors[0]!r} is not a "
+            f"tensor ({len(not_tensors)} of {len(official)} entries are not)"
+        )
+    try:
+        config = infer_model_config(official)
+        return config, convert_official_state_dict(official, config)
+    except ValueError as error:
+        raise InputError(f"{path}: {error}") from error
+
+
 def convert_file(source: str | Path, target: str | Path, *, trust: bool = False) -> ModelConfig:
     r"""Convert an official checkpoint file into one that ``CornerNet.from_checkpoint`` loads.
 
     Returns:
         The model configuration read off the file.
     """
-    official = load_official(source, trust=trust)
-    config = infer_model_config(official)
-    converted = convert_official_state_dict(official, config)
+    config, converted = read_official(source, trust=trust)
     with torch.device("meta"):  # no memory: the converted tensors take the parameters' place
         model = CornerNet(config)
     model.load_state_dict(converted, assign=True)
@@ -328,5 +370,6 @@ __all__ = [
     "load_official",
     "official_to_ours",
     "ours_to_official",
+    "read_official",
     "to_official_state_dict",
 ]

@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from cornernet_ref.checkpoint import atomic_path
 from cornernet_ref.corner_pool import CORNERS, DIRECTIONS, CornerPool
 from cornernet_ref.data.image import MEAN_RGB, STD_RGB
+from cornernet_ref.errors import InputError, first_line
 from cornernet_ref.hourglass import stem_output_size
 from cornernet_ref.inference import CanvasGeometry, OutputSource, canvas_batch
 from cornernet_ref.output import CornerNetOutput
@@ -260,6 +261,11 @@ def export_onnx(
     return out
 
 
+class OnnxFileError(InputError, ValueError):
+    r"""An ``.onnx`` file that cannot be run: missing, not ONNX, or not written by
+    :func:`export_onnx`; the message names the file."""
+
+
 class OnnxModel:
     r"""An exported file run by onnxruntime, with the metadata :func:`export_onnx` recorded.
 
@@ -278,7 +284,7 @@ class OnnxModel:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"ONNX file not found: {path}")
+            raise OnnxFileError(f"ONNX file not found: {path}")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's default
         try:
@@ -286,12 +292,13 @@ class OnnxModel:
                 str(path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as error:  # onnxruntime raises its own error types
-            raise ValueError(f"{path}: onnxruntime cannot load it: {error}") from error
+            reason = first_line(error)
+            raise OnnxFileError(f"{path}: onnxruntime cannot load it: {reason}") from error
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata: dict[str, Any] = {}
         for key in ("class_names", "normalization", "hourglass_depth", "max_input_side"):
             if METADATA_PREFIX + key not in props:
-                raise ValueError(
+                raise OnnxFileError(
                     f"{path}: no '{METADATA_PREFIX}{key}' in its metadata; export the model "
                     "with `cornernet-ref export`"
                 )
@@ -349,6 +356,7 @@ __all__ = [
     "OUTPUT_NAMES",
     "DoublingCornerPool",
     "LastStackMaps",
+    "OnnxFileError",
     "OnnxModel",
     "doubling_pool",
     "doubling_steps",

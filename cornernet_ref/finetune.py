@@ -34,7 +34,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from cornernet_ref.convert import convert_official_state_dict, load_official
+from cornernet_ref.convert import read_official
 from cornernet_ref.errors import InputError
 from cornernet_ref.model import CornerNet
 
@@ -88,7 +88,7 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise InputError(f"--init-from: file not found: {path}")
     if path.suffix == OFFICIAL_SUFFIX:
-        return convert_official_state_dict(load_official(path))
+        return read_official(path)[1]
     return CornerNet.from_checkpoint(path).state_dict()
 
 

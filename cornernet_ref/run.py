@@ -11,6 +11,9 @@ r"""The plumbing of a training run: its folder, its processes, its random state,
   [load_training_state][cornernet_ref.run.load_training_state]: the checkpoint of a run
   (:mod:`cornernet_ref.checkpoint`), with the optimiser, the loss scaler and every random
   state, so that ``--resume`` continues exactly where a run stopped.
+* [check_resumable][cornernet_ref.run.check_resumable] and
+  [check_resumed_classes][cornernet_ref.run.check_resumed_classes]: a run is continued only
+  with the model and the data it was trained with, and only if it has iterations left.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from cornernet_ref.checkpoint import load_checkpoint, save_checkpoint, write_atomically
+from cornernet_ref.checkpoint import save_checkpoint, write_atomically
+from cornernet_ref.errors import InputError
 
 if TYPE_CHECKING:
     from cornernet_ref.config import TrainConfig
@@ -139,7 +143,19 @@ class RunLog:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter  # here: it is slow to import
 
-            self.writer = SummaryWriter(str(run.tensorboard))
+            if start:  # a resumed run: what was logged after its checkpoint is redone
+                self._truncate_history(start)
+            # purge_step: TensorBoard drops its own scalars from the resumed iteration on.
+            self.writer = SummaryWriter(str(run.tensorboard), purge_step=start or None)
+
+    def _truncate_history(self, start: int) -> None:
+        r"""Keep the lines of ``history.jsonl`` up to iteration ``start`` (the checkpoint's):
+        the run that wrote it may have gone further before it stopped."""
+        if not self.history.is_file():
+            return
+        lines = self.history.read_text().split("\n")[:-1]  # the last, if torn by a kill, not
+        kept = "".join(f"{line}\n" for line in lines if json.loads(line)["iteration"] <= start)
+        write_atomically(self.history, lambda file: file.write(kept.encode()))
 
     def step(self, done: int, terms: dict[str, float], lr: float) -> None:
         r"""Iteration ``done`` is over: the bar moves; every ``log_every`` iterations and at
@@ -226,14 +242,81 @@ def save_training_state(
     write_atomically(run.config, lambda file: file.write(config_text))
 
 
+def check_resumable(path: str | Path, state: dict[str, Any], config: TrainConfig) -> None:
+    r"""Refuse to continue the checkpoint ``state`` (read from ``path``) with ``config`` when
+    its run is over, or when ``config`` trains another model or on other data.
+
+    The model's configuration (all but ``num_classes``, which the data sets: see
+    :func:`check_resumed_classes`) and the data's fields must be the checkpoint's; the
+    schedule, the optimiser's settings and the rest may change.
+
+    Raises:
+        InputError: naming ``path`` and, for a changed run, every field that differs.
+    """
+    if state["iteration"] >= config.max_iters:
+        raise InputError(
+            f"{path} is at iteration {state['iteration']}, and this run ends at "
+            f"{config.max_iters} (max_iters): there is nothing left to train; give a larger "
+            "--max-iters to train further"
+        )
+    saved = {"model": state["model_config"], **state["config"]}
+    requested = config.to_dict()
+    fields = [f"model.{name}" for name in requested["model"] if name != "num_classes"]
+    fields += ["dataset"] + list(_DATA_FIELDS[requested["dataset"]])
+    differ = [
+        f"{name} {_field(saved, name)!r} -> {_field(requested, name)!r}"
+        for name in fields
+        if _field(saved, name) != _field(requested, name)
+    ]
+    if differ:
+        raise InputError(
+            f"cannot resume {path} with another model or other data ({'; '.join(differ)}): "
+            f"resume without changing them, or start a new run from its weights with "
+            f"--init-from {path}"
+        )
+
+
+# The fields that choose the training data, by dataset: a resumed run must keep them.
+_DATA_FIELDS = {
+    "coco": ("train_annotations",),
+    "shapes": ("shapes_train", "shapes_size", "shapes_seed"),
+}
+
+
+def _field(config: dict[str, Any], name: str) -> Any:
+    r"""The value of the dotted field ``name`` of a configuration's dict, as JSON writes it
+    (tuples become lists), or None when it has no such field."""
+    for part in name.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return json.loads(json.dumps(config))
+
+
+def check_resumed_classes(path: str | Path, state: dict[str, Any], class_names: list[str]) -> None:
+    r"""Refuse to continue the checkpoint ``state`` on data of other classes than its own.
+
+    Raises:
+        InputError: naming ``path`` and both lists of classes.
+    """
+    saved = state["class_names"] or [str(i) for i in range(state["model_config"]["num_classes"])]
+    if list(saved) != list(class_names):
+        raise InputError(
+            f"cannot resume {path} on this data: the checkpoint has {len(saved)} classes "
+            f"({_some(saved)}), the data {len(class_names)} ({_some(class_names)})"
+        )
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def load_training_state(
-    path: str | Path,
+    state: dict[str, Any],
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
 ) -> int:
-    r"""Load the training state of the checkpoint ``path``; returns its iteration."""
-    state = load_checkpoint(path, resume=True)
+    r"""Load a checkpoint's training state (``load_checkpoint(path, resume=True)``, checked
+    by :func:`check_resumable`) into the run; returns its iteration."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
@@ -245,6 +328,8 @@ __all__ = [
     "Distributed",
     "RunFolder",
     "RunLog",
+    "check_resumable",
+    "check_resumed_classes",
     "load_training_state",
     "restore_rng_states",
     "rng_states",

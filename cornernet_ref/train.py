@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cornernet_ref import finetune
+from cornernet_ref.checkpoint import load_checkpoint
 from cornernet_ref.config import TrainConfig
 from cornernet_ref.data.coco import CocoDetection, load_coco
 from cornernet_ref.data.loader import StreamBatchSampler, TrainingSet, make_loader
@@ -57,6 +58,8 @@ from cornernet_ref.run import (
     Distributed,
     RunFolder,
     RunLog,
+    check_resumable,
+    check_resumed_classes,
     load_training_state,
     save_training_state,
 )
@@ -104,15 +107,22 @@ def _train(
     init_from: str | Path | None,
 ) -> tuple[nn.Module, dict]:
     # Setup: data, model, optimiser, loss, resumed state, the stream of micro-batches.
+    # The files given are read and checked before any data is read or written.
+    resumed = load_checkpoint(resume, resume=True) if resume is not None else None
+    if resumed is not None:
+        check_resumable(resume, resumed, config)
+    weights = finetune.read_weights(init_from) if init_from is not None else None
     source, val = shared_data(config, job)
     config = replace(config, model=replace(config.model, num_classes=source.num_classes))
+    if resumed is not None:
+        check_resumed_classes(resume, resumed, source.class_names)
     if job.is_main:
         print(f"config {config.name}:\n{config}", file=sys.stderr)
-    model, initialised = build_model(config, job, source.class_names, init_from)
+    model, initialised = build_model(config, job, source.class_names, init_from, weights)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     fp16 = autocast_dtype(config, job.device) == torch.float16
     scaler = torch.amp.GradScaler(job.device.type, enabled=fp16)  # fp16 needs loss scaling
-    start = load_training_state(resume, model, optimizer, scaler) if resume is not None else 0
+    start = load_training_state(resumed, model, optimizer, scaler) if resumed is not None else 0
     network = parallel(model, config, job)
     criterion = CornerNetLoss(config.loss)
     batches = micro_batches(source, config, job, start)
@@ -194,22 +204,32 @@ def prepare_data(config: TrainConfig) -> tuple[CocoDetection, tuple[Path, Path] 
         config.train_annotations, config.train_images, skip_unreadable=config.skip_unreadable
     )
     if config.val_images and config.val_annotations:
-        if Path(config.val_annotations).is_file():
-            CocoDetection(config.val_annotations, config.val_images)  # checked now, not at the end
-            return source, (Path(config.val_images), Path(config.val_annotations))
-        print(f"no validation: {config.val_annotations} not found", file=sys.stderr)
+        if not Path(config.val_annotations).is_file():  # refused now, not after training
+            raise InputError(
+                f"validation annotations not found: {config.val_annotations} (give "
+                "--val-annotations '' to train without validation)"
+            )
+        CocoDetection(config.val_annotations, config.val_images)  # checked now, not at the end
+        return source, (Path(config.val_images), Path(config.val_annotations))
     return source, None
 
 
 def build_model(
-    config: TrainConfig, job: Distributed, class_names: list[str], init_from: str | Path | None
+    config: TrainConfig,
+    job: Distributed,
+    class_names: list[str],
+    init_from: str | Path | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> tuple[CornerNet, finetune.InitReport | None]:
     r"""The network on this rank's device, its initial weights drawn from ``config.seed``
-    (the same on every rank) or loaded from ``init_from``; and what ``init_from`` loaded."""
+    (the same on every rank) or loaded from ``weights``, read from the file ``init_from``
+    (:func:`~cornernet_ref.finetune.read_weights`); and what they loaded."""
     torch.manual_seed(config.seed)
     model = CornerNet(config.model).to(job.device)
     model.class_names = list(class_names)
-    initialised = finetune.init_from(model, init_from) if init_from is not None else None
+    initialised = None
+    if weights is not None:
+        initialised = finetune.load_matching(model, weights, str(init_from))
     if initialised is not None and job.is_main:
         print(initialised.summary(), file=sys.stderr)
     return model.to(memory_format=memory_format(config)), initialised

@@ -68,6 +68,20 @@ TINY_TRAINING = TrainConfig(
 )
 
 
+def tiny_arguments(out: Path) -> list[str]:
+    """Command-line overrides turning small_shapes into (nearly) the tiny configuration."""
+    model = TINY_TRAINING.model
+    return [
+        "--model.n", str(model.n), "--model.nstack", str(model.nstack),
+        "--model.dims", ",".join(map(str, model.dims)),
+        "--model.modules", ",".join(map(str, model.modules)),
+        "--model.cnv-dim", "8", "--model.pre-dim", "8", "--model.pool-dim", "8",
+        "--augment.input-size", "63", "--augment.border", "16", "--output-size", "16",
+        "--shapes-train", "8", "--shapes-val", "2", "--shapes-size", "56",
+        "--batch-size", "2", "--workers", "0", "--out", str(out),
+    ]  # fmt: skip
+
+
 class RectangleFinder(nn.Module):
     """Detects the white rectangle in each half (left / right) of the canvas, class 0.
 

@@ -32,6 +32,7 @@ from cornernet_ref.data.shapes import CLASS_NAMES, render_shapes_image, shapes_d
 from cornernet_ref.export import (
     OUTPUT_NAMES,
     DoublingCornerPool,
+    OnnxFileError,
     OnnxModel,
     doubling_pool,
     onnx_source,
@@ -359,7 +360,7 @@ def test_clear_errors(model, checkpoint, exported, pool_graph, tmp_path, capsys)
     assert "error: the folder of --out does not exist" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="folder of the ONNX file does not exist"):
         export.export_onnx(model, out)
-    with pytest.raises(FileNotFoundError, match="ONNX file not found"):
+    with pytest.raises(OnnxFileError, match="ONNX file not found"):
         OnnxModel(tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="no 'cornernet_ref.class_names' in its metadata"):
         OnnxModel(pool_graph)

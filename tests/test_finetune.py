@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cornernet_ref.checkpoint import load_checkpoint
+from cornernet_ref.checkpoint import load_checkpoint, save_checkpoint
 from cornernet_ref.cli import main
 from cornernet_ref.config import TrainConfig
 from cornernet_ref.convert import convert_file, to_official_state_dict
@@ -273,7 +273,8 @@ def test_recipe_stops_before_training_on_a_malformed_file(own_data, tmp_path, ca
     data = json.loads(annotations.read_text())
     data["annotations"][1]["bbox"][3] = -2.0
     annotations.write_text(json.dumps(data))
-    checkpoint = tmp_path / "never-read.pt"
+    checkpoint = tmp_path / "pretrained.pt"  # read (and checked) before the data
+    save_checkpoint(checkpoint, fresh(3).checkpoint_state())
     paths = own_data | {"runs/small_shapes/checkpoints/last.pt": checkpoint}
     assert main([*substitute(documented_command(), paths), *tiny_options()]) == 2
     error = capsys.readouterr().err

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from helpers import TINY_TRAINING as TINY
+from helpers import tiny_arguments
 from PIL import Image
 
 from cornernet_ref.checkpoint import CheckpointError, load_checkpoint
@@ -227,13 +228,13 @@ train(config, resume=resume)
 """
 
 
-def _history(path: Path, offset: int) -> list[int]:
-    """Iterations recorded in ``history.jsonl`` from byte ``offset`` on."""
+def _history(path: Path, start: int = 0) -> list[int]:
+    """Iterations after ``start`` recorded in ``history.jsonl``, in the file's order."""
     if not path.exists():
         return []
-    with path.open("rb") as file:
-        file.seek(offset)
-        return [json.loads(line)["iteration"] for line in file.read().splitlines()]
+    lines = path.read_text().split("\n")[:-1]  # not the last: it may be being written
+    iterations = [json.loads(line)["iteration"] for line in lines]
+    return [iteration for iteration in iterations if iteration > start]
 
 
 @pytest.mark.slow
@@ -256,7 +257,6 @@ def test_runs_killed_at_random_moments_resume_to_the_same_parameters(tmp_path, o
     stages = ["half-written", "random", "before-rename", "none"]
     for index, stage in enumerate(stages):
         start = load_checkpoint(last, resume=True)["iteration"] if last.exists() else 0
-        offset = history.stat().st_size if history.exists() else 0
         # Pauses fall inside this run's own work, at least one checkpoint past its start;
         # a random kill lands between its first iteration and its final checkpoint.
         stop, stop_at = stage, min(start + rng.randint(2, 3), config.max_iters)
@@ -278,7 +278,7 @@ def test_runs_killed_at_random_moments_resume_to_the_same_parameters(tmp_path, o
         try:
             deadline = time.monotonic() + 240
             while child.poll() is None and time.monotonic() < deadline:
-                if stage == "random" and _history(history, offset):
+                if stage == "random" and _history(history, start):
                     time.sleep(rng.uniform(0.0, 0.3))
                     break
                 if stopped.exists():
@@ -288,7 +288,7 @@ def test_runs_killed_at_random_moments_resume_to_the_same_parameters(tmp_path, o
         finally:
             child.kill()
             child.wait()
-        ran = _history(history, offset)
+        ran = _history(history, start)
         if stage == "none":
             assert status == 0
             assert ran == list(range(start + 1, config.max_iters + 1))
@@ -308,6 +308,7 @@ def test_runs_killed_at_random_moments_resume_to_the_same_parameters(tmp_path, o
             assert load_checkpoint(temporary)["iteration"] == stop_at
     assert load_checkpoint(last)["iteration"] == config.max_iters
     assert not temporaries()
+    assert _history(history) == list(range(1, config.max_iters + 1))  # each iteration once
     train(replace(config, out=str(tmp_path / "whole")))
     resumed = load_checkpoint(last)["model"]
     uninterrupted = load_checkpoint(tmp_path / "whole/checkpoints/last.pt")["model"]
@@ -331,27 +332,13 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     assert not (tmp_path / "checkpoints" / "last.pt.tmp").exists()
 
 
-def _tiny_arguments(out: Path) -> list[str]:
-    """Command-line overrides turning small_shapes into the tiny configuration."""
-    model = TINY.model
-    return [
-        "--model.n", str(model.n), "--model.nstack", str(model.nstack),
-        "--model.dims", ",".join(map(str, model.dims)),
-        "--model.modules", ",".join(map(str, model.modules)),
-        "--model.cnv-dim", "8", "--model.pre-dim", "8", "--model.pool-dim", "8",
-        "--augment.input-size", "63", "--augment.border", "16", "--output-size", "16",
-        "--shapes-train", "8", "--shapes-val", "2", "--shapes-size", "56",
-        "--batch-size", "2", "--workers", "0", "--out", str(out),
-    ]  # fmt: skip
-
-
 @pytest.mark.slow
 def test_train_command_end_to_end(tmp_path):
     """``cornernet-ref train`` trains, evaluates and writes metrics; ``predict`` draws boxes."""
     from cornernet_ref.cli import main
 
     out = tmp_path / "run"
-    assert main(["train", "--max-iters", "2", *_tiny_arguments(out)]) == 0
+    assert main(["train", "--max-iters", "2", *tiny_arguments(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"AP", "AP50", "AR100"}
     # COCO writes -1 for a metric when nothing was evaluated.
@@ -394,7 +381,7 @@ def test_single_object_push_is_set_from_the_command_line(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "CornerNetLoss", RecordedLoss)
     for flag in ("false", "true"):
         options = ["--loss.single-object-push", flag, "--max-iters", "1", "--shapes-val", "0"]
-        assert main(["train", *_tiny_arguments(tmp_path / flag), *options]) == 0
+        assert main(["train", *tiny_arguments(tmp_path / flag), *options]) == 0
     assert [criterion.single_object_push for criterion in built] == [False, True]
     # Two images of one object each: no pair to push apart.
     heat = torch.zeros(2, 1, 4, 4)

@@ -162,17 +162,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise InputError(f"image folder not found: {args.images}")
     coco = load_coco(args.annotations)
     num_classes = len(category_ids(coco))
+    image_ids = sorted(coco.getImgIds())[: args.limit] if args.limit else None
+    if not coco.getAnnIds(imgIds=image_ids or []):  # every score would be 0 (or -1)
+        raise InputError(f"{args.annotations}: no annotations on the images evaluated")
     if args.oracle:
         source = analysis.oracle_source(coco, num_classes=num_classes)
     else:
-        source = model_source(CornerNet.from_checkpoint(args.checkpoint), args.images, args.device)
+        model = CornerNet.from_checkpoint(args.checkpoint)
+        if model.config.num_classes != num_classes:  # its labels would name other categories
+            raise InputError(
+                f"{args.checkpoint} detects {model.config.num_classes} classes, "
+                f"{args.annotations} has {num_classes} categories: evaluate it on its own classes"
+            )
+        source = model_source(model, args.images, args.device)
         if args.ground_truth:
             source = analysis.with_ground_truth_source(
                 source,
                 analysis.oracle_source(coco, num_classes=num_classes),
                 offsets=args.ground_truth == "heatmaps+offsets",
             )
-    image_ids = sorted(coco.getImgIds())[: args.limit] if args.limit else None
     print(f"test config:\n{config}", file=sys.stderr)  # as training prints its config
     metrics = evaluate.evaluate(
         source, coco, image_ids=image_ids, results_out=args.results_out, config=config

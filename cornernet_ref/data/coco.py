@@ -79,8 +79,9 @@ def check_coco(dataset: Any, source: str = IN_MEMORY) -> None:
     integer ``width`` and ``height`` of every image (the evaluation needs them), a non-empty
     ``name`` of every category; every annotation's ``image_id`` and
     ``category_id`` among the listed ones, its ``bbox`` four finite numbers
-    ``[x, y, width, height]`` with ``width, height >= 0``, its ``iscrowd`` 0 or 1. Absent
-    ``iscrowd`` becomes 0 and absent ``area`` ``width * height`` (in place).
+    ``[x, y, width, height]`` with ``width, height >= 0``, its ``iscrowd`` 0 or 1, its
+    ``area`` a finite number; at least one image and one category. Absent ``iscrowd``
+    becomes 0 and absent ``area`` ``width * height`` (in place).
 
     Raises:
         AnnotationError: the first problem, naming ``source``, the record and the field.
@@ -94,6 +95,9 @@ def check_coco(dataset: Any, source: str = IN_MEMORY) -> None:
         if not isinstance(dataset.get(section), list):
             found = type(dataset[section]).__name__ if section in dataset else "nothing"
             raise AnnotationError(f"{source}: field {section!r} must be a list, found {found}")
+    for section in ("images", "categories"):  # nothing to train on, nor to score
+        if not dataset[section]:
+            raise AnnotationError(f"{source}: field {section!r} is empty: there is nothing to use")
 
     def problem(section: str, index: int, field: str, text: str) -> AnnotationError:
         record = _record_name(section, index, dataset[section][index])
@@ -140,7 +144,9 @@ def check_coco(dataset: Any, source: str = IN_MEMORY) -> None:
             raise problem(
                 "annotations", index, "iscrowd", f"expected 0 or 1, got {record['iscrowd']!r}"
             )
-        record.setdefault("area", box[2] * box[3])
+        if not _is_number(record.setdefault("area", box[2] * box[3])):
+            text = f"expected a finite number, got {record['area']!r}"
+            raise problem("annotations", index, "area", text)
 
 
 def load_coco(annotations: str | Path | dict[str, Any]) -> COCO:
@@ -164,8 +170,12 @@ def load_coco(annotations: str | Path | dict[str, Any]) -> COCO:
         try:
             with path.open("rb") as file:
                 coco.dataset = json.load(file)
-        except (OSError, ValueError) as error:  # unreadable, not UTF-8, not JSON
+        except OSError as error:  # no permission, a read error: as the system says
+            raise AnnotationError(f"cannot read {path}: {error.strerror or error}") from error
+        except ValueError as error:  # not UTF-8, not JSON
             raise AnnotationError(f"{path}: not valid JSON ({error})") from error
+        except RecursionError as error:  # arrays or objects nested thousands deep
+            raise AnnotationError(f"{path}: its JSON is nested too deeply to read") from error
     check_coco(coco.dataset, source)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
