@@ -7,8 +7,8 @@ nested in it: :class:`~cornernet_ref.model.ModelConfig`,
 :class:`~cornernet_ref.inference.TestConfig`, :class:`~cornernet_ref.decode.DecodeConfig`)
 is a frozen dataclass deriving from :class:`PrintableConfig`:
 
-* it checks its fields when it is built (``__post_init__``), raising ``ValueError`` naming
-  the field out of range;
+* it checks its fields when it is built (``__post_init__``), raising :class:`FieldError` (a
+  ``ValueError``) naming the field out of range and its value;
 * ``to_dict`` gives its fields as JSON values (nested, tuples as lists): what checkpoints
   store and ``str`` prints, as JSON;
 * ``from_dict`` rebuilds it from that dict (:func:`config_from_dict`).
@@ -22,6 +22,26 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 Config = TypeVar("Config", bound="PrintableConfig")
+
+
+class FieldError(ValueError):
+    r"""A configuration field out of its range: ``"lr must be > 0, got -1.0"``.
+
+    Args:
+        field: the field's name; a nesting configuration passes the error on with its path
+            (:meth:`within`: ``"decode.K"``, then ``"test.decode.K"``), which the command
+            line turns into the option (``--test.decode.K``).
+        value: the value refused.
+        requirement: what the value must be, said after the name (``"must be > 0"``).
+    """
+
+    def __init__(self, field: str, value: Any, requirement: str) -> None:
+        super().__init__(f"{field} {requirement}, got {value!r}")
+        self.field, self.value, self.requirement = field, value, requirement
+
+    def within(self, prefix: str) -> FieldError:
+        r"""The same error, its field named from a configuration above (``prefix`` ``"test."``)."""
+        return FieldError(prefix + self.field, self.value, self.requirement)
 
 
 class PrintableConfig:
