@@ -214,7 +214,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 offsets=args.ground_truth == "heatmaps+offsets",
             )
     image_ids = sorted(coco.getImgIds())[: args.limit] if args.limit else None
-    print(f"test config:\n{config}", file=sys.stderr)  # as training prints its config
+    print(f"test config: {json.dumps(config.to_dict())}", file=sys.stderr)  # one line
     metrics = evaluate.evaluate(
         source, coco, image_ids=image_ids, results_out=args.results_out, config=config
     )
