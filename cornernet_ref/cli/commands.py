@@ -169,7 +169,8 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--ground-truth",
         choices=("heatmaps", "heatmaps+offsets"),
-        help="with --checkpoint: replace these predicted maps by ground truth (Table 6)",
+        help="with --checkpoint: replace these predicted maps by ground truth (Table 6; "
+        "default: none, every map predicted)",
     )
     parser.add_argument(
         "--device",
@@ -215,9 +216,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             )
     image_ids = sorted(coco.getImgIds())[: args.limit] if args.limit else None
     print(f"test config: {json.dumps(config.to_dict())}", file=sys.stderr)  # one line
-    metrics = evaluate.evaluate(
-        source, coco, image_ids=image_ids, results_out=args.results_out, config=config
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # pycocotools' table: stdout is the JSON
+        metrics = evaluate.evaluate(
+            source, coco, image_ids=image_ids, results_out=args.results_out, config=config
+        )
     print(json.dumps(metrics, indent=2))
     if args.metrics_out is not None:
         args.metrics_out.parent.mkdir(parents=True, exist_ok=True)
