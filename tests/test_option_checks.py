@@ -145,6 +145,12 @@ def test_a_bad_option_is_one_line_and_nothing_is_written(
 ):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on any machine
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the options were checked")
+
+    for name in ("train.train", "predict.load_source", "load_coco"):  # the first of each
+        monkeypatch.setattr(f"cornernet_ref.cli.commands.{name}", no_work)
     out = tmp_path / "out"
     argv = [arg.replace("OUT", str(out)) for arg in argv]
     argv = [str(files[arg]) if arg in files else arg for arg in argv]
