@@ -1,8 +1,8 @@
 r"""Training configurations: typed, printable, overridable from the command line.
 
-A configuration is a :class:`TrainConfig` dataclass holding everything a run depends on; it is
-printed at the start of training and saved as ``config.json`` beside every checkpoint (and
-inside it). Three are named:
+A configuration is a :class:`TrainConfig` dataclass holding everything a run depends on; a
+run prints its summary (:meth:`TrainConfig.summary`) and writes it whole to ``config.json``
+in its folder when it starts (and inside every checkpoint). Three are named:
 
 * ``hourglass104_coco``: the paper's (§4.1): Hourglass-104 with two stacks, input 511 x 511,
   output 128 x 128, Adam with learning rate $2.5 \times 10^{-4}$, batch 49, 500k iterations,
