@@ -258,3 +258,23 @@ def test_a_non_finite_loss_names_no_checkpoint_before_the_first(tmp_path, monkey
     assert "no checkpoint was written yet" in str(raised.value)
     assert "last good checkpoint" not in str(raised.value)
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("values", "said"),
+    [
+        ({"lr": "fast"}, "lr must be a number, got 'fast'"),
+        ({"max_iters": 1.5}, "max_iters must be an integer"),
+        ({"max_iters": True}, "max_iters must be an integer"),
+        ({"compile": 1}, "compile must be true or false"),
+        ({"lr_decay_iters": 5}, "lr_decay_iters must be a list"),
+        ({"lr_decay_iters": [5, "x"]}, "lr_decay_iters must be an integer each"),
+        ({"test": {"decode": {"ae_threshold": None}}}, "ae_threshold must be a number"),
+        ({"out": 3}, "out must be a str"),
+    ],
+)
+def test_a_saved_configuration_of_the_wrong_types_is_refused_by_name(values, said):
+    """A configuration read back from JSON (a checkpoint's) is checked for types first."""
+    with pytest.raises(ValueError, match=re.escape(said)):
+        config_from_dict(TrainConfig().to_dict() | values, TrainConfig)
+    assert config_from_dict(TrainConfig().to_dict() | {"lr": 1}, TrainConfig).lr == 1  # an int
