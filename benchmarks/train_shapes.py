@@ -60,7 +60,7 @@ def run(arguments: list[str]) -> dict:
         seconds = time.perf_counter() - start
         load_at_end = os.getloadavg()
         history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-        config = json.loads((out / "checkpoints" / "config.json").read_text())
+        config = json.loads((out / "config.json").read_text())
         return {
             "command": "cornernet-ref train " + " ".join(arguments),
             "wall_clock_s": round(seconds, 1),

@@ -1,8 +1,8 @@
 r"""Training configurations: typed, printable, overridable from the command line.
 
-A configuration is a :class:`TrainConfig` dataclass holding everything a run depends on; it is
-printed at the start of training and saved as ``config.json`` beside every checkpoint (and
-inside it). Three are named:
+A configuration is a :class:`TrainConfig` dataclass holding everything a run depends on; a
+run prints its summary (:meth:`TrainConfig.summary`) and writes it whole to ``config.json``
+in its folder when it starts (and inside every checkpoint). Three are named:
 
 * ``hourglass104_coco``: the paper's (§4.1): Hourglass-104 with two stacks, input 511 x 511,
   output 128 x 128, Adam with learning rate $2.5 \times 10^{-4}$, batch 49, 500k iterations,
@@ -21,6 +21,7 @@ On the command line every field is an option of ``cornernet-ref train``, ``--fie
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +31,7 @@ from cornernet_ref.hourglass import stem_output_size
 from cornernet_ref.inference import TestConfig
 from cornernet_ref.losses import LossConfig
 from cornernet_ref.model import ModelConfig
-from cornernet_ref.printable import PrintableConfig, config_from_dict
+from cornernet_ref.printable import FieldError, PrintableConfig, config_from_dict
 from cornernet_ref.targets import TargetConfig
 
 Config = TypeVar("Config")  # a configuration dataclass, possibly nested
@@ -52,31 +53,40 @@ class TrainConfig(PrintableConfig):
             penalty reduction, capacity; :class:`~cornernet_ref.targets.TargetConfig`).
         loss: the weights of the loss terms and the single-object push rule
             (:class:`~cornernet_ref.losses.LossConfig`).
-        dataset: ``"shapes"`` (generated under ``<out>/data``) or ``"coco"`` (the paths below).
-        train_images, train_annotations: COCO-format training data.
-        val_images, val_annotations: COCO-format validation data (optional for ``coco``).
-        shapes_train, shapes_val, shapes_size, shapes_seed: size and seed of the shapes splits.
+        dataset: ``"shapes"`` (generated under ``<out>/data``) or ``"coco"`` (the paths below);
+            the paths are refused with ``"shapes"``, which would not read them.
+        train_images, train_annotations: COCO-format training data (``coco`` only).
+        val_images, val_annotations: COCO-format validation data (``coco`` only; both or
+            neither).
+        shapes_train, shapes_val, shapes_size, shapes_seed: size and seed of the shapes splits
+            (``shapes_val`` 0: no validation split).
         skip_unreadable: skip unreadable training images with a warning instead of stopping.
         batch_size: the global batch (all processes, all accumulation steps).
-        accumulation: micro-batches per process per iteration (gradient accumulation).
+        accumulation: micro-batches per process per iteration (gradient accumulation), at
+            most ``batch_size``: each micro-batch needs an image.
         max_iters: number of optimiser steps.
-        lr: Adam learning rate.
+        lr: Adam learning rate, finite and > 0.
         lr_decay_iters: iterations at which the learning rate is multiplied by ``lr_decay``.
-        lr_decay: the decay factor.
+        lr_decay: the decay factor, in (0, 1]: 1 keeps the rate, and a factor above 1 (or
+            of 0 or less) would raise it (or stop or reverse the descent).
         precision: ``auto`` (bf16 where supported on CUDA, else fp16 with a grad scaler; fp32
             on CPU), ``fp32``, ``bf16`` or ``fp16``.
         channels_last: NHWC memory layout for the convolutions.
         compile: wrap the model in ``torch.compile``.
-        workers: DataLoader worker processes per training process.
+        workers: DataLoader worker processes per training process (0: the main process).
         pin_memory: page-locked host memory for faster copies to the GPU.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         seed: seed of the initial weights and of the sample stream.
-        log_every: iterations between logged scalars.
-        checkpoint_every: iterations between checkpoints (one is always written at the end).
+        log_every: iterations between logged scalars (at least 1).
+        checkpoint_every: iterations between checkpoints (at least 1; one is always written
+            at the end).
         val_every: iterations between validations (0: only at the end).
-        val_limit: validate on at most this many images (0: all).
+        val_limit: validate on the first this many images (0: all of them).
         test: how validation images are tested (flip, scales, soft-NMS, decoding).
         out: output folder (checkpoints, config, metrics, logs).
+
+    Raises:
+        FieldError: a field out of its range, or two that disagree (named, with the value).
     """
 
     name: str = "small_shapes"
@@ -123,23 +133,112 @@ class TrainConfig(PrintableConfig):
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("batch_size", "accumulation", "max_iters", "output_size"):
+                raise FieldError(name, getattr(self, name), f"must be one of {allowed}")
+        for name in POSITIVE_FIELDS:
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.dataset == "coco" and not (self.train_images and self.train_annotations):
-            raise ValueError("dataset 'coco' needs train_images and train_annotations")
+                raise FieldError(name, getattr(self, name), "must be positive")
+        for name in ("shapes_val", "shapes_seed", "seed", "workers", "val_every", "val_limit"):
+            if getattr(self, name) < 0:
+                raise FieldError(name, getattr(self, name), "must be 0 or more")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise FieldError("lr", self.lr, "must be a finite number > 0")
+        if not 0 < self.lr_decay <= 1:  # above 1 the rate would grow at each decay point
+            raise FieldError("lr_decay", self.lr_decay, "must lie in (0, 1]")
+        if any(point < 1 for point in self.lr_decay_iters):
+            raise FieldError("lr_decay_iters", self.lr_decay_iters, "must be positive iterations")
+        if self.accumulation > self.batch_size:  # every micro-batch needs an image
+            raise FieldError(
+                "accumulation", self.accumulation, f"must be at most batch_size {self.batch_size}"
+            )
+        if not self.out:
+            raise FieldError("out", self.out, "must name a folder")
+        self._check_data()
         side = self.augment.input_size
         if self.output_size != stem_output_size(side):
-            raise ValueError(
-                f"output_size {self.output_size} does not match augment.input_size {side}: "
-                f"the network's maps of a {side}-pixel input have {stem_output_size(side)} "
-                "cells a side"
+            raise FieldError(
+                "output_size",
+                self.output_size,
+                f"must be {stem_output_size(side)} for augment.input_size {side} (the "
+                f"network's maps of a {side}-pixel input have that many cells a side)",
             )
         try:
             self.model.check_input_size(side, side)
         except ValueError as error:
-            raise ValueError(f"augment.input_size: {error}") from None
+            raise FieldError(
+                "augment.input_size", side, f"does not fit the model: {error}"
+            ) from None
+
+    def _check_data(self) -> None:
+        r"""The paths of COCO data are given with ``dataset`` ``"coco"`` only, the training
+        pair both, the validation pair both or neither."""
+        coco_paths = ("train_images", "train_annotations", "val_images", "val_annotations")
+        if self.dataset == "shapes":
+            for name in coco_paths:
+                if getattr(self, name):
+                    raise FieldError(
+                        name,
+                        getattr(self, name),
+                        "is COCO data, which dataset 'shapes' (generated images) would "
+                        "ignore: set dataset 'coco' (--dataset coco) to train on it",
+                    )
+            return
+        for first, second in (coco_paths[:2], coco_paths[2:]):
+            needed = first.startswith("train")
+            if (needed or getattr(self, first)) and not getattr(self, second):
+                raise FieldError(second, getattr(self, second), f"must be given with {first}")
+            if (needed or getattr(self, second)) and not getattr(self, first):
+                raise FieldError(first, getattr(self, first), f"must be given with {second}")
+
+    def summary(self, device: str, parameters: int) -> str:
+        r"""A few lines on what the run does, printed when it starts; the full configuration
+        is written to ``<out>/config.json`` (:attr:`~cornernet_ref.run.RunFolder.config`).
+
+        Args:
+            device: the device it runs on (``"cpu"``, ``"cuda:0"``).
+            parameters: the network's number of parameters.
+        """
+        model = self.model
+        if self.dataset == "shapes":
+            val = f"{self.shapes_val} validation" if self.shapes_val else "no validation"
+            data = (
+                f"synthetic shapes: {self.shapes_train} training and {val} images of "
+                f"{self.shapes_size} px, generated under {Path(self.out) / 'data'}"
+            )
+        else:
+            val = f"validation {self.val_images}" if self.val_images else "no validation"
+            data = f"COCO {self.train_images} ({self.train_annotations}); {val}"
+        decay = ", ".join(map(str, self.lr_decay_iters)) or "never"
+        return "\n".join(
+            (
+                f"config {self.name}: {model.nstack}-stack hourglass of depth {model.n}, "
+                f"{parameters / 1e6:.2f} M parameters, {model.num_classes} classes",
+                f"data: {data}",
+                f"training: {self.max_iters} iterations of batch {self.batch_size} "
+                f"({self.accumulation} micro-batch{'es' if self.accumulation > 1 else ''}) "
+                f"at {self.augment.input_size} px, lr "
+                f"{self.lr:g} (x {self.lr_decay:g} at {decay}), on {device}",
+                f"out: {self.out} (full configuration: {Path(self.out) / 'config.json'})",
+            )
+        )
+
+    @property
+    def has_validation(self) -> bool:
+        r"""Whether the run validates: a shapes validation split, or COCO validation data."""
+        if self.dataset == "shapes":
+            return self.shapes_val > 0
+        return bool(self.val_images)
+
+
+POSITIVE_FIELDS = (
+    "batch_size",
+    "accumulation",
+    "max_iters",
+    "output_size",
+    "shapes_train",
+    "shapes_size",
+    "log_every",
+    "checkpoint_every",
+)  # counts of things and periods of iterations (a period 0 would divide by zero)
 
 
 # The paper's configuration; the others are named below it.
@@ -257,7 +356,12 @@ def short_coco_run(
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any], prefix: str = "") -> Config:
-    r"""``config`` with ``{"lr": 1e-3, "model.nstack": 1, "test.decode.K": 50, ...}`` replaced."""
+    r"""``config`` with ``{"lr": 1e-3, "model.nstack": 1, "test.decode.K": 50, ...}`` replaced.
+
+    Raises:
+        FieldError: a value out of range, its field named by its path from ``config``.
+        ValueError: a field that ``config`` does not have.
+    """
     nested: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -269,7 +373,10 @@ def apply_overrides(config: Config, overrides: dict[str, Any], prefix: str = "")
         else:
             top[key] = value
     for head, values in nested.items():
-        top[head] = apply_overrides(getattr(config, head), values, f"{prefix}{head}.")
+        try:
+            top[head] = apply_overrides(getattr(config, head), values, f"{prefix}{head}.")
+        except FieldError as error:  # named from this configuration: "decode.K"
+            raise error.within(f"{head}.") from None
     return replace(config, **top)
 
 

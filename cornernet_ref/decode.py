@@ -28,7 +28,7 @@ from torch import Tensor
 
 from cornernet_ref import soft_nms_op
 from cornernet_ref.output import CornerNetOutput, gather_at
-from cornernet_ref.printable import PrintableConfig
+from cornernet_ref.printable import FieldError, PrintableConfig
 
 REJECTED = -1.0  # the score the official decoder gives to a rejected pair
 
@@ -73,16 +73,16 @@ class DecodeConfig(PrintableConfig):
     def __post_init__(self) -> None:
         for name in ("K", "num_dets"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise FieldError(name, getattr(self, name), "must be positive")
         check_kernel(self.kernel)
         if not self.ae_threshold >= 0:
-            raise ValueError(f"ae_threshold must be at least 0, got {self.ae_threshold}")
+            raise FieldError("ae_threshold", self.ae_threshold, "must be at least 0")
 
 
 def check_kernel(kernel: int) -> None:
     r"""Raise ``ValueError`` unless ``kernel`` is a window side: positive and odd."""
     if kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"kernel must be a positive odd number, got {kernel}")
+        raise FieldError("kernel", kernel, "must be a positive odd number")
 
 
 def local_maxima(heat: Tensor, kernel: int = DecodeConfig.kernel) -> Tensor:

@@ -33,7 +33,6 @@ previous ones. Scoring the boxes with COCO's metrics is
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +47,14 @@ from cornernet_ref.data.image import MEAN_RGB, STD_RGB, normalize, read_image, r
 from cornernet_ref.decode import REJECTED, DecodeConfig, decode, soft_nms_all
 from cornernet_ref.errors import InputError
 from cornernet_ref.output import CornerNetOutput
-from cornernet_ref.printable import PrintableConfig
+from cornernet_ref.printable import FieldError, PrintableConfig
 
 NMS_METHODS = ("gaussian", "linear")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+# The largest test scale. The canvas of an image resized by s has about s^2 times its pixels,
+# and the network's memory grows with them: the official multi-scale test stops at 1.5, and
+# at 100 a 640 x 480 image would make a 64,000 x 48,000 canvas, which no device holds.
+MAX_TEST_SCALE = 4.0
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,9 @@ class TestConfig(PrintableConfig):
 
     Attributes:
         flip: test the mirrored canvas as well and pool its boxes (official).
-        scales: test the image resized by each of these; ``(1,)`` is the single-scale test,
-            the official multi-scale configuration uses ``0.5, 0.75, 1, 1.25, 1.5``.
+        scales: test the image resized by each of these, in $(0, 4]$ (the canvas grows as
+            the square of the scale); ``(1,)`` is the single-scale
+            test, the official multi-scale configuration uses ``0.5, 0.75, 1, 1.25, 1.5``.
         nms_method: ``"gaussian"`` (official) or ``"linear"`` soft-NMS
             ([soft_nms][cornernet_ref.decode.soft_nms]).
         max_per_image: boxes kept per image after soft-NMS (official 100).
@@ -88,16 +92,16 @@ class TestConfig(PrintableConfig):
     workers: int = 2
 
     def __post_init__(self) -> None:
-        if not self.scales or not all(math.isfinite(s) and s > 0 for s in self.scales):
-            raise ValueError(f"scales must be positive numbers, got {self.scales}")
+        if not self.scales or not all(0 < s <= MAX_TEST_SCALE for s in self.scales):
+            raise FieldError("scales", self.scales, f"must lie in (0, {MAX_TEST_SCALE:g}]")
         if self.nms_method not in NMS_METHODS:
-            raise ValueError(f"nms_method must be one of {NMS_METHODS}, got {self.nms_method!r}")
+            raise FieldError("nms_method", self.nms_method, f"must be one of {NMS_METHODS}")
         if self.max_per_image < 1:
-            raise ValueError(f"max_per_image must be positive, got {self.max_per_image}")
+            raise FieldError("max_per_image", self.max_per_image, "must be positive")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise FieldError("precision", self.precision, f"must be one of {PRECISIONS}")
         if self.workers < 0:
-            raise ValueError(f"workers must be 0 or more, got {self.workers}")
+            raise FieldError("workers", self.workers, "must be 0 or more")
 
 
 class CanvasGeometry(NamedTuple):

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from cornernet_ref.corner_pool import CORNERS
 from cornernet_ref.output import CornerNetOutput, gather_at
-from cornernet_ref.printable import PrintableConfig
+from cornernet_ref.printable import FieldError, PrintableConfig
 from cornernet_ref.targets import TARGET_KEYS
 
 EPSILON = 1e-4  # the official normaliser epsilon and probability clamp
@@ -186,7 +186,7 @@ class LossConfig(PrintableConfig):
         for name in ("pull_weight", "push_weight", "offset_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+                raise FieldError(name, value, "must be a finite number >= 0")
 
 
 class CornerNetLoss(nn.Module):

@@ -51,7 +51,7 @@ from cornernet_ref.errors import first_line
 from cornernet_ref.heads import PredictionModule
 from cornernet_ref.hourglass import ConvBN, Hourglass, Residual, Stem, stem_output_size
 from cornernet_ref.output import CornerNetOutput
-from cornernet_ref.printable import PrintableConfig
+from cornernet_ref.printable import FieldError, PrintableConfig
 
 BATCHNORM_INITS = ("uniform", "ones")
 
@@ -118,23 +118,19 @@ class ModelConfig(PrintableConfig):
         object.__setattr__(self, "dims", tuple(self.dims))  # frozen: set once, here
         object.__setattr__(self, "modules", tuple(self.modules))
         if self.n < 1:
-            raise ValueError(f"n (hourglass depth) must be >= 1, got {self.n}")
-        if len(self.dims) != self.n + 1 or len(self.modules) != self.n + 1:
-            raise ValueError(
-                f"dims and modules need n + 1 = {self.n + 1} entries, got "
-                f"dims={list(self.dims)} ({len(self.dims)}) and "
-                f"modules={list(self.modules)} ({len(self.modules)})"
-            )
+            raise FieldError("n", self.n, "(hourglass depth) must be >= 1")
         for name in ("dims", "modules"):
             values = getattr(self, name)
+            if len(values) != self.n + 1:
+                raise FieldError(name, values, f"needs n + 1 = {self.n + 1} entries")
             if any(not isinstance(v, int) or v < 1 for v in values):
-                raise ValueError(f"{name} must be positive integers, got {list(values)}")
+                raise FieldError(name, values, "must be positive integers")
         for name in ("num_classes", "nstack", "cnv_dim", "pre_dim", "pool_dim"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise FieldError(name, getattr(self, name), "must be >= 1")
         if self.batchnorm_init not in BATCHNORM_INITS:
-            raise ValueError(
-                f"batchnorm_init must be one of {BATCHNORM_INITS}, got {self.batchnorm_init!r}"
+            raise FieldError(
+                "batchnorm_init", self.batchnorm_init, f"must be one of {BATCHNORM_INITS}"
             )
 
     def check_input_size(self, height: int, width: int) -> None:

@@ -7,8 +7,8 @@ nested in it: :class:`~cornernet_ref.model.ModelConfig`,
 :class:`~cornernet_ref.inference.TestConfig`, :class:`~cornernet_ref.decode.DecodeConfig`)
 is a frozen dataclass deriving from :class:`PrintableConfig`:
 
-* it checks its fields when it is built (``__post_init__``), raising ``ValueError`` naming
-  the field out of range;
+* it checks its fields when it is built (``__post_init__``), raising :class:`FieldError` (a
+  ``ValueError``) naming the field out of range and its value;
 * ``to_dict`` gives its fields as JSON values (nested, tuples as lists): what checkpoints
   store and ``str`` prints, as JSON;
 * ``from_dict`` rebuilds it from that dict (:func:`config_from_dict`).
@@ -22,6 +22,26 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 Config = TypeVar("Config", bound="PrintableConfig")
+
+
+class FieldError(ValueError):
+    r"""A configuration field out of its range: ``"lr must be > 0, got -1.0"``.
+
+    Args:
+        field: the field's name; a nesting configuration passes the error on with its path
+            (:meth:`within`: ``"decode.K"``, then ``"test.decode.K"``), which the command
+            line turns into the option (``--test.decode.K``).
+        value: the value refused.
+        requirement: what the value must be, said after the name (``"must be > 0"``).
+    """
+
+    def __init__(self, field: str, value: Any, requirement: str) -> None:
+        super().__init__(f"{field} {requirement}, got {value!r}")
+        self.field, self.value, self.requirement = field, value, requirement
+
+    def within(self, prefix: str) -> FieldError:
+        r"""The same error, its field named from a configuration above (``prefix`` ``"test."``)."""
+        return FieldError(prefix + self.field, self.value, self.requirement)
 
 
 class PrintableConfig:
@@ -62,6 +82,8 @@ def config_from_dict(values: dict[str, Any], cls: type) -> Any:
 
     Raises:
         ValueError: a key that is no field, named with the fields there are.
+        FieldError: a value of another type than the field's default (a string for a
+            number), before the configuration's own range checks compare it.
     """
     names = [item.name for item in fields(cls)]
     unknown = sorted(set(values) - set(names))
@@ -75,7 +97,35 @@ def config_from_dict(values: dict[str, Any], cls: type) -> Any:
         default = getattr(cls(), name)
         if dataclasses.is_dataclass(default):
             value = config_from_dict(value, type(default))
-        elif isinstance(value, list):
-            value = tuple(value)
+        else:
+            value = tuple(value) if isinstance(value, list) else value
+            _check_type(name, value, default)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _kind(default: Any) -> tuple[tuple[type, ...], str]:
+    r"""The types a value of ``default``'s field may have, and their name (an int is a float)."""
+    if isinstance(default, bool):
+        return (bool,), "true or false"
+    if isinstance(default, int):
+        return (int,), "an integer"
+    if isinstance(default, float):
+        return (int, float), "a number"
+    return (type(default),), f"a {type(default).__name__}"
+
+
+def _check_type(name: str, value: Any, default: Any) -> None:
+    r"""Raise :class:`FieldError` unless ``value`` (a tuple's items) has ``default``'s type."""
+    if isinstance(default, tuple):
+        if not isinstance(value, tuple):
+            raise FieldError(name, value, "must be a list")
+        if not default:
+            return
+        items, model, each = value, default[0], " each"
+    else:
+        items, model, each = (value,), default, ""
+    types, said = _kind(model)
+    for item in items:
+        if not isinstance(item, types) or (isinstance(item, bool) and bool not in types):
+            raise FieldError(name, value, f"must be {said}{each}")

@@ -54,8 +54,9 @@ class RunFolder:
 
     @property
     def config(self) -> Path:
-        r"""The training configuration as JSON, beside the checkpoint."""
-        return self.checkpoint.with_name("config.json")
+        r"""The run's full configuration as JSON, written when it starts (the checkpoint
+        holds it too)."""
+        return self.root / "config.json"
 
     @property
     def history(self) -> Path:
@@ -227,9 +228,8 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
 ) -> None:
-    r"""The checkpoint :attr:`RunFolder.checkpoint`, and ``config.json`` beside it, atomically:
-    the model's half (:meth:`~cornernet_ref.model.CornerNet.checkpoint_state`) and the
-    training state."""
+    r"""The checkpoint :attr:`RunFolder.checkpoint`, atomically: the model's half
+    (:meth:`~cornernet_ref.model.CornerNet.checkpoint_state`) and the training state."""
     state = model.checkpoint_state() | {
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
@@ -238,8 +238,12 @@ def save_training_state(
         "config": config.to_dict(),
     }
     save_checkpoint(run.checkpoint, state)
-    config_text = (json.dumps(state["config"], indent=2) + "\n").encode()
-    write_atomically(run.config, lambda file: file.write(config_text))
+
+
+def save_config(run: RunFolder, config: TrainConfig) -> None:
+    r"""The run's full configuration, :attr:`RunFolder.config`, written atomically."""
+    text = (str(config) + "\n").encode()
+    write_atomically(run.config, lambda file: file.write(text))
 
 
 def check_resumable(path: str | Path, state: dict[str, Any], config: TrainConfig) -> None:
@@ -333,5 +337,6 @@ __all__ = [
     "load_training_state",
     "restore_rng_states",
     "rng_states",
+    "save_config",
     "save_training_state",
 ]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from cornernet_ref.corner_pool import CORNERS
-from cornernet_ref.printable import PrintableConfig
+from cornernet_ref.printable import FieldError, PrintableConfig
 
 RadiusVariant = Literal["official", "exact"]
 TARGET_KEYS = ("tl_heat", "br_heat", "tl_ind", "br_ind", "mask", "tl_off", "br_off")
@@ -60,13 +60,13 @@ class TargetConfig(PrintableConfig):
 
     def __post_init__(self) -> None:
         if not 0 < self.gaussian_iou < 1:
-            raise ValueError(f"gaussian_iou must lie in (0, 1), got {self.gaussian_iou}")
+            raise FieldError("gaussian_iou", self.gaussian_iou, "must lie in (0, 1)")
         if self.radius_variant not in RADIUS_VARIANTS:
-            raise ValueError(
-                f"radius_variant must be one of {RADIUS_VARIANTS}, got {self.radius_variant!r}"
+            raise FieldError(
+                "radius_variant", self.radius_variant, f"must be one of {RADIUS_VARIANTS}"
             )
         if self.max_objects < 1:
-            raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
+            raise FieldError("max_objects", self.max_objects, "must be >= 1")
 
 
 def gaussian_radius(

@@ -61,6 +61,7 @@ from cornernet_ref.run import (
     check_resumable,
     check_resumed_classes,
     load_training_state,
+    save_config,
     save_training_state,
 )
 from cornernet_ref.visualize import write_pictures
@@ -116,9 +117,12 @@ def _train(
     config = replace(config, model=replace(config.model, num_classes=source.num_classes))
     if resumed is not None:
         check_resumed_classes(resume, resumed, source.class_names)
-    if job.is_main:
-        print(f"config {config.name}:\n{config}", file=sys.stderr)
+    run = RunFolder(Path(config.out))
     model, initialised = build_model(config, job, source.class_names, init_from, weights)
+    if job.is_main:
+        save_config(run, config)
+        parameters = sum(p.numel() for p in model.parameters())
+        print(config.summary(str(job.device), parameters), file=sys.stderr)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     fp16 = autocast_dtype(config, job.device) == torch.float16
     scaler = torch.amp.GradScaler(job.device.type, enabled=fp16)  # fp16 needs loss scaling
@@ -126,22 +130,34 @@ def _train(
     network = parallel(model, config, job)
     criterion = CornerNetLoss(config.loss)
     batches = micro_batches(source, config, job, start)
-    run = RunFolder(Path(config.out))
+    saved = start if resume is not None else None  # the iteration of the last checkpoint
     with RunLog(run, config, start, enabled=job.is_main) as log:
         # The loop: one optimiser step per iteration, from the resumed one to max_iters.
         model.train()
         terms = dict.fromkeys(LOSS_TERMS, 0.0)
         for iteration in range(start, config.max_iters):
             # theta <- Adam(theta, g) with g = grad sum_m |b_m| / (B / R) L(b_m) over the batch.
-            terms = train_step(
-                network, criterion, optimizer, scaler, batches, config, job, iteration
-            )
+            try:
+                terms = train_step(
+                    network, criterion, optimizer, scaler, batches, config, job, iteration
+                )
+            except NonFiniteLossError as error:
+                kept = (
+                    f"the last good checkpoint ({run.checkpoint}, iteration {saved}) is unchanged"
+                    if saved is not None
+                    else "no checkpoint was written yet"
+                )
+                raise NonFiniteLossError(
+                    f"{error}; {kept}. Try a lower learning rate or --precision fp32."
+                ) from None
             done = iteration + 1
             # The record: the loss terms and the learning rate, every log_every iterations.
             log.step(done, terms, learning_rate(config, iteration))
             # The checkpoint: every checkpoint_every iterations and at the end (rank 0 writes).
-            if job.is_main and (done % config.checkpoint_every == 0 or done == config.max_iters):
-                save_training_state(run, config, done, model, optimizer, scaler)
+            if done % config.checkpoint_every == 0 or done == config.max_iters:
+                if job.is_main:
+                    save_training_state(run, config, done, model, optimizer, scaler)
+                saved = done
             # Validation every val_every iterations (the last one comes after the loop); the
             # other ranks wait for rank 0's.
             validation_due = val is not None and config.val_every and done % config.val_every == 0
@@ -335,9 +351,7 @@ def train_step(
     terms = dict(zip(LOSS_TERMS, job.all_mean(sums).tolist(), strict=True))  # mean over ranks
     if not all(math.isfinite(value) for value in terms.values()):
         raise NonFiniteLossError(
-            f"loss became non-finite at iteration {iteration} ({terms}); the step was not "
-            f"applied and the last good checkpoint ({RunFolder(Path(config.out)).checkpoint}) "
-            "is unchanged. Try a lower learning rate or --precision fp32."
+            f"loss became non-finite at iteration {iteration} ({terms}); the step was not applied"
         )
     scaler.step(optimizer)  # theta <- Adam(theta, g) at rate lr (skipped if fp16 overflowed)
     scaler.update()

@@ -151,15 +151,15 @@ def test_predict_names_the_bad_file(files, capsys, image, checkpoint, fragments)
     ("argv", "fragments"),
     [
         (["--test.scales", "1,a"], ["--test.scales", "'1,a'"]),
-        (["--test.scales", "0"], ["test configuration: scales must be positive", "(0.0,)"]),
-        (["--test.scales", "nan"], ["test configuration: scales must be positive", "nan"]),
-        (["--test.scales", "1,inf"], ["test configuration: scales must be positive", "inf"]),
-        (["--test.scales", ","], ["test configuration: scales must be positive", "()"]),
+        (["--test.scales", "0"], ["--test.scales 0.0: must lie in (0, 4]"]),
+        (["--test.scales", "nan"], ["--test.scales nan: must lie in (0, 4]"]),
+        (["--test.scales", "1,inf"], ["--test.scales 1.0,inf: must lie in (0, 4]"]),
+        (["--test.scales", ","], ["--test.scales : must lie in (0, 4]"]),
         (["--test.flip", "maybe"], ["--test.flip", "'maybe'"]),
-        (["--test.decode.K", "0"], ["test configuration: K must be positive"]),
+        (["--test.decode.K", "0"], ["--test.decode.K 0: must be positive"]),
         (["--limit", "0"], ["--limit", "'0'"]),
         (["--limit", "many"], ["--limit", "'many'"]),
-        (["--test.nms-method", "box"], ["nms_method must be one of", "'box'"]),
+        (["--test.nms-method", "box"], ["--test.nms-method 'box': must be one of"]),
         (["--ground-truth", "heatmaps", "--oracle"], ["--oracle", "--checkpoint"]),
     ],
 )
@@ -184,7 +184,7 @@ def test_non_finite_metrics_fail_the_command(files, capsys, monkeypatch):
     monkeypatch.setattr(evaluate_module, "evaluate", lambda *args, **kwargs: metrics)
     status, err = run(evaluate_args(files), capsys)
     assert status == 1
-    assert_one_error_line(err, "non-finite metrics AP ", after_log=True)  # after the config
+    assert_one_error_line(err, "non-finite metrics AP", after_log=True)  # after the config
     assert math.isnan(json.loads((files["root"] / "metrics.json").read_text())["AP"])
 
 
@@ -203,12 +203,12 @@ def test_a_bug_keeps_its_traceback(files, monkeypatch):
     ("argv", "fragments"),
     [
         (["--config", "nope"], ["--config", "'nope'", "small_shapes"]),
-        (["--batch-size", "0"], ["batch_size must be positive"]),
-        (["--accumulation", "0"], ["accumulation must be positive"]),
-        (["--precision", "fp8"], ["precision must be one of"]),
-        (["--test.scales", "0.5,0"], ["scales must be positive"]),
-        (["--test.nms-method", "box"], ["nms_method must be one of"]),
-        (["--test.decode.kernel", "2"], ["kernel must be a positive odd number"]),
+        (["--batch-size", "0"], ["--batch-size 0: must be positive"]),
+        (["--accumulation", "0"], ["--accumulation 0: must be positive"]),
+        (["--precision", "fp8"], ["--precision 'fp8': must be one of"]),
+        (["--test.scales", "0.5,0"], ["--test.scales 0.5,0.0: must lie in"]),
+        (["--test.nms-method", "box"], ["--test.nms-method 'box': must be one of"]),
+        (["--test.decode.kernel", "2"], ["--test.decode.kernel 2: must be a positive odd number"]),
         (["--max-iters", "ten"], ["--max-iters", "'ten'"]),
         (["--flip-me", "1"], ["unrecognized arguments: --flip-me"]),
         (["--resume", "missing.pt"], ["checkpoint not found", "missing.pt"]),
@@ -228,7 +228,7 @@ def test_train_rejects_bad_input_before_training(files, capsys, tmp_path, argv, 
     argv = [str(root / arg) if arg in paths or arg.endswith(".json") else arg for arg in argv]
     status, err = run(["train", *argv, "--out", tmp_path], capsys)
     assert status == 2
-    assert_one_error_line(err, *fragments, after_log="coco" in argv)  # the config is printed
+    assert_one_error_line(err, *fragments)
     assert not (tmp_path / "checkpoints").exists()
 
 

@@ -54,7 +54,8 @@ def test_command_line_overrides():
     add_config_options(parser, TrainConfig())
     args = parser.parse_args(
         ["--lr", "0.5", "--model.nstack", "1", "--augment.flip", "false",
-         "--lr-decay-iters", "10,20", "--train-images", "x", "--test.flip", "false",
+         "--lr-decay-iters", "10,20", "--dataset", "coco", "--train-images", "x",
+         "--train-annotations", "y.json", "--test.flip", "false",
          "--test.scales", "0.5,1", "--test.decode.K", "50"]
     )  # fmt: skip
     config = apply_overrides(get_config("small_shapes"), overrides_from_args(args))
@@ -149,13 +150,15 @@ def test_output_size_and_input_size_are_checked_together():
     and so is an input the hourglass cannot halve n times."""
     small = get_config("small_shapes")
     assert (small.augment.input_size, small.output_size) == (127, 32)
-    with pytest.raises(ValueError, match="output_size 31 does not match augment.input_size 127"):
+    with pytest.raises(ValueError, match="output_size must be 32 for augment.input_size 127"):
         dataclasses.replace(small, output_size=31)
-    with pytest.raises(ValueError, match="output_size 32 does not match augment.input_size 255"):
+    with pytest.raises(ValueError, match="output_size must be 64 for augment.input_size 255"):
         apply_overrides(small, {"augment.input_size": 255})
     assert apply_overrides(small, {"augment.input_size": 255, "output_size": 64}).output_size == 64
     # 119 -> 60 -> 30 cells, not a multiple of 2**3: small_shapes' hourglass cannot take it.
-    with pytest.raises(ValueError, match="augment.input_size: input height 119 gives 30 cells"):
+    with pytest.raises(
+        ValueError, match="input_size does not fit the model: input height 119 gives 30 cells"
+    ):
         apply_overrides(small, {"augment.input_size": 119, "output_size": 30})
 
 
@@ -172,10 +175,11 @@ def test_the_test_configuration_is_the_official_one():
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: TestConfig(scales=()), "scales must be positive"),
-        (lambda: TestConfig(scales=(1.0, 0.0)), "scales must be positive"),
-        (lambda: TestConfig(scales=(float("inf"),)), "scales must be positive"),
-        (lambda: TestConfig(scales=(float("nan"),)), "scales must be positive"),
+        (lambda: TestConfig(scales=()), r"scales must lie in \(0, 4\]"),
+        (lambda: TestConfig(scales=(1.0, 0.0)), r"scales must lie in \(0, 4\]"),
+        (lambda: TestConfig(scales=(float("inf"),)), r"scales must lie in \(0, 4\]"),
+        (lambda: TestConfig(scales=(float("nan"),)), r"scales must lie in \(0, 4\]"),
+        (lambda: TestConfig(scales=(1.0, 4.5)), r"scales must lie in \(0, 4\], got \(1.0, 4.5\)"),
         (lambda: TestConfig(nms_method="hard"), "nms_method must be one of"),
         (lambda: TestConfig(max_per_image=0), "max_per_image must be positive"),
     ],

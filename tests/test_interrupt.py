@@ -43,5 +43,5 @@ def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(tmp_path):
     assert last_line.startswith("cornernet-ref: error: interrupted (Ctrl-C)")
     assert "Traceback" not in stderr
     assert load_checkpoint(checkpoint, resume=True)["iteration"] >= 1
-    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["config.json", "last.pt"]
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["last.pt"]
     assert not (out / "run.lock").exists()  # the folder is free for the --resume

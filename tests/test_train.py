@@ -328,7 +328,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["iteration"] == 2
     assert all(torch.isfinite(value).all() for value in state["model"].values())
-    assert json.loads((tmp_path / "checkpoints" / "config.json").read_text())["name"] == "tiny"
+    assert json.loads((tmp_path / "config.json").read_text())["name"] == "tiny"
     assert not (tmp_path / "checkpoints" / "last.pt.tmp").exists()
 
 

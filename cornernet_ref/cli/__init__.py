@@ -32,7 +32,8 @@ class _Parser(argparse.ArgumentParser):
     r"""An argument parser whose errors are one line (argparse prints the whole usage first)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        command = self.prog.split()[0]  # "cornernet-ref", as every other error begins
+        self.exit(2, f"{command}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

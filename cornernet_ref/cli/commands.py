@@ -22,8 +22,12 @@ from cornernet_ref.checkpoint import load_checkpoint
 from cornernet_ref.cli.options import (
     ShowConfigDefaults,
     add_config_options,
+    check_device,
+    device_option,
+    option_name,
     overrides_from_args,
     positive_int,
+    refused,
     unit_interval,
 )
 from cornernet_ref.config import CONFIGS, TrainConfig, apply_overrides, get_config
@@ -32,7 +36,7 @@ from cornernet_ref.data.coco import category_ids, load_coco
 from cornernet_ref.errors import InputError, print_error
 from cornernet_ref.inference import TestConfig, detect_image, model_source
 from cornernet_ref.model import CornerNet
-from cornernet_ref.printable import config_from_dict
+from cornernet_ref.printable import FieldError, config_from_dict
 from cornernet_ref.run import RunFolder
 from cornernet_ref.runlock import run_lock
 from cornernet_ref.visualize import DRAW_THRESHOLD, write_heatmap_picture
@@ -49,8 +53,8 @@ def test_config_from_args(args: argparse.Namespace) -> TestConfig:
     r"""The :class:`TestConfig` of the ``--test.*`` options given (its defaults otherwise)."""
     try:
         return apply_overrides(TestConfig(), overrides_from_args(args, TEST_PREFIX))
-    except ValueError as error:
-        raise InputError(f"test configuration: {error}") from error
+    except FieldError as error:
+        raise refused(error, TEST_PREFIX) from None
 
 
 def add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -103,10 +107,14 @@ def run_train(args: argparse.Namespace) -> int:
             raise InputError(f"{args.resume}: its training configuration: {error}") from error
     else:
         config = get_config(args.config)
+    given = overrides_from_args(args)
     try:
-        config = apply_overrides(config, overrides_from_args(args))
-    except ValueError as error:  # a field out of range, or a combination the config rejects
-        raise InputError(f"configuration: {error}") from error
+        config = apply_overrides(config, given)
+    except FieldError as error:  # a field out of range, or two that disagree
+        raise refused(error) from None
+    check_used(config, given)
+    if config.device == "cuda":
+        check_device("cuda")
     main = int(os.environ.get("RANK", "0")) == 0
     with run_lock(config.out) if main else contextlib.nullcontext():  # one run per folder
         try:
@@ -121,6 +129,27 @@ def run_train(args: argparse.Namespace) -> int:
                 path.write_text(json.dumps(summary["metrics"], indent=2) + "\n")
                 print(f"metrics written to {path}", file=sys.stderr)
     return 0
+
+
+def check_used(config: TrainConfig, given: dict[str, object]) -> None:
+    r"""Raise :class:`InputError` for a field option given that ``config`` would ignore: the
+    ``--shapes-*`` options with COCO data, the ``--val-*`` ones with no validation split."""
+    for key in given:
+        if key.startswith("shapes_") and config.dataset != "shapes":
+            raise InputError(
+                f"{option_name(key)}: the dataset is {config.dataset!r}, which has no shapes; "
+                "give --dataset shapes to train on the shapes, or leave the option out"
+            )
+        if key in ("val_every", "val_limit") and not config.has_validation:
+            how = (
+                "--shapes-val N"
+                if config.dataset == "shapes"
+                else "--val-images and --val-annotations"
+            )
+            raise InputError(
+                f"{option_name(key)}: this run has no validation split; give {how} for one, "
+                "or leave the option out"
+            )
 
 
 def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
@@ -140,14 +169,27 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--ground-truth",
         choices=("heatmaps", "heatmaps+offsets"),
-        help="with --checkpoint: replace these predicted maps by ground truth (Table 6)",
+        help="with --checkpoint: replace these predicted maps by ground truth (Table 6; "
+        "default: none, every map predicted)",
     )
-    parser.add_argument("--device", default=DEFAULT_DEVICE)
     parser.add_argument(
-        "--limit", type=positive_int, metavar="N", help="evaluate on the first N images only"
+        "--device",
+        type=device_option,
+        default=DEFAULT_DEVICE,
+        help="where the network runs: cpu, cuda, cuda:1, ... (default: %(default)s)",
     )
-    parser.add_argument("--results-out", type=Path, help="write the COCO results JSON here")
-    parser.add_argument("--metrics-out", type=Path, required=True, help="write metrics JSON here")
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        metavar="N",
+        help="evaluate on the first N images only (default: all)",
+    )
+    parser.add_argument(
+        "--results-out", type=Path, help="write the COCO results JSON here (default: not written)"
+    )
+    parser.add_argument(
+        "--metrics-out", type=Path, help="also write the metrics JSON here (default: only print)"
+    )
     add_config_options(parser, TestConfig(), TEST_PREFIX)
     parser.set_defaults(func=run_evaluate)
 
@@ -181,16 +223,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 analysis.oracle_source(coco, num_classes=num_classes),
                 offsets=args.ground_truth == "heatmaps+offsets",
             )
-    print(f"test config:\n{config}", file=sys.stderr)  # as training prints its config
-    metrics = evaluate.evaluate(
-        source, coco, image_ids=image_ids, results_out=args.results_out, config=config
-    )
-    args.metrics_out.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"test config: {json.dumps(config.to_dict())}", file=sys.stderr)  # one line
+    with contextlib.redirect_stdout(sys.stderr):  # pycocotools' table: stdout is the JSON
+        metrics = evaluate.evaluate(
+            source, coco, image_ids=image_ids, results_out=args.results_out, config=config
+        )
     print(json.dumps(metrics, indent=2))
+    if args.metrics_out is not None:
+        args.metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        args.metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
     non_finite = [name for name, value in metrics.items() if not math.isfinite(value)]
     if non_finite:
-        print_error(f"non-finite metrics {', '.join(non_finite)} (written to {args.metrics_out})")
+        print_error(f"non-finite metrics {', '.join(non_finite)}")
         return 1
     return 0
 
@@ -216,7 +260,12 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
         default=DRAW_THRESHOLD,
         help="minimum score drawn (0 to 1; default: %(default)s)",
     )
-    parser.add_argument("--device", default=DEFAULT_DEVICE)
+    parser.add_argument(
+        "--device",
+        type=device_option,
+        default=DEFAULT_DEVICE,
+        help="where the network runs: cpu, cuda, cuda:1, ... (default: %(default)s)",
+    )
     parser.add_argument(
         "--heatmaps",
         action="store_true",

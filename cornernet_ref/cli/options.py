@@ -18,7 +18,11 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
+
 from cornernet_ref.config import get_config
+from cornernet_ref.errors import InputError
+from cornernet_ref.printable import FieldError
 
 DEST_PREFIX = "config__"  # the destinations of field options, told apart from the others
 _DEFAULT = "(default: "
@@ -164,6 +168,56 @@ def overrides_from_args(args: argparse.Namespace, prefix: str = "") -> dict[str,
     }
 
 
+def option_name(path: str) -> str:
+    r"""The option of a field path: ``"test.decode.num_dets"`` -> ``"--test.decode.num-dets"``."""
+    return "--" + path.replace("_", "-")
+
+
+def refused(error: FieldError, prefix: str = "") -> InputError:
+    r"""A configuration's refusal as the one line of the command: the option and its value,
+    then what the value must be (``--lr -1.0: must be a finite number > 0``)."""
+    return InputError(
+        f"{option_name(prefix + error.field)} {_as_typed(error.value)}: {error.requirement}"
+    )
+
+
+def available_devices() -> list[str]:
+    r"""The devices this machine has: ``cpu``, then ``cuda:0``, ... and ``mps`` where present."""
+    devices = ["cpu"] + [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    return devices + (["mps"] if torch.backends.mps.is_available() else [])
+
+
+def check_device(name: str, option: str = "--device") -> None:
+    r"""Raise :class:`InputError` unless ``name`` is a device of this machine (``auto`` is)."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(
+            f"{option} {name}: not a device; this machine has {', '.join(available_devices())}"
+        ) from None
+    index = 0 if device.index is None else device.index
+    present = {
+        "cpu": index == 0,
+        "cuda": index < torch.cuda.device_count(),
+        "mps": index == 0 and torch.backends.mps.is_available(),
+    }
+    if not present.get(device.type, False):
+        raise InputError(
+            f"{option} {name}: not on this machine, which has {', '.join(available_devices())}"
+        )
+
+
+def device_option(text: str) -> str:
+    r"""A ``--device`` value, checked against the devices of this machine."""
+    try:
+        check_device(text)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--device ")) from None
+    return text
+
+
 def positive_int(text: str) -> int:
     r"""An option that counts something: ``"3"`` -> ``3``; zero or less is refused."""
     try:
@@ -189,12 +243,17 @@ def unit_interval(text: str) -> float:
 __all__ = [
     "ShowConfigDefaults",
     "add_config_options",
+    "available_devices",
+    "check_device",
+    "device_option",
     "field_descriptions",
     "flat_fields",
     "leaves",
+    "option_name",
     "overrides_from_args",
     "parse_bool",
     "positive_int",
+    "refused",
     "show_defaults",
     "unit_interval",
     "value_parser",

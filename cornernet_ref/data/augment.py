@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cornernet_ref.data.image import resize_image
-from cornernet_ref.printable import PrintableConfig
+from cornernet_ref.printable import FieldError, PrintableConfig
 
 # Official crop scales: numpy's arange(0.6, 1.4, 0.1), floating-point values kept as they are.
 OFFICIAL_SCALES: tuple[float, ...] = tuple(float(s) for s in np.arange(0.6, 1.4, 0.1))
@@ -94,15 +94,15 @@ class AugmentConfig(PrintableConfig):
 
     def __post_init__(self) -> None:
         if self.input_size < 1:
-            raise ValueError(f"input_size must be positive, got {self.input_size}")
+            raise FieldError("input_size", self.input_size, "must be positive")
         if not self.scales or not all(math.isfinite(s) and s > 0 for s in self.scales):
-            raise ValueError(f"scales must be positive numbers, got {self.scales}")
+            raise FieldError("scales", self.scales, "must be positive numbers")
         if self.border < 0:
-            raise ValueError(f"border must be at least 0, got {self.border}")
+            raise FieldError("border", self.border, "must be at least 0")
         if not 0 <= self.jitter < 1:  # a factor 1 + U(-jitter, jitter) stays positive
-            raise ValueError(f"jitter must lie in [0, 1), got {self.jitter}")
-        if not self.lighting_std >= 0:
-            raise ValueError(f"lighting_std must be at least 0, got {self.lighting_std}")
+            raise FieldError("jitter", self.jitter, "must lie in [0, 1)")
+        if not (math.isfinite(self.lighting_std) and self.lighting_std >= 0):
+            raise FieldError("lighting_std", self.lighting_std, "must be a finite number >= 0")
 
 
 def crop_border(border: int, size: int) -> int:
