@@ -8,22 +8,18 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from helpers import TINY_TRAINING
-from PIL import Image
+from test_cli import files  # noqa: F401 (a fixture: the checkpoint, images and annotations)
 
 from cornernet_ref import evaluate as evaluate_module
 from cornernet_ref import train as train_module
-from cornernet_ref.checkpoint import save_checkpoint
 from cornernet_ref.cli import build_parser, main
 from cornernet_ref.cli.commands import DEFAULT_DEVICE
 from cornernet_ref.config import TrainConfig, config_from_dict
 from cornernet_ref.losses import CornerNetLoss
-from cornernet_ref.model import CornerNet, ModelConfig
 from cornernet_ref.train import NonFiniteLossError, train
 from cornernet_ref.visualize import DRAW_THRESHOLD
 
@@ -31,30 +27,6 @@ TINY_MODEL = {
     "num_classes": 2, "n": 2, "nstack": 1, "dims": [4, 4, 4], "modules": [1, 1, 1],
     "cnv_dim": 4, "pre_dim": 4, "pool_dim": 4,
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
-    """A checkpoint of a tiny model, one image and a COCO file recording it."""
-    root = tmp_path_factory.mktemp("inputs")
-    images = root / "images"
-    images.mkdir()
-    pixels = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(images / "a.png")
-    annotations = {
-        "images": [{"id": 1, "file_name": "a.png", "height": 40, "width": 50}],
-        "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 20, 20], "area": 400,
-             "iscrowd": 0},
-        ],
-        "categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}],
-    }  # fmt: skip
-    (root / "annotations.json").write_text(json.dumps(annotations))
-    model = CornerNet(ModelConfig.from_dict(TINY_MODEL))
-    state = {"model": model.state_dict(), "model_config": TINY_MODEL, "class_names": ["x", "y"]}
-    save_checkpoint(root / "model.pt", state)
-    return {"IMAGES": images, "IMAGE": images / "a.png", "ANNOTATIONS": root / "annotations.json",
-            "CHECKPOINT": root / "model.pt"}  # fmt: skip
 
 
 def run(argv: list, capsys) -> tuple[int, str, str]:
@@ -153,7 +125,7 @@ def test_a_bad_option_is_one_line_and_nothing_is_written(
         monkeypatch.setattr(f"cornernet_ref.cli.commands.{name}", no_work)
     out = tmp_path / "out"
     argv = [arg.replace("OUT", str(out)) for arg in argv]
-    argv = [str(files[arg]) if arg in files else arg for arg in argv]
+    argv = [str(files[arg.lower()]) if arg.isupper() else arg for arg in argv]  # IMAGES: a file
     status, stdout, stderr = run(argv, capsys)
     assert status == 2
     lines = stderr.splitlines()
@@ -201,7 +173,7 @@ def test_evaluate_prints_its_metrics_and_writes_them_only_when_asked(
     files, capsys, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    argv = ["evaluate", "--images", files["IMAGES"], "--annotations", files["ANNOTATIONS"]]
+    argv = ["evaluate", "--images", files["images"], "--annotations", files["annotations"]]
     status, stdout, _ = run([*argv, "--oracle"], capsys)
     assert status == 0
     printed = json.loads(stdout)  # stdout is the metrics alone (pycocotools' table: stderr)
