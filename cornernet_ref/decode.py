@@ -325,7 +325,10 @@ def soft_nms_all(
         labels: ``(N,)`` classes, integers from 0.
         valid: ``(N,)`` booleans, ``False`` for a box to leave out (never kept, decays
             nothing); all boxes by default.
-        method, sigma, iou_threshold, score_threshold: as :func:`soft_nms`.
+        method: as :func:`soft_nms`.
+        sigma: as :func:`soft_nms`.
+        iou_threshold: as :func:`soft_nms`.
+        score_threshold: as :func:`soft_nms`.
         compiled: ``True`` for the compiled loop, ``False`` for the vectorised form,
             ``None`` (default) for the compiled loop where it builds.
     """
@@ -363,11 +366,14 @@ def soft_nms_vectorised(
     wait for the device, which the compiled loop does not have.
 
     Args:
-        boxes, scores: ``(N, 4)`` and ``(N,)``.
+        boxes: ``(N, 4)``.
+        scores: ``(N,)``.
         keys: ``(N,)`` int64 class of each box, ``-1`` for a box to leave out.
         method: ``METHODS["gaussian"]`` or ``METHODS["linear"]``
-            (:mod:`cornernet_ref.soft_nms_op`); sigma, iou_threshold, score_threshold: as
-            :func:`soft_nms`.
+            (:mod:`cornernet_ref.soft_nms_op`).
+        sigma: as :func:`soft_nms`.
+        iou_threshold: as :func:`soft_nms`.
+        score_threshold: as :func:`soft_nms`.
     """
     total = len(keys)
     sorted_keys, order = torch.sort(keys, stable=True)

@@ -11,6 +11,8 @@ r"""The plumbing of a training run: its folder, its processes, its random state,
   [load_training_state][cornernet_ref.run.load_training_state]: the checkpoint of a run
   (:mod:`cornernet_ref.checkpoint`), with the optimiser, the loss scaler and every random
   state, so that ``--resume`` continues exactly where a run stopped.
+* [announce][cornernet_ref.run.announce]: the run's full configuration on disk and its
+  summary on the terminal;
 * [check_resumable][cornernet_ref.run.check_resumable] and
   [check_resumed_classes][cornernet_ref.run.check_resumed_classes]: a run is continued only
   with the model and the data it was trained with, and only if it has iterations left.
@@ -33,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from cornernet_ref.checkpoint import save_checkpoint, write_atomically
+from cornernet_ref.checkpoint import load_checkpoint, save_checkpoint, write_atomically
 from cornernet_ref.errors import InputError
 
 if TYPE_CHECKING:
@@ -240,15 +242,18 @@ def save_training_state(
     save_checkpoint(run.checkpoint, state)
 
 
-def save_config(run: RunFolder, config: TrainConfig) -> None:
-    r"""The run's full configuration, :attr:`RunFolder.config`, written atomically."""
+def announce(run: RunFolder, config: TrainConfig, model: nn.Module, device: torch.device) -> None:
+    r"""The start of a run's record (rank 0): its full configuration, :attr:`RunFolder.config`,
+    written atomically, and its short summary on stderr."""
     text = (str(config) + "\n").encode()
     write_atomically(run.config, lambda file: file.write(text))
+    parameters = sum(p.numel() for p in model.parameters())
+    print(config.summary(str(device), parameters), file=sys.stderr)
 
 
-def check_resumable(path: str | Path, state: dict[str, Any], config: TrainConfig) -> None:
-    r"""Refuse to continue the checkpoint ``state`` (read from ``path``) with ``config`` when
-    its run is over, or when ``config`` trains another model or on other data.
+def check_resumable(path: str | Path, config: TrainConfig) -> dict[str, Any]:
+    r"""The checkpoint at ``path``, read for ``--resume``; refused when its run is over, or
+    when ``config`` trains another model or on other data.
 
     The model's configuration (all but ``num_classes``, which the data sets: see
     :func:`check_resumed_classes`) and the data's fields must be the checkpoint's; the
@@ -257,6 +262,7 @@ def check_resumable(path: str | Path, state: dict[str, Any], config: TrainConfig
     Raises:
         InputError: naming ``path`` and, for a changed run, every field that differs.
     """
+    state = load_checkpoint(path, resume=True)
     if state["iteration"] >= config.max_iters:
         raise InputError(
             f"{path} is at iteration {state['iteration']}, and this run ends at "
@@ -278,6 +284,7 @@ def check_resumable(path: str | Path, state: dict[str, Any], config: TrainConfig
             f"resume without changing them, or start a new run from its weights with "
             f"--init-from {path}"
         )
+    return state
 
 
 # The fields that choose the training data, by dataset: a resumed run must keep them.
@@ -332,11 +339,11 @@ __all__ = [
     "Distributed",
     "RunFolder",
     "RunLog",
+    "announce",
     "check_resumable",
     "check_resumed_classes",
     "load_training_state",
     "restore_rng_states",
     "rng_states",
-    "save_config",
     "save_training_state",
 ]

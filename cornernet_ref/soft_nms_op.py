@@ -161,7 +161,9 @@ def soft_nms_compiled(
         scores: ``(N,)``.
         keys: ``(N,)`` int64 class of each box, ``-1`` for a box to leave out.
         method: ``METHODS["linear"]`` or ``METHODS["gaussian"]``.
-        sigma, iou_threshold, score_threshold: as :func:`cornernet_ref.decode.soft_nms`.
+        sigma: as :func:`cornernet_ref.decode.soft_nms`.
+        iou_threshold: as :func:`cornernet_ref.decode.soft_nms`.
+        score_threshold: as :func:`cornernet_ref.decode.soft_nms`.
 
     Returns:
         ``(order, new_scores, kept)``, each ``(N,)``: every box index once, the kept boxes

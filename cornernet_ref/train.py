@@ -44,12 +44,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cornernet_ref import finetune
-from cornernet_ref.checkpoint import load_checkpoint
 from cornernet_ref.config import TrainConfig
 from cornernet_ref.data.coco import CocoDetection, load_coco
 from cornernet_ref.data.loader import StreamBatchSampler, TrainingSet, make_loader
-from cornernet_ref.data.shapes import write_shapes
-from cornernet_ref.errors import InputError
+from cornernet_ref.data.prepare import shared_data
 from cornernet_ref.evaluate import evaluate
 from cornernet_ref.inference import model_source
 from cornernet_ref.losses import CornerNetLoss
@@ -58,10 +56,10 @@ from cornernet_ref.run import (
     Distributed,
     RunFolder,
     RunLog,
+    announce,
     check_resumable,
     check_resumed_classes,
     load_training_state,
-    save_config,
     save_training_state,
 )
 from cornernet_ref.visualize import write_pictures
@@ -109,9 +107,7 @@ def _train(
 ) -> tuple[nn.Module, dict]:
     # Setup: data, model, optimiser, loss, resumed state, the stream of micro-batches.
     # The files given are read and checked before any data is read or written.
-    resumed = load_checkpoint(resume, resume=True) if resume is not None else None
-    if resumed is not None:
-        check_resumable(resume, resumed, config)
+    resumed = check_resumable(resume, config) if resume is not None else None
     weights = finetune.read_weights(init_from) if init_from is not None else None
     source, val = shared_data(config, job)
     config = replace(config, model=replace(config.model, num_classes=source.num_classes))
@@ -120,9 +116,7 @@ def _train(
     run = RunFolder(Path(config.out))
     model, initialised = build_model(config, job, source.class_names, init_from, weights)
     if job.is_main:
-        save_config(run, config)
-        parameters = sum(p.numel() for p in model.parameters())
-        print(config.summary(str(job.device), parameters), file=sys.stderr)
+        announce(run, config, model, job.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     fp16 = autocast_dtype(config, job.device) == torch.float16
     scaler = torch.amp.GradScaler(job.device.type, enabled=fp16)  # fp16 needs loss scaling
@@ -142,14 +136,7 @@ def _train(
                     network, criterion, optimizer, scaler, batches, config, job, iteration
                 )
             except NonFiniteLossError as error:
-                kept = (
-                    f"the last good checkpoint ({run.checkpoint}, iteration {saved}) is unchanged"
-                    if saved is not None
-                    else "no checkpoint was written yet"
-                )
-                raise NonFiniteLossError(
-                    f"{error}; {kept}. Try a lower learning rate or --precision fp32."
-                ) from None
+                raise non_finite_stop(error, run, saved) from None
             done = iteration + 1
             # The record: the loss terms and the learning rate, every log_every iterations.
             log.step(done, terms, learning_rate(config, iteration))
@@ -171,63 +158,8 @@ def _train(
         if initialised is not None:
             summary["init_from"] = initialised.to_dict()
         if job.is_main:
-            if val is not None:
-                summary["metrics"] = validate(model, config, val, job.device)
-                log.validation(config.max_iters, summary["metrics"])
-            pictures = write_pictures(model, run.root, val, source.class_names, test=config.test)
-            summary["pictures"] = str(pictures)
-            print(f"pictures written to {pictures}", file=sys.stderr)
+            summary |= finish(model, config, val, run, log, source.class_names, job.device)
     return model, summary
-
-
-def shared_data(
-    config: TrainConfig, job: Distributed
-) -> tuple[CocoDetection, tuple[Path, Path] | None]:
-    r""":func:`prepare_data` on every rank, rank 0 first where it writes the shapes data.
-
-    COCO data is read by every rank before any waits, so a bad path stops all of them rather
-    than leaving some waiting.
-    """
-    if job.is_main or config.dataset == "coco":
-        data = prepare_data(config)
-    job.barrier()
-    if not job.is_main and config.dataset == "shapes":
-        data = prepare_data(config)
-    return data
-
-
-def prepare_data(config: TrainConfig) -> tuple[CocoDetection, tuple[Path, Path] | None]:
-    r"""The training set and the (images, annotations) of the validation split, if any.
-
-    The shapes splits are written under ``<out>/data`` (reused when already there);
-    ``shapes_val = 0`` means no validation split.
-    """
-    if config.dataset == "shapes":
-        root = RunFolder(Path(config.out)).data
-        size, seed = config.shapes_size, config.shapes_seed
-        images, annotations = write_shapes(
-            root / "train", config.shapes_train, seed=seed, size=size
-        )
-        training_split = CocoDetection(annotations, images)
-        if not config.shapes_val:
-            return training_split, None
-        return training_split, write_shapes(
-            root / "val", config.shapes_val, seed=seed + 1, size=size
-        )
-    if not Path(config.train_images).is_dir():
-        raise InputError(f"training image folder not found: {config.train_images}")
-    source = CocoDetection(
-        config.train_annotations, config.train_images, skip_unreadable=config.skip_unreadable
-    )
-    if config.val_images and config.val_annotations:
-        if not Path(config.val_annotations).is_file():  # refused now, not after training
-            raise InputError(
-                f"validation annotations not found: {config.val_annotations} (give "
-                "--val-annotations '' to train without validation)"
-            )
-        CocoDetection(config.val_annotations, config.val_images)  # checked now, not at the end
-        return source, (Path(config.val_images), Path(config.val_annotations))
-    return source, None
 
 
 def build_model(
@@ -379,3 +311,34 @@ def validate(
         )
     model.train()
     return metrics
+
+
+def non_finite_stop(
+    error: NonFiniteLossError, run: RunFolder, saved: int | None
+) -> NonFiniteLossError:
+    r"""``error`` with what is on disk: the last checkpoint's iteration, or none yet."""
+    kept = (
+        f"the last good checkpoint ({run.checkpoint}, iteration {saved}) is unchanged"
+        if saved is not None
+        else "no checkpoint was written yet"
+    )
+    return NonFiniteLossError(f"{error}; {kept}. Try a lower learning rate or --precision fp32.")
+
+
+def finish(
+    model: CornerNet,
+    config: TrainConfig,
+    val: tuple[Path, Path] | None,
+    run: RunFolder,
+    log: RunLog,
+    class_names: list[str],
+    device: torch.device,
+) -> dict[str, Any]:
+    r"""Rank 0's end of a run: the last validation (``metrics``) and the pictures."""
+    summary: dict[str, Any] = {}
+    if val is not None:
+        summary["metrics"] = validate(model, config, val, device)
+        log.validation(config.max_iters, summary["metrics"])
+    pictures = write_pictures(model, run.root, val, class_names, test=config.test)
+    print(f"pictures written to {pictures}", file=sys.stderr)
+    return summary | {"pictures": str(pictures)}

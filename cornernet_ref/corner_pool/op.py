@@ -36,7 +36,7 @@ is not scanned). The backward operator has no formula of its own: differentiatin
 raises an error instead of silently treating the gradient as a constant.
 
 [CornerPoolOps][cornernet_ref.corner_pool.op.CornerPoolOps] registers the two operators;
-the package's [OPS][cornernet_ref.corner_pool.op.OPS] are those above. The tests register
+the package's ``OPS`` are those above. The tests register
 the same operators in a namespace of their own over the kernel built for the CPU
 (``tests/kernel_emulation.py``), to check the kernel through this very autograd formula.
 """
