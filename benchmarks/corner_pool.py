@@ -26,11 +26,13 @@ process, and the checks of the kernel's targets (``targets``).
 
 How a call is timed (``time_once``). On a GPU, between two CUDA events recorded around the
 call, after a write of 256 MiB that flushes the L2 cache, so that each run reads its maps
-from memory; the median of 20 runs after a warm-up. On a CPU, by the wall clock. On a GPU
-the maps hold 2^25 numbers or more, float32 and bfloat16, at the two main shapes and at
-thin, one-row, one-column, tall and wide maps (``GPU_SHAPES``); the reference and the
-official-style loops run at the main shapes only (elsewhere their Python loops over H or W
-steps would take minutes).
+from memory, and after a 3 ms wait queued on the GPU, so that the host's work for the call
+(Python, dispatch, launches) is done before the GPU reaches it: the events time the GPU's
+work alone, and the host's time is reported beside it. The median of 20 runs after a
+warm-up. On a CPU, by the wall clock. On a GPU the maps hold 2^25 numbers or more, float32
+and bfloat16, at the two main shapes and at thin, one-row, one-column, tall and wide maps
+(``GPU_SHAPES``); the other implementations run at the main shapes only (elsewhere the
+Python loops over H or W steps, and ``cummax`` on long lines, take minutes).
 
     python benchmarks/corner_pool.py                 # on the GPU if there is one, else CPU
     python benchmarks/corner_pool.py --device cpu --repeats 5
@@ -162,6 +164,8 @@ IMPLEMENTATIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 L2_FLUSH_BYTES = 256 * 2**20  # more than the L2 cache of any GPU this runs on (60 MB on H200)
 _flush: dict[torch.device, Tensor] = {}
+HOLD_MS = 3.0  # the GPU waits this long before each timed call (see time_once)
+_hold: dict[torch.device, int] = {}
 
 
 def sync(device: torch.device) -> None:
@@ -169,26 +173,51 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_once(run: Callable[[], object], device: torch.device) -> float:
-    """Seconds taken by one call of ``run``.
+def hold_cycles(device: torch.device, hold_ms: float = HOLD_MS) -> int:
+    """GPU clock cycles that ``torch.cuda._sleep`` spins for to keep the GPU busy about
+    ``hold_ms`` (timed once with CUDA events)."""
+    if device not in _hold:
+        cycles = 2**20
+        torch.cuda._sleep(cycles)  # warm-up: the clocks rise from idle
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+        _hold[device] = int(cycles * hold_ms / start.elapsed_time(end))
+    return _hold[device]
 
-    On a GPU: the L2 cache is flushed first (256 MiB written), so that no run reads what the
-    one before left in it, then two CUDA events are recorded around the call, and the time is
-    that of the GPU between them. The host's launch work overlaps the flush, so it is not
-    counted unless it takes longer. On a CPU: the wall clock around the call."""
+
+def time_once(run: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """Seconds taken by one call of ``run``: (device time, host time).
+
+    On a GPU the device time is measured between two CUDA events recorded around the call.
+    Before them, the L2 cache is flushed (256 MiB written), so that no run reads what the
+    one before left in it, and the GPU is then held busy for ``HOLD_MS`` (``_sleep``): the
+    host queues the call (Python, dispatch, allocations, launches) while the GPU waits, so
+    the events time the GPU's work alone. Without the hold, a call whose host work outlasts
+    the flush is timed from the end of the flush to the end of its kernels, and a kernel
+    of 0.1 ms measures as the host's 0.3 ms. The host time is the wall clock around the
+    call's queuing; a sample whose host time exceeds the hold is not a device time, and
+    :func:`measure` counts them (``host_bound_samples``). On a CPU both are the wall clock
+    around the call."""
     if device.type == "cuda":
         if device not in _flush:
             _flush[device] = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         _flush[device].zero_()
+        torch.cuda._sleep(hold_cycles(device))
         start.record()
+        host_start = time.perf_counter()
         run()
+        host = time.perf_counter() - host_start
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) / 1e3
+        return start.elapsed_time(end) / 1e3, host
     start_time = time.perf_counter()
     run()
-    return time.perf_counter() - start_time
+    elapsed = time.perf_counter() - start_time
+    return elapsed, elapsed
 
 
 def copy_bandwidth(device: torch.device, repeats: int) -> float:
@@ -200,7 +229,7 @@ def copy_bandwidth(device: torch.device, repeats: int) -> float:
     target.copy_(source)  # warm-up
     sync(device)
     median = statistics.median(
-        time_once(lambda: target.copy_(source), device) for _ in range(repeats)
+        time_once(lambda: target.copy_(source), device)[0] for _ in range(repeats)
     )
     return 2 * source.numel() * source.element_size() / median
 
@@ -250,17 +279,22 @@ def measure(
     result = {}
     for name, modes in times.items():
         result[name] = {}
-        for mode, samples in modes.items():
+        for mode, timed in modes.items():
+            samples = [device_time for device_time, _ in timed]
             median = statistics.median(samples)
             entry = {
                 "median_ms": round(median * 1e3, 4),
                 "best_ms": round(min(samples) * 1e3, 4),
                 "gb_per_s": round(MAPS_MOVED[mode] * bytes_per_map / median / 1e9, 2),
             }
+            if device.type == "cuda":  # the host's queuing time, and where it was longer
+                host = [host_time for _, host_time in timed]
+                entry["host_median_ms"] = round(statistics.median(host) * 1e3, 4)
+                entry["host_bound_samples"] = sum(t * 1e3 > HOLD_MS for t in host)
             if "cummax" in times:  # median over rounds of the time relative to cummax's
                 pairs = zip(samples, times["cummax"][mode], strict=True)
                 entry["median_ratio_to_cummax"] = round(
-                    statistics.median(t / reference for t, reference in pairs), 3
+                    statistics.median(t / reference[0] for t, reference in pairs), 3
                 )
             if device.type == "cuda":
                 entry["fraction_of_copy_bandwidth"] = round(
@@ -301,9 +335,10 @@ def run_all(
     names: list[str],
     on_result: Callable[[dict], None] = lambda partial: None,
 ) -> dict:
-    """Every shape and dtype: the copy bandwidth first, then ``measure`` (the reference and
-    the official-style loops only at the main shapes: at the others their Python loops of H
-    or W steps would take minutes). ``on_result`` sees the result after each measurement."""
+    """Every shape and dtype: the copy bandwidth first, then ``measure`` (the implementations
+    other than the kernel at the main shapes only: at the others their Python loops of H or
+    W steps, or ``cummax`` along long lines, take minutes). ``on_result`` sees the result
+    after each measurement."""
     copy_bytes_per_s = copy_bandwidth(device, repeats)
     report = {
         "implementations": names,
@@ -317,7 +352,7 @@ def run_all(
     for dtype in dtypes:
         by_shape = report["results"].setdefault(str(dtype).removeprefix("torch."), {})
         for key, shape in shapes.items():
-            here = [n for n in names if key in MAIN_SHAPES or n in ("cuda", "cummax")]
+            here = [n for n in names if key in MAIN_SHAPES or n == "cuda"]
             modes = ("forward",) if key in FORWARD_ONLY else tuple(MAPS_MOVED)
             try:
                 by_shape[key] = measure(

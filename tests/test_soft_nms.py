@@ -6,6 +6,7 @@ build of the loop; the tests marked ``cuda`` run it on a GPU."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -352,7 +353,9 @@ def test_decoding_and_soft_nms_on_a_gpu_never_wait_for_it() -> None:
 
     decode_and_soft_nms()  # once before the check: the build and CUDA's lazy set-up
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
+    with warnings.catch_warnings():  # torch warns that the debug mode is a prototype
+        warnings.filterwarnings("ignore", "Synchronization debug mode", UserWarning)
+        torch.cuda.set_sync_debug_mode("error")
     try:
         part, result = decode_and_soft_nms()
     finally:
