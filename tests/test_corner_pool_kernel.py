@@ -135,6 +135,56 @@ def test_the_gradient_does_not_depend_on_the_split():
         assert same_bits(one, four)
 
 
+def gradients(ops, a: torch.Tensor, b: torch.Tensor, corner: str, grad: torch.Tensor) -> tuple:
+    a_in, b_in = a.clone().requires_grad_(), b.clone().requires_grad_()
+    out = ops(a_in, b_in, corner)
+    out.backward(grad)
+    return out.detach(), a_in.grad, b_in.grad
+
+
+# The backward's walkers (corner_pool.cu): a kind of walker fewer than 32768 threads loads
+# deeper ahead, in a launch of its own; an H x 1 plane is walked as 1 x H, maps swapped.
+WALKER_SHAPES = {
+    "many rows, few column vectors": (1, 512, 64, 8),  # 32768 row walkers
+    "many column vectors, few rows": (1, 1024, 8, 256),  # 32768 column walkers of bfloat16
+    "one column": (2, 3, 50, 1),
+    "one row": (2, 3, 1, 50),
+    "one number": (3, 2, 1, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", list(WALKER_SHAPES.values()), ids=list(WALKER_SHAPES))
+@pytest.mark.parametrize("corner", ["tl", "br"])
+def test_every_kind_of_walker_gives_the_reference_gradients(dtype, shape, corner):
+    """Ties everywhere (ReLU-like maps): each walker must send each run's sum, added in the
+    reference's order, to the first maximum of its line; the transposed one-column planes
+    must give the outputs and both gradients in their places."""
+    a, b = relu_like(shape, dtype, 6), relu_like(shape, dtype, 7)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(8)).to(dtype)
+    expected = gradients(
+        lambda x, y, c: corner_pool(x, y, c, backend="reference"), a, b, corner, grad
+    )
+    actual = gradients(split_ops(0).corner_pool, a, b, corner, grad)
+    for got, wanted in zip(actual, expected, strict=True):
+        assert same_bits(got, wanted)
+
+
+@pytest.mark.parametrize(("corner", "dtype"), [("tl", torch.float32), ("br", torch.bfloat16)])
+def test_many_walkers_of_both_kinds_share_one_launch_exactly(corner, dtype):
+    """32768 row walkers and 32768 column vectors or more (65536 in float32): one launch,
+    its column warps interleaved among the row warps; every unit walked once."""
+    shape = (1, 2048, 16, 128)
+    a, b = relu_like(shape, dtype, 9), relu_like(shape, dtype, 10)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(11)).to(dtype)
+    expected = gradients(
+        lambda x, y, c: corner_pool(x, y, c, backend="reference"), a, b, corner, grad
+    )
+    actual = gradients(split_ops(0).corner_pool, a, b, corner, grad)
+    for got, wanted in zip(actual, expected, strict=True):
+        assert same_bits(got, wanted)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

@@ -70,12 +70,12 @@ def test_sanitizer_reports_nothing(variant):
 
 def test_thread_sanitizer_catches_two_threads_writing_one_row(tmp_path):
     """The kernels have no barrier to forget: each warp works alone, and each gradient has
-    one owner. Give one row of the horizontal backward to two lanes, and both write it: a
-    race, reported (the threads of an emulated block really run at once)."""
+    one owner. Give each line of the backward to two lanes, and both write it: a race,
+    reported (the threads of an emulated block really run at once)."""
     source = altered_copy(
         tmp_path,
-        r"for \(int row = lane; row < height; row \+= WARP\)",
-        "for (int row = lane / 2; row < height; row += WARP)",
+        r"\* WARP \+ threadIdx\.x % WARP;",
+        "* WARP + threadIdx.x % WARP / 2;",
     )
     result = run(sanitized_program("thread", source), "thread", ["1x3x8"])
     assert REPORTS["thread"] in result.stderr and result.returncode != 0

@@ -62,12 +62,13 @@ at::Tensor forward(const MaybeTensor& a, const MaybeTensor& b, bool reverse, int
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, map.scalar_type(), "corner_pool_forward", [&] {
     using Acc = typename corner_pool::Accumulate<scalar_t>::type;
     // The carries between chunks of a wide row, and between segments of a long column.
-    const corner_pool::Plan plan =
-        corner_pool::plan_forward<scalar_t>(b_in.defined(), planes, height, width);
-    const at::Tensor row_carry =
-        plan.row_carry ? at::empty({planes, height}, carry_options) : at::Tensor();
-    const int64_t maxima = a_in.defined() ? plan.column_maxima(planes, width) : 0;
-    const at::Tensor column_maxima = maxima ? at::empty({maxima}, carry_options) : at::Tensor();
+    const corner_pool::Plan plan = corner_pool::plan_forward<scalar_t>(
+        a_in.defined(), b_in.defined(), planes, height, width);
+    const int64_t row_values = plan.row_carry_values(planes);
+    const int64_t column_values = plan.column_maxima_values(planes);
+    const at::Tensor row_carry = row_values ? at::empty({row_values}, carry_options) : at::Tensor();
+    const at::Tensor column_maxima =
+        column_values ? at::empty({column_values}, carry_options) : at::Tensor();
     check_launch(corner_pool::launch_forward<scalar_t>(
         pointer<scalar_t>(a_in), pointer<scalar_t>(b_in), out.data_ptr<scalar_t>(),
         pointer<Acc>(row_carry), pointer<Acc>(column_maxima), plan, planes, height, width,

@@ -69,17 +69,26 @@
 // instructions for every value, the first included, with no branch but the store. The sums must be added
 // one after the other in scan order, as the PyTorch reference does
 // (cornernet_ref/corner_pool/reference.py), to agree with it bit for bit, so each scanned
-// line belongs to one thread (a line's sums cannot be split without changing their order):
+// line belongs to one thread (a line's sums cannot be split without changing their order).
+// The backward has two kinds of threads, each its own warps of one launch:
 //
-//   a warp for the vertical gradient: lane l owns VEC columns and walks the rows;
-//   a warp for the horizontal gradient: lane l owns one row and walks its columns, VEC at a
-//     time (each load of a lane reads 16 bytes of its own row).
+//   column walkers (gradient of a): a thread owns VEC adjacent columns of a plane and walks
+//     its rows; the lanes of a warp take consecutive column vectors, of one plane or, on
+//     narrow planes, of several, so that a warp reads whole rows;
+//   row walkers (gradient of b): a thread owns one row of a plane and walks its columns,
+//     VEC at a time (each load of a lane reads 16 bytes of its own row); the lanes of a
+//     warp take consecutive rows, of several planes when a plane has fewer than 32.
 //
-// Both read the output gradient; the two warps of a plane run side by side, so the second
-// read comes mostly from the L2 cache. Each gradient is written by the one thread that owns
-// its line: no atomics, deterministic.
+// A walker has AHEAD vectors of each map in flight. When the lines are few and long (one
+// row or one column per plane, say) the walkers are too few to keep the memory busy with 4
+// each, so they take DEEP_AHEAD: 16, or 8 in 2-byte types (64 numbers a map). The
+// walkers stay serial along their lines: a plane of a few lines of 2^23 numbers is a few
+// threads' work, and its backward takes that long. Each gradient is written by the one
+// thread that owns its line: no atomics, deterministic.
 
 #include <cuda_runtime.h>
+
+#include <utility>
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -98,7 +107,12 @@ namespace corner_pool {
 namespace {
 
 constexpr int WARPS = 4;  // warps per block
-constexpr int AHEAD = 4;  // rows (or vectors) a lane loads before it uses the first
+constexpr int AHEAD = 4;  // steps a backward walker loads before it uses the first
+// ... and when a kind of walker is fewer than FEW_WALKERS threads (a few long lines): 16
+// vectors, 8 for 2-byte types (whose values take twice the registers once widened).
+template <typename T>
+constexpr int DEEP_AHEAD = sizeof(T) == 2 ? 8 : 16;
+constexpr int64_t FEW_WALKERS = 32768;
 // The forward's rows in flight: 8 vectors of 16 bytes per map and lane (4 for 2-byte types,
 // whose values take twice the registers once widened to float), so that 1000 warps keep
 // about 8 MB on their way from memory (4 with 2-byte types, where a warp holds twice the
@@ -364,106 +378,99 @@ struct Run {
   }
 };
 
-// Vertical gradient of one plane: lane l owns VEC columns of each chunk and walks the rows.
-template <typename T, bool Reverse>
-__device__ void backward_columns(const T* __restrict__ a, const T* __restrict__ grad_out,
-                                 T* __restrict__ grad_a, int height, int width, bool vector,
-                                 int lane) {
+// Each thread's share of the backward: `lines` adjacent lines of one plane (VEC columns for
+// a column walker, one row for a row walker), `steps` steps long, walked in scan order from
+// the offset `first` on, a step `stride` apart in memory (negative when the scan runs
+// towards smaller offsets). A column walker steps +-W, a row at a time, through VEC
+// separate lines; a row walker (`Along`) steps +-VEC through its row, a vector at a time,
+// each vector's numbers in scan order, and its row ends at `row_end`.
+template <typename T, bool Reverse, bool Along, int Ahead>
+__device__ __forceinline__ void walk(const T* __restrict__ map, const T* __restrict__ grad_out,
+                                     T* __restrict__ grad, int first, int steps, int stride,
+                                     int lines, int row_end, bool vector) {
   using Acc = typename Accumulate<T>::type;
   constexpr int N = VEC<T>;
   const Acc zeros[N] = {};
-  for (int column = lane * N; column < width; column += WARP * N) {
-    const int count = min(N, width - column);
-    const int first = (Reverse ? height - 1 : 0) * width + column;  // the border row
-    Run<Acc> runs[N];
+  // A row's scan starts at its border number: the last of its last vector when Reverse.
+  const int border = Along && Reverse ? row_end - 1 : first;
+  Run<Acc> runs[Along ? 1 : N];
 #pragma unroll
-    for (int j = 0; j < N; ++j) runs[j] = Run<Acc>::start(first + j);
-    for (int first_step = 0; first_step < height; first_step += AHEAD) {  // as the forward
-      Acc values[AHEAD][N], grads[AHEAD][N];
+  for (int j = 0; j < (Along ? 1 : N); ++j) runs[j] = Run<Acc>::start(border + j);
+  for (int first_step = 0; first_step < steps; first_step += Ahead) {  // as the forward
+    Acc values[Ahead][N], grads[Ahead][N];
+    int offsets[Ahead], counts[Ahead];
 #pragma unroll
-      for (int r = 0; r < AHEAD; ++r) {
-        const int step = min(first_step + r, height - 1);
-        const int offset = (Reverse ? height - 1 - step : step) * width + column;
-        load(a, offset, count, vector, values[r]);
-        load(grad_out, offset, count, vector, grads[r]);
-      }
-#pragma unroll
-      for (int r = 0; r < AHEAD; ++r) {
-        const int step = first_step + r;
-        if (step >= height) break;
-        const int offset = (Reverse ? height - 1 - step : step) * width + column;
-        store(grad_a, offset, count, vector, zeros);  // not a maximum, unless a run says so
-#pragma unroll
-        for (int j = 0; j < N; ++j)
-          if (j < count) runs[j].step(values[r][j], grads[r][j], offset + j, grad_a);
-      }
+    for (int r = 0; r < Ahead; ++r) {
+      const int step = min(first_step + r, steps - 1);  // past the end: the last again
+      offsets[r] = first + step * stride;
+      counts[r] = Along ? min(N, row_end - offsets[r]) : lines;
+      load(map, offsets[r], counts[r], vector, values[r]);
+      load(grad_out, offsets[r], counts[r], vector, grads[r]);
     }
 #pragma unroll
-    for (int j = 0; j < N; ++j)
-      if (j < count) grad_a[runs[j].at] = static_cast<T>(runs[j].sum);  // the last runs
-  }
-}
-
-// Horizontal gradient of one plane: lane l owns row l of each group of 32 rows and walks its
-// columns in scan order, VEC at a time.
-template <typename T, bool Reverse>
-__device__ void backward_rows(const T* __restrict__ b, const T* __restrict__ grad_out,
-                              T* __restrict__ grad_b, int height, int width, bool vector,
-                              int lane) {
-  using Acc = typename Accumulate<T>::type;
-  constexpr int N = VEC<T>;
-  const Acc zeros[N] = {};
-  const int vectors = (width + N - 1) / N;
-  for (int row = lane; row < height; row += WARP) {
-    Run<Acc> run = Run<Acc>::start(row * width + (Reverse ? width - 1 : 0));  // border column
-    for (int first_v = 0; first_v < vectors; first_v += AHEAD) {  // AHEAD vectors at a time
-      Acc values[AHEAD][N], grads[AHEAD][N];
+    for (int r = 0; r < Ahead; ++r) {
+      if (first_step + r >= steps) break;
+      store(grad, offsets[r], counts[r], vector, zeros);  // not a maximum, unless a run says so
 #pragma unroll
-      for (int r = 0; r < AHEAD; ++r) {
-        const int v = min(first_v + r, vectors - 1);
-        const int column = (Reverse ? vectors - 1 - v : v) * N;
-        const int count = min(N, width - column), offset = row * width + column;
-        load(b, offset, count, vector, values[r]);
-        load(grad_out, offset, count, vector, grads[r]);
-      }
-#pragma unroll
-      for (int r = 0; r < AHEAD; ++r) {
-        const int v = first_v + r;
-        if (v >= vectors) break;
-        const int column = (Reverse ? vectors - 1 - v : v) * N;
-        const int count = min(N, width - column), offset = row * width + column;
-        store(grad_b, offset, count, vector, zeros);
-#pragma unroll
-        for (int step = 0; step < N; ++step) {
-          const int j = Reverse ? N - 1 - step : step;
-          if (j < count) run.step(values[r][j], grads[r][j], offset + j, grad_b);
-        }
+      for (int step = 0; step < N; ++step) {
+        const int j = Along && Reverse ? N - 1 - step : step;
+        if (j < counts[r])
+          runs[Along ? 0 : j].step(values[r][j], grads[r][j], offsets[r] + j, grad);
       }
     }
-    grad_b[run.at] = static_cast<T>(run.sum);  // the last run of the row
   }
+#pragma unroll
+  for (int j = 0; j < (Along ? 1 : N); ++j)
+    if (j < lines) grad[runs[j].at] = static_cast<T>(runs[j].sum);  // the last runs
 }
 
-// Two warps per plane: the even one computes the gradient of a, the odd one that of b.
-template <typename T, bool Reverse>
+// The backward's warps are column walkers' (the gradient of a) and row walkers' (that of
+// b): `column_warps` of the first kind among `warps`, interleaved in proportion, so that the
+// two read the same planes at about the same time and the second read of the output
+// gradient comes mostly from the L2 cache. The lanes of a warp take consecutive units:
+// column vectors (VEC columns of one plane), or rows. `ColumnAhead` and `RowAhead` are
+// each kind's steps loaded ahead, 0 for a launch without that kind: a few long lines take
+// a launch of their own, whose deep loads ahead need registers that would cut the
+// occupancy of the other kind's many short walkers.
+template <typename T, bool Reverse, int ColumnAhead, int RowAhead>
 __global__ void __launch_bounds__(THREADS)
     backward_kernel(const T* __restrict__ a, const T* __restrict__ b,
                     const T* __restrict__ grad_out, T* __restrict__ grad_a,
-                    T* __restrict__ grad_b, int64_t planes, int height, int width) {
-  const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
-  const int64_t plane = static_cast<int64_t>(blockIdx.x) * (WARPS / 2) + warp / 2;
-  if (plane >= planes) return;
-  const bool columns = warp % 2 == 0;
-  const T* map = plane_start(columns ? a : b, plane, height, width);
-  if (map == nullptr) return;  // no gradient wanted for this map
+                    T* __restrict__ grad_b, int64_t planes, int height, int width,
+                    int64_t warps, int64_t column_warps) {
+  constexpr int N = VEC<T>;
+  const int64_t warp = static_cast<int64_t>(blockIdx.x) * WARPS + threadIdx.x / WARP;
+  if (warp >= warps) return;
+  // Warp w is the k-th column warp, k = floor(w C / warps), when k moves at w.
+  const int64_t columns_before = warp * column_warps / warps;
+  const bool column = (warp + 1) * column_warps / warps > columns_before;
+  const int64_t first_unit =
+      (column ? columns_before : warp - columns_before) * WARP + threadIdx.x % WARP;
+  const int vectors = static_cast<int>(ceil_div(width, N));  // column vectors per row
+  if (first_unit >= planes * (column ? vectors : height)) return;
+  const int64_t plane = first_unit / (column ? vectors : height);
+  const int index = static_cast<int>(first_unit % (column ? vectors : height));
+  const T* map = plane_start(column ? a : b, plane, height, width);
   const T* grad = plane_start(grad_out, plane, height, width);
-  T* result = plane_start(columns ? grad_a : grad_b, plane, height, width);
-  const bool vector =
-      width % VEC<T> == 0 && aligned(map) && aligned(grad) && aligned(result);
-  if (columns)
-    backward_columns<T, Reverse>(map, grad, result, height, width, vector, lane);
-  else
-    backward_rows<T, Reverse>(map, grad, result, height, width, vector, lane);
+  T* result = plane_start(column ? grad_a : grad_b, plane, height, width);
+  const bool vector = width % N == 0 && aligned(map) && aligned(grad) && aligned(result);
+  if constexpr (ColumnAhead > 0) {
+    if (column) {
+      const int at = index * N;  // the walker's first column
+      const int first = (Reverse ? height - 1 : 0) * width + at;  // in the border row
+      walk<T, Reverse, false, ColumnAhead>(map, grad, result, first, height,
+                                           Reverse ? -width : width, min(N, width - at), 0,
+                                           vector);
+    }
+  }
+  if constexpr (RowAhead > 0) {
+    if (!column) {
+      const int row_start = index * width;
+      const int first = row_start + (Reverse ? (vectors - 1) * N : 0);
+      walk<T, Reverse, true, RowAhead>(map, grad, result, first, vectors, Reverse ? -N : N, 1,
+                                       row_start + width, vector);
+    }
+  }
 }
 
 const char* launch_error() {
@@ -507,24 +514,62 @@ const char* launch_forward(const T* a, const T* b, T* out,
                            typename Accumulate<T>::type* column_maxima, const Plan& plan,
                            int64_t planes, int height, int width, bool reverse, void* stream) {
   if (const char* problem = size_problem(planes, height, width)) return problem;
-  if (plan.segments > 1 && a != nullptr) {  // the segments' column maxima first
-    if (const char* error = launch_pass<T, true>(a, nullptr, nullptr, nullptr, column_maxima,
-                                                 plan, planes, height, width, reverse, stream))
+  if (plan.transposed) std::swap(a, b);  // an H x 1 plane pooled as 1 x H (corner_pool.h)
+  if (plan.column_carry) {  // the segments' column maxima first
+    if (const char* error =
+            launch_pass<T, true>(a, nullptr, nullptr, nullptr, column_maxima, plan, planes,
+                                 plan.height, plan.width, reverse, stream))
       return error;
   }
-  return launch_pass<T, false>(a, b, out, row_carry, column_maxima, plan, planes, height, width,
-                               reverse, stream);
+  return launch_pass<T, false>(a, b, out, row_carry, column_maxima, plan, planes, plan.height,
+                               plan.width, reverse, stream);
+}
+
+template <typename T, int ColumnAhead, int RowAhead>
+const char* launch_walkers(const T* a, const T* b, const T* grad_out, T* grad_a, T* grad_b,
+                           int64_t planes, int height, int width, bool reverse,
+                           int64_t column_walkers, int64_t row_walkers, void* stream) {
+  const int64_t column_warps = ceil_div(column_walkers, WARP);
+  const int64_t warps = column_warps + ceil_div(row_walkers, WARP);
+  const int64_t blocks = ceil_div(warps, WARPS);
+  if (warps > INT32_MAX)  // so that warp * column_warps fits in 64 bits
+    return "corner_pool: too many planes for one launch";
+  const auto kernel = reverse ? backward_kernel<T, true, ColumnAhead, RowAhead>
+                              : backward_kernel<T, false, ColumnAhead, RowAhead>;
+  LAUNCH_KERNEL(kernel, static_cast<unsigned int>(blocks), THREADS,
+                static_cast<cudaStream_t>(stream))(a, b, grad_out, grad_a, grad_b, planes,
+                                                   height, width, warps, column_warps);
+  return launch_error();
 }
 
 template <typename T>
 const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a, T* grad_b,
                             int64_t planes, int height, int width, bool reverse, void* stream) {
   if (const char* problem = size_problem(planes, height, width)) return problem;
-  const auto kernel = reverse ? backward_kernel<T, true> : backward_kernel<T, false>;
-  const auto blocks = static_cast<unsigned int>(ceil_div(planes, WARPS / 2));
-  LAUNCH_KERNEL(kernel, blocks, THREADS, static_cast<cudaStream_t>(stream))(
-      a, b, grad_out, grad_a, grad_b, planes, height, width);
-  return launch_error();
+  if (transposes(height, width)) {  // an H x 1 plane walked as 1 x H (corner_pool.h)
+    std::swap(a, b);
+    std::swap(grad_a, grad_b);
+    width = height;
+    height = 1;
+  }
+  const int64_t columns = a == nullptr ? 0 : planes * ceil_div(width, VEC<T>);
+  const int64_t rows = b == nullptr ? 0 : planes * height;
+  constexpr int DEEP = DEEP_AHEAD<T>;
+  if ((columns == 0 || columns >= FEW_WALKERS) && (rows == 0 || rows >= FEW_WALKERS))
+    return launch_walkers<T, AHEAD, AHEAD>(a, b, grad_out, grad_a, grad_b, planes, height,
+                                           width, reverse, columns, rows, stream);
+  // A kind of walker that is few walks deep, in a launch of its own.
+  if (columns > 0) {
+    const auto launch = columns < FEW_WALKERS ? launch_walkers<T, DEEP, 0>
+                                              : launch_walkers<T, AHEAD, 0>;
+    if (const char* error = launch(a, nullptr, grad_out, grad_a, nullptr, planes, height,
+                                   width, reverse, columns, 0, stream))
+      return error;
+  }
+  if (rows == 0) return nullptr;
+  const auto launch = rows < FEW_WALKERS ? launch_walkers<T, 0, DEEP> : launch_walkers<T, 0, AHEAD>;
+  return launch(nullptr, b, grad_out, nullptr, grad_b, planes, height, width, reverse, 0, rows,
+                stream);
 }
 
 #define CORNER_POOL_INSTANTIATE(T)                                                          \

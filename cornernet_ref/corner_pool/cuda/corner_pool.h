@@ -24,6 +24,15 @@ constexpr int WARP = 32;
 template <typename T>
 constexpr int VEC = 16 / static_cast<int>(sizeof(T));
 
+// A plane of one column (W = 1) is also a plane of one row: its H values lie one after the
+// other, the vertical scan runs along them, and the horizontal scan of a single column is
+// the identity. So the kernels pool an H x 1 plane as a 1 x H plane with the two maps
+// swapped (V(a) + H(b) = H'(a) + V'(b) on the 1 x H plane, a sum that IEEE arithmetic
+// computes bit for bit the same in either order), which walks it with whole warps and
+// 16-byte loads instead of one number per lane, and whose backward the same swap turns
+// into the other walker's (corner_pool.cu).
+inline bool transposes(int height, int width) { return width == 1 && height > 1; }
+
 // How the forward shares a map out among warps (see corner_pool.cu). A plane's row is cut
 // into chunks of `lanes` * VEC columns, `lanes` a power of two up to 32: a group of `lanes`
 // lanes scans it, and a warp holds 32 / lanes groups, each on a plane of its own. Its rows
@@ -31,14 +40,20 @@ constexpr int VEC = 16 / static_cast<int>(sizeof(T));
 // (plane, segment) is one group's work, and a segment starts from the column maxima of the
 // segments before it (computed by a first pass over `a`, into `column_maxima`).
 struct Plan {
+  bool transposed;   // an H x 1 plane pooled as 1 x H, the maps swapped (see `transposes`)
+  int height;        // of the planes as pooled: H and W, or 1 and H when transposed
+  int width;
   int lanes;         // lanes per group: the fewest that cover a row, at most 32
   int chunks;        // chunks per row, scanned one after the other by the group
   int segments;      // per plane
   int segment_rows;  // rows per segment (the last may have fewer)
-  bool row_carry;    // wide rows: each row's maximum waits between chunks (planes * H values)
-  // Column maxima per segment: planes * segments * W values, or none with one segment.
-  int64_t column_maxima(int64_t planes, int width) const {
-    return segments > 1 ? planes * segments * width : 0;
+  bool row_carry;    // wide rows: each row's maximum waits between chunks
+  bool column_carry;  // several segments and a map to pool vertically: the segments' maxima
+  // The carries' sizes in values: each row's maximum between chunks (planes * height), and
+  // the column maxima of each segment (planes * segments * width).
+  int64_t row_carry_values(int64_t planes) const { return row_carry ? planes * height : 0; }
+  int64_t column_maxima_values(int64_t planes) const {
+    return column_carry ? planes * segments * width : 0;
   }
 };
 
@@ -53,10 +68,20 @@ constexpr int MIN_SEGMENT_ROWS = 64;
 
 constexpr int64_t ceil_div(int64_t n, int64_t d) { return (n + d - 1) / d; }
 
-// `segments` = 0 chooses the split as above; a positive value forces it (tests).
+// `has_a`, `has_b`: which maps are given. `segments` = 0 chooses the split as above; a
+// positive value forces it (tests).
 template <typename T>
-Plan plan_forward(bool has_b, int64_t planes, int height, int width, int segments = 0) {
-  Plan plan{1, 1, 1, height, false};
+Plan plan_forward(bool has_a, bool has_b, int64_t planes, int height, int width,
+                  int segments = 0) {
+  const bool transposed = transposes(height, width);
+  if (transposed) {
+    const bool has_vertical = has_b;  // the maps swap their roles
+    has_b = has_a;
+    has_a = has_vertical;
+    width = height;
+    height = 1;
+  }
+  Plan plan{transposed, height, width, 1, 1, 1, height, false, false};
   while (plan.lanes < WARP && plan.lanes * VEC<T> < width) plan.lanes *= 2;
   plan.chunks = static_cast<int>(ceil_div(width, plan.lanes * VEC<T>));
   plan.row_carry = has_b && plan.chunks > 1;
@@ -73,14 +98,16 @@ Plan plan_forward(bool has_b, int64_t planes, int height, int width, int segment
   }
   plan.segment_rows = static_cast<int>(ceil_div(height, segments < height ? segments : height));
   plan.segments = static_cast<int>(ceil_div(height, plan.segment_rows));  // none empty
+  plan.column_carry = has_a && plan.segments > 1;
   return plan;
 }
 
 // Forward of one pool over `planes` contiguous H x W planes: out = V(a) + H(b), where V pools
 // the rows (top if reverse, else bottom) and H the columns (left if reverse, else right).
-// a or b may be nullptr: then out is the pool of the other one alone. `row_carry` holds
-// planes * H values when plan.row_carry, `column_maxima` plan.column_maxima(planes, W)
-// (else nullptr). H * W may be at most 2^31 - 257.
+// a or b may be nullptr: then out is the pool of the other one alone. `plan` comes from
+// plan_forward for the same maps and sizes; `row_carry` holds plan.row_carry_values(planes)
+// values and `column_maxima` plan.column_maxima_values(planes) (each nullptr when that
+// is 0). H * W may be at most 2^31 - 257.
 template <typename T>
 const char* launch_forward(const T* a, const T* b, T* out,
                            typename Accumulate<T>::type* row_carry,

@@ -21,9 +21,9 @@ const char* forward(const void* a, const void* b, void* out, int64_t planes, int
   using Acc = typename Accumulate<T>::type;
   if (planes < 1 || height < 1 || width < 1) segments = 1;  // the launch says what is wrong
   const corner_pool::Plan plan =
-      corner_pool::plan_forward<T>(b != nullptr, planes, height, width, segments);
-  std::vector<Acc> row_carry(plan.row_carry ? planes * height : 0);
-  std::vector<Acc> column_maxima(a != nullptr ? plan.column_maxima(planes, width) : 0);
+      corner_pool::plan_forward<T>(a != nullptr, b != nullptr, planes, height, width, segments);
+  std::vector<Acc> row_carry(plan.row_carry_values(planes));
+  std::vector<Acc> column_maxima(plan.column_maxima_values(planes));
   return corner_pool::launch_forward<T>(
       static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(out),
       row_carry.empty() ? nullptr : row_carry.data(),
