@@ -273,6 +273,14 @@ __global__ void __launch_bounds__(THREADS)
                       (b == nullptr || aligned(b)) && (out == nullptr || aligned(out));
   const bool starts = g == (Reverse ? plan.lanes - 1 : 0);  // starts the row scan
   Acc* carry = row_carry == nullptr || !working ? nullptr : row_carry + plane * height;
+  // When the segment's rows fit in one batch of R (one row, say), each row's maximum over
+  // the chunks before stays in a register of the lane that starts its scan, not in memory:
+  // a chunk then waits for its own loads only.
+  constexpr int R = FORWARD_AHEAD<T>;  // rows per batch (below)
+  const bool kept_in_registers = plan.segment_rows <= R;
+  Acc kept[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) kept[r] = neutral<Acc>();
 
   for (int k = 0; k < plan.chunks; ++k) {
     const int chunk = Reverse ? plan.chunks - 1 - k : k;  // chunks in scan order
@@ -296,7 +304,6 @@ __global__ void __launch_bounds__(THREADS)
     // Rows in scan order, R at a time: first the loads of all of them, so that they travel
     // from memory together (a load does not wait for its value; the instruction that uses
     // the value does), then the scans. `offsets`: the lane's first cell of each row.
-    constexpr int R = FORWARD_AHEAD<T>;
     for (int first_row = 0; first_row < plan.segment_rows; first_row += R) {
       Acc a_rows[R][N], b_rows[R][N];
       int rows[R], offsets[R], counts[R];  // rows[r] < 0: past the segment
@@ -325,9 +332,15 @@ __global__ void __launch_bounds__(THREADS)
           // A wide row's maximum over the chunks before is kept by the lane that starts
           // the scan (so it reads what it wrote).
           const bool carried = carry != nullptr && starts && rows[r] >= 0;
-          const Acc before = carried && k > 0 ? carry[rows[r]] : neutral<Acc>();
+          Acc before = neutral<Acc>();
+          if (carried && k > 0) before = kept_in_registers ? kept[r] : carry[rows[r]];
           const Acc row_max = scan_row<Reverse>(b_rows[r], before, plan.lanes, g, lane);
-          if (carried && k + 1 < plan.chunks) carry[rows[r]] = row_max;
+          if (carried && k + 1 < plan.chunks) {
+            if (kept_in_registers)
+              kept[r] = row_max;
+            else
+              carry[rows[r]] = row_max;
+          }
 #pragma unroll
           for (int j = 0; j < N; ++j)
             pooled[j] = a == nullptr ? b_rows[r][j] : pooled[j] + b_rows[r][j];
