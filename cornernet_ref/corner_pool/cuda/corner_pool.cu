@@ -113,11 +113,12 @@ constexpr int AHEAD = 4;  // steps a backward walker loads before it uses the fi
 template <typename T>
 constexpr int DEEP_AHEAD = sizeof(T) == 2 ? 8 : 16;
 constexpr int64_t FEW_WALKERS = 32768;
-// The forward's rows in flight: 8 vectors of 16 bytes per map and lane, so that 1000 warps
-// keep about 8 MB on their way from memory. They wait in registers as loaded (4 registers
-// a vector in every dtype) and are widened to float one row at a time, when scanned.
+// The forward's rows in flight: 8 vectors of 16 bytes per map and lane (4 for 2-byte types,
+// whose values take twice the registers once widened to float), so that 1000 warps keep
+// about 8 MB on their way from memory (4 with 2-byte types, where a warp holds twice the
+// planes of narrow maps).
 template <typename T>
-constexpr int FORWARD_AHEAD = 8;
+constexpr int FORWARD_AHEAD = VEC<T> == 8 ? 4 : 8;
 constexpr int THREADS = WARPS * WARP;
 constexpr unsigned int ALL_LANES = 0xffffffffu;
 
@@ -149,36 +150,22 @@ struct alignas(16) Vector {
   T value[VEC<T>];
 };
 
-// The VEC numbers of `src` from `offset` on, as stored; `count` of them lie inside the row
-// (VEC, or fewer at its end, or none: then nothing is read), the others read as -inf.
+// The VEC numbers of `src` from `offset` on, widened to Acc; `count` of them lie inside the
+// row (VEC, or fewer at its end, or none: then nothing is read), the others read as -inf.
 // `vector`: the row and the pointer are aligned, so one instruction loads them all.
-template <typename T>
-__device__ __forceinline__ Vector<T> load_vector(const T* __restrict__ src, int offset,
-                                                 int count, bool vector) {
-  Vector<T> loaded;
-  if (vector && count == VEC<T>) {
-    loaded = *reinterpret_cast<const Vector<T>*>(src + offset);
-  } else {
-#pragma unroll
-    for (int j = 0; j < VEC<T>; ++j)
-      loaded.value[j] = j < count ? src[offset + j] : static_cast<T>(neutral<float>());
-  }
-  return loaded;
-}
-
-// The numbers of a loaded vector, widened to Acc.
-template <typename T, typename Acc, int N>
-__device__ __forceinline__ void widen(const Vector<T>& loaded, Acc (&values)[N]) {
-  static_assert(N == VEC<T>);
-#pragma unroll
-  for (int j = 0; j < N; ++j) values[j] = static_cast<Acc>(loaded.value[j]);
-}
-
-// load_vector, widened.
 template <typename T, typename Acc, int N>
 __device__ __forceinline__ void load(const T* __restrict__ src, int offset, int count,
                                      bool vector, Acc (&values)[N]) {
-  widen(load_vector(src, offset, count, vector), values);
+  static_assert(N == VEC<T>);
+  if (vector && count == N) {
+    const Vector<T> loaded = *reinterpret_cast<const Vector<T>*>(src + offset);
+#pragma unroll
+    for (int j = 0; j < N; ++j) values[j] = static_cast<Acc>(loaded.value[j]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      values[j] = j < count ? static_cast<Acc>(src[offset + j]) : neutral<Acc>();
+  }
 }
 
 // Store the first `count` of `values` at `offset`, rounded once to T.
@@ -318,7 +305,7 @@ __global__ void __launch_bounds__(THREADS)
     // from memory together (a load does not wait for its value; the instruction that uses
     // the value does), then the scans. `offsets`: the lane's first cell of each row.
     for (int first_row = 0; first_row < plan.segment_rows; first_row += R) {
-      Vector<T> a_rows[R], b_rows[R];
+      Acc a_rows[R][N], b_rows[R][N];
       int rows[R], offsets[R], counts[R];  // rows[r] < 0: past the segment
 #pragma unroll
       for (int r = 0; r < R; ++r) {
@@ -326,30 +313,28 @@ __global__ void __launch_bounds__(THREADS)
         rows[r] = first_row + r < steps ? (Reverse ? height - 1 - step : step) : -1;
         counts[r] = rows[r] >= 0 ? count : 0;  // nothing past the segment's end
         offsets[r] = counts[r] > 0 ? rows[r] * width + first : 0;
-        a_rows[r] = load_vector(a, offsets[r], a == nullptr ? 0 : counts[r], vector);
-        if (!Maxima) b_rows[r] = load_vector(b, offsets[r], b == nullptr ? 0 : counts[r], vector);
+        load(a, offsets[r], a == nullptr ? 0 : counts[r], vector, a_rows[r]);
+        if (!Maxima) load(b, offsets[r], b == nullptr ? 0 : counts[r], vector, b_rows[r]);
       }
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         if (first_row + r >= plan.segment_rows) break;  // the same in every lane
-        Acc pooled[N] = {}, a_row[N], b_row[N];
-        widen(a_rows[r], a_row);
+        Acc pooled[N] = {};
         if (a != nullptr) {
 #pragma unroll
           for (int j = 0; j < N; ++j) {
-            column_max[j] = first_max(column_max[j], a_row[j]);
+            column_max[j] = first_max(column_max[j], a_rows[r][j]);
             pooled[j] = column_max[j];
           }
         }
         if (Maxima) continue;
-        widen(b_rows[r], b_row);
         if (b != nullptr) {  // the same in every lane, those of groups with no work too
           // A wide row's maximum over the chunks before is kept by the lane that starts
           // the scan (so it reads what it wrote).
           const bool carried = carry != nullptr && starts && rows[r] >= 0;
           Acc before = neutral<Acc>();
           if (carried && k > 0) before = kept_in_registers ? kept[r] : carry[rows[r]];
-          const Acc row_max = scan_row<Reverse>(b_row, before, plan.lanes, g, lane);
+          const Acc row_max = scan_row<Reverse>(b_rows[r], before, plan.lanes, g, lane);
           if (carried && k + 1 < plan.chunks) {
             if (kept_in_registers)
               kept[r] = row_max;
@@ -357,7 +342,8 @@ __global__ void __launch_bounds__(THREADS)
               carry[rows[r]] = row_max;
           }
 #pragma unroll
-          for (int j = 0; j < N; ++j) pooled[j] = a == nullptr ? b_row[j] : pooled[j] + b_row[j];
+          for (int j = 0; j < N; ++j)
+            pooled[j] = a == nullptr ? b_rows[r][j] : pooled[j] + b_rows[r][j];
         }
         // out = top + left, computed in Acc and rounded once to T, as PyTorch rounds a + b.
         store(out, offsets[r], counts[r], vector, pooled);
