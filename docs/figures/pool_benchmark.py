@@ -64,7 +64,12 @@ def draw(ax: plt.Axes, report: dict) -> None:
                 ax.text(position, figures["median_ms"] * 1.1, label, ha="center", va="bottom",
                         fontsize=8)  # fmt: skip
     ax.set_xticks(np.arange(len(groups)))
-    ax.set_xticklabels([f"{shape}\n{MODES[mode]}" for shape, mode in groups], fontsize=8)
+    many = len(groups) > 8  # a GPU file: every shape in two dtypes, labels turned upright
+    ax.set_xticklabels(
+        [f"{shape}\n{MODES[mode]}" for shape, mode in groups],
+        fontsize=7 if many else 8,
+        rotation=90 if many else 0,
+    )
     ax.set_yscale("log")
     ax.set_ylabel("median time (ms)")
     title = f"{report['device']}\ntorch {report['torch']}, {report['date'][:10]}"
@@ -82,7 +87,7 @@ def main(out: Path) -> None:
         raise FileNotFoundError(
             f"no corner_pool_*.json in {RESULTS}: run benchmarks/corner_pool.py"
         )
-    widths = [max(7, len(by_shape(report))) for report in reports]
+    widths = [max(7, 0.6 * len(MODES) * len(by_shape(report))) for report in reports]
     fig, axes = plt.subplots(1, len(reports), figsize=(sum(widths), 4.5), squeeze=False)
     for ax, report in zip(axes[0], reports, strict=True):
         draw(ax, report)
