@@ -142,6 +142,19 @@ def gradients(ops, a: torch.Tensor, b: torch.Tensor, corner: str, grad: torch.Te
     return out.detach(), a_in.grad, b_in.grad
 
 
+def assert_walks_like_the_reference(shape: tuple, dtype: torch.dtype, corner: str, seed: int):
+    """Outputs and both gradients of the CPU build equal the reference's, bit for bit, on
+    ReLU-like maps (ties everywhere) with a random output gradient."""
+    a, b = relu_like(shape, dtype, seed), relu_like(shape, dtype, seed + 1)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 2)).to(dtype)
+    expected = gradients(
+        lambda x, y, c: corner_pool(x, y, c, backend="reference"), a, b, corner, grad
+    )
+    actual = gradients(split_ops(0).corner_pool, a, b, corner, grad)
+    for got, wanted in zip(actual, expected, strict=True):
+        assert same_bits(got, wanted)
+
+
 # The backward's walkers (corner_pool.cu): a kind of walker fewer than 32768 threads loads
 # deeper ahead, in a launch of its own; an H x 1 plane is walked as 1 x H, maps swapped.
 WALKER_SHAPES = {
@@ -160,29 +173,14 @@ def test_every_kind_of_walker_gives_the_reference_gradients(dtype, shape, corner
     """Ties everywhere (ReLU-like maps): each walker must send each run's sum, added in the
     reference's order, to the first maximum of its line; the transposed one-column planes
     must give the outputs and both gradients in their places."""
-    a, b = relu_like(shape, dtype, 6), relu_like(shape, dtype, 7)
-    grad = torch.randn(shape, generator=torch.Generator().manual_seed(8)).to(dtype)
-    expected = gradients(
-        lambda x, y, c: corner_pool(x, y, c, backend="reference"), a, b, corner, grad
-    )
-    actual = gradients(split_ops(0).corner_pool, a, b, corner, grad)
-    for got, wanted in zip(actual, expected, strict=True):
-        assert same_bits(got, wanted)
+    assert_walks_like_the_reference(shape, dtype, corner, seed=6)
 
 
 @pytest.mark.parametrize(("corner", "dtype"), [("tl", torch.float32), ("br", torch.bfloat16)])
 def test_many_walkers_of_both_kinds_share_one_launch_exactly(corner, dtype):
     """32768 row walkers and 32768 column vectors or more (65536 in float32): one launch,
     its column warps interleaved among the row warps; every unit walked once."""
-    shape = (1, 2048, 16, 128)
-    a, b = relu_like(shape, dtype, 9), relu_like(shape, dtype, 10)
-    grad = torch.randn(shape, generator=torch.Generator().manual_seed(11)).to(dtype)
-    expected = gradients(
-        lambda x, y, c: corner_pool(x, y, c, backend="reference"), a, b, corner, grad
-    )
-    actual = gradients(split_ops(0).corner_pool, a, b, corner, grad)
-    for got, wanted in zip(actual, expected, strict=True):
-        assert same_bits(got, wanted)
+    assert_walks_like_the_reference((1, 2048, 16, 128), dtype, corner, seed=9)
 
 
 @pytest.mark.cuda
