@@ -156,11 +156,14 @@ def assert_walks_like_the_reference(shape: tuple, dtype: torch.dtype, corner: st
 
 
 # The backward's walkers (corner_pool.cu): a kind of walker fewer than 32768 threads loads
-# deeper ahead, in a launch of its own; an H x 1 plane is walked as 1 x H, maps swapped.
+# deeper ahead, in a launch of its own; an H x 1 plane is walked as 1 x H, maps swapped (and
+# pooled so by the forward when its column is short or the planes many: corner_pool.h).
 WALKER_SHAPES = {
     "many rows, few column vectors": (1, 512, 64, 8),  # 32768 row walkers
     "many column vectors, few rows": (1, 1024, 8, 256),  # 32768 column walkers of bfloat16
     "one column": (2, 3, 50, 1),
+    "one long column, few planes": (1, 2, 300, 1),  # the forward cuts it into segments
+    "one long column, many planes": (1, 1024, 200, 1),  # the forward walks it as a row
     "one row": (2, 3, 1, 50),
     "one number": (3, 2, 1, 1),
 }

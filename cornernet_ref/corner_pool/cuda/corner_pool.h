@@ -26,11 +26,13 @@ constexpr int VEC = 16 / static_cast<int>(sizeof(T));
 
 // A plane of one column (W = 1) is also a plane of one row: its H values lie one after the
 // other, the vertical scan runs along them, and the horizontal scan of a single column is
-// the identity. So the kernels pool an H x 1 plane as a 1 x H plane with the two maps
+// the identity. So the kernels may pool an H x 1 plane as a 1 x H plane with the two maps
 // swapped (V(a) + H(b) = H'(a) + V'(b) on the 1 x H plane, a sum that IEEE arithmetic
-// computes bit for bit the same in either order), which walks it with whole warps and
-// 16-byte loads instead of one number per lane, and whose backward the same swap turns
-// into the other walker's (corner_pool.cu).
+// computes bit for bit the same in either order): a group of lanes then walks it with
+// 16-byte loads instead of one number per lane. The backward always does (its walkers are
+// serial along a line either way, and a row walker loads 16 bytes at a time). The forward
+// does when the row is one chunk, or when the planes alone fill the GPU: a long row is
+// walked chunk after chunk by one group, while a long column is cut into segments.
 inline bool transposes(int height, int width) { return width == 1 && height > 1; }
 
 // How the forward shares a map out among warps (see corner_pool.cu). A plane's row is cut
@@ -73,7 +75,8 @@ constexpr int64_t ceil_div(int64_t n, int64_t d) { return (n + d - 1) / d; }
 template <typename T>
 Plan plan_forward(bool has_a, bool has_b, int64_t planes, int height, int width,
                   int segments = 0) {
-  const bool transposed = transposes(height, width);
+  const bool transposed = transposes(height, width) &&
+                          (height <= WARP * VEC<T> || planes >= MIN_WARPS);
   if (transposed) {
     const bool has_vertical = has_b;  // the maps swap their roles
     has_b = has_a;
