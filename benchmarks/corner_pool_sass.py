@@ -73,9 +73,12 @@ VERSIONS: dict[str, dict] = {
         "planes, several planes per warp), a pass is 8 rows (4 for bfloat16) of a chunk of 32 "
         "vectors; long "
         "columns cut into segments by a first pass of column maxima (not counted: it runs "
-        "only when the planes give too few warps); backward as before with 16-byte vectors, "
-        "and a step of a run without branches (a run starts at the border as maximum -inf "
-        "with sum -0.0, so there is no case for the first value)",
+        "only when the planes give too few warps); backward, one launch of column walkers "
+        "(a thread owns one 16-byte vector of columns of a plane and walks its rows) and row "
+        "walkers (a thread owns one row and walks it a vector at a time), their warps "
+        "interleaved, a pass is 4 steps of each kind, and a step of a run without branches "
+        "(a run starts at the border as maximum -inf with sum -0.0, so there is no case for "
+        "the first value)",
         "forward": {"cells": {"float32": 1024, "bfloat16": 1024}, "warps": 1, "inner": []},
         "backward": {
             "cells": {"float32": 512, "bfloat16": 1024},
@@ -132,13 +135,19 @@ def compile_kernel(source: Path, scratch: Path) -> tuple[str, str]:
 
 def kernel_name(mangled: str) -> tuple[str, str] | None:
     """(``forward`` or ``backward``, dtype name, corner) of a mangled kernel name, or None
-    (for other dtypes, and for the forward's first pass over split columns, which runs only
-    when the planes are too few to fill the GPU). The corner is ``""`` for a kernel that
-    takes it as an argument, else ``tl`` or ``br``."""
+    (for other dtypes, for the forward's first pass over split columns, which runs only
+    when the planes are too few to fill the GPU, and for the backward's launches of a few
+    long lines, which load deeper ahead or run one kind of walker: the backward counted is
+    the one of the main shapes, both kinds of walker, AHEAD = 4). The corner is ``""`` for a
+    kernel that takes it as an argument, else ``tl`` or ``br``."""
     found = re.search(
-        r"(forward|backward)_kernelI(f|N3c108BFloat16E)(?:Lb([01])E)?(?:Lb([01])E)?E", mangled
+        r"(forward|backward)_kernelI(f|N3c108BFloat16E)(?:Lb([01])E)?(?:Lb([01])E)?"
+        r"(?:Li(\d+)ELi(\d+)E)?E",
+        mangled,
     )
-    if not found or found.group(4) == "1":
+    if not found or found.group(4) == "1" or found.group(5) not in (None, "4"):
+        return None
+    if found.group(6) not in (None, "4"):
         return None
     dtype = DTYPES["IfE" if found.group(2) == "f" else "IN3c108BFloat16EE"][0]
     corner = {None: "", "1": "tl", "0": "br"}[found.group(3)]
