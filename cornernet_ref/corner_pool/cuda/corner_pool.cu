@@ -53,9 +53,10 @@
 // single very tall one), each plane's rows are cut into *segments* of consecutive rows in
 // scan order, each walked by a group of its own (see Plan in corner_pool.h). A segment must
 // start from the maxima of its columns over all the rows before it: a first pass (the same
-// kernel, `Maxima` = true) reads a and writes each segment's column maxima; the second folds
-// the maxima of the segments before its own into its starting values, then runs as above.
-// The horizontal scan needs nothing: a row lies in one segment.
+// kernel, `Maxima` = true) reads a and writes each segment's column maxima; a small kernel
+// (prefix_kernel) turns them into the maxima of the segments before each one; the second
+// pass starts each column from that value, then runs as above. The horizontal scan needs
+// nothing: a row lies in one segment.
 //
 // Backward and the tie rule
 // -------------------------
@@ -291,14 +292,12 @@ __global__ void __launch_bounds__(THREADS)
     Acc column_max[N];                         // vertical: the running maxima of a
 #pragma unroll
     for (int j = 0; j < N; ++j) column_max[j] = neutral<Acc>();
-    if (a != nullptr && count > 0) {  // the segments before this one, in scan order
-      const Acc* maxima = column_maxima + plane * plan.segments * width + first;
-      for (int earlier = 0; earlier < (Maxima ? 0 : segment); ++earlier) {
+    if (!Maxima && a != nullptr && count > 0 && segment > 0) {
+      // The maxima of the segments before this one (prefix_kernel has combined them).
+      const Acc* maxima = column_maxima + (plane * plan.segments + segment) * width + first;
 #pragma unroll
-        for (int j = 0; j < N; ++j)
-          if (j < count) column_max[j] = first_max(column_max[j], maxima[j]);
-        maxima += width;
-      }
+      for (int j = 0; j < N; ++j)
+        if (j < count) column_max[j] = maxima[j];
     }
 
     // Rows in scan order, R at a time: first the loads of all of them, so that they travel
@@ -356,6 +355,41 @@ __global__ void __launch_bounds__(THREADS)
         if (j < count) maxima[j] = column_max[j];
     }
   }
+}
+
+// Between the two passes: each segment's column maxima become the maxima of the segments
+// before it. Afterwards column_maxima[plane][s][column] is the maximum of a over the rows
+// of segments 0 .. s-1, combined in scan order (the first pass wrote each segment's own;
+// the last segment's are neither written nor needed). A warp per (plane, column): lane l
+// takes a block of consecutive segments, folds them, the lanes combine their totals in
+// shuffle steps as the row scan does, and each lane walks its block again writing the
+// running maximum before each segment. So the second pass reads one value per column,
+// however many segments there are.
+template <typename Acc>
+__global__ void __launch_bounds__(THREADS)
+    prefix_kernel(Acc* __restrict__ column_maxima, int64_t planes, int segments, int width) {
+  const int64_t warp = static_cast<int64_t>(blockIdx.x) * WARPS + threadIdx.x / WARP;
+  if (warp >= planes * width) return;  // the whole warp
+  const int lane = threadIdx.x % WARP;
+  Acc* maxima = column_maxima + (warp / width) * segments * width + warp % width;
+  const int known = segments - 1;  // segments whose maxima the first pass wrote
+  const int block = static_cast<int>(ceil_div(known, WARP));
+  const int first = min(lane * block, known), last = min(first + block, known);
+  Acc total = neutral<Acc>();
+  for (int s = first; s < last; ++s) total = first_max(total, maxima[s * width]);
+#pragma unroll
+  for (int distance = 1; distance < WARP; distance *= 2) {  // the lanes before, inclusive
+    const Acc before = __shfl_up_sync(ALL_LANES, total, distance);
+    if (lane >= distance) total = first_max(before, total);
+  }
+  Acc running = __shfl_up_sync(ALL_LANES, total, 1);  // the blocks before this lane's
+  if (lane == 0) running = neutral<Acc>();
+  for (int s = first; s < last; ++s) {
+    const Acc own = maxima[s * width];
+    maxima[s * width] = running;
+    running = first_max(running, own);
+  }
+  if (first < last && last == known) maxima[known * width] = running;  // the last segment's
 }
 
 // ---------------------------------------------------------------------------------------
@@ -528,11 +562,18 @@ const char* launch_forward(const T* a, const T* b, T* out,
                            int64_t planes, int height, int width, bool reverse, void* stream) {
   if (const char* problem = size_problem(planes, height, width)) return problem;
   if (plan.transposed) std::swap(a, b);  // an H x 1 plane pooled as 1 x H (corner_pool.h)
-  if (plan.column_carry) {  // the segments' column maxima first
+  if (plan.column_carry) {  // the segments' column maxima first, then their prefixes
     if (const char* error =
             launch_pass<T, true>(a, nullptr, nullptr, nullptr, column_maxima, plan, planes,
                                  plan.height, plan.width, reverse, stream))
       return error;
+    using Acc = typename Accumulate<T>::type;
+    const int64_t blocks = ceil_div(planes * plan.width, WARPS);
+    if (blocks > INT32_MAX) return "corner_pool: too many planes for one launch";
+    LAUNCH_KERNEL(prefix_kernel<Acc>, static_cast<unsigned int>(blocks), THREADS,
+                  static_cast<cudaStream_t>(stream))(column_maxima, planes, plan.segments,
+                                                     plan.width);
+    if (const char* error = launch_error()) return error;
   }
   return launch_pass<T, false>(a, b, out, row_carry, column_maxima, plan, planes, plan.height,
                                plan.width, reverse, stream);

@@ -62,9 +62,9 @@ struct Plan {
 // Splitting the rows costs one more read of `a` (the first pass), so it is done only when
 // the planes alone give fewer than MIN_WARPS warps: about 8 per SM of an H100 or H200, which
 // with 4 rows of 16-byte loads in flight per lane keep about 4 MB on their way from memory,
-// the bandwidth-latency product of the chip (4 TB/s x 1 us). A segment has at least
-// MIN_SEGMENT_ROWS rows, and at least 8 times as many rows as there are segments, so that
-// folding in the maxima of the segments before it costs at most an eighth of its reads.
+// the bandwidth-latency product of the chip (4 TB/s x 1 us). The segments are then as many
+// as give MIN_WARPS warps, each of at least MIN_SEGMENT_ROWS rows; a segment starts from one
+// value per column, the maxima of the segments before it, whatever their number.
 constexpr int64_t MIN_WARPS = 1024;
 constexpr int MIN_SEGMENT_ROWS = 64;
 
@@ -95,7 +95,6 @@ Plan plan_forward(bool has_a, bool has_b, int64_t planes, int height, int width,
     if (warps < MIN_WARPS) {
       int64_t wanted = ceil_div(MIN_WARPS * groups_per_warp, planes);
       wanted = wanted < height / MIN_SEGMENT_ROWS ? wanted : height / MIN_SEGMENT_ROWS;
-      while (wanted > 1 && wanted * wanted * 8 > height) wanted /= 2;
       segments = wanted > 1 ? static_cast<int>(wanted) : 1;
     }
   }
