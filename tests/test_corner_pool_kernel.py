@@ -109,6 +109,38 @@ def test_split_forward_matches_the_reference_with_nan_and_signed_zeros(
     assert same_bits(actual.nan_to_num(), expected.nan_to_num())
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 9), st.integers(1100, 5200)),
+    segments=st.integers(0, 3),
+    maps=st.sampled_from(["both", "a", "b"]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    corner=st.sampled_from(["tl", "br"]),
+    seed=st.integers(0, 2**16),
+)
+def test_wide_rows_of_few_planes_are_split_into_column_segments_exactly(
+    shape, segments, maps, dtype, corner, seed
+):
+    """A plane or two of rows of 9 to 40 chunks: too few warps, so each row's chunks are cut
+    into column segments, each starting from the row maxima of the segments before it (a
+    first pass over b and a prefix); with rows also cut into segments, each group has one of
+    each. Signed zeros and NaN where the carried maxima decide."""
+    generator = torch.Generator().manual_seed(seed)
+    pair = relu_like((2, shape[0], 1, *shape[1:]), torch.float32, seed)
+    sign = torch.where(torch.rand(pair.shape, generator=generator) < 0.5, -1.0, 1.0)
+    a, b = (pair * sign).to(dtype)
+    b = b.masked_fill(torch.rand(b.shape, generator=generator) < 0.001, math.nan)
+    if maps == "b":  # b alone: its horizontal pool
+        actual = corner_forward(kernels(segments), None, b, corner)
+        expected = pool(b, {"tl": "left", "br": "right"}[corner], backend="reference")
+    else:
+        b = b if maps == "both" else None
+        actual = corner_forward(kernels(segments), a, b, corner)
+        expected = reference_forward(a, b, corner)
+    assert torch.equal(actual.isnan(), expected.isnan())
+    assert same_bits(actual.nan_to_num(), expected.nan_to_num())
+
+
 @pytest.mark.parametrize("direction", ["top", "bottom"])
 def test_a_tall_column_is_split_and_pooled_exactly(direction):
     """One plane, 20 000 rows, 3 columns: too few warps, so the kernel cuts it into

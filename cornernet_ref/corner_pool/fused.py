@@ -7,7 +7,8 @@ in registers, scans each row across its lanes with shuffles and writes the sum: 
 tensors of traffic, the minimum for this operation. When the planes are too few to keep the
 GPU's memory busy (a single tall column, say), each plane's rows are cut into segments
 walked in parallel, each starting from the column maxima of the segments before it (a first
-pass over ``a`` computes them). The backward pass reads the two maps and the output
+pass over ``a`` computes them, a small kernel combines them), and a few wide planes' rows
+are cut the same way into column segments. The backward pass reads the two maps and the output
 gradient and writes both input gradients, with the tie rule of the reference and the same
 order of additions, without atomics: each scanned line belongs to one thread, since its
 sums must be added in scan order. The source, ``cuda/corner_pool.cu``, is commented for

@@ -45,10 +45,10 @@
 // running maximum keeps the first of the largest values met (see `first_max`), and "the first
 // largest value" of a sequence is the same however its parts are grouped. So the result is
 // the reference's, bit for bit. A row wider than 32 VEC columns is walked chunk after chunk
-// in scan order; between chunks each row's maximum waits in `row_carry` (one value per row).
+// in scan order; between chunks each row's maximum waits in a register, or in `row_carry`.
 //
-// Long columns: segments
-// ----------------------
+// Long columns and wide rows: segments
+// ------------------------------------
 // When the planes alone give too few warps to keep the memory busy (a few planes, or a
 // single very tall one), each plane's rows are cut into *segments* of consecutive rows in
 // scan order, each walked by a group of its own (see Plan in corner_pool.h). A segment must
@@ -56,7 +56,10 @@
 // kernel, `Maxima` = true) reads a and writes each segment's column maxima; a small kernel
 // (prefix_kernel) turns them into the maxima of the segments before each one; the second
 // pass starts each column from that value, then runs as above. The horizontal scan needs
-// nothing: a row lies in one segment.
+// nothing: a row lies in one segment. If the warps are still too few and the rows are wide,
+// each row's chunks are cut the same way into *column segments*: the first pass also writes
+// each column segment's row maxima of b, prefix_kernel combines them, and the second pass
+// starts each row of a column segment from the maxima of the column segments before it.
 //
 // Backward and the tie rule
 // -------------------------
@@ -120,6 +123,11 @@ constexpr int64_t FEW_WALKERS = 32768;
 // planes of narrow maps).
 template <typename T>
 constexpr int FORWARD_AHEAD = VEC<T> == 8 ? 4 : 8;
+// Blocks per SM that the forward's registers must allow (at most 128 registers a thread):
+// 16 warps an SM, 2112 on an H200, so that the 2048 planes of a training batch's float32
+// maps are all resident at once. float64, which needs more, is left 2 (and no spills).
+template <typename T>
+constexpr int FORWARD_BLOCKS = sizeof(T) == 8 ? 2 : 4;
 constexpr int THREADS = WARPS * WARP;
 constexpr unsigned int ALL_LANES = 0xffffffffu;
 
@@ -239,16 +247,27 @@ __device__ __forceinline__ Acc scan_row(Acc (&values)[N], Acc carry, int lanes, 
   return __shfl_sync(ALL_LANES, total, group_start + (Reverse ? 0 : lanes - 1));
 }
 
-// One kernel for both passes. Maxima = false: the forward proper, out = V(a) + H(b) for
-// each (plane, segment). Maxima = true: the first pass when there are several segments;
-// for every segment but the last, the maximum of a over its rows, per column, into
-// column_maxima[plane][segment][column].
+// One kernel for both passes, each group of lanes on one (plane, segment, column segment):
+// its rows in scan order, and its chunks in scan order.
+//
+// Maxima = false: the forward proper, out = V(a) + H(b). Each column starts from the maxima
+// of the segments before (column_maxima, when there are several segments), each row from
+// the maxima of the column segments before (row_carry, when there are several).
+// Maxima = true: the first pass, when there are several segments or column segments: for
+// every segment but the last, the maximum of a over its rows, per column, into
+// column_maxima[plane][segment][column]; for every column segment but the last, the maximum
+// of b over its chunks, per row, into row_carry[plane][column segment][row]. prefix_kernel
+// then turns them into the maxima of the segments before each one.
+//
+// Between the chunks of a column segment, a wide row's maximum so far waits in a register
+// of the lane that starts its scan when the segment's rows fit in one batch of loads, else in
+// row_carry[plane][column segment][row], read back by the lane that wrote it.
 //
 // Every lane of a warp runs the same loops the same number of times (a group with less or
-// no work masks its loads and stores), so that the shuffles of the row scan always find
-// all 32 lanes.
+// no work masks its loads and stores; column segments exist only when a group is a whole
+// warp), so that the shuffles of the row scan always find all 32 lanes.
 template <typename T, bool Reverse, bool Maxima>
-__global__ void __launch_bounds__(THREADS)
+__global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
     forward_kernel(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out,
                    typename Accumulate<T>::type* __restrict__ row_carry,
                    typename Accumulate<T>::type* __restrict__ column_maxima, Plan plan,
@@ -257,23 +276,33 @@ __global__ void __launch_bounds__(THREADS)
   constexpr int N = VEC<T>;
   const int lane = threadIdx.x % WARP, g = lane % plan.lanes;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * WARPS + threadIdx.x / WARP;
-  const int64_t unit = warp * (WARP / plan.lanes) + lane / plan.lanes;  // (plane, segment)
-  const int64_t plane = unit / plan.segments;
-  const int segment = static_cast<int>(unit % plan.segments);
-  // The last segment's maxima are of no use: no segment comes after it.
-  const bool working = plane < planes && !(Maxima && segment == plan.segments - 1);
+  const int64_t unit = warp * (WARP / plan.lanes) + lane / plan.lanes;
+  const int64_t units_per_plane = static_cast<int64_t>(plan.segments) * plan.column_segments;
+  const int64_t plane = unit / units_per_plane;
+  const int segment = static_cast<int>(unit % units_per_plane / plan.column_segments);
+  const int column_segment = static_cast<int>(unit % plan.column_segments);
+  const bool scans_b = b != nullptr;  // the same in every lane: the row scan's shuffles
+  // What the first pass computes here: the last segment's column maxima, and the last
+  // column segment's row maxima, are of no use (nothing comes after them).
+  const bool columns_wanted = a != nullptr && (!Maxima || segment + 1 < plan.segments);
+  const bool rows_wanted = b != nullptr && (!Maxima || column_segment + 1 < plan.column_segments);
+  const bool working = plane < planes && (columns_wanted || rows_wanted);
   const int first_step = segment * plan.segment_rows;  // in scan order
   const int steps = working ? min(plan.segment_rows, height - first_step) : 0;
+  const int first_k = column_segment * plan.segment_chunks;  // chunks, in scan order
+  const int end_k = min(first_k + plan.segment_chunks, plan.chunks);
   if (working) {
-    a = plane_start(a, plane, height, width);
-    b = Maxima ? nullptr : plane_start(b, plane, height, width);
+    a = columns_wanted ? plane_start(a, plane, height, width) : nullptr;
+    b = rows_wanted ? plane_start(b, plane, height, width) : nullptr;
     out = Maxima ? nullptr : plane_start(out, plane, height, width);
   }
   // One instruction per vector when every row starts on a vector boundary.
   const bool vector = width % N == 0 && (a == nullptr || aligned(a)) &&
                       (b == nullptr || aligned(b)) && (out == nullptr || aligned(out));
   const bool starts = g == (Reverse ? plan.lanes - 1 : 0);  // starts the row scan
-  Acc* carry = row_carry == nullptr || !working ? nullptr : row_carry + plane * height;
+  Acc* carry = row_carry == nullptr || !working || b == nullptr
+                   ? nullptr
+                   : row_carry + (plane * plan.column_segments + column_segment) * height;
   // When the segment's rows fit in one batch of R (one row, say), each row's maximum over
   // the chunks before stays in a register of the lane that starts its scan, not in memory:
   // a chunk then waits for its own loads only.
@@ -283,7 +312,7 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
   for (int r = 0; r < R; ++r) kept[r] = neutral<Acc>();
 
-  for (int k = 0; k < plan.chunks; ++k) {
+  for (int k = first_k; k < end_k; ++k) {
     const int chunk = Reverse ? plan.chunks - 1 - k : k;  // chunks in scan order
     const int column = (chunk * plan.lanes + g) * N;      // this lane's first column
     const int count = working ? min(N, width - column) : 0;  // of its columns, those here
@@ -313,7 +342,7 @@ __global__ void __launch_bounds__(THREADS)
         counts[r] = rows[r] >= 0 ? count : 0;  // nothing past the segment's end
         offsets[r] = counts[r] > 0 ? rows[r] * width + first : 0;
         load(a, offsets[r], a == nullptr ? 0 : counts[r], vector, a_rows[r]);
-        if (!Maxima) load(b, offsets[r], b == nullptr ? 0 : counts[r], vector, b_rows[r]);
+        load(b, offsets[r], b == nullptr ? 0 : counts[r], vector, b_rows[r]);
       }
 #pragma unroll
       for (int r = 0; r < R; ++r) {
@@ -326,29 +355,36 @@ __global__ void __launch_bounds__(THREADS)
             pooled[j] = column_max[j];
           }
         }
-        if (Maxima) continue;
-        if (b != nullptr) {  // the same in every lane, those of groups with no work too
-          // A wide row's maximum over the chunks before is kept by the lane that starts
-          // the scan (so it reads what it wrote).
+        if (scans_b) {  // the same in every lane, those of groups with no work too
+          // The row's maximum over the chunks before: over those of this column segment
+          // (register or row_carry), or, at its first chunk, over the column segments
+          // before (row_carry, after prefix_kernel).
           const bool carried = carry != nullptr && starts && rows[r] >= 0;
           Acc before = neutral<Acc>();
-          if (carried && k > 0) before = kept_in_registers ? kept[r] : carry[rows[r]];
+          if (carried && k > first_k)
+            before = kept_in_registers ? kept[r] : carry[rows[r]];
+          else if (carried && !Maxima && column_segment > 0)
+            before = carry[rows[r]];
           const Acc row_max = scan_row<Reverse>(b_rows[r], before, plan.lanes, g, lane);
-          if (carried && k + 1 < plan.chunks) {
+          if (carried && k + 1 < end_k) {
             if (kept_in_registers)
               kept[r] = row_max;
             else
               carry[rows[r]] = row_max;
+          } else if (carried && Maxima) {
+            carry[rows[r]] = row_max;  // this column segment's row maximum
           }
+          if (!Maxima) {
 #pragma unroll
-          for (int j = 0; j < N; ++j)
-            pooled[j] = a == nullptr ? b_rows[r][j] : pooled[j] + b_rows[r][j];
+            for (int j = 0; j < N; ++j)
+              pooled[j] = a == nullptr ? b_rows[r][j] : pooled[j] + b_rows[r][j];
+          }
         }
         // out = top + left, computed in Acc and rounded once to T, as PyTorch rounds a + b.
-        store(out, offsets[r], counts[r], vector, pooled);
+        if (!Maxima) store(out, offsets[r], counts[r], vector, pooled);
       }
     }
-    if (Maxima && count > 0) {
+    if (Maxima && a != nullptr && count > 0) {
       Acc* maxima = column_maxima + (plane * plan.segments + segment) * width + first;
 #pragma unroll
       for (int j = 0; j < N; ++j)
@@ -357,26 +393,27 @@ __global__ void __launch_bounds__(THREADS)
   }
 }
 
-// Between the two passes: each segment's column maxima become the maxima of the segments
-// before it. Afterwards column_maxima[plane][s][column] is the maximum of a over the rows
-// of segments 0 .. s-1, combined in scan order (the first pass wrote each segment's own;
-// the last segment's are neither written nor needed). A warp per (plane, column): lane l
-// takes a block of consecutive segments, folds them, the lanes combine their totals in
-// shuffle steps as the row scan does, and each lane walks its block again writing the
-// running maximum before each segment. So the second pass reads one value per column,
-// however many segments there are.
+// Between the two passes: each segment's maxima become the maxima of the segments before
+// it, for every line of a plane: `values` holds [plane][segment][line], and afterwards
+// values[plane][s][line] is the maximum of segments 0 .. s-1, combined in scan order (the
+// first pass wrote each segment's own; the last segment's are neither written nor needed).
+// Lines are columns (the segments' column maxima of a) or rows (the column segments' row
+// maxima of b). A warp per (plane, line): lane l takes a block of consecutive segments,
+// folds them, the lanes combine their totals in shuffle steps as the row scan does, and
+// each lane walks its block again writing the running maximum before each segment. So the
+// second pass reads one value per line, however many segments there are.
 template <typename Acc>
 __global__ void __launch_bounds__(THREADS)
-    prefix_kernel(Acc* __restrict__ column_maxima, int64_t planes, int segments, int width) {
+    prefix_kernel(Acc* __restrict__ values, int64_t planes, int segments, int lines) {
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * WARPS + threadIdx.x / WARP;
-  if (warp >= planes * width) return;  // the whole warp
+  if (warp >= planes * lines) return;  // the whole warp
   const int lane = threadIdx.x % WARP;
-  Acc* maxima = column_maxima + (warp / width) * segments * width + warp % width;
+  Acc* maxima = values + (warp / lines) * segments * lines + warp % lines;
   const int known = segments - 1;  // segments whose maxima the first pass wrote
   const int block = static_cast<int>(ceil_div(known, WARP));
   const int first = min(lane * block, known), last = min(first + block, known);
   Acc total = neutral<Acc>();
-  for (int s = first; s < last; ++s) total = first_max(total, maxima[s * width]);
+  for (int s = first; s < last; ++s) total = first_max(total, maxima[s * lines]);
 #pragma unroll
   for (int distance = 1; distance < WARP; distance *= 2) {  // the lanes before, inclusive
     const Acc before = __shfl_up_sync(ALL_LANES, total, distance);
@@ -385,11 +422,11 @@ __global__ void __launch_bounds__(THREADS)
   Acc running = __shfl_up_sync(ALL_LANES, total, 1);  // the blocks before this lane's
   if (lane == 0) running = neutral<Acc>();
   for (int s = first; s < last; ++s) {
-    const Acc own = maxima[s * width];
-    maxima[s * width] = running;
+    const Acc own = maxima[s * lines];
+    maxima[s * lines] = running;
     running = first_max(running, own);
   }
-  if (first < last && last == known) maxima[known * width] = running;  // the last segment's
+  if (first < last && last == known) maxima[known * lines] = running;  // the last segment's
 }
 
 // ---------------------------------------------------------------------------------------
@@ -544,7 +581,8 @@ const char* launch_pass(const T* a, const T* b, T* out, typename Accumulate<T>::
                         int64_t planes, int height, int width, bool reverse, void* stream) {
   const auto kernel =
       reverse ? forward_kernel<T, true, Maxima> : forward_kernel<T, false, Maxima>;
-  const int64_t warps = ceil_div(planes * plan.segments, WARP / plan.lanes);
+  const int64_t units = planes * plan.segments * plan.column_segments;
+  const int64_t warps = ceil_div(units, WARP / plan.lanes);
   const int64_t blocks = ceil_div(warps, WARPS);
   if (blocks > INT32_MAX) return "corner_pool: too many planes for one launch";
   LAUNCH_KERNEL(kernel, static_cast<unsigned int>(blocks), THREADS,
@@ -553,30 +591,13 @@ const char* launch_pass(const T* a, const T* b, T* out, typename Accumulate<T>::
   return launch_error();
 }
 
-}  // namespace
-
-template <typename T>
-const char* launch_forward(const T* a, const T* b, T* out,
-                           typename Accumulate<T>::type* row_carry,
-                           typename Accumulate<T>::type* column_maxima, const Plan& plan,
-                           int64_t planes, int height, int width, bool reverse, void* stream) {
-  if (const char* problem = size_problem(planes, height, width)) return problem;
-  if (plan.transposed) std::swap(a, b);  // an H x 1 plane pooled as 1 x H (corner_pool.h)
-  if (plan.column_carry) {  // the segments' column maxima first, then their prefixes
-    if (const char* error =
-            launch_pass<T, true>(a, nullptr, nullptr, nullptr, column_maxima, plan, planes,
-                                 plan.height, plan.width, reverse, stream))
-      return error;
-    using Acc = typename Accumulate<T>::type;
-    const int64_t blocks = ceil_div(planes * plan.width, WARPS);
-    if (blocks > INT32_MAX) return "corner_pool: too many planes for one launch";
-    LAUNCH_KERNEL(prefix_kernel<Acc>, static_cast<unsigned int>(blocks), THREADS,
-                  static_cast<cudaStream_t>(stream))(column_maxima, planes, plan.segments,
-                                                     plan.width);
-    if (const char* error = launch_error()) return error;
-  }
-  return launch_pass<T, false>(a, b, out, row_carry, column_maxima, plan, planes, plan.height,
-                               plan.width, reverse, stream);
+template <typename Acc>
+const char* launch_prefix(Acc* values, int64_t planes, int segments, int lines, void* stream) {
+  const int64_t blocks = ceil_div(planes * lines, WARPS);
+  if (blocks > INT32_MAX) return "corner_pool: too many planes for one launch";
+  LAUNCH_KERNEL(prefix_kernel<Acc>, static_cast<unsigned int>(blocks), THREADS,
+                static_cast<cudaStream_t>(stream))(values, planes, segments, lines);
+  return launch_error();
 }
 
 template <typename T, int ColumnAhead, int RowAhead>
@@ -594,6 +615,36 @@ const char* launch_walkers(const T* a, const T* b, const T* grad_out, T* grad_a,
                 static_cast<cudaStream_t>(stream))(a, b, grad_out, grad_a, grad_b, planes,
                                                    height, width, warps, column_warps);
   return launch_error();
+}
+
+}  // namespace
+
+template <typename T>
+const char* launch_forward(const T* a, const T* b, T* out,
+                           typename Accumulate<T>::type* row_carry,
+                           typename Accumulate<T>::type* column_maxima, const Plan& plan,
+                           int64_t planes, int height, int width, bool reverse, void* stream) {
+  if (const char* problem = size_problem(planes, height, width)) return problem;
+  if (plan.transposed) std::swap(a, b);  // an H x 1 plane pooled as 1 x H (corner_pool.h)
+  if (plan.first_pass()) {  // the segments' maxima first, then their prefixes
+    const bool rows = plan.row_carry && plan.column_segments > 1;
+    if (const char* error = launch_pass<T, true>(
+            plan.column_carry ? a : nullptr, rows ? b : nullptr, nullptr, row_carry,
+            column_maxima, plan, planes, plan.height, plan.width, reverse, stream))
+      return error;
+    if (plan.column_carry) {
+      if (const char* error =
+              launch_prefix(column_maxima, planes, plan.segments, plan.width, stream))
+        return error;
+    }
+    if (rows) {
+      if (const char* error =
+              launch_prefix(row_carry, planes, plan.column_segments, plan.height, stream))
+        return error;
+    }
+  }
+  return launch_pass<T, false>(a, b, out, row_carry, column_maxima, plan, planes, plan.height,
+                               plan.width, reverse, stream);
 }
 
 template <typename T>

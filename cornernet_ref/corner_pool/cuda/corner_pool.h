@@ -38,22 +38,32 @@ inline bool transposes(int height, int width) { return width == 1 && height > 1;
 // How the forward shares a map out among warps (see corner_pool.cu). A plane's row is cut
 // into chunks of `lanes` * VEC columns, `lanes` a power of two up to 32: a group of `lanes`
 // lanes scans it, and a warp holds 32 / lanes groups, each on a plane of its own. Its rows
-// are cut into `segments` runs of `segment_rows` consecutive rows in scan order; each
-// (plane, segment) is one group's work, and a segment starts from the column maxima of the
-// segments before it (computed by a first pass over `a`, into `column_maxima`).
+// are cut into `segments` runs of `segment_rows` consecutive rows in scan order, and its
+// chunks into `column_segments` runs of `segment_chunks` chunks; each (plane, segment,
+// column segment) is one group's work. A segment starts from the column maxima of `a` over
+// the segments before it, a column segment from the row maxima of `b` over the column
+// segments before it (both computed by a first pass, into `column_maxima` and `row_carry`).
 struct Plan {
   bool transposed;   // an H x 1 plane pooled as 1 x H, the maps swapped (see `transposes`)
   int height;        // of the planes as pooled: H and W, or 1 and H when transposed
   int width;
   int lanes;         // lanes per group: the fewest that cover a row, at most 32
   int chunks;        // chunks per row, scanned one after the other by the group
-  int segments;      // per plane
-  int segment_rows;  // rows per segment (the last may have fewer)
-  bool row_carry;    // wide rows: each row's maximum waits between chunks
-  bool column_carry;  // several segments and a map to pool vertically: the segments' maxima
-  // The carries' sizes in values: each row's maximum between chunks (planes * height), and
-  // the column maxima of each segment (planes * segments * width).
-  int64_t row_carry_values(int64_t planes) const { return row_carry ? planes * height : 0; }
+  int segments;         // per plane
+  int segment_rows;     // rows per segment (the last may have fewer)
+  int column_segments;  // per plane: runs of chunks (1 but on wide rows of few planes)
+  int segment_chunks;   // chunks per column segment (the last may have fewer)
+  bool row_carry;       // wide rows: each row's maximum waits between chunks
+  bool column_carry;    // several segments and a map to pool vertically: the segments' maxima
+  // The carries' sizes in values: each row's maximum between chunks, per column segment
+  // (planes * column_segments * height), and the column maxima of each segment (planes *
+  // segments * width).
+  int64_t row_carry_values(int64_t planes) const {
+    return row_carry ? planes * column_segments * height : 0;
+  }
+  // A first pass is needed: for the segments' column maxima, or the column segments' row
+  // maxima.
+  bool first_pass() const { return column_carry || (row_carry && column_segments > 1); }
   int64_t column_maxima_values(int64_t planes) const {
     return column_carry ? planes * segments * width : 0;
   }
@@ -67,6 +77,9 @@ struct Plan {
 // value per column, the maxima of the segments before it, whatever their number.
 constexpr int64_t MIN_WARPS = 1024;
 constexpr int MIN_SEGMENT_ROWS = 64;
+// Rows are cut first; if the warps are still too few, wide rows are cut into column
+// segments of at least MIN_SEGMENT_CHUNKS chunks (the first pass then reads `b` too).
+constexpr int MIN_SEGMENT_CHUNKS = 8;
 
 constexpr int64_t ceil_div(int64_t n, int64_t d) { return (n + d - 1) / d; }
 
@@ -84,7 +97,7 @@ Plan plan_forward(bool has_a, bool has_b, int64_t planes, int height, int width,
     width = height;
     height = 1;
   }
-  Plan plan{transposed, height, width, 1, 1, 1, height, false, false};
+  Plan plan{transposed, height, width, 1, 1, 1, height, 1, 1, false, false};
   while (plan.lanes < WARP && plan.lanes * VEC<T> < width) plan.lanes *= 2;
   plan.chunks = static_cast<int>(ceil_div(width, plan.lanes * VEC<T>));
   plan.row_carry = has_b && plan.chunks > 1;
@@ -101,6 +114,16 @@ Plan plan_forward(bool has_a, bool has_b, int64_t planes, int height, int width,
   plan.segment_rows = static_cast<int>(ceil_div(height, segments < height ? segments : height));
   plan.segments = static_cast<int>(ceil_div(height, plan.segment_rows));  // none empty
   plan.column_carry = has_a && plan.segments > 1;
+  // Wide rows (one group per warp): as many column segments as make MIN_WARPS warps.
+  const int64_t units = planes * plan.segments;
+  plan.segment_chunks = plan.chunks;
+  if (plan.chunks > 1 && units < MIN_WARPS) {
+    int64_t wanted = ceil_div(MIN_WARPS, units);
+    const int64_t most = plan.chunks / MIN_SEGMENT_CHUNKS;
+    wanted = wanted < most ? wanted : most;
+    if (wanted > 1) plan.segment_chunks = static_cast<int>(ceil_div(plan.chunks, wanted));
+  }
+  plan.column_segments = static_cast<int>(ceil_div(plan.chunks, plan.segment_chunks));
   return plan;
 }
 
