@@ -76,9 +76,13 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "losses": ("cornernet_ref/losses.py", ("tests/test_losses.py",)),
     "corner_pool.reference": (
         "cornernet_ref/corner_pool/reference.py",
-        ("tests/test_corner_pool_reference.py", "tests/test_corner_pool.py"),
+        (
+            "tests/test_corner_pool_reference.py",
+            "tests/test_corner_pool.py",
+            "tests/test_corner_pool_op.py",  # the operator's CPU kernels are the reference's
+        ),
     ),
-    "decode": ("cornernet_ref/decode.py", ("tests/test_decode.py",)),
+    "decode": ("cornernet_ref/decode.py", ("tests/test_decode.py", "tests/test_soft_nms.py")),
     "convert": (
         "cornernet_ref/convert.py",
         ("tests/test_convert.py", "tests/test_convert_checks.py"),
@@ -173,6 +177,25 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
      "differs only when the uniform draw is exactly 0.5, a chance of 2^-53 per image"),
     ("decode", "if boxes.dim() != 2 or boxes.shape[-1] != 4", "unary `-` removed",
      "checked after boxes.dim() != 2 (the `or` stops there otherwise): shape[1] is shape[-1]"),
+    ("decode", "torch.where(valid, labels.long(), -1)", "`1` -> `2`",
+     "any negative key leaves a box out: the loops and the table test `key >= 0`"),
+    ("decode", "width = max(sizes.tolist(), default=0)", "`0` -> `1`",
+     "the default serves only an input with no box, whose table has no row either way"),
+    ("decode", "starts = sizes.cumsum(0) - sizes", "`0` -> `-1`",
+     "sizes is one-dimensional: dimension 0 is dimension -1"),
+    ("decode", "clamp(max=max(total - 1, 0))", "`0` -> `-1`",
+     "differs only when there is no box (total = 0): an empty table either way"),
+    ("decode", "clamp(max=max(total - 1, 0))", "`0` -> `1`",
+     "differs only when total <= 1: then every class has at most one box, the table one "
+     "column, and no padded position to clamp"),
+    ("decode", "count = torch.where(class_keys >= 0, sizes, 0)", "`0` -> `-1`",
+     "a count of -1 or 0 for the left-out boxes keeps none of them: `column < count` is false"),
+    ("decode", "spare = values.new_zeros(total + 1)", "`1` -> `2`",
+     "one more spare slot, cut off by `[:total]` with the first"),
+    ("decode", "return spare.scatter(0, slot, values.flatten())[:total]", "`0` -> `-1`",
+     "spare is one-dimensional: dimension 0 is dimension -1"),
+    ("decode", "by_rank = torch.zeros(len(s), spare + 1", "`1` -> `2`",
+     "one more column past the spare one, which no rank reaches"),
     # targets, official radius: min(shift, shrink, grow) is always the shrink root (chapter 1
     # §3.2; test_shrinking_root_is_the_smallest_over_the_whole_domain), so a mutant that only
     # raises the grow or shift root cannot change it. Each was also compared with the original

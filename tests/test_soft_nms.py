@@ -14,6 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import cornernet_ref.decode as decode_module
 from cornernet_ref import soft_nms_op
 from cornernet_ref.decode import REJECTED, SoftNMSResult, decode, soft_nms, soft_nms_all
 from cornernet_ref.inference import (
@@ -232,6 +233,37 @@ def test_soft_nms_returns_the_kept_boxes_grouped_by_class() -> None:
     keep, new_scores = soft_nms(boxes, torch.tensor([0.2, 0.9, 0.5]), torch.tensor([2, 0, 2]))
     assert keep.tolist() == [1, 2, 0]  # class 0, then class 2 best first
     assert new_scores.tolist() == pytest.approx([0.9, 0.5, 0.2])
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "vectorised"])
+def test_a_score_decayed_exactly_to_the_threshold_is_kept(compiled) -> None:
+    """The official loop drops a box whose score falls *below* the threshold. Boxes
+    (0, 0, 9, 9) and (0, 0, 9, 4) share 50 of their 100 and 50 pixels ("+1" rule): IoU
+    exactly 0.5, so the linear decay takes the second score from 1 to 0.5, the threshold."""
+    boxes = torch.tensor([[0.0, 0.0, 9.0, 9.0], [0.0, 0.0, 9.0, 4.0]])
+    result = soft_nms_all(
+        boxes, torch.tensor([2.0, 1.0]), torch.zeros(2, dtype=torch.long),
+        method="linear", iou_threshold=0.3, score_threshold=0.5, compiled=compiled,
+    )  # fmt: skip
+    assert result.kept.tolist() == [True, True]
+    assert result.order.tolist() == [0, 1] and result.scores.tolist() == [2.0, 0.5]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_soft_nms_runs_the_form_it_is_asked_for(monkeypatch, compiled) -> None:
+    """``compiled=True`` runs the compiled loop, ``False`` the vectorised form, even where
+    the other one would run by default."""
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the other form ran")
+
+    if compiled:
+        monkeypatch.setattr(decode_module, "soft_nms_vectorised", must_not_run)
+    else:
+        monkeypatch.setattr(soft_nms_op, "soft_nms_compiled", must_not_run)
+    boxes = torch.tensor([[0.0, 0.0, 9.0, 9.0], [1.0, 1.0, 8.0, 8.0]])
+    result = soft_nms_all(boxes, torch.tensor([0.9, 0.8]), torch.zeros(2), compiled=compiled)
+    assert result.order[0].item() == 0
 
 
 def test_soft_nms_rejects_bad_input() -> None:
