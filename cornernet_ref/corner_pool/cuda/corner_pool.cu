@@ -627,9 +627,8 @@ const char* launch_forward(const T* a, const T* b, T* out,
   if (const char* problem = size_problem(planes, height, width)) return problem;
   if (plan.transposed) std::swap(a, b);  // an H x 1 plane pooled as 1 x H (corner_pool.h)
   if (plan.first_pass()) {  // the segments' maxima first, then their prefixes
-    const bool rows = plan.row_carry && plan.column_segments > 1;
     if (const char* error = launch_pass<T, true>(
-            plan.column_carry ? a : nullptr, rows ? b : nullptr, nullptr, row_carry,
+            plan.column_carry ? a : nullptr, plan.row_maxima() ? b : nullptr, nullptr, row_carry,
             column_maxima, plan, planes, plan.height, plan.width, reverse, stream))
       return error;
     if (plan.column_carry) {
@@ -637,7 +636,7 @@ const char* launch_forward(const T* a, const T* b, T* out,
               launch_prefix(column_maxima, planes, plan.segments, plan.width, stream))
         return error;
     }
-    if (rows) {
+    if (plan.row_maxima()) {
       if (const char* error =
               launch_prefix(row_carry, planes, plan.column_segments, plan.height, stream))
         return error;

@@ -61,9 +61,11 @@ struct Plan {
   int64_t row_carry_values(int64_t planes) const {
     return row_carry ? planes * column_segments * height : 0;
   }
+  // The column segments' row maxima of b are carried (wide rows cut into column segments).
+  bool row_maxima() const { return row_carry && column_segments > 1; }
   // A first pass is needed: for the segments' column maxima, or the column segments' row
   // maxima.
-  bool first_pass() const { return column_carry || (row_carry && column_segments > 1); }
+  bool first_pass() const { return column_carry || row_maxima(); }
   int64_t column_maxima_values(int64_t planes) const {
     return column_carry ? planes * segments * width : 0;
   }
