@@ -82,11 +82,11 @@ def test_thread_sanitizer_catches_two_threads_writing_one_row(tmp_path):
 
 
 def test_undefined_behaviour_sanitizer_catches_an_index_past_a_vector(tmp_path):
-    """One step too many when a loaded vector is widened reads past its VEC values: an index
+    """One step too many when a loaded row is widened goes past its VEC values: an index
     past the array, reported."""
     source = altered_copy(
         tmp_path,
-        r"for \(int j = 0; j < N; \+\+j\) (values\[j\] = static_cast<Acc>\(loaded)",
+        r"for \(int j = 0; j < N; \+\+j\) (row\[j\] = widen)",
         r"for (int j = 0; j <= N; ++j) \1",
     )
     result = run(sanitized_program("undefined", source), "undefined", ["1x3x128"])

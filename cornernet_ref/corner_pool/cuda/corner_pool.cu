@@ -31,7 +31,7 @@
 // A *group* of G lanes (G a power of two, the fewest whose VEC columns each cover a row, at
 // most 32) owns a plane: lane g of the group holds the VEC consecutive columns g VEC ..
 // g VEC + VEC - 1 of a *chunk* of G VEC columns, and the group walks the rows in scan order,
-// 8 rows at a time (4 for 2-byte types): first the loads of the rows, then their scans.
+// 8 rows at a time (6 for 2-byte types): first the loads of the rows, then their scans.
 // A warp holds 32 / G groups, so a narrow map keeps every lane busy (a 128-column bfloat16
 // row needs 16 lanes: a warp pools two planes). For each row a lane has its VEC values of a and of b:
 //
@@ -85,13 +85,17 @@
 //
 // A walker has AHEAD vectors of each map in flight. When the lines are few and long (one
 // row or one column per plane, say) the walkers are too few to keep the memory busy with 4
-// each, so they take DEEP_AHEAD: 16, or 8 in 2-byte types (64 numbers a map). The
+// each, so they take DEEP_AHEAD (16). The
 // walkers stay serial along their lines: a plane of a few lines of 2^23 numbers is a few
 // threads' work, and its backward takes that long. Each gradient is written by the one
 // thread that owns its line: no atomics, deterministic.
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <type_traits>
 #include <utility>
 
 #include <c10/util/BFloat16.h>
@@ -112,17 +116,18 @@ namespace {
 
 constexpr int WARPS = 4;  // warps per block
 constexpr int AHEAD = 4;  // steps a backward walker loads before it uses the first
-// ... and when a kind of walker is fewer than FEW_WALKERS threads (a few long lines): 16
-// vectors, 8 for 2-byte types (whose values take twice the registers once widened).
+// ... and when a kind of walker is fewer than FEW_WALKERS threads (a few long lines): 16,
+// or 8 in 2-byte types, whose rows that are not vector-aligned are loaded number by number,
+// each number in a register of its own (16 ahead would spill).
 template <typename T>
 constexpr int DEEP_AHEAD = sizeof(T) == 2 ? 8 : 16;
 constexpr int64_t FEW_WALKERS = 32768;
-// The forward's rows in flight: 8 vectors of 16 bytes per map and lane (4 for 2-byte types,
-// whose values take twice the registers once widened to float), so that 1000 warps keep
-// about 8 MB on their way from memory (4 with 2-byte types, where a warp holds twice the
-// planes of narrow maps).
-template <typename T>
-constexpr int FORWARD_AHEAD = VEC<T> == 8 ? 4 : 8;
+// The forward's rows in flight: 8 vectors of 16 bytes per map and lane, so that 1000 warps
+// keep about 8 MB on their way from memory. A 2-byte type has twice the columns per lane,
+// and with them twice the running maxima and scan values in registers: 6 rows fit in the
+// 128 registers without spilling, and 4 when its rows are loaded number by number.
+template <typename T, bool Vectorized>
+constexpr int FORWARD_AHEAD = sizeof(T) == 2 ? (Vectorized ? 6 : 4) : 8;
 // Blocks per SM that the forward's registers must allow (at most 128 registers a thread):
 // 16 warps an SM, 2112 on an H200, so that the 2048 planes of a training batch's float32
 // maps are all resident at once. float64, which needs more, is left 2 (and no spills).
@@ -159,43 +164,94 @@ struct alignas(16) Vector {
   T value[VEC<T>];
 };
 
-// The VEC numbers of `src` from `offset` on, widened to Acc; `count` of them lie inside the
-// row (VEC, or fewer at its end, or none: then nothing is read), the others read as -inf.
-// `vector`: the row and the pointer are aligned, so one instruction loads them all.
-template <typename T, typename Acc, int N>
-__device__ __forceinline__ void load(const T* __restrict__ src, int offset, int count,
-                                     bool vector, Acc (&values)[N]) {
-  static_assert(N == VEC<T>);
-  if (vector && count == N) {
-    const Vector<T> loaded = *reinterpret_cast<const Vector<T>*>(src + offset);
+// The same 16 bytes as four 32-bit words: the form in which a vector load waits until its
+// numbers are used. Kept as VEC numbers of a 2-byte T, the compiler gives each number a
+// register of its own, and fills them right after the load (see `load`).
+struct alignas(16) Words {
+  uint32_t word[4];
+};
+
+// What `load` returns: the words of a vector load, or, for a row loaded number by number,
+// the numbers themselves (each loaded straight into its own register).
+template <typename T, bool Vectorized>
+using Loaded = std::conditional_t<Vectorized, Words, Vector<T>>;
+
+// The VEC numbers of `src` from `offset` on, as stored; `count` of them lie inside the row
+// (VEC, or fewer at its end, or none: then nothing is read), the others read as -inf.
+// `Vectorized`: every row starts on a 16-byte boundary, so `count` is VEC or none and one
+// instruction loads them all.
+//
+// Nothing is done to the numbers here: they are unpacked and widened to Acc where they are
+// used (`widen`). A load does not wait for memory; the first instruction that reads its
+// registers does. An unpacking or a widening placed here would sit between this load and
+// the next, so each load of a batch would wait for the one before it, and a lane would have
+// one load in flight instead of a batch (benchmarks/corner_pool_sass.py counts the loads in
+// flight in the machine code).
+template <bool Vectorized, typename T>
+__device__ __forceinline__ Loaded<T, Vectorized> load(const T* __restrict__ src, int offset,
+                                                      int count) {
+  Vector<T> loaded;
 #pragma unroll
-    for (int j = 0; j < N; ++j) values[j] = static_cast<Acc>(loaded.value[j]);
+  for (int j = 0; j < VEC<T>; ++j) loaded.value[j] = static_cast<T>(neutral<float>());
+  if constexpr (Vectorized) {
+    Words words;
+    memcpy(&words, &loaded, sizeof(Words));
+    if (count > 0) words = *reinterpret_cast<const Words*>(src + offset);
+    return words;
   } else {
 #pragma unroll
-    for (int j = 0; j < N; ++j)
-      values[j] = j < count ? static_cast<Acc>(src[offset + j]) : neutral<Acc>();
+    for (int j = 0; j < VEC<T>; ++j)
+      if (j < count) loaded.value[j] = src[offset + j];
+    return loaded;
   }
 }
 
-// Store the first `count` of `values` at `offset`, rounded once to T.
-template <typename T, typename Acc, int N>
-__device__ __forceinline__ void store(T* __restrict__ dst, int offset, int count, bool vector,
+// The j-th number of a loaded vector, widened for comparisons and sums.
+template <typename Acc, typename T>
+__device__ __forceinline__ Acc widen(const Vector<T>& loaded, int j) {
+  return static_cast<Acc>(loaded.value[j]);
+}
+
+template <typename Acc, typename T>
+__device__ __forceinline__ Acc widen(const Words& loaded, int j) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    // A bfloat16 is the upper half of a float32: one instruction makes either half of a
+    // word a float (where the generic path below shifts the upper half down and back up).
+    const uint32_t word = loaded.word[j / 2];
+    const uint32_t bits = j % 2 == 1 ? word & 0xffff0000u : word << 16;
+    float number;
+    memcpy(&number, &bits, sizeof(float));
+    return number;
+  } else {
+    // The bits of number j (little-endian: bytes j * sizeof(T) onwards), then the number.
+    using Bits = std::conditional_t<sizeof(T) == 2, uint16_t,
+                                    std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
+    Bits bits;
+    if constexpr (sizeof(T) == 8)
+      bits = loaded.word[2 * j] | static_cast<uint64_t>(loaded.word[2 * j + 1]) << 32;
+    else
+      bits = static_cast<Bits>(loaded.word[j * sizeof(T) / 4] >> (8 * (j * sizeof(T) % 4)));
+    T number;
+    memcpy(&number, &bits, sizeof(T));
+    return static_cast<Acc>(number);
+  }
+}
+
+// Store the first `count` of `values` at `offset`, rounded once to T (`Vectorized` as for
+// `load`: `count` is VEC or none).
+template <bool Vectorized, typename T, typename Acc, int N>
+__device__ __forceinline__ void store(T* __restrict__ dst, int offset, int count,
                                       const Acc (&values)[N]) {
-  if (vector && count == N) {
+  if constexpr (Vectorized) {
     Vector<T> stored;
 #pragma unroll
     for (int j = 0; j < N; ++j) stored.value[j] = static_cast<T>(values[j]);
-    *reinterpret_cast<Vector<T>*>(dst + offset) = stored;
+    if (count > 0) *reinterpret_cast<Vector<T>*>(dst + offset) = stored;
   } else {
 #pragma unroll
     for (int j = 0; j < N; ++j)
       if (j < count) dst[offset + j] = static_cast<T>(values[j]);
   }
-}
-
-template <typename T>
-__device__ bool aligned(const T* pointer) {
-  return reinterpret_cast<uintptr_t>(pointer) % sizeof(Vector<T>) == 0;
 }
 
 // Where plane `plane` starts in a (planes, H, W) tensor, or nullptr for an absent map.
@@ -266,7 +322,7 @@ __device__ __forceinline__ Acc scan_row(Acc (&values)[N], Acc carry, int lanes, 
 // Every lane of a warp runs the same loops the same number of times (a group with less or
 // no work masks its loads and stores; column segments exist only when a group is a whole
 // warp), so that the shuffles of the row scan always find all 32 lanes.
-template <typename T, bool Reverse, bool Maxima>
+template <typename T, bool Reverse, bool Vectorized, bool Maxima>
 __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
     forward_kernel(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out,
                    typename Accumulate<T>::type* __restrict__ row_carry,
@@ -296,9 +352,6 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
     b = rows_wanted ? plane_start(b, plane, height, width) : nullptr;
     out = Maxima ? nullptr : plane_start(out, plane, height, width);
   }
-  // One instruction per vector when every row starts on a vector boundary.
-  const bool vector = width % N == 0 && (a == nullptr || aligned(a)) &&
-                      (b == nullptr || aligned(b)) && (out == nullptr || aligned(out));
   const bool starts = g == (Reverse ? plan.lanes - 1 : 0);  // starts the row scan
   Acc* carry = row_carry == nullptr || !working || b == nullptr
                    ? nullptr
@@ -306,7 +359,7 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
   // When the segment's rows fit in one batch of R (one row, say), each row's maximum over
   // the chunks before stays in a register of the lane that starts its scan, not in memory:
   // a chunk then waits for its own loads only.
-  constexpr int R = FORWARD_AHEAD<T>;  // rows per batch (below)
+  constexpr int R = FORWARD_AHEAD<T, Vectorized>;  // rows per batch (below)
   const bool kept_in_registers = plan.segment_rows <= R;
   Acc kept[R];
 #pragma unroll
@@ -333,7 +386,7 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
     // from memory together (a load does not wait for its value; the instruction that uses
     // the value does), then the scans. `offsets`: the lane's first cell of each row.
     for (int first_row = 0; first_row < plan.segment_rows; first_row += R) {
-      Acc a_rows[R][N], b_rows[R][N];
+      Loaded<T, Vectorized> a_rows[R], b_rows[R];  // widened where used (see `load`)
       int rows[R], offsets[R], counts[R];  // rows[r] < 0: past the segment
 #pragma unroll
       for (int r = 0; r < R; ++r) {
@@ -341,20 +394,18 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
         rows[r] = first_row + r < steps ? (Reverse ? height - 1 - step : step) : -1;
         counts[r] = rows[r] >= 0 ? count : 0;  // nothing past the segment's end
         offsets[r] = counts[r] > 0 ? rows[r] * width + first : 0;
-        load(a, offsets[r], a == nullptr ? 0 : counts[r], vector, a_rows[r]);
-        load(b, offsets[r], b == nullptr ? 0 : counts[r], vector, b_rows[r]);
+        a_rows[r] = load<Vectorized>(a, offsets[r], a == nullptr ? 0 : counts[r]);
+        b_rows[r] = load<Vectorized>(b, offsets[r], b == nullptr ? 0 : counts[r]);
       }
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         if (first_row + r >= plan.segment_rows) break;  // the same in every lane
-        Acc pooled[N] = {};
         if (a != nullptr) {
 #pragma unroll
-          for (int j = 0; j < N; ++j) {
-            column_max[j] = first_max(column_max[j], a_rows[r][j]);
-            pooled[j] = column_max[j];
-          }
+          for (int j = 0; j < N; ++j)
+            column_max[j] = first_max(column_max[j], widen<Acc, T>(a_rows[r], j));
         }
+        Acc row[N] = {};  // b's row: the row scan turns it into the running maxima
         if (scans_b) {  // the same in every lane, those of groups with no work too
           // The row's maximum over the chunks before: over those of this column segment
           // (register or row_carry), or, at its first chunk, over the column segments
@@ -365,7 +416,9 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
             before = kept_in_registers ? kept[r] : carry[rows[r]];
           else if (carried && !Maxima && column_segment > 0)
             before = carry[rows[r]];
-          const Acc row_max = scan_row<Reverse>(b_rows[r], before, plan.lanes, g, lane);
+#pragma unroll
+          for (int j = 0; j < N; ++j) row[j] = widen<Acc, T>(b_rows[r], j);
+          const Acc row_max = scan_row<Reverse>(row, before, plan.lanes, g, lane);
           if (carried && k + 1 < end_k) {
             if (kept_in_registers)
               kept[r] = row_max;
@@ -374,14 +427,15 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
           } else if (carried && Maxima) {
             carry[rows[r]] = row_max;  // this column segment's row maximum
           }
-          if (!Maxima) {
-#pragma unroll
-            for (int j = 0; j < N; ++j)
-              pooled[j] = a == nullptr ? b_rows[r][j] : pooled[j] + b_rows[r][j];
-          }
         }
-        // out = top + left, computed in Acc and rounded once to T, as PyTorch rounds a + b.
-        if (!Maxima) store(out, offsets[r], counts[r], vector, pooled);
+        if (!Maxima) {
+          // out = V(a) + H(b), computed in Acc and rounded once to T, as PyTorch rounds a + b.
+          Acc pooled[N];
+#pragma unroll
+          for (int j = 0; j < N; ++j)
+            pooled[j] = a == nullptr ? row[j] : scans_b ? column_max[j] + row[j] : column_max[j];
+          store<Vectorized>(out, offsets[r], counts[r], pooled);
+        }
       }
     }
     if (Maxima && a != nullptr && count > 0) {
@@ -468,10 +522,10 @@ struct Run {
 // towards smaller offsets). A column walker steps +-W, a row at a time, through VEC
 // separate lines; a row walker (`Along`) steps +-VEC through its row, a vector at a time,
 // each vector's numbers in scan order, and its row ends at `row_end`.
-template <typename T, bool Reverse, bool Along, int Ahead>
+template <typename T, bool Reverse, bool Vectorized, bool Along, int Ahead>
 __device__ __forceinline__ void walk(const T* __restrict__ map, const T* __restrict__ grad_out,
                                      T* __restrict__ grad, int first, int steps, int stride,
-                                     int lines, int row_end, bool vector) {
+                                     int lines, int row_end) {
   using Acc = typename Accumulate<T>::type;
   constexpr int N = VEC<T>;
   const Acc zeros[N] = {};
@@ -481,25 +535,27 @@ __device__ __forceinline__ void walk(const T* __restrict__ map, const T* __restr
 #pragma unroll
   for (int j = 0; j < (Along ? 1 : N); ++j) runs[j] = Run<Acc>::start(border + j);
   for (int first_step = 0; first_step < steps; first_step += Ahead) {  // as the forward
-    Acc values[Ahead][N], grads[Ahead][N];
+    Loaded<T, Vectorized> values[Ahead], grads[Ahead];  // widened where used (`load`)
     int offsets[Ahead], counts[Ahead];
 #pragma unroll
     for (int r = 0; r < Ahead; ++r) {
       const int step = min(first_step + r, steps - 1);  // past the end: the last again
       offsets[r] = first + step * stride;
       counts[r] = Along ? min(N, row_end - offsets[r]) : lines;
-      load(map, offsets[r], counts[r], vector, values[r]);
-      load(grad_out, offsets[r], counts[r], vector, grads[r]);
+      values[r] = load<Vectorized>(map, offsets[r], counts[r]);
+      grads[r] = load<Vectorized>(grad_out, offsets[r], counts[r]);
     }
 #pragma unroll
     for (int r = 0; r < Ahead; ++r) {
       if (first_step + r >= steps) break;
-      store(grad, offsets[r], counts[r], vector, zeros);  // not a maximum, unless a run says so
+      // Not a maximum, unless a run says so.
+      store<Vectorized>(grad, offsets[r], counts[r], zeros);
 #pragma unroll
       for (int step = 0; step < N; ++step) {
         const int j = Along && Reverse ? N - 1 - step : step;
         if (j < counts[r])
-          runs[Along ? 0 : j].step(values[r][j], grads[r][j], offsets[r] + j, grad);
+          runs[Along ? 0 : j].step(widen<Acc, T>(values[r], j), widen<Acc, T>(grads[r], j),
+                                   offsets[r] + j, grad);
       }
     }
   }
@@ -516,7 +572,7 @@ __device__ __forceinline__ void walk(const T* __restrict__ map, const T* __restr
 // each kind's steps loaded ahead, 0 for a launch without that kind: a few long lines take
 // a launch of their own, whose deep loads ahead need registers that would cut the
 // occupancy of the other kind's many short walkers.
-template <typename T, bool Reverse, int ColumnAhead, int RowAhead>
+template <typename T, bool Reverse, bool Vectorized, int ColumnAhead, int RowAhead>
 __global__ void __launch_bounds__(THREADS)
     backward_kernel(const T* __restrict__ a, const T* __restrict__ b,
                     const T* __restrict__ grad_out, T* __restrict__ grad_a,
@@ -537,22 +593,20 @@ __global__ void __launch_bounds__(THREADS)
   const T* map = plane_start(column ? a : b, plane, height, width);
   const T* grad = plane_start(grad_out, plane, height, width);
   T* result = plane_start(column ? grad_a : grad_b, plane, height, width);
-  const bool vector = width % N == 0 && aligned(map) && aligned(grad) && aligned(result);
   if constexpr (ColumnAhead > 0) {
     if (column) {
       const int at = index * N;  // the walker's first column
       const int first = (Reverse ? height - 1 : 0) * width + at;  // in the border row
-      walk<T, Reverse, false, ColumnAhead>(map, grad, result, first, height,
-                                           Reverse ? -width : width, min(N, width - at), 0,
-                                           vector);
+      walk<T, Reverse, Vectorized, false, ColumnAhead>(
+          map, grad, result, first, height, Reverse ? -width : width, min(N, width - at), 0);
     }
   }
   if constexpr (RowAhead > 0) {
     if (!column) {
       const int row_start = index * width;
       const int first = row_start + (Reverse ? (vectors - 1) * N : 0);
-      walk<T, Reverse, true, RowAhead>(map, grad, result, first, vectors, Reverse ? -N : N, 1,
-                                       row_start + width, vector);
+      walk<T, Reverse, Vectorized, true, RowAhead>(map, grad, result, first, vectors,
+                                                   Reverse ? -N : N, 1, row_start + width);
     }
   }
 }
@@ -575,12 +629,26 @@ const char* size_problem(int64_t planes, int height, int width) {
   return nullptr;
 }
 
+// Whether every row of the (planes, H, W) maps starts on a 16-byte boundary (nullptr, an
+// absent map, does): the kernels then move whole vectors (their `Vectorized` instance).
+template <typename T>
+bool rows_aligned(int width, std::initializer_list<const T*> maps) {
+  if (width % VEC<T> != 0) return false;
+  for (const T* map : maps)
+    if (reinterpret_cast<uintptr_t>(map) % sizeof(Vector<T>) != 0) return false;
+  return true;
+}
+
 template <typename T, bool Maxima>
 const char* launch_pass(const T* a, const T* b, T* out, typename Accumulate<T>::type* row_carry,
                         typename Accumulate<T>::type* column_maxima, const Plan& plan,
-                        int64_t planes, int height, int width, bool reverse, void* stream) {
-  const auto kernel =
-      reverse ? forward_kernel<T, true, Maxima> : forward_kernel<T, false, Maxima>;
+                        int64_t planes, int height, int width, bool reverse, bool vectorized,
+                        void* stream) {
+  using Kernel = decltype(&forward_kernel<T, false, false, Maxima>);
+  const Kernel kernels[2][2] = {  // [reverse][vectorized]
+      {forward_kernel<T, false, false, Maxima>, forward_kernel<T, false, true, Maxima>},
+      {forward_kernel<T, true, false, Maxima>, forward_kernel<T, true, true, Maxima>}};
+  const Kernel kernel = kernels[reverse][vectorized];
   const int64_t units = planes * plan.segments * plan.column_segments;
   const int64_t warps = ceil_div(units, WARP / plan.lanes);
   const int64_t blocks = ceil_div(warps, WARPS);
@@ -603,14 +671,20 @@ const char* launch_prefix(Acc* values, int64_t planes, int segments, int lines, 
 template <typename T, int ColumnAhead, int RowAhead>
 const char* launch_walkers(const T* a, const T* b, const T* grad_out, T* grad_a, T* grad_b,
                            int64_t planes, int height, int width, bool reverse,
-                           int64_t column_walkers, int64_t row_walkers, void* stream) {
+                           bool vectorized, int64_t column_walkers, int64_t row_walkers,
+                           void* stream) {
   const int64_t column_warps = ceil_div(column_walkers, WARP);
   const int64_t warps = column_warps + ceil_div(row_walkers, WARP);
   const int64_t blocks = ceil_div(warps, WARPS);
   if (warps > INT32_MAX)  // so that warp * column_warps fits in 64 bits
     return "corner_pool: too many planes for one launch";
-  const auto kernel = reverse ? backward_kernel<T, true, ColumnAhead, RowAhead>
-                              : backward_kernel<T, false, ColumnAhead, RowAhead>;
+  using Kernel = decltype(&backward_kernel<T, false, false, ColumnAhead, RowAhead>);
+  const Kernel kernels[2][2] = {  // [reverse][vectorized]
+      {backward_kernel<T, false, false, ColumnAhead, RowAhead>,
+       backward_kernel<T, false, true, ColumnAhead, RowAhead>},
+      {backward_kernel<T, true, false, ColumnAhead, RowAhead>,
+       backward_kernel<T, true, true, ColumnAhead, RowAhead>}};
+  const Kernel kernel = kernels[reverse][vectorized];
   LAUNCH_KERNEL(kernel, static_cast<unsigned int>(blocks), THREADS,
                 static_cast<cudaStream_t>(stream))(a, b, grad_out, grad_a, grad_b, planes,
                                                    height, width, warps, column_warps);
@@ -626,10 +700,11 @@ const char* launch_forward(const T* a, const T* b, T* out,
                            int64_t planes, int height, int width, bool reverse, void* stream) {
   if (const char* problem = size_problem(planes, height, width)) return problem;
   if (plan.transposed) std::swap(a, b);  // an H x 1 plane pooled as 1 x H (corner_pool.h)
+  const bool vectorized = rows_aligned<T>(plan.width, {a, b, out});
   if (plan.first_pass()) {  // the segments' maxima first, then their prefixes
     if (const char* error = launch_pass<T, true>(
             plan.column_carry ? a : nullptr, plan.row_maxima() ? b : nullptr, nullptr, row_carry,
-            column_maxima, plan, planes, plan.height, plan.width, reverse, stream))
+            column_maxima, plan, planes, plan.height, plan.width, reverse, vectorized, stream))
       return error;
     if (plan.column_carry) {
       if (const char* error =
@@ -643,7 +718,7 @@ const char* launch_forward(const T* a, const T* b, T* out,
     }
   }
   return launch_pass<T, false>(a, b, out, row_carry, column_maxima, plan, planes, plan.height,
-                               plan.width, reverse, stream);
+                               plan.width, reverse, vectorized, stream);
 }
 
 template <typename T>
@@ -656,24 +731,25 @@ const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a
     width = height;
     height = 1;
   }
+  const bool vectorized = rows_aligned<T>(width, {a, b, grad_out, grad_a, grad_b});
   const int64_t columns = a == nullptr ? 0 : planes * ceil_div(width, VEC<T>);
   const int64_t rows = b == nullptr ? 0 : planes * height;
   constexpr int DEEP = DEEP_AHEAD<T>;
   if ((columns == 0 || columns >= FEW_WALKERS) && (rows == 0 || rows >= FEW_WALKERS))
     return launch_walkers<T, AHEAD, AHEAD>(a, b, grad_out, grad_a, grad_b, planes, height,
-                                           width, reverse, columns, rows, stream);
+                                           width, reverse, vectorized, columns, rows, stream);
   // A kind of walker that is few walks deep, in a launch of its own.
   if (columns > 0) {
     const auto launch = columns < FEW_WALKERS ? launch_walkers<T, DEEP, 0>
                                               : launch_walkers<T, AHEAD, 0>;
     if (const char* error = launch(a, nullptr, grad_out, grad_a, nullptr, planes, height,
-                                   width, reverse, columns, 0, stream))
+                                   width, reverse, vectorized, columns, 0, stream))
       return error;
   }
   if (rows == 0) return nullptr;
   const auto launch = rows < FEW_WALKERS ? launch_walkers<T, 0, DEEP> : launch_walkers<T, 0, AHEAD>;
-  return launch(nullptr, b, grad_out, nullptr, grad_b, planes, height, width, reverse, 0, rows,
-                stream);
+  return launch(nullptr, b, grad_out, nullptr, grad_b, planes, height, width, reverse,
+                vectorized, 0, rows, stream);
 }
 
 #define CORNER_POOL_INSTANTIATE(T)                                                          \
