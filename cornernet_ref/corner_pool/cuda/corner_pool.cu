@@ -290,7 +290,8 @@ __device__ __forceinline__ Acc scan_row(Acc (&values)[N], Acc carry, int lanes, 
     const Acc before = Reverse ? __shfl_down_sync(ALL_LANES, total, distance)
                                : __shfl_up_sync(ALL_LANES, total, distance);
     const bool exists = Reverse ? g + distance < lanes : g >= distance;
-    if (exists) total = first_max(before, total);
+    const Acc combined = first_max(before, total);
+    total = exists ? combined : total;  // a select, not a branch
   }
   // Fold the maximum of the lanes before this one into its values.
   const Acc lanes_before = Reverse ? __shfl_down_sync(ALL_LANES, total, 1)
@@ -539,9 +540,12 @@ __device__ __forceinline__ void walk(const T* __restrict__ map, const T* __restr
     int offsets[Ahead], counts[Ahead];
 #pragma unroll
     for (int r = 0; r < Ahead; ++r) {
-      const int step = min(first_step + r, steps - 1);  // past the end: the last again
-      offsets[r] = first + step * stride;
-      counts[r] = Along ? min(N, row_end - offsets[r]) : lines;
+      const bool inside = first_step + r < steps;  // a step past the end loads nothing
+      offsets[r] = first + (inside ? first_step + r : 0) * stride;
+      // An aligned row holds whole vectors: every line and every number is there. (The
+      // counts also keep the loads predicated: loads that nothing guards are moved by the
+      // compiler past the end-of-line test below, next to their use, one step at a time.)
+      counts[r] = !inside ? 0 : Vectorized ? N : Along ? min(N, row_end - offsets[r]) : lines;
       values[r] = load<Vectorized>(map, offsets[r], counts[r]);
       grads[r] = load<Vectorized>(grad_out, offsets[r], counts[r]);
     }
@@ -553,7 +557,7 @@ __device__ __forceinline__ void walk(const T* __restrict__ map, const T* __restr
 #pragma unroll
       for (int step = 0; step < N; ++step) {
         const int j = Along && Reverse ? N - 1 - step : step;
-        if (j < counts[r])
+        if (Vectorized || j < counts[r])
           runs[Along ? 0 : j].step(widen<Acc, T>(values[r], j), widen<Acc, T>(grads[r], j),
                                    offsets[r] + j, grad);
       }
