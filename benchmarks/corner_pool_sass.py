@@ -9,7 +9,10 @@ CI, disassembles it (``cuobjdump -sass``) and reports, for each kernel and dtype
   allow (resident warps per SM, from the sm_90 limits below);
 * from the SASS: the *steady-state loop*, the loop whose body (outside its own inner loops)
   holds the most global loads and stores, and the warp instructions one pass of it executes,
-  per KB the pass moves between the kernel and global memory (3 maps forward, 5 backward).
+  per KB the pass moves between the kernel and global memory (3 maps forward, 5 backward);
+* the *loads in flight* of that loop: the most vector loads a lane has issued and not yet
+  waited for (see ``loads_in_flight``), which with the warps decides the bytes on their way
+  from memory.
 
 How a pass is counted. Every instruction of the loop body counts once per warp that runs the
 pass; an instruction of an inner loop counts once per inner iteration, by the warps that run
@@ -21,7 +24,9 @@ measures those (``benchmarks/corner_pool.py``).
 
     python benchmarks/corner_pool_sass.py      # writes benchmarks/results/corner_pool_sass.json
 
-The versions compared are a git commit of the kernel (``"before"``) and the working tree.
+The versions compared are git commits of the kernel (``"before"``, the kernel before its
+16-byte vectors; ``"measured"``, the kernel timed on an H200 in
+``benchmarks/results/corner_pool_cuda.json``) and the working tree (``"after"``).
 Needs nvcc, and cuobjdump with nvdisasm (the ``nvidia-cuda-cuobjdump`` and
 ``nvidia-cuda-nvdisasm`` wheels provide them).
 """
@@ -65,26 +70,48 @@ VERSIONS: dict[str, dict] = {
         "forward": {"cells": 512, "warps": 1, "inner": []},
         "backward": {"cells": 512, "warps": 1, "loops": 2, "inner": []},
     },
-    "after": {
-        "commit": None,
+    "measured": {
+        "commit": "9be6feb",
         "block_warps": 4,
         "design": "16-byte vectors in every dtype (4 float32, 8 bfloat16 per lane); forward, "
         "a group of lanes per plane (32 on rows of 32 vectors or more, fewer on narrow "
         "planes, several planes per warp), a pass is 8 rows (4 for bfloat16) of a chunk of 32 "
-        "vectors; long "
-        "columns cut into segments by a first pass of column maxima (not counted: it runs "
-        "only when the planes give too few warps); backward, one launch of column walkers "
-        "(a thread owns one 16-byte vector of columns of a plane and walks its rows) and row "
-        "walkers (a thread owns one row and walks it a vector at a time), their warps "
-        "interleaved, a pass is 4 steps of each kind, and a step of a run without branches "
-        "(a run starts at the border as maximum -inf with sum -0.0, so there is no case for "
-        "the first value)",
+        "vectors, each row's values widened to float as they are loaded; long columns cut "
+        "into segments by a first pass of column maxima (not counted: it runs only when the "
+        "planes give too few warps); backward, column walkers (a thread owns one 16-byte "
+        "vector of columns of a plane and walks its rows) and row walkers (a thread owns one "
+        "row and walks it a vector at a time), their warps interleaved in one launch, a pass "
+        "is 4 steps of each kind, and a step of a run without branches (a run starts at the "
+        "border as maximum -inf with sum -0.0, so there is no case for the first value)",
         "forward": {"cells": {"float32": 1024, "bfloat16": 1024}, "warps": 1, "inner": []},
         "backward": {
             "cells": {"float32": 512, "bfloat16": 1024},
             "warps": 1,
             "loops": 2,
             "inner": [],
+        },
+    },
+    "after": {
+        "commit": None,
+        "block_warps": 4,
+        "design": "as measured, but a batch of loads is kept as loaded (four 32-bit words "
+        "per 16-byte vector) and each number is unpacked and widened where it is used, so "
+        "that no instruction waits for a load before the batch's last load has left; the "
+        "kernels have an instance for vector-aligned rows (chosen on the host), so the "
+        "loads are predicated instead of branched around; forward passes of 8 rows, 6 for "
+        "bfloat16 (1536 cells); backward passes of 4 steps of each kind",
+        "forward": {
+            "cells": {"float32": 1024, "bfloat16": 1536},
+            "warps": 1,
+            "inner": [],
+            "unaligned_path_inside": False,
+        },
+        "backward": {
+            "cells": {"float32": 512, "bfloat16": 1024},
+            "warps": 1,
+            "loops": 2,
+            "inner": [],
+            "unaligned_path_inside": False,
         },
     },
 }
@@ -133,25 +160,32 @@ def compile_kernel(source: Path, scratch: Path) -> tuple[str, str]:
     return report, sass
 
 
-def kernel_name(mangled: str) -> tuple[str, str] | None:
+def kernel_name(mangled: str) -> tuple[str, str, str] | None:
     """(``forward`` or ``backward``, dtype name, corner) of a mangled kernel name, or None
-    (for other dtypes, for the forward's first pass over split columns, which runs only
-    when the planes are too few to fill the GPU, and for the backward's launches of a few
-    long lines, which load deeper ahead or run one kind of walker: the backward counted is
-    the one of the main shapes, both kinds of walker, AHEAD = 4). The corner is ``""`` for a
-    kernel that takes it as an argument, else ``tl`` or ``br``."""
+    for the instances the steady state of the main shapes does not run: other dtypes, rows
+    that are not vector-aligned, the forward's first pass over segments (it runs only when
+    the planes are too few to fill the GPU), and the backward's launches of a few long
+    lines, which load deeper ahead or run one kind of walker (the backward counted runs both
+    kinds of walker, AHEAD = 4). The corner is ``""`` for a kernel that takes it as an
+    argument, else ``tl`` or ``br``.
+
+    The template's flags, by version: ``<Reverse>``, then ``<Reverse, Maxima>`` in the
+    forward, then ``<Reverse, Vectorized, Maxima>`` (and ``<Reverse, Vectorized>`` before
+    the backward's steps ahead)."""
     found = re.search(
-        r"(forward|backward)_kernelI(f|N3c108BFloat16E)(?:Lb([01])E)?(?:Lb([01])E)?"
-        r"(?:Li(\d+)ELi(\d+)E)?E",
-        mangled,
+        r"(forward|backward)_kernelI(f|N3c108BFloat16E)((?:Lb[01]E)*)((?:Li\d+E)*)E", mangled
     )
-    if not found or found.group(4) == "1" or found.group(5) not in (None, "4"):
+    if not found:
         return None
-    if found.group(6) not in (None, "4"):
+    kind, flags = found.group(1), re.findall(r"Lb([01])E", found.group(3))
+    vectorized = flags[1] if len(flags) == (3 if kind == "forward" else 2) else "1"
+    maxima = flags[-1] if kind == "forward" and len(flags) > 1 else "0"
+    ahead = re.findall(r"Li(\d+)E", found.group(4))
+    if vectorized == "0" or maxima == "1" or any(a != "4" for a in ahead):
         return None
     dtype = DTYPES["IfE" if found.group(2) == "f" else "IN3c108BFloat16EE"][0]
-    corner = {None: "", "1": "tl", "0": "br"}[found.group(3)]
-    return found.group(1), dtype, corner
+    corner = {"1": "tl", "0": "br"}[flags[0]] if flags else ""
+    return kind, dtype, corner
 
 
 def resources(report: str) -> dict[tuple[str, str], dict]:
@@ -171,19 +205,66 @@ def resources(report: str) -> dict[tuple[str, str], dict]:
     return found
 
 
-def instructions(sass: str) -> dict[tuple[str, str], list[tuple[int, str]]]:
-    """The (address, instruction) list of each kernel in a cuobjdump listing."""
-    kernels, current = {}, None
-    for line in sass.splitlines():
+Kernel = tuple[str, str, str]  # kernel_name's (kind, dtype, corner)
+
+
+def instructions(
+    sass: str,
+) -> tuple[dict[Kernel, list[tuple[int, str]]], dict[Kernel, dict[int, int]]]:
+    """The (address, instruction) list of each kernel in a cuobjdump listing, and the
+    control bits of each of its instructions by address (``control_bits``)."""
+    kernels, controls, name = {}, {}, None
+    lines = sass.splitlines()
+    for number, line in enumerate(lines):
         function = re.match(r"\s+Function : (\w+)", line)
         if function:
-            current = kernels.setdefault(kernel_name(function.group(1)), [])
+            name = kernel_name(function.group(1))
+            kernels[name], controls[name] = [], {}
             continue
         instruction = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
-        if instruction and current is not None:
-            current.append((int(instruction.group(1), 16), instruction.group(2)))
+        if instruction and name is not None:
+            address = int(instruction.group(1), 16)
+            kernels[name].append((address, instruction.group(2)))
+            # An instruction is 128 bits, printed as two 64-bit words on two lines.
+            high = re.search(r"/\* 0x([0-9a-f]{16}) \*/", lines[number + 1])
+            controls[name][address] = control_bits(int(high.group(1), 16))
     kernels.pop(None, None)
-    return kernels
+    controls.pop(None, None)
+    return kernels, controls
+
+
+def control_bits(high_word: int) -> int:
+    """The scheduling bits of an sm_70+ instruction (bits 105 to 125 of the 128): from the
+    lowest, 4 bits of stall cycles, the yield bit, 3 bits naming the scoreboard a
+    variable-latency instruction (a load) sets when it issues (7: none), 3 bits for the one
+    it sets on reading its operands, a 6-bit mask of the scoreboards this instruction waits
+    for before it issues, and 4 bits of operand reuse."""
+    return high_word >> 41 & (1 << 21) - 1
+
+
+def loads_in_flight(code: list[tuple[int, str]], controls: dict[int, int]) -> int:
+    """The most vector loads (8 or 16 bytes) a lane has issued and not yet waited for,
+    walking ``code`` in address order (both sides of a branch, one after the other).
+
+    A load does not stall the warp; it sets a scoreboard, and the first instruction that
+    needs its registers waits for that scoreboard (its wait mask), and with it for every
+    load counted on it. The count is how many vectors each lane keeps on their way from
+    memory: the warps times 32 lanes times 16 bytes times this number is what the chip has
+    in flight, which must reach the bandwidth-latency product (about 4 MB on an H200)."""
+    pending, in_flight, most = [0] * 6, 0, 0
+    for address, text in code:
+        bits = controls[address]
+        waits, sets = bits >> 11 & 0x3F, bits >> 5 & 0x7
+        for scoreboard in range(6):
+            if waits >> scoreboard & 1:
+                in_flight -= pending[scoreboard]
+                pending[scoreboard] = 0
+        if opcode(text) == "LDG" and re.search(r"\.(64|128)\b", text.split("[")[0]):
+            if sets < 6:
+                pending[sets] += 1
+                in_flight += 1
+                most = max(most, in_flight)
+    return most
 
 
 # A branch and its target: "BRA 0x...", "@P0 BRA 0x...", "BRA P1, 0x..." (taken when P1 is
@@ -222,7 +303,12 @@ def loops(code: list[tuple[int, str]]) -> list[tuple[int, int]]:
 
 
 def steady_state(
-    code: list[tuple[int, str]], kind: str, spec: dict, dtype: str, dtype_bytes: int
+    code: list[tuple[int, str]],
+    controls: dict[int, int],
+    kind: str,
+    spec: dict,
+    dtype: str,
+    dtype_bytes: int,
 ) -> dict:
     """The steady-state loop(s) of a kernel and the instructions per KB one pass executes.
 
@@ -254,7 +340,10 @@ def steady_state(
     for loop in chosen:
         inner = inner_loops(loop)
         counts = {i: next(trips) for i in inner}
-        path = longest_path(body(loop), loop, counts, scalar_twins(body(loop)))
+        # A kernel that picks vector or single-number accesses at run time has the path of
+        # unaligned rows inside the loop; the instances of the current kernel do not.
+        untaken = scalar_twins(body(loop)) if spec.get("unaligned_path_inside", True) else set()
+        path = longest_path(body(loop), loop, counts, untaken)
         executed += spec["warps"] * path
         mix: dict[str, int] = {}
         for _, text in body(loop):
@@ -267,6 +356,7 @@ def steady_state(
                 for i, t in counts.items()
             ],
             "longest_path_per_warp": path,
+            "loads_in_flight": loads_in_flight(body(loop), controls),
             "opcodes": dict(sorted(mix.items(), key=lambda item: -item[1])[:16]),
         })  # fmt: skip
     if next(trips, None) is not None:
@@ -275,6 +365,8 @@ def steady_state(
     kilobytes = cells * MAPS_MOVED[kind] * dtype_bytes / 1024
     return {
         "steady_state_loops": found,
+        # The fewest of the loops: a pass waits for its slowest kind of warp.
+        "loads_in_flight": min(loop["loads_in_flight"] for loop in found),
         "executed_warp_instructions_per_pass": executed,
         "kilobytes_moved_per_pass": kilobytes,
         "warp_instructions_per_cell": round(executed / cells, 3),
@@ -367,7 +459,7 @@ def occupancy(registers: int, shared: int, warps: int) -> dict:
 def analyse(source: Path, version: dict) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         report, sass = compile_kernel(source, Path(scratch))
-    used, code = resources(report), instructions(sass)
+    used, (code, controls) = resources(report), instructions(sass)
     kernels = {}
     for (kind, dtype, corner), listing in sorted(code.items()):
         dtype_bytes = next(size for name, size in DTYPES.values() if name == dtype)
@@ -377,7 +469,7 @@ def analyse(source: Path, version: dict) -> dict:
         kernels["_".join(filter(None, name))] = (
             used[name]
             | occupancy(used[name]["registers"], used[name]["shared_bytes"], block_warps)
-            | steady_state(listing, kind, spec, dtype, dtype_bytes)
+            | steady_state(listing, controls[name], kind, spec, dtype, dtype_bytes)
         )  # fmt: skip
     return {"design": version["design"], "kernels": kernels}
 
@@ -417,10 +509,10 @@ def main() -> None:
                     (source.parent / name).write_text(text)
             analysis = analyse(source, version)
             result["versions"][label] = {"commit": version.get("commit")} | analysis
-            per_kilobyte = {
-                k: v["warp_instructions_per_kilobyte"] for k, v in analysis["kernels"].items()
-            }
-            print(label, per_kilobyte)
+            print(label, {
+                k: (v["warp_instructions_per_kilobyte"], v["loads_in_flight"])
+                for k, v in analysis["kernels"].items()
+            })  # fmt: skip
     write_result(args.out, result)
 
 

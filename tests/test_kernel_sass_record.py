@@ -6,11 +6,17 @@ arithmetic that links them to the bandwidth must hold."""
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import corner_pool_sass  # noqa: E402 (benchmarks/ is not a package)
+
 RESULT = REPO / "benchmarks" / "results" / "corner_pool_sass.json"
 CHAPTER = REPO / "chapters" / "03_corner_pooling.md"
 KERNELS = ["forward_float32", "forward_bfloat16", "backward_float32", "backward_bfloat16"]
@@ -64,11 +70,83 @@ def test_the_bfloat16_forward_left_the_issue_bound_region():
             assert share <= record["bandwidth_target"]["target_share_of_ceiling"]
 
 
-def test_the_backward_without_branches_needs_a_quarter_of_the_ceiling():
+def test_the_backward_without_branches_needs_a_third_of_the_ceiling():
     """Chapter 3: the backward needed 55% of the ceiling in bfloat16; its branchless run
-    step brings every dtype and corner to about a quarter."""
+    step, and no test per number on aligned rows, bring float32 under a fifth and bfloat16
+    under two fifths."""
     kernels = {v: r["kernels"] for v, r in json.loads(RESULT.read_text())["versions"].items()}
     assert kernels["before"]["backward_bfloat16_tl"]["share_of_issue_ceiling"] > 0.5
-    for dtype in ("float32", "bfloat16"):
+    for dtype, most in (("float32", 0.2), ("bfloat16", 0.4)):
         for corner in ("tl", "br"):
-            assert kernels["after"][f"backward_{dtype}_{corner}"]["share_of_issue_ceiling"] < 0.3
+            assert kernels["after"][f"backward_{dtype}_{corner}"]["share_of_issue_ceiling"] < most
+
+
+def test_the_kernel_timed_on_the_gpu_had_one_bfloat16_load_in_flight_and_now_a_batch():
+    """Chapter 3, section 5: the bfloat16 forward of the kernel timed on the H200 waited for
+    each load before the next (1 in flight), as its backward did; float32's forward had its
+    16 (8 rows of 2 maps). Now every forward keeps its whole batch in flight (8 rows of
+    float32, 6 of bfloat16) and the backward at least 6 of its 8."""
+    kernels = {v: r["kernels"] for v, r in json.loads(RESULT.read_text())["versions"].items()}
+    for corner in ("tl", "br"):
+        assert kernels["measured"][f"forward_bfloat16_{corner}"]["loads_in_flight"] == 1
+        assert kernels["measured"][f"backward_bfloat16_{corner}"]["loads_in_flight"] == 1
+        assert kernels["measured"][f"forward_float32_{corner}"]["loads_in_flight"] == 16
+        assert kernels["after"][f"forward_float32_{corner}"]["loads_in_flight"] == 2 * 8
+        assert kernels["after"][f"forward_bfloat16_{corner}"]["loads_in_flight"] == 2 * 6
+        for dtype in ("float32", "bfloat16"):
+            assert kernels["after"][f"backward_{dtype}_{corner}"]["loads_in_flight"] >= 6
+
+
+# Two instructions of an sm_90 listing (cuobjdump -sass), with the second 64-bit word of each:
+# a 16-byte load that sets scoreboard 2, and the first use of its registers, which waits on
+# scoreboard 2. Decoded by hand: 0x000ea4000c1e1d00 >> 41 = 0x752: stall 2, yield 1,
+# write scoreboard 0b010 = 2, read scoreboard 7 (none), wait mask 0; 0x044fe2000000003a >> 41
+# = 0x227f1: wait mask 0x227f1 >> 11 & 0x3f = 0b000100, scoreboard 2.
+LOAD = """        /*1bb0*/  LDG.E.128 R32, desc[UR8][R32.64] ;  /* 0x0000000820207981 */
+                                                    /* 0x000ea4000c1e1d00 */"""
+USE = """        /*1bc0*/  PRMT R58, R32.reuse, 0x7632, R58 ;  /* 0x00007632203a7816 */
+                                                    /* 0x044fe2000000003a */"""
+
+
+def listing(*instructions: str) -> str:
+    header = "\t\tFunction : _ZN11corner_pool14forward_kernelIfLb1ELb1ELb0EEEvv\n"
+    return header + "\n".join(instructions) + "\n"
+
+
+def renumbered(instruction: str, address: int, write_scoreboard: int | None = None) -> str:
+    """``instruction`` at another address; a load's write scoreboard replaced."""
+    text = re.sub(r"/\*[0-9a-f]{4}\*/", f"/*{address:04x}*/", instruction, count=1)
+    if write_scoreboard is not None:
+        high = int(re.findall(r"0x([0-9a-f]{16})", text)[-1], 16)
+        high = high & ~(0x7 << 46) | write_scoreboard << 46
+        text = re.sub(r"0x[0-9a-f]{16} \*/$", f"0x{high:016x} */", text)
+    return text
+
+
+def test_the_control_bits_name_the_scoreboards_set_and_waited_for():
+    kernels, controls = corner_pool_sass.instructions(listing(LOAD, USE))
+    (name,) = kernels
+    load, use = (controls[name][address] for address, _ in kernels[name])
+    assert load >> 5 & 0x7 == 2 and load >> 11 & 0x3F == 0
+    assert use >> 5 & 0x7 == 7 and use >> 11 & 0x3F == 0b000100
+
+
+def test_loads_in_flight_counts_the_loads_issued_before_the_first_wait():
+    """A use right after a load: one in flight. Three loads on scoreboards 2, 2 and 3 before
+    the use, which waits on 2 only: three in flight. The load on 3 is still on its way after
+    the use, so with a load after the use, it and the load on 3 make two."""
+    kernels, controls = corner_pool_sass.instructions(listing(LOAD, USE))
+    (name,) = kernels
+    assert corner_pool_sass.loads_in_flight(kernels[name], controls[name]) == 1
+
+    code = [
+        renumbered(LOAD, 0x10),
+        renumbered(LOAD, 0x20),
+        renumbered(LOAD, 0x30, write_scoreboard=3),
+        renumbered(USE, 0x40),
+        renumbered(LOAD, 0x50),
+    ]
+    kernels, controls = corner_pool_sass.instructions(listing(*code))
+    (name,) = kernels
+    assert corner_pool_sass.loads_in_flight(kernels[name], controls[name]) == 3
+    assert corner_pool_sass.loads_in_flight(kernels[name][2:], controls[name]) == 2
