@@ -233,6 +233,15 @@ def instructions(
     return kernels, controls
 
 
+# A branch and its target: "BRA 0x...", "@P0 BRA 0x...", "BRA P1, 0x..." (taken when P1 is
+# also true), "BRA `(.L_x_3) 0x..."; not BRA.DIV (see divergence_fallbacks).
+BRANCH = re.compile(r"\bBRA(?:\.U)? (?:!?P\d, )?(?:`\(.*?\) )?0x([0-9a-f]+)")
+
+
+def opcode(text: str) -> str:
+    return text.split()[1 if text.startswith("@") else 0].split(".")[0]
+
+
 def control_bits(high_word: int) -> int:
     """The scheduling bits of an sm_70+ instruction (bits 105 to 125 of the 128): from the
     lowest, 4 bits of stall cycles, the yield bit, 3 bits naming the scoreboard a
@@ -243,37 +252,43 @@ def control_bits(high_word: int) -> int:
 
 
 def loads_in_flight(code: list[tuple[int, str]], controls: dict[int, int]) -> int:
-    """The most vector loads (8 or 16 bytes) a lane has issued and not yet waited for,
-    walking ``code`` in address order (both sides of a branch, one after the other).
+    """The most vector loads (8 or 16 bytes) a lane has issued and not yet waited for, on any
+    path through ``code`` (a loop body: its forward branches are followed, the backward one
+    is the loop).
 
     A load does not stall the warp; it sets a scoreboard, and the first instruction that
     needs its registers waits for that scoreboard (its wait mask), and with it for every
     load counted on it. The count is how many vectors each lane keeps on their way from
     memory: the warps times 32 lanes times 16 bytes times this number is what the chip has
-    in flight, which must reach the bandwidth-latency product (about 4 MB on an H200)."""
-    pending, in_flight, most = [0] * 6, 0, 0
-    for address, text in code:
+    in flight, which must reach the bandwidth-latency product (about 4 MB on an H200).
+    Where paths join, each scoreboard keeps the larger count of loads."""
+    position = {address: i for i, address in enumerate(address for address, _ in code)}
+    joining: dict[int, list[int]] = {}  # instruction index -> loads pending per scoreboard
+
+    def join(into: list[int] | None, other: list[int]) -> list[int]:
+        return other if into is None else [max(x, y) for x, y in zip(into, other, strict=True)]
+
+    pending: list[int] | None = [0] * 6
+    most = 0
+    for i, (address, text) in enumerate(code):
+        if i in joining:
+            pending = join(pending, joining.pop(i))
+        if pending is None:  # reached by no forward path from the loop's head
+            continue
         bits = controls[address]
         waits, sets = bits >> 11 & 0x3F, bits >> 5 & 0x7
-        for scoreboard in range(6):
-            if waits >> scoreboard & 1:
-                in_flight -= pending[scoreboard]
-                pending[scoreboard] = 0
-        if opcode(text) == "LDG" and re.search(r"\.(64|128)\b", text.split("[")[0]):
-            if sets < 6:
-                pending[sets] += 1
-                in_flight += 1
-                most = max(most, in_flight)
+        pending = [0 if waits >> b & 1 else count for b, count in enumerate(pending)]
+        if opcode(text) == "LDG" and re.search(r"\.(64|128)\b", text.split("[")[0]) and sets < 6:
+            pending[sets] += 1
+            most = max(most, sum(pending))
+        branch = BRANCH.search(text)
+        if branch and position.get(int(branch.group(1), 16), -1) > i:
+            target = position[int(branch.group(1), 16)]
+            joining[target] = join(joining.get(target), pending)
+        unconditional = branch and not text.startswith("@") and ", 0x" not in text
+        if unconditional or opcode(text) in ("EXIT", "RET"):
+            pending = None
     return most
-
-
-# A branch and its target: "BRA 0x...", "@P0 BRA 0x...", "BRA P1, 0x..." (taken when P1 is
-# also true), "BRA `(.L_x_3) 0x..."; not BRA.DIV (see divergence_fallbacks).
-BRANCH = re.compile(r"\bBRA(?:\.U)? (?:!?P\d, )?(?:`\(.*?\) )?0x([0-9a-f]+)")
-
-
-def opcode(text: str) -> str:
-    return text.split()[1 if text.startswith("@") else 0].split(".")[0]
 
 
 def divergence_fallbacks(code: list[tuple[int, str]]) -> set[int]:

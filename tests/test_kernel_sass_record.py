@@ -123,6 +123,15 @@ def renumbered(instruction: str, address: int, write_scoreboard: int | None = No
     return text
 
 
+def branch(address: int, target: int, predicate: str = "") -> str:
+    """A branch that sets and waits for no scoreboard (7 and 7, empty mask)."""
+    high = (7 << 5 | 7 << 8) << 41
+    return (
+        f"        /*{address:04x}*/  {predicate}BRA 0x{target:x} ;  /* 0x0000000000000947 */\n"
+        f"                                                    /* 0x{high:016x} */"
+    )
+
+
 def test_the_control_bits_name_the_scoreboards_set_and_waited_for():
     kernels, controls = corner_pool_sass.instructions(listing(LOAD, USE))
     (name,) = kernels
@@ -150,3 +159,21 @@ def test_loads_in_flight_counts_the_loads_issued_before_the_first_wait():
     (name,) = kernels
     assert corner_pool_sass.loads_in_flight(kernels[name], controls[name]) == 3
     assert corner_pool_sass.loads_in_flight(kernels[name][2:], controls[name]) == 2
+
+
+def test_loads_in_flight_follows_the_paths_of_a_branch():
+    """A load on each side of an if/else, and the use after them: one path has one load in
+    flight, not two, though both loads lie between the branch and the use."""
+    code = [
+        branch(0x10, 0x40, predicate="@P0 "),
+        renumbered(LOAD, 0x20),
+        branch(0x30, 0x50),
+        renumbered(LOAD, 0x40),
+        renumbered(USE, 0x50),
+    ]
+    kernels, controls = corner_pool_sass.instructions(listing(*code))
+    (name,) = kernels
+    assert corner_pool_sass.loads_in_flight(kernels[name], controls[name]) == 1
+    without_else = [code[0], code[1], renumbered(LOAD, 0x30), code[3], code[4]]
+    kernels, controls = corner_pool_sass.instructions(listing(*without_else))
+    assert corner_pool_sass.loads_in_flight(kernels[name], controls[name]) == 3

@@ -362,9 +362,10 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
   // a chunk then waits for its own loads only.
   constexpr int R = FORWARD_AHEAD<T, Vectorized>;  // rows per batch (below)
   const bool kept_in_registers = plan.segment_rows <= R;
-  Acc kept[R];
+  // Each row of a batch: its maximum over the chunks before (see `before` below).
+  Acc before[R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) kept[r] = neutral<Acc>();
+  for (int r = 0; r < R; ++r) before[r] = neutral<Acc>();
 
   for (int k = first_k; k < end_k; ++k) {
     const int chunk = Reverse ? plan.chunks - 1 - k : k;  // chunks in scan order
@@ -388,15 +389,26 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
     // the value does), then the scans. `offsets`: the lane's first cell of each row.
     for (int first_row = 0; first_row < plan.segment_rows; first_row += R) {
       Loaded<T, Vectorized> a_rows[R], b_rows[R];  // widened where used (see `load`)
-      int rows[R], offsets[R], counts[R];  // rows[r] < 0: past the segment
+      int rows[R];  // rows[r] < 0: past the segment
+      // Each row's maximum over the chunks before: over those of this column segment
+      // (kept in `before` from the chunk before, or row_carry), or, at its first chunk,
+      // over the column segments before (row_carry, after prefix_kernel). Read from memory
+      // with the rows, not where the scan needs it, so that it travels with them.
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const int step = first_step + first_row + r;
         rows[r] = first_row + r < steps ? (Reverse ? height - 1 - step : step) : -1;
-        counts[r] = rows[r] >= 0 ? count : 0;  // nothing past the segment's end
-        offsets[r] = counts[r] > 0 ? rows[r] * width + first : 0;
-        a_rows[r] = load<Vectorized>(a, offsets[r], a == nullptr ? 0 : counts[r]);
-        b_rows[r] = load<Vectorized>(b, offsets[r], b == nullptr ? 0 : counts[r]);
+        const int inside = rows[r] >= 0 ? count : 0;  // nothing past the segment's end
+        const int offset = inside > 0 ? rows[r] * width + first : 0;
+        a_rows[r] = load<Vectorized>(a, offset, a == nullptr ? 0 : inside);
+        b_rows[r] = load<Vectorized>(b, offset, b == nullptr ? 0 : inside);
+        const bool carried = carry != nullptr && starts && rows[r] >= 0;
+        const bool in_memory = carried && (k > first_k ? !kept_in_registers
+                                                       : !Maxima && column_segment > 0);
+        if (in_memory)
+          before[r] = carry[rows[r]];
+        else if (!(carried && k > first_k && kept_in_registers))
+          before[r] = neutral<Acc>();
       }
 #pragma unroll
       for (int r = 0; r < R; ++r) {
@@ -408,21 +420,13 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
         }
         Acc row[N] = {};  // b's row: the row scan turns it into the running maxima
         if (scans_b) {  // the same in every lane, those of groups with no work too
-          // The row's maximum over the chunks before: over those of this column segment
-          // (register or row_carry), or, at its first chunk, over the column segments
-          // before (row_carry, after prefix_kernel).
           const bool carried = carry != nullptr && starts && rows[r] >= 0;
-          Acc before = neutral<Acc>();
-          if (carried && k > first_k)
-            before = kept_in_registers ? kept[r] : carry[rows[r]];
-          else if (carried && !Maxima && column_segment > 0)
-            before = carry[rows[r]];
 #pragma unroll
           for (int j = 0; j < N; ++j) row[j] = widen<Acc, T>(b_rows[r], j);
-          const Acc row_max = scan_row<Reverse>(row, before, plan.lanes, g, lane);
+          const Acc row_max = scan_row<Reverse>(row, before[r], plan.lanes, g, lane);
           if (carried && k + 1 < end_k) {
             if (kept_in_registers)
-              kept[r] = row_max;
+              before[r] = row_max;
             else
               carry[rows[r]] = row_max;
           } else if (carried && Maxima) {
@@ -435,7 +439,8 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
 #pragma unroll
           for (int j = 0; j < N; ++j)
             pooled[j] = a == nullptr ? row[j] : scans_b ? column_max[j] + row[j] : column_max[j];
-          store<Vectorized>(out, offsets[r], counts[r], pooled);
+          const int inside = rows[r] >= 0 ? count : 0;  // the offset again, as for the loads
+          store<Vectorized>(out, inside > 0 ? rows[r] * width + first : 0, inside, pooled);
         }
       }
     }
