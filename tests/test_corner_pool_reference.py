@@ -10,6 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cornernet_ref.corner_pool import reference
 from cornernet_ref.corner_pool.reference import pool
 
 # direction -> (pooled dimension, whether the scan starts at the end of that dimension)
@@ -74,3 +75,68 @@ def test_reference_pool_of_an_empty_map(direction) -> None:
         assert pooled.shape == shape
         pooled.sum().backward()
         assert x.grad.shape == shape
+
+
+def same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Equal as stored: -0.0 differs from +0.0, and NaN payloads are compared too."""
+    width = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+    return x.shape == y.shape and torch.equal(x.view(width), y.view(width))
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 9), st.integers(1, 9)),
+    direction=st.sampled_from(sorted(SCANS)),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+    special=st.sampled_from(["none", "negative zero", "nan", "inf"]),
+)
+def test_running_max_has_the_bits_of_the_scan(seed, shape, direction, dtype, special) -> None:
+    """The forward's pooled map, by doubling or by the scan, is the scan's bit for bit: ties of
+    +0.0 and -0.0 keep the first met, a NaN's payload is the first NaN's."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, shape, generator=g).to(dtype).relu()  # ReLU-like: many +0.0 ties
+    where = torch.rand(shape, generator=g) < 0.3
+    if special == "negative zero":
+        x[where] = -0.0
+    elif special == "nan":  # two payloads, so that the one kept is seen
+        x[where] = torch.nan
+        x.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()])[
+            where & (torch.rand(shape, generator=g) < 0.5)
+        ] -= 1
+    elif special == "inf":
+        x[where] = torch.inf
+    dim, from_end = SCANS[direction]
+    scanned, _ = reference.scan_max(reference.rows_along(x, dim), from_end)
+    assert same_bits(reference.running_max(x, dim, from_end), reference.rows_along(scanned, dim))
+
+
+def test_running_max_doubles_a_map_without_nan_or_negative_zero(monkeypatch) -> None:
+    """A ReLU map is pooled by the doubling, not by the scan (which would fail here); one
+    -0.0 or one NaN sends the map to the scan."""
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)).relu()
+    assert not reference.has_nan_or_negative_zero(x)
+
+    def no_scan(*args):
+        raise AssertionError("scanned")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reference, "scan_max", no_scan)
+        for dim, from_end in SCANS.values():
+            reference.running_max(x, dim, from_end)
+    for special in (-0.0, math.nan):
+        y = x.clone()
+        y[1, 2, 3, 4] = special
+        assert reference.has_nan_or_negative_zero(y)
+        with monkeypatch.context() as patch, pytest.raises(AssertionError, match="scanned"):
+            patch.setattr(reference, "scan_max", no_scan)
+            reference.running_max(y, 3, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_the_negative_zero_test_sees_only_negative_zero(dtype) -> None:
+    """The bits of -0.0 read as an integer are the smallest integer; those of the most
+    negative numbers, of -inf and of the smallest negative subnormal are not."""
+    info = torch.finfo(dtype)
+    for value in (-info.max, -math.inf, -info.smallest_normal, -info.tiny / 2**3, 0.0, -1.0):
+        assert not reference.has_nan_or_negative_zero(torch.tensor([value, 1.0], dtype=dtype))
+    assert reference.has_nan_or_negative_zero(torch.tensor([-0.0, 1.0], dtype=dtype))

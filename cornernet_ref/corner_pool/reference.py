@@ -21,7 +21,9 @@ Two ways to run it. [pool][cornernet_ref.corner_pool.reference.pool] is differen
 for the backward (where the argmax moved): the ``"reference"`` backend.
 [ReferenceKernels][cornernet_ref.corner_pool.reference.ReferenceKernels] has the interface
 of the fused kernel, keeps nothing and scans again in the backward: the corner-pool
-operator's implementation for tensors that are not on a GPU.
+operator's implementation for tensors that are not on a GPU. Its forward needs the pooled
+map alone, which [running_max][cornernet_ref.corner_pool.reference.running_max] computes in
+a few whole-map passes where that gives the scan's bits (a map without NaN or $-0.0$).
 """
 
 from __future__ import annotations
@@ -139,6 +141,61 @@ def scan_max_backward(grad: Tensor, moved: Tensor, from_end: bool) -> Tensor:
     return stack_rows(result)
 
 
+# The signed integer of each float's width: a float's bits read as one.
+SAME_WIDTH_INTEGER = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def has_nan_or_negative_zero(x: Tensor) -> bool:
+    r"""Whether ``x`` (not empty) holds a NaN or a $-0.0$, in two reductions and no
+    temporary map: ``max`` propagates NaN, and $-0.0$, whose bits are the sign bit alone,
+    is the only float whose bits read as a signed integer are the smallest integer of its
+    width (any other negative float has mantissa or exponent bits set)."""
+    bits = x.view(SAME_WIDTH_INTEGER[x.element_size()])
+    return bool(x.max().isnan()) or bool(bits.min() == torch.iinfo(bits.dtype).min)
+
+
+def running_max(x: Tensor, dim: int, from_end: bool) -> Tensor:
+    r"""The pooled map of :func:`scan_max` along ``dim`` (2 or 3) alone, without the record of
+    where the argmax moved: what a forward needs. Contiguous, ``(B, C, H, W)``.
+
+    Where it gives the same bits, it takes the official extension's doubling: $\lceil
+    \log_2 L \rceil$ passes of ``torch.maximum`` over the whole map, each combining every
+    position with the one $s = 1, 2, 4, \dots$ steps nearer the border,
+
+    $$ y^{(0)} = x, \qquad y^{(t+1)}_k = \max\big(y^{(t)}_k,\ y^{(t)}_{k \pm 2^t}\big), $$
+
+    so that after the last pass $y_k$ is the maximum from the border to $k$. A scan keeps the
+    first of equal values and ``torch.maximum`` may keep either, and equal numbers have the
+    same bits but two: $-0.0$ and $+0.0$. With a NaN, which of several NaN payloads survives
+    also depends on the order. So a map holding no NaN and no $-0.0$ (ReLU outputs, say) is
+    pooled by doubling, bit for bit the scan's result, in a few passes instead of $L$ steps;
+    any other map by :func:`scan_max`.
+    """
+    if x.numel() == 0 or has_nan_or_negative_zero(x):
+        pooled, _ = scan_max(rows_along(x, dim), from_end)
+        return rows_along(pooled, dim)
+    length = x.shape[dim]
+    if length == 1:
+        return x.clone(memory_format=torch.contiguous_format)
+    # Each pass reads one map and writes the other, so that nothing overlaps and nothing is
+    # copied but the positions within `step` of the border, which keep their values.
+    maps = [torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(2)]
+    current = x
+    step, passes = 1, 0
+    while step < length:
+        # Position k takes the maximum with k + step (from_end) or k - step.
+        updated, nearer, border = (0, step, length - step) if from_end else (step, 0, 0)
+        target, passes = maps[passes % 2], passes + 1
+        torch.maximum(
+            current.narrow(dim, updated, length - step),
+            current.narrow(dim, nearer, length - step),
+            out=target.narrow(dim, updated, length - step),
+        )
+        target.narrow(dim, border, step).copy_(current.narrow(dim, border, step))
+        current, step = target, step * 2
+    return current
+
+
 def rows_along(x: Tensor, dim: int) -> Tensor:
     r"""``x`` with its pooled dimension (2, rows; or 3, columns) as the rows, contiguous.
 
@@ -205,10 +262,9 @@ class ReferenceKernels:
 
     @staticmethod
     def pooled(x: Tensor, direction: str) -> Tensor:
-        r"""``pool(x, direction)`` without autograd."""
+        r"""``pool(x, direction)`` without autograd, by :func:`running_max`."""
         dim, from_end = DIRECTIONS[direction]
-        pooled, _ = scan_max(rows_along(x, dim), from_end)
-        return rows_along(pooled, dim)
+        return running_max(x, dim, from_end)
 
     @staticmethod
     def gradient(x: Tensor, grad: Tensor, direction: str) -> Tensor:
