@@ -1,7 +1,8 @@
 // PyTorch binding of the corner pooling kernels (corner_pool.cu): checks the tensors, makes
 // them contiguous, allocates the outputs and the forward's carries (for wide rows and split
-// columns only), picks the kernel for the dtype. It includes no CUDA header, so it compiles against any PyTorch build; the caller
-// passes the CUDA stream to run on (torch.cuda.current_stream().cuda_stream).
+// columns only), picks the kernel for the dtype. It includes no CUDA header, so it compiles
+// against any PyTorch build; the caller passes the CUDA stream to run on
+// (torch.cuda.current_stream().cuda_stream).
 #include <torch/extension.h>
 
 #include <optional>
@@ -59,7 +60,8 @@ at::Tensor forward(const MaybeTensor& a, const MaybeTensor& b, bool reverse, int
   const int64_t planes = map.size(0) * map.size(1);
   const int height = map.size(2), width = map.size(3);
   const auto carry_options = map.options().dtype(accumulation_type(map.scalar_type()));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, map.scalar_type(), "corner_pool_forward", [&] {
+  const auto dtype = map.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "corner_pool_forward", [&] {
     using Acc = typename corner_pool::Accumulate<scalar_t>::type;
     // The carries between chunks of a wide row, and between segments of a long column.
     const corner_pool::Plan plan = corner_pool::plan_forward<scalar_t>(
@@ -92,7 +94,8 @@ std::vector<at::Tensor> backward(const MaybeTensor& a, const MaybeTensor& b,
   if (grad.numel() == 0) return {grad_a, grad_b};
   const int64_t planes = map.size(0) * map.size(1);
   const int height = map.size(2), width = map.size(3);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, map.scalar_type(), "corner_pool_backward", [&] {
+  const auto dtype = map.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "corner_pool_backward", [&] {
     check_launch(corner_pool::launch_backward<scalar_t>(
         pointer<scalar_t>(a_in), pointer<scalar_t>(b_in), grad.data_ptr<scalar_t>(),
         pointer<scalar_t>(grad_a), pointer<scalar_t>(grad_b), planes, height, width, reverse,

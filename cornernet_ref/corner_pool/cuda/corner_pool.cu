@@ -33,7 +33,8 @@
 // g VEC + VEC - 1 of a *chunk* of G VEC columns, and the group walks the rows in scan order,
 // 8 rows at a time (6 for 2-byte types): first the loads of the rows, then their scans.
 // A warp holds 32 / G groups, so a narrow map keeps every lane busy (a 128-column bfloat16
-// row needs 16 lanes: a warp pools two planes). For each row a lane has its VEC values of a and of b:
+// row needs 16 lanes: a warp pools two planes). For each row a lane has its VEC values of a
+// and of b:
 //
 //   vertical   (a): the running maximum of each of its columns stays in its registers;
 //   horizontal (b): the row's running maximum is a *scan across the group*: each lane scans
@@ -70,8 +71,8 @@
 // the run so far). When a strictly greater value arrives, the run is complete and its sum is
 // written at the old maximum's position; every other position gets 0. A line's run starts
 // at its border as "maximum -inf, sum -0.0" (see Run), so a step is the same few
-// instructions for every value, the first included, with no branch but the store. The sums must be added
-// one after the other in scan order, as the PyTorch reference does
+// instructions for every value, the first included, with no branch but the store. The sums
+// must be added one after the other in scan order, as the PyTorch reference does
 // (cornernet_ref/corner_pool/reference.py), to agree with it bit for bit, so each scanned
 // line belongs to one thread (a line's sums cannot be split without changing their order).
 // The backward has two kinds of threads, each its own warps of one launch:
