@@ -59,8 +59,8 @@ at::Tensor forward(const MaybeTensor& a, const MaybeTensor& b, bool reverse, int
   if (out.numel() == 0) return out;
   const int64_t planes = map.size(0) * map.size(1);
   const int height = map.size(2), width = map.size(3);
-  const auto carry_options = map.options().dtype(accumulation_type(map.scalar_type()));
   const auto dtype = map.scalar_type();
+  const auto carry_options = map.options().dtype(accumulation_type(dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "corner_pool_forward", [&] {
     using Acc = typename corner_pool::Accumulate<scalar_t>::type;
     // The carries between chunks of a wide row, and between segments of a long column.
