@@ -79,7 +79,7 @@ def test_reference_pool_of_an_empty_map(direction) -> None:
 
 def same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:
     """Equal as stored: -0.0 differs from +0.0, and NaN payloads are compared too."""
-    width = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+    width = reference.SAME_WIDTH_INTEGER[x.element_size()]
     return x.shape == y.shape and torch.equal(x.view(width), y.view(width))
 
 
@@ -100,7 +100,7 @@ def test_running_max_has_the_bits_of_the_scan(seed, shape, direction, dtype, spe
         x[where] = -0.0
     elif special == "nan":  # two payloads, so that the one kept is seen
         x[where] = torch.nan
-        x.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()])[
+        x.view(reference.SAME_WIDTH_INTEGER[x.element_size()])[
             where & (torch.rand(shape, generator=g) < 0.5)
         ] -= 1
     elif special == "inf":
