@@ -17,10 +17,12 @@ from cornernet_ref.corner_pool.reference import pool
 SCANS = {"top": (2, True), "bottom": (2, False), "left": (3, True), "right": (3, False)}
 
 
-def loop_pool(x: torch.Tensor, grad: torch.Tensor, direction: str):
+def loop_pool(x: torch.Tensor, grad: torch.Tensor, direction: str, sum_block: int = 0):
     """(pooled, input gradient) by loops: each output is the maximum of the inputs from the
     border to itself; its gradient goes to the first of them (from the border) that holds the
-    maximum, a NaN counting as larger than every number. Sums in float32 for 16-bit inputs."""
+    maximum, a NaN counting as larger than every number. Sums in float32 for 16-bit inputs,
+    in scan order; with ``sum_block``, in scan order within each block of positions ``[n
+    sum_block, (n + 1) sum_block)``, then the blocks' partial sums one after the other."""
     dim, from_end = SCANS[direction]
     sum_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     moved_shape = x.movedim(dim, -1).shape
@@ -32,12 +34,23 @@ def loop_pool(x: torch.Tensor, grad: torch.Tensor, direction: str):
     for line, line_grad, out, out_grad in zip(lines, grads, out_lines, grad_lines, strict=True):
         scan = list(range(length - 1, -1, -1)) if from_end else list(range(length))
         best = scan[0]
+        partials: dict[int, list[list]] = {}  # maximum -> [block, partial sum] in scan order
         for k in scan:
             value, top = float(line[k]), float(line[best])
             if (math.isnan(value) and not math.isnan(top)) or value > top:
                 best = k
             out[k] = line[best]
-            out_grad[best] += line_grad[k]
+            block = k // sum_block if sum_block else 0
+            pieces = partials.setdefault(best, [])
+            if pieces and pieces[-1][0] == block:
+                pieces[-1][1] = pieces[-1][1] + line_grad[k]
+            else:
+                pieces.append([block, line_grad[k]])
+        for maximum, pieces in partials.items():
+            total = pieces[0][1]
+            for _, partial in pieces[1:]:
+                total = total + partial
+            out_grad[maximum] = total
 
     def back(lines: torch.Tensor) -> torch.Tensor:
         return lines.reshape(moved_shape).movedim(-1, dim)
@@ -65,6 +78,69 @@ def test_reference_pool_equals_loops(seed, shape, direction, dtype, nan) -> None
     torch.testing.assert_close(pooled, expected, rtol=0, atol=0, equal_nan=True)
     assert x.grad.dtype == dtype
     torch.testing.assert_close(x.grad, expected_grad, rtol=0, atol=0, equal_nan=True)
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    lines=st.integers(1, 3),
+    length=st.integers(1, 80),
+    sum_block=st.sampled_from([16, 32, 48]),
+    direction=st.sampled_from(sorted(SCANS)),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    nan=st.booleans(),
+)
+def test_blocked_sums_equal_loops_over_blocks(
+    seed, lines, length, sum_block, direction, dtype, nan
+) -> None:
+    """Lines longer than ``sum_block``: each run's partial sums per block, added in scan
+    order. The maxima are rare (a trend towards the border), so runs cross blocks."""
+    g = torch.Generator().manual_seed(seed)
+    dim, from_end = SCANS[direction]
+    shape = [1, lines, length, length]
+    shape[5 - dim] = 1  # one position across the pooled axis
+    steps = torch.arange(length, dtype=torch.float64)
+    trend = (steps if from_end else -steps).view([-1, 1] if dim == 2 else [1, -1])
+    x = ((trend + 8 * torch.rand(shape, generator=g, dtype=torch.float64)) / 4).round()
+    if nan:
+        x[torch.rand(shape, generator=g) < 0.02] = torch.nan
+    x = x.to(dtype)
+    grad = (torch.randn(shape, generator=g, dtype=torch.float64) * 1e3).to(dtype)
+    expected, expected_grad = loop_pool(x, grad, direction, sum_block)
+    x.requires_grad_(True)
+    pooled = pool(x, direction, sum_block)
+    pooled.backward(grad)
+    torch.testing.assert_close(pooled, expected, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(x.grad, expected_grad, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("direction", ["right", "top"])
+def test_blocks_change_the_sum_where_float32_rounding_says(direction) -> None:
+    """One run over 32 positions, its gradients 2^24 then 31 ones. Added one after the
+    other, every 1 is lost to rounding (2^24 + 1 is not a float32): 2^24. In blocks of 16,
+    the first block's partial sum loses its 15 ones, the second's is 16, and their sum is
+    2^24 + 16, which is a float32. With one block of 1024 positions: the official 2^24."""
+    line = torch.zeros(32)
+    line[0] = 10.0  # the maximum, at the border of a scan from the left
+    grad_line = torch.ones(32)
+    grad_line[0] = 2.0**24
+    if direction == "right":
+        x, grad = line.view(1, 1, 1, 32), grad_line.view(1, 1, 1, 32)
+    else:  # the same line as a column scanned from the bottom row
+        x, grad = line.flip(0).view(1, 1, 32, 1), grad_line.flip(0).view(1, 1, 32, 1)
+    border = (0, 0, 0, 0) if direction == "right" else (0, 0, 31, 0)
+    sums = {}
+    for sum_block in (16, 1024, 0):
+        leaf = x.clone().requires_grad_()
+        pool(leaf, direction, sum_block).backward(grad)
+        sums[sum_block] = leaf.grad[border].item()
+        assert torch.count_nonzero(leaf.grad) == 1  # the whole run goes to the maximum
+    assert sums == {16: 2.0**24 + 16, 1024: 2.0**24, 0: 2.0**24}
+
+
+@pytest.mark.parametrize("sum_block", [-16, 8, 17, 1.5, True])
+def test_a_sum_block_the_kernel_cannot_walk_is_refused(sum_block) -> None:
+    with pytest.raises(ValueError, match="sum_block must be 0 or a positive multiple of 16"):
+        reference.check_sum_block(sum_block)
 
 
 @pytest.mark.parametrize("direction", sorted(SCANS))

@@ -107,7 +107,35 @@ def scan_max(x: Tensor, from_end: bool) -> tuple[Tensor, Tensor]:
     return stack_rows(pooled), stack_rows(moved)
 
 
-def scan_max_backward(grad: Tensor, moved: Tensor, from_end: bool) -> Tensor:
+# Positions per block of the backward's sums (:func:`scan_max_backward`): lines up to this
+# long, every map CornerNet makes from images of up to 4096 pixels a side, are summed in the
+# official order; 0 sums every line as one block.
+SUM_BLOCK = 1024
+
+
+def check_sum_block(sum_block: int) -> None:
+    r"""Raise ValueError unless ``sum_block`` is 0 or a positive multiple of 16 (a block then
+    holds whole 16-byte vectors of every dtype, as the kernel reads them)."""
+    if isinstance(sum_block, bool) or not isinstance(sum_block, int) or sum_block < 0:
+        raise ValueError(f"sum_block must be 0 or a positive multiple of 16, got {sum_block!r}")
+    if sum_block % 16:
+        raise ValueError(f"sum_block must be 0 or a positive multiple of 16, got {sum_block}")
+
+
+def block_starts(length: int, from_end: bool, sum_block: int) -> set[int]:
+    r"""The rows where a block of ``sum_block`` rows begins in scan order (the border's block
+    excepted): block $b$ holds rows $b \cdot \text{sum\_block}$ to $(b + 1) \cdot
+    \text{sum\_block} - 1$, met from its top row, or from its bottom row ``from_end``."""
+    if not sum_block:
+        return set()
+    if from_end:
+        return set(range(sum_block - 1, length - 1, sum_block))
+    return set(range(sum_block, length, sum_block))
+
+
+def scan_max_backward(
+    grad: Tensor, moved: Tensor, from_end: bool, sum_block: int = SUM_BLOCK
+) -> Tensor:
     r"""Gradient of :func:`scan_max` with respect to ``x``, given that of ``pooled``.
 
     Each output sends its gradient to its argmax $p_k$:
@@ -119,25 +147,45 @@ def scan_max_backward(grad: Tensor, moved: Tensor, from_end: bool) -> Tensor:
     own output; it is kept in float32 for float16 and bfloat16 inputs (in the input dtype
     otherwise) and rounded once.
 
-    Two passes over the rows: in scan order, a running sum of the gradients that restarts
-    at every new maximum; then back from the far border, each maximum receives the sum at
-    the end of its run. The result is contiguous, in the accumulation dtype.
+    **Blocks.** The rows are cut at every multiple of ``sum_block`` (row index $i$ lies in
+    block $\lfloor i / \text{sum\_block} \rfloor$). A run that lies in one block is summed
+    as above; a run that crosses blocks is summed in scan order within each block, and
+    those partial sums $s_1, s_2, s_3, \dots$ are added in scan order, $((s_1 + s_2) + s_3)
+    + \dots$, so that the kernel can walk the blocks of a long line in parallel. A line of at
+    most ``sum_block`` rows, or any line when ``sum_block`` is 0, is one block: the order of
+    the official extension.
+
+    Two passes over the rows: in scan order, the running sum of the current run (its partial
+    sum in the current block, and its total over the blocks before); then back from the far
+    border, each maximum receives the total at the end of its run. The result is
+    contiguous, in the accumulation dtype.
     """
     grad = grad.to(accumulation_dtype(grad.dtype))
     if grad.numel() == 0:
         return torch.empty_like(grad, memory_format=torch.contiguous_format)
     rows = scan_positions(grad.shape[2], from_end)
-    running = {rows[0]: grad[:, :, rows[0]]}
+    starts = block_starts(len(rows), from_end, sum_block)
+    partial = total = grad[:, :, rows[0]]  # the run's sum in this block; over all blocks
+    totals = {rows[0]: total}
+    before = started_here = None  # the run's total over the blocks before; whether it has none
     for previous, i in pairwise(rows):
-        # Output i adds to the current run, unless it is a new maximum, which starts one.
-        running[i] = torch.where(moved[:, :, i], grad[:, :, i], running[previous] + grad[:, :, i])
+        if i in starts:  # the current run's sum so far is the total of the earlier blocks
+            before, started_here = totals[previous], moved[:, :, i]
+            partial = grad[:, :, i]
+        else:
+            # Output i adds to the current run, unless it is a new maximum, which starts one.
+            partial = torch.where(moved[:, :, i], grad[:, :, i], partial + grad[:, :, i])
+            if before is not None:
+                started_here = started_here | moved[:, :, i]
+        total = partial if before is None else torch.where(started_here, partial, before + partial)
+        totals[i] = total
     result = {}
-    run_total = running[rows[-1]]  # the run that reaches the far border is complete
+    run_total = totals[rows[-1]]  # the run that reaches the far border is complete
     for step in range(len(rows) - 1, -1, -1):
         i = rows[step]
         result[i] = torch.where(moved[:, :, i], run_total, 0)  # only maxima
         if step > 0:  # the run before a maximum ends one step earlier
-            run_total = torch.where(moved[:, :, i], running[rows[step - 1]], run_total)
+            run_total = torch.where(moved[:, :, i], totals[rows[step - 1]], run_total)
     return stack_rows(result)
 
 
@@ -210,23 +258,25 @@ class RowPool(torch.autograd.Function):
     r"""Autograd function of row pooling (``top`` or ``bottom``) with the official tie rule."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, from_end: bool) -> Tensor:
+    def forward(ctx, x: Tensor, from_end: bool, sum_block: int) -> Tensor:
         pooled, moved = scan_max(x, from_end)
         ctx.save_for_backward(moved)
-        ctx.from_end = from_end
+        ctx.from_end, ctx.sum_block = from_end, sum_block
         return pooled
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (moved,) = ctx.saved_tensors
-        return scan_max_backward(grad, moved, ctx.from_end).to(grad.dtype), None
+        gradient = scan_max_backward(grad, moved, ctx.from_end, ctx.sum_block)
+        return gradient.to(grad.dtype), None, None
 
 
-def pool(x: Tensor, direction: str) -> Tensor:
+def pool(x: Tensor, direction: str, sum_block: int = SUM_BLOCK) -> Tensor:
     r"""One pooling direction of a ``(B, C, H, W)`` tensor (see the module docstring), with
-    its gradient by [RowPool][cornernet_ref.corner_pool.reference.RowPool]."""
+    its gradient by [RowPool][cornernet_ref.corner_pool.reference.RowPool], summed in blocks
+    of ``sum_block`` (:func:`scan_max_backward`)."""
     dim, from_end = DIRECTIONS[direction]
-    return rows_along(RowPool.apply(rows_along(x, dim), from_end), dim)
+    return rows_along(RowPool.apply(rows_along(x, dim), from_end, sum_block), dim)
 
 
 class ReferenceKernels:
@@ -250,14 +300,15 @@ class ReferenceKernels:
         return self.pooled(a, vertical) + self.pooled(b, horizontal)
 
     def backward(
-        self, a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool
+        self, a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool, sum_block: int
     ) -> tuple[Tensor | None, Tensor | None]:
         r"""``(grad_a, grad_b)``, each ``(B, C, H, W)`` in the dtype of ``grad``, from the
-        output gradient ``grad``; None for an absent map."""
+        output gradient ``grad``, summed in blocks of ``sum_block``
+        (:func:`scan_max_backward`); None for an absent map."""
         vertical, horizontal = CORNERS["tl" if reverse else "br"]
         return (
-            None if a is None else self.gradient(a, grad, vertical),
-            None if b is None else self.gradient(b, grad, horizontal),
+            None if a is None else self.gradient(a, grad, vertical, sum_block),
+            None if b is None else self.gradient(b, grad, horizontal, sum_block),
         )
 
     @staticmethod
@@ -267,12 +318,12 @@ class ReferenceKernels:
         return running_max(x, dim, from_end)
 
     @staticmethod
-    def gradient(x: Tensor, grad: Tensor, direction: str) -> Tensor:
-        r"""The gradient of ``pool(x, direction)`` with respect to ``x``: the scan again, for
-        where the argmax moved, then :func:`scan_max_backward`."""
+    def gradient(x: Tensor, grad: Tensor, direction: str, sum_block: int) -> Tensor:
+        r"""The gradient of ``pool(x, direction, sum_block)`` with respect to ``x``: the scan
+        again, for where the argmax moved, then :func:`scan_max_backward`."""
         dim, from_end = DIRECTIONS[direction]
         _, moved = scan_max(rows_along(x, dim), from_end)
-        gradient = scan_max_backward(rows_along(grad, dim), moved, from_end)
+        gradient = scan_max_backward(rows_along(grad, dim), moved, from_end, sum_block)
         return rows_along(gradient.to(grad.dtype), dim)
 
 
