@@ -165,15 +165,16 @@ def kernel_name(mangled: str) -> tuple[str, str, str] | None:
     for the instances the steady state of the main shapes does not run: other dtypes, rows
     that are not vector-aligned, the forward's first pass over segments (it runs only when
     the planes are too few to fill the GPU), and the backward's launches of a few long
-    lines, which load deeper ahead or run one kind of walker (the backward counted runs both
-    kinds of walker, AHEAD = 4). The corner is ``""`` for a kernel that takes it as an
-    argument, else ``tl`` or ``br``.
+    lines, which load deeper ahead, run one kind of walker or walk blocks of lines (the
+    backward counted runs both kinds of walker, AHEAD = 4). The corner is ``""`` for a
+    kernel that takes it as an argument, else ``tl`` or ``br``.
 
     The template's flags, by version: ``<Reverse>``, then ``<Reverse, Maxima>`` in the
     forward, then ``<Reverse, Vectorized, Maxima>`` (and ``<Reverse, Vectorized>`` before
-    the backward's steps ahead)."""
+    the backward's steps ahead, ``<Reverse, Vectorized, ..., Blocked>`` after its blocks)."""
     found = re.search(
-        r"(forward|backward)_kernelI(f|N3c108BFloat16E)((?:Lb[01]E)*)((?:Li\d+E)*)E", mangled
+        r"(forward|backward)_kernelI(f|N3c108BFloat16E)((?:Lb[01]E)*)((?:Li\d+E)*)((?:Lb[01]E)*)E",
+        mangled,
     )
     if not found:
         return None
@@ -181,7 +182,8 @@ def kernel_name(mangled: str) -> tuple[str, str, str] | None:
     vectorized = flags[1] if len(flags) == (3 if kind == "forward" else 2) else "1"
     maxima = flags[-1] if kind == "forward" and len(flags) > 1 else "0"
     ahead = re.findall(r"Li(\d+)E", found.group(4))
-    if vectorized == "0" or maxima == "1" or any(a != "4" for a in ahead):
+    blocked = "1" in re.findall(r"Lb([01])E", found.group(5))
+    if vectorized == "0" or maxima == "1" or blocked or any(a != "4" for a in ahead):
         return None
     dtype = DTYPES["IfE" if found.group(2) == "f" else "IN3c108BFloat16EE"][0]
     corner = {"1": "tl", "0": "br"}[flags[0]] if flags else ""

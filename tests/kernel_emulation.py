@@ -135,7 +135,12 @@ class EmulatedKernels:
             ctypes.c_int,  # segments
         ]
         self.library.corner_pool_backward.restype = ctypes.c_char_p
-        self.library.corner_pool_backward.argtypes = [ctypes.c_int, *[ctypes.c_void_p] * 5, *SIZES]
+        self.library.corner_pool_backward.argtypes = [
+            ctypes.c_int,
+            *[ctypes.c_void_p] * 5,
+            *SIZES,
+            ctypes.c_int,  # sum_block
+        ]
 
     @staticmethod
     def check(error: bytes | None) -> None:
@@ -164,7 +169,7 @@ class EmulatedKernels:
         return out
 
     def backward(
-        self, a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool
+        self, a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool, sum_block: int
     ) -> tuple[Tensor | None, Tensor | None]:
         a, b = (None if x is None else x.contiguous() for x in (a, b))
         grad = grad.contiguous()
@@ -183,6 +188,7 @@ class EmulatedKernels:
                     height,
                     width,
                     reverse,
+                    sum_block,
                 )
             )
         return grad_a, grad_b

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from cornernet_ref.corner_pool import corner_pool, pool
 from cornernet_ref.corner_pool.op import CornerPoolOps
+from cornernet_ref.corner_pool.reference import REFERENCE_KERNELS
 
 HAS_CUDA = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -218,6 +219,67 @@ def test_many_walkers_of_both_kinds_share_one_launch_exactly(corner, dtype):
     assert_walks_like_the_reference((1, 2048, 16, 128), dtype, corner, seed=9)
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    planes=st.integers(1, 3),
+    height=st.integers(1, 70),
+    width=st.integers(1, 70),
+    sum_block=st.sampled_from([16, 32, 48]),
+    maps=st.sampled_from(["both", "a", "b"]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+    reverse=st.booleans(),
+    special=st.sampled_from(["none", "nan", "-inf", "signed zeros"]),
+    seed=st.integers(0, 2**16),
+)
+def test_blocked_lines_give_the_reference_gradients(
+    planes, height, width, sum_block, maps, dtype, reverse, special, seed
+):
+    """Lines longer than ``sum_block`` are walked block by block, each block entering the
+    run of the blocks before it with their maximum (block_maxima_kernel, prefix_kernel), and
+    the runs that cross blocks joined afterwards (join_kernel): both gradients equal the
+    reference's blocked sums bit for bit. Rows and columns of any length (blocks that end
+    inside a vector or a plane), ties, NaN and -inf where the entered maximum decides, and
+    widths that are not a whole number of vectors (the unaligned walkers)."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (1, planes, height, width)
+    steps = torch.arange(height * width, dtype=torch.float64).view(1, 1, height, width)
+    a, b = ((steps / 64 + relu_like(shape, torch.float64, seed + k)).round() for k in (0, 1))
+    if special != "none":
+        for x in (a, b):
+            where = torch.rand(shape, generator=generator) < 0.03
+            if special == "signed zeros":  # -0.0 where the maps held 0.0: ties of two bits
+                x.copy_(torch.where(where & (x == 0), -0.0, x))
+            else:
+                x.masked_fill_(where, math.nan if special == "nan" else -math.inf)
+    a, b = a.to(dtype), b.to(dtype)
+    a, b = (None, b) if maps == "b" else (a, None) if maps == "a" else (a, b)
+    grad = (torch.randn(shape, generator=generator, dtype=torch.float64) * 100).to(dtype)
+    actual = kernels().backward(a, b, grad, reverse, sum_block)
+    expected = REFERENCE_KERNELS.backward(a, b, grad, reverse, sum_block)
+    for got, wanted in zip(actual, expected, strict=True):
+        assert (got is None) == (wanted is None)
+        if got is not None:
+            assert torch.equal(got.isnan(), wanted.isnan())
+            assert same_bits(got.nan_to_num(), wanted.nan_to_num())
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2100, 3), (2, 3, 1, 2100), (1, 2, 2100, 1)], ids=str)
+def test_the_default_blocks_cut_long_lines_as_the_reference_does(shape):
+    """Through the operator and its autograd formula, with the default ``sum_block`` (1024):
+    a tall map, long rows, and a long column pooled as a row (the maps swapped). The
+    maxima trend away from the border, so runs cross blocks."""
+    steps = torch.arange(shape[2] * shape[3], dtype=torch.float32).view(1, 1, *shape[2:])
+    a = (relu_like(shape, torch.float32, 11) - steps / 50).round()
+    b = (relu_like(shape, torch.float32, 12) - steps / 50).round()
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(13)) * 1e4
+    expected = gradients(
+        lambda x, y, c: corner_pool(x, y, c, backend="reference"), a, b, "br", grad
+    )
+    actual = gradients(split_ops(0).corner_pool, a, b, "br", grad)
+    for got, wanted in zip(actual, expected, strict=True):
+        assert same_bits(got, wanted)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -226,7 +288,7 @@ def test_cuda_kernel_splits_like_the_reference(dtype, shape):
     """Shapes with too few planes for the GPU: the kernel cuts their rows into 16 and 11
     segments (the second also has 2 chunks per row); and a wide one, 40 chunks per row in
     float32. Forward and gradients against the reference (whose Python loops over H or W
-    steps keep the sizes small)."""
+    steps keep the sizes small); the backward walks the long lines in blocks of 1024."""
     a, b = relu_like((2, *shape), dtype, 6)
     grad = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(dtype)
     results = []

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from cornernet_ref.corner_pool import CornerPool, corner_pool, op, pool
 from cornernet_ref.corner_pool.op import OPS, CornerPoolOps
-from cornernet_ref.corner_pool.reference import REFERENCE_KERNELS
+from cornernet_ref.corner_pool.reference import REFERENCE_KERNELS, SUM_BLOCK
 from cornernet_ref.model import CornerNet, ModelConfig
 
 HAS_CUDA = torch.cuda.is_available()
@@ -75,10 +75,10 @@ def opcheck_operators(ops: CornerPoolOps, device: str, case: tuple[str, ...], re
     dtype_name, layout, maps, grad_of = case
     dtype = getattr(torch, dtype_name)
     a, b = operator_arguments(device, dtype, layout, maps, grad_of)
-    torch.library.opcheck(ops.forward, (a, b, reverse))
+    torch.library.opcheck(ops.forward, (a, b, reverse, SUM_BLOCK))
     grad = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(1)).to(dtype)
     detached = [None if x is None else x.detach() for x in (a, b)]
-    torch.library.opcheck(ops.backward, (*detached, grad.to(device), reverse))
+    torch.library.opcheck(ops.backward, (*detached, grad.to(device), reverse, SUM_BLOCK))
 
 
 @pytest.mark.parametrize("reverse", [True, False])
@@ -152,9 +152,9 @@ class RecordingKernels:
     def forward(self, a, b, reverse):
         return REFERENCE_KERNELS.forward(a, b, reverse)
 
-    def backward(self, a, b, grad, reverse):
+    def backward(self, a, b, grad, reverse, sum_block):
         self.backward_maps.append((a is not None, b is not None))
-        return REFERENCE_KERNELS.backward(a, b, grad, reverse)
+        return REFERENCE_KERNELS.backward(a, b, grad, reverse, sum_block)
 
 
 def test_a_map_that_needs_no_gradient_is_not_scanned():
@@ -277,3 +277,16 @@ def test_compile_of_the_cuda_backend_equals_eager():
 
     compiled = torch.compile(function, fullgraph=True)
     assert torch.equal(compiled(a, b), function(a, b))
+
+
+@pytest.mark.parametrize("call", ["pool", "corner_pool", "module"])
+def test_a_bad_sum_block_is_one_clear_error(call):
+    """``sum_block`` is checked where the user passes it, before any tracing or kernel."""
+    a, b = torch.randn(2, 1, 2, 3, 40)
+    with pytest.raises(ValueError, match="sum_block must be 0 or a positive multiple of 16"):
+        if call == "pool":
+            pool(a, "left", sum_block=24)
+        elif call == "corner_pool":
+            corner_pool(a, b, "tl", sum_block=-16)
+        else:
+            CornerPool("br", sum_block=8)

@@ -20,7 +20,11 @@ extension does ([scan_max][cornernet_ref.corner_pool.reference.scan_max] states 
 rule, [scan_max_backward][cornernet_ref.corner_pool.reference.scan_max_backward] the
 gradient). ``torch.cummax`` gives the same values but sends the gradient of a tie to the
 last one met, the nearest. NaN counts as larger than every number
-([greater][cornernet_ref.corner_pool.reference.greater]).
+([greater][cornernet_ref.corner_pool.reference.greater]). A run of outputs that share a
+maximum adds its gradients in scan order; on a line longer than ``sum_block`` (1024 by
+default) a run that crosses a multiple of ``sum_block`` adds its partial sums block by block
+instead, so that the blocks of a long line are walked in parallel. ``sum_block=0`` keeps
+the official order on every line; on lines up to ``sum_block`` long the two are the same.
 
 **Backends.** By default (``backend=None``) both functions call the operator
 ``torch.ops.cornernet_ref.corner_pool`` ([op][cornernet_ref.corner_pool.op]), which
@@ -43,16 +47,17 @@ from torch import Tensor, nn
 from cornernet_ref.corner_pool import reference
 from cornernet_ref.corner_pool.fused import load_extension
 from cornernet_ref.corner_pool.op import OPS
-from cornernet_ref.corner_pool.reference import CORNERS, DIRECTIONS
+from cornernet_ref.corner_pool.reference import CORNERS, DIRECTIONS, SUM_BLOCK, check_sum_block
 
 BACKENDS = ("reference", "cuda")
 
 
-def _check(tensors: tuple[Tensor, ...], backend: str | None) -> None:
-    r"""Validate the inputs and the backend name; raise ValueError naming the problem (and
-    RuntimeError for ``backend="cuda"`` when the kernel cannot be built)."""
+def _check(tensors: tuple[Tensor, ...], backend: str | None, sum_block: int) -> None:
+    r"""Validate the inputs, the backend name and ``sum_block``; raise ValueError naming the
+    problem (and RuntimeError for ``backend="cuda"`` when the kernel cannot be built)."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    check_sum_block(sum_block)
     for x in tensors:
         if x.dim() != 4:
             raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
@@ -72,7 +77,9 @@ def _check(tensors: tuple[Tensor, ...], backend: str | None) -> None:
         load_extension()  # asked for by name: no fallback to the reference
 
 
-def pool(x: Tensor, direction: str, backend: str | None = None) -> Tensor:
+def pool(
+    x: Tensor, direction: str, backend: str | None = None, sum_block: int = SUM_BLOCK
+) -> Tensor:
     r"""Max-pool a ``(B, C, H, W)`` tensor in one direction (``top``, ``bottom``, ``left``,
     ``right``; see the table above).
 
@@ -82,19 +89,22 @@ def pool(x: Tensor, direction: str, backend: str | None = None) -> Tensor:
             everything below, itself included), ``"left"`` the columns to the right,
             ``"bottom"`` the rows above, ``"right"`` the columns to the left.
         backend: ``"reference"``, ``"cuda"`` or None (automatic).
+        sum_block: the gradient's blocks (see above): 0 or a positive multiple of 16.
 
     Returns:
         The pooled map, contiguous, same shape and dtype.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {tuple(DIRECTIONS)}, got {direction!r}")
-    _check((x,), backend)
+    _check((x,), backend, sum_block)
     if backend == "reference":
-        return reference.pool(x, direction)
-    return OPS.pool(x, direction)
+        return reference.pool(x, direction, sum_block)
+    return OPS.pool(x, direction, sum_block)
 
 
-def corner_pool(a: Tensor, b: Tensor, corner: str, backend: str | None = None) -> Tensor:
+def corner_pool(
+    a: Tensor, b: Tensor, corner: str, backend: str | None = None, sum_block: int = SUM_BLOCK
+) -> Tensor:
     r"""Corner pooling of two ``(B, C, H, W)`` maps: ``top(a) + left(b)`` for ``"tl"``,
     ``bottom(a) + right(b)`` for ``"br"``.
 
@@ -119,17 +129,18 @@ def corner_pool(a: Tensor, b: Tensor, corner: str, backend: str | None = None) -
         b: the map pooled along rows (its maximum to the right for ``tl``, left for ``br``).
         corner: ``"tl"`` or ``"br"``.
         backend: ``"reference"``, ``"cuda"`` or None (automatic).
+        sum_block: the gradient's blocks (see above): 0 or a positive multiple of 16.
 
     Returns:
         The pooled map, contiguous, same shape and dtype as ``a``.
     """
     if corner not in CORNERS:
         raise ValueError(f"corner must be one of {tuple(CORNERS)}, got {corner!r}")
-    _check((a, b), backend)
+    _check((a, b), backend, sum_block)
     if backend == "reference":
         vertical, horizontal = CORNERS[corner]
-        return reference.pool(a, vertical) + reference.pool(b, horizontal)
-    return OPS.corner_pool(a, b, corner)
+        return reference.pool(a, vertical, sum_block) + reference.pool(b, horizontal, sum_block)
+    return OPS.corner_pool(a, b, corner, sum_block)
 
 
 class CornerPool(nn.Module):
@@ -139,21 +150,23 @@ class CornerPool(nn.Module):
     Args:
         corner: ``"tl"`` or ``"br"``.
         backend: ``"reference"``, ``"cuda"`` or None (automatic).
+        sum_block: the gradient's blocks (see above): 0 or a positive multiple of 16.
     """
 
-    def __init__(self, corner: str, backend: str | None = None) -> None:
+    def __init__(self, corner: str, backend: str | None = None, sum_block: int = SUM_BLOCK) -> None:
         super().__init__()
         if corner not in CORNERS:
             raise ValueError(f"corner must be one of {tuple(CORNERS)}, got {corner!r}")
         if backend is not None and backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
-        self.corner, self.backend = corner, backend
+        check_sum_block(sum_block)
+        self.corner, self.backend, self.sum_block = corner, backend, sum_block
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return corner_pool(a, b, self.corner, self.backend)
+        return corner_pool(a, b, self.corner, self.backend, self.sum_block)
 
     def extra_repr(self) -> str:
-        return f"corner={self.corner!r}, backend={self.backend!r}"
+        return f"corner={self.corner!r}, backend={self.backend!r}, sum_block={self.sum_block}"
 
 
-__all__ = ["BACKENDS", "CORNERS", "DIRECTIONS", "CornerPool", "corner_pool", "pool"]
+__all__ = ["BACKENDS", "CORNERS", "DIRECTIONS", "SUM_BLOCK", "CornerPool", "corner_pool", "pool"]

@@ -11,10 +11,11 @@ pass over ``a`` computes them, a small kernel combines them), and a few wide pla
 are cut the same way into column segments. The backward pass reads the two maps and the output
 gradient and writes both input gradients, with the tie rule of the reference and the same
 order of additions, without atomics: each scanned line belongs to one thread, since its
-sums must be added in scan order. The source, ``cuda/corner_pool.cu``, is commented for
-readers new to CUDA; ``cuda/binding.cpp`` is its PyTorch binding. The same source also
-builds for the CPU (``cuda/emulation``), which is how the tests check it on machines without
-a GPU.
+sums must be added in scan order, or, on lines longer than ``sum_block``, each block of it,
+and a last small kernel joins the runs that cross blocks. The source,
+``cuda/corner_pool.cu``, is commented for readers new to CUDA; ``cuda/binding.cpp`` is its
+PyTorch binding. The same source also builds for the CPU (``cuda/emulation``), which is how
+the tests check it on machines without a GPU.
 [CudaKernels][cornernet_ref.corner_pool.fused.CudaKernels] calls the two kernels; the
 corner-pool operator ([op][cornernet_ref.corner_pool.op]) gives them their autograd
 formula and lets ``torch.compile`` and ``torch.export`` keep them as one node.
@@ -95,11 +96,12 @@ class CudaKernels:
         return load_extension().forward(a, b, reverse, stream)
 
     def backward(
-        self, a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool
+        self, a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool, sum_block: int
     ) -> tuple[Tensor | None, Tensor | None]:
-        r"""``(grad_a, grad_b)`` from the output gradient; None for an absent map."""
+        r"""``(grad_a, grad_b)`` from the output gradient, summed in blocks of
+        ``sum_block``; None for an absent map."""
         stream = torch.cuda.current_stream(grad.device).cuda_stream
-        return tuple(load_extension().backward(a, b, grad, reverse, stream))
+        return tuple(load_extension().backward(a, b, grad, reverse, sum_block, stream))
 
 
 CUDA_KERNELS = CudaKernels()

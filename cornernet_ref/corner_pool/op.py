@@ -9,9 +9,13 @@ and when the graph runs, the operator runs the implementation that suits the dev
 
 Two operators, in the namespace ``cornernet_ref``:
 
-* ``corner_pool(Tensor? a, Tensor? b, bool reverse) -> Tensor``: $V(a) + H(b)$;
-* ``corner_pool_backward(Tensor? a, Tensor? b, Tensor grad, bool reverse) -> Tensor[]``:
-  from the output gradient ``grad``, the gradients of the maps given, ``a``'s first.
+* ``corner_pool(Tensor? a, Tensor? b, bool reverse, int sum_block) -> Tensor``:
+  $V(a) + H(b)$;
+* ``corner_pool_backward(Tensor? a, Tensor? b, Tensor grad, bool reverse, int sum_block)
+  -> Tensor[]``: from the output gradient ``grad``, the gradients of the maps given,
+  ``a``'s first, each line's sums taken in blocks of ``sum_block`` positions
+  ([scan_max_backward][cornernet_ref.corner_pool.reference.scan_max_backward]; the
+  forward only hands it on to the backward).
 
 $V$ pools ``a`` along its columns and $H$ pools ``b`` along its rows, from the bottom and
 right borders when ``reverse`` (``top(a) + left(b)``, the top-left pool), from the top and
@@ -51,10 +55,10 @@ import torch
 from torch import Tensor
 
 from cornernet_ref.corner_pool.fused import CUDA_KERNELS, load_extension
-from cornernet_ref.corner_pool.reference import DIRECTIONS, REFERENCE_KERNELS
+from cornernet_ref.corner_pool.reference import DIRECTIONS, REFERENCE_KERNELS, SUM_BLOCK
 
-FORWARD_SCHEMA = "(Tensor? a, Tensor? b, bool reverse) -> Tensor"
-BACKWARD_SCHEMA = "(Tensor? a, Tensor? b, Tensor grad, bool reverse) -> Tensor[]"
+FORWARD_SCHEMA = "(Tensor? a, Tensor? b, bool reverse, int sum_block) -> Tensor"
+BACKWARD_SCHEMA = "(Tensor? a, Tensor? b, Tensor grad, bool reverse, int sum_block) -> Tensor[]"
 
 
 class Kernels(Protocol):
@@ -64,9 +68,10 @@ class Kernels(Protocol):
         r"""``V(a) + H(b)``, contiguous; either map may be None."""
 
     def backward(
-        self, a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool
+        self, a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool, sum_block: int
     ) -> tuple[Tensor | None, Tensor | None]:
-        r"""``(grad_a, grad_b)``, contiguous; None for an absent map."""
+        r"""``(grad_a, grad_b)``, contiguous, summed in blocks of ``sum_block``; None for an
+        absent map."""
 
 
 _warned_fallback = False
@@ -94,22 +99,25 @@ def given(a: Tensor | None, b: Tensor | None) -> list[Tensor]:
     return maps
 
 
-def fake_forward(a: Tensor | None, b: Tensor | None, reverse: bool) -> Tensor:
+def fake_forward(a: Tensor | None, b: Tensor | None, reverse: bool, sum_block: int) -> Tensor:
     r"""The result without the data: contiguous, the shape, dtype and device of the maps."""
     x = given(a, b)[0]
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-def fake_backward(a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool) -> list[Tensor]:
+def fake_backward(
+    a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool, sum_block: int
+) -> list[Tensor]:
     r"""One contiguous gradient like ``grad`` per map given."""
     return [torch.empty(grad.shape, dtype=grad.dtype, device=grad.device) for _ in given(a, b)]
 
 
-def save_maps(ctx, inputs: tuple[Tensor | None, Tensor | None, bool], output: Tensor) -> None:
-    r"""What the backward needs: the two maps (it finds their argmax again) and ``reverse``."""
-    a, b, reverse = inputs
+def save_maps(ctx, inputs: tuple[Tensor | None, Tensor | None, bool, int], output: Tensor) -> None:
+    r"""What the backward needs: the two maps (it finds their argmax again), ``reverse`` and
+    ``sum_block``."""
+    a, b, reverse, sum_block = inputs
     ctx.save_for_backward(a, b)
-    ctx.reverse = reverse
+    ctx.reverse, ctx.sum_block = reverse, sum_block
 
 
 def reference_kernels() -> Kernels:
@@ -120,7 +128,7 @@ def reference_kernels() -> Kernels:
 def forward_by(kernels: Callable[[], Kernels]) -> Callable[..., Tensor]:
     r"""The forward operator's implementation by ``kernels()``."""
 
-    def forward(a: Tensor | None, b: Tensor | None, reverse: bool) -> Tensor:
+    def forward(a: Tensor | None, b: Tensor | None, reverse: bool, sum_block: int) -> Tensor:
         return kernels().forward(a, b, reverse)
 
     return forward
@@ -129,9 +137,11 @@ def forward_by(kernels: Callable[[], Kernels]) -> Callable[..., Tensor]:
 def backward_by(kernels: Callable[[], Kernels]) -> Callable[..., list[Tensor]]:
     r"""The backward operator's implementation by ``kernels()``."""
 
-    def backward(a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool) -> list[Tensor]:
+    def backward(
+        a: Tensor | None, b: Tensor | None, grad: Tensor, reverse: bool, sum_block: int
+    ) -> list[Tensor]:
         # An operator cannot return an absent tensor: the gradients of the maps given only.
-        return [g for g in kernels().backward(a, b, grad, reverse) if g is not None]
+        return [g for g in kernels().backward(a, b, grad, reverse, sum_block) if g is not None]
 
     return backward
 
@@ -167,27 +177,31 @@ class CornerPoolOps:
         self.backward.register_fake(fake_backward)
         self.forward.register_autograd(self.differentiate, setup_context=save_maps)
 
-    def differentiate(self, ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        r"""The autograd formula: the gradients of ``a`` and ``b`` (None for ``reverse``)."""
+    def differentiate(self, ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        r"""The autograd formula: the gradients of ``a`` and ``b`` (None for ``reverse`` and
+        ``sum_block``)."""
         a, b = ctx.saved_tensors
         # Only the maps whose gradient is needed are scanned.
         a = a if ctx.needs_input_grad[0] else None
         b = b if ctx.needs_input_grad[1] else None
-        gradients = iter(self.backward(a, b, grad, ctx.reverse))
+        gradients = iter(self.backward(a, b, grad, ctx.reverse, ctx.sum_block))
         return (
             None if a is None else next(gradients),
             None if b is None else next(gradients),
             None,
+            None,
         )
 
-    def pool(self, x: Tensor, direction: str) -> Tensor:
+    def pool(self, x: Tensor, direction: str, sum_block: int = SUM_BLOCK) -> Tensor:
         r"""One pooling direction: ``x`` is the map ``b`` (``left``, ``right``) or ``a``."""
         dim, from_end = DIRECTIONS[direction]
-        return self.forward(None, x, from_end) if dim == 3 else self.forward(x, None, from_end)
+        if dim == 3:
+            return self.forward(None, x, from_end, sum_block)
+        return self.forward(x, None, from_end, sum_block)
 
-    def corner_pool(self, a: Tensor, b: Tensor, corner: str) -> Tensor:
+    def corner_pool(self, a: Tensor, b: Tensor, corner: str, sum_block: int = SUM_BLOCK) -> Tensor:
         r"""``top(a) + left(b)`` (``"tl"``) or ``bottom(a) + right(b)`` (``"br"``)."""
-        return self.forward(a, b, corner == "tl")  # tl scans from the bottom and right
+        return self.forward(a, b, corner == "tl", sum_block)  # tl scans from the bottom, right
 
 
 OPS = CornerPoolOps("cornernet_ref", {"cuda": cuda_kernels})

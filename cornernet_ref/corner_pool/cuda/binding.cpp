@@ -79,9 +79,13 @@ at::Tensor forward(const MaybeTensor& a, const MaybeTensor& b, bool reverse, int
   return out;
 }
 
-// Returns {grad_a, grad_b}; a gradient is None when its map was not given.
+// Returns {grad_a, grad_b}; a gradient is None when its map was not given. Each line's sums
+// are taken in blocks of `sum_block` positions (0: whole lines).
 std::vector<at::Tensor> backward(const MaybeTensor& a, const MaybeTensor& b,
-                                 const at::Tensor& grad_out, bool reverse, int64_t stream) {
+                                 const at::Tensor& grad_out, bool reverse, int64_t sum_block,
+                                 int64_t stream) {
+  TORCH_CHECK(sum_block >= 0 && sum_block % 16 == 0 && sum_block <= INT32_MAX,
+              "corner_pool: sum_block must be 0 or a positive multiple of 16, got ", sum_block);
   const at::Tensor& map = reference_map(a, b);
   TORCH_CHECK(grad_out.sizes() == map.sizes() && grad_out.dtype() == map.dtype() &&
                   grad_out.device() == map.device(),
@@ -96,9 +100,16 @@ std::vector<at::Tensor> backward(const MaybeTensor& a, const MaybeTensor& b,
   const int height = map.size(2), width = map.size(3);
   const auto dtype = map.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "corner_pool_backward", [&] {
+    // What the blocks of long lines carry between the kernels.
+    const int64_t scratch_bytes = corner_pool::backward_scratch_bytes<scalar_t>(
+        a_in.defined(), b_in.defined(), planes, height, width, static_cast<int>(sum_block));
+    const at::Tensor scratch = scratch_bytes
+                                   ? at::empty({scratch_bytes}, map.options().dtype(at::kByte))
+                                   : at::Tensor();
     check_launch(corner_pool::launch_backward<scalar_t>(
         pointer<scalar_t>(a_in), pointer<scalar_t>(b_in), grad.data_ptr<scalar_t>(),
         pointer<scalar_t>(grad_a), pointer<scalar_t>(grad_b), planes, height, width, reverse,
+        static_cast<int>(sum_block), scratch.defined() ? scratch.data_ptr() : nullptr,
         reinterpret_cast<void*>(stream)));
   });
   return {grad_a, grad_b};
@@ -110,5 +121,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "Corner pool forward: V(a) + H(b) (either may be None)",
         py::arg("a"), py::arg("b"), py::arg("reverse"), py::arg("stream"));
   m.def("backward", &backward, "Corner pool backward: (grad_a, grad_b)", py::arg("a"),
-        py::arg("b"), py::arg("grad_out"), py::arg("reverse"), py::arg("stream"));
+        py::arg("b"), py::arg("grad_out"), py::arg("reverse"), py::arg("sum_block"),
+        py::arg("stream"));
 }

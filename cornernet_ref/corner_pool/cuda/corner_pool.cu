@@ -74,8 +74,9 @@
 // instructions for every value, the first included, with no branch but the store. The sums
 // must be added one after the other in scan order, as the PyTorch reference does
 // (cornernet_ref/corner_pool/reference.py), to agree with it bit for bit, so each scanned
-// line belongs to one thread (a line's sums cannot be split without changing their order).
-// The backward has two kinds of threads, each its own warps of one launch:
+// line belongs to one thread (a line's sums cannot be split without changing their order),
+// or each block of a long line (below). The backward has two kinds of threads, each its own
+// warps of one launch:
 //
 //   column walkers (gradient of a): a thread owns VEC adjacent columns of a plane and walks
 //     its rows; the lanes of a warp take consecutive column vectors, of one plane or, on
@@ -86,10 +87,30 @@
 //
 // A walker has AHEAD vectors of each map in flight. When the lines are few and long (one
 // row or one column per plane, say) the walkers are too few to keep the memory busy with 4
-// each, so they take DEEP_AHEAD (16, 8 in 2-byte types). The walkers stay serial along
-// their lines: a plane of a few lines of 2^23 numbers is a few threads' work, and its
-// backward takes that long. Each gradient is written by the one thread that owns its line:
-// no atomics, deterministic.
+// each, so they take DEEP_AHEAD (16, 8 in 2-byte types). Each gradient is written by the
+// one thread that owns its line, or its block: no atomics, deterministic.
+//
+// Blocks of long lines
+// --------------------
+// A line longer than `sum_block` positions (1024 by default) would be one thread's serial
+// walk: a plane of four lines of 2^23 numbers, four threads' work. Such a line is cut at
+// every multiple of sum_block into blocks, each walked by a thread of its own, and the sums
+// of the runs that cross blocks are defined block by block: each block's part of a run is
+// summed in scan order, and the parts are added in scan order (the reference computes the
+// same, see `scan_max_backward`; sum_block = 0 keeps every line whole, the official order).
+// Three kernels around the walkers:
+//
+//   block_maxima_kernel  each block's maximum, per line; prefix_kernel (as in the forward)
+//                        turns them into the maximum of the blocks before each block;
+//   the walkers          a block after the line's first *enters* the run coming from the
+//                        blocks before: it starts from their maximum, with no position,
+//                        and keeps what it adds to that run until a new maximum completes
+//                        it (its `head`); its own runs are written as on a whole line, but
+//                        the last, which may go on in the next block, is kept (its `tail`);
+//   join_kernel          a thread per line, block after block in scan order: the run
+//                        coming into a block adds the block's head; if a new maximum
+//                        started a run in the block, the run coming in is complete (its sum
+//                        goes to its maximum) and the block's tail comes out.
 
 #include <cuda_runtime.h>
 
@@ -502,126 +523,313 @@ __global__ void __launch_bounds__(THREADS)
 // +0.0 included): the first value then either starts a run there, as in the reference, or
 // is -inf itself and extends the same run. So every step is the same few instructions,
 // with no case for "no value yet" and no branch but the store.
+//
+// A block after the first of a long line (see "Blocks of long lines" above) *enters* the
+// line's run: maximum the maximum of the blocks before, and no position (`at` = -1), since
+// that maximum lies in another block. What the block adds to that run until its first new
+// maximum is its `head`; the join kernel adds it to the run's sum from the blocks before.
 template <typename Acc>
 struct Run {
   Acc best;  // the current maximum
-  int at;    // its offset in the plane
+  int at;    // its offset in the plane; -1 before a block's first new maximum
   Acc sum;   // the gradients of the outputs since then, added in scan order
+  Acc head;  // an entered run's sum in this block, once a new maximum has completed it
 
   static __device__ __forceinline__ Run start(int first) {
-    return {neutral<Acc>(), first, -Acc(0)};
+    return {neutral<Acc>(), first, -Acc(0), -Acc(0)};
+  }
+
+  static __device__ __forceinline__ Run enter(Acc maximum) {
+    return {maximum, -1, -Acc(0), -Acc(0)};
   }
 
   // One more value of the line, at `offset`, whose output has gradient `grad`. A new maximum
   // completes the run: its sum goes to the old maximum (after the zero stored there before;
   // at the line's first position, the -0.0 stored by a run that starts there is replaced
-  // when that run completes).
-  template <typename T>
+  // when that run completes), or to `head` if the run entered the block (`Blocked`: a
+  // walker of a block, which may have entered its run; the test costs two instructions a
+  // number, which the walkers of whole lines do without).
+  template <bool Blocked, typename T>
   __device__ __forceinline__ void step(Acc value, Acc grad, int offset, T* __restrict__ dst) {
     const bool moved = greater(value, best);
-    if (moved) dst[at] = static_cast<T>(sum);
+    if constexpr (Blocked) {
+      if (moved && at >= 0) dst[at] = static_cast<T>(sum);
+      head = moved && at < 0 ? sum : head;
+    } else {
+      if (moved) dst[at] = static_cast<T>(sum);
+    }
     best = moved ? value : best;
     at = moved ? offset : at;
     sum = moved ? grad : sum + grad;
   }
 };
 
-// Each thread's share of the backward: `lines` adjacent lines of one plane (VEC columns for
-// a column walker, one row for a row walker), `steps` steps long, walked in scan order from
-// the offset `first` on, a step `stride` apart in memory (negative when the scan runs
-// towards smaller offsets). A column walker steps +-W, a row at a time, through VEC
-// separate lines; a row walker (`Along`) steps +-VEC through its row, a vector at a time,
-// each vector's numbers in scan order, and its row ends at `row_end`.
-template <typename T, bool Reverse, bool Vectorized, bool Along, int Ahead>
+// What the blocks of one kind of line (columns of a, or rows of b) carry between the
+// backward's kernels, each an array [plane][block in scan order][line]. `count` = 1: the
+// lines are walked whole, and nothing here is used.
+template <typename Acc>
+struct Blocks {
+  int count;      // blocks per line
+  int length;     // positions per block (the last of a line may have fewer); or per line
+  Acc* maxima;    // each block's maximum; after prefix_kernel, the maximum of those before
+  Acc* heads;     // what the block adds to the run that enters it (all of it, if no new
+                  // maximum completes that run in the block)
+  Acc* tails;     // the sum of the block's last run, if a new maximum started one in it
+  int* tail_at;   // where that run's maximum lies (an offset in the plane), or -1: none
+
+  // The blocks of `lines` lines (of all planes) of `length` positions, their arrays taken
+  // from `scratch`, which then points past them (blocked_bytes in corner_pool.h).
+  static Blocks carve(char*& scratch, int64_t lines, int length, int sum_block) {
+    Blocks blocks{sum_blocks(length, sum_block), length, nullptr, nullptr, nullptr, nullptr};
+    if (blocks.count == 1) return blocks;
+    blocks.length = sum_block;
+    const int64_t values = lines * blocks.count;
+    blocks.maxima = reinterpret_cast<Acc*>(scratch);
+    blocks.heads = blocks.maxima + values;
+    blocks.tails = blocks.heads + values;
+    blocks.tail_at = reinterpret_cast<int*>(blocks.tails + values);
+    scratch += blocked_bytes<Acc>(lines, blocks.count);  // Accumulate<Acc> is Acc
+    return blocks;
+  }
+};
+
+// The share of one thread of the backward (a *walker*): `lines` adjacent lines of one plane
+// (VEC columns, or one row), over one block of positions, walked in scan order from the
+// offset `first` on, `steps` steps a `stride` apart in memory (negative when the scan runs
+// towards smaller offsets). A column walker steps +-W, a row at a time, through its VEC
+// lines; a row walker steps +-VEC through its row, a vector at a time, and its
+// block ends at `row_end`. `slot`: where its first line's values lie in the Blocks arrays.
+struct Walker {
+  bool valid;  // false: past the last unit of the launch
+  int64_t plane;
+  int first, steps, stride, lines, row_end;
+  int scan_block;  // the block's place in scan order (0: the line's first block)
+  int64_t slot;
+
+  // Unit `unit` of one kind: column vectors (VEC columns of one plane) or rows, numbered
+  // plane by plane, block by block in index order, then unit by unit in the block, so that
+  // the lanes of a warp take adjacent column vectors, or rows, of one block.
+  // `Blocked`: the lines may be cut into blocks (else `blocks` is not read: whole lines).
+  template <typename T, bool Reverse, bool Blocked, typename Acc>
+  static __device__ __forceinline__ Walker of(int64_t unit, bool column, const Blocks<Acc>& blocks,
+                                              int64_t planes, int height, int width) {
+    constexpr int N = VEC<T>;
+    const int vectors = static_cast<int>(ceil_div(width, N));  // column vectors per row
+    const int per_block = column ? vectors : height;
+    const int count = Blocked ? blocks.count : 1;
+    Walker walker{};
+    walker.valid = unit < planes * count * per_block;
+    if (!walker.valid) return walker;
+    walker.plane = unit / (static_cast<int64_t>(count) * per_block);
+    const int rest = static_cast<int>(unit % (static_cast<int64_t>(count) * per_block));
+    const int block = rest / per_block, index = rest % per_block;
+    walker.scan_block = Reverse ? count - 1 - block : block;
+    // The block's positions along the line, in index order: start .. end - 1.
+    const int length = column ? height : width;
+    const int start = count > 1 ? block * blocks.length : 0;
+    const int end = count > 1 ? min(start + blocks.length, length) : length;
+    const int lines_per_plane = column ? width : height;
+    if (column) {
+      const int at = index * N;  // the walker's first column
+      walker.first = (Reverse ? end - 1 : start) * width + at;  // in the block's border row
+      walker.steps = end - start;
+      walker.stride = Reverse ? -width : width;
+      walker.lines = min(N, width - at);
+      walker.row_end = 0;
+      walker.slot = (walker.plane * count + walker.scan_block) * lines_per_plane + at;
+    } else {
+      const int row_start = index * width;
+      const int first_vector = start / N, end_vector = static_cast<int>(ceil_div(end, N));
+      walker.first = row_start + (Reverse ? (end_vector - 1) * N : start);
+      walker.steps = end_vector - first_vector;
+      walker.stride = Reverse ? -N : N;
+      walker.lines = 1;
+      walker.row_end = row_start + end;
+      walker.slot = (walker.plane * count + walker.scan_block) * lines_per_plane + index;
+    }
+    return walker;
+  }
+
+  // The offset of step `step` (0 .. steps - 1; a step past the end is given the first's).
+  __device__ __forceinline__ int offset(int step) const {
+    return first + (step < steps ? step : 0) * stride;
+  }
+
+  // How many of the VEC numbers at `at`, step `step`'s offset, lie in the walker's lines:
+  // VEC on aligned rows, none past the end. (The counts also keep the loads predicated:
+  // loads that nothing guards are moved by the compiler past the end-of-line test below,
+  // next to their use, one step at a time.)
+  template <typename T, bool Vectorized, bool Along>
+  __device__ __forceinline__ int count(int step, int at) const {
+    if (step >= steps) return 0;
+    return Vectorized ? VEC<T> : Along ? min(VEC<T>, row_end - at) : lines;
+  }
+};
+
+// The walker's scan of its block, Ahead vectors of each map in flight (`Along`: a row
+// walker): the zeros and the completed runs' sums into `grad`; at the end, each line's last
+// run into `grad` (a whole line), or (`Blocked`: lines cut into blocks) what its block
+// carries into `blocks` for join_kernel.
+template <typename T, bool Reverse, bool Vectorized, bool Along, int Ahead, bool Blocked>
 __device__ __forceinline__ void walk(const T* __restrict__ map, const T* __restrict__ grad_out,
-                                     T* __restrict__ grad, int first, int steps, int stride,
-                                     int lines, int row_end) {
+                                     T* __restrict__ grad, const Walker& walker,
+                                     const Blocks<typename Accumulate<T>::type>& blocks) {
   using Acc = typename Accumulate<T>::type;
   constexpr int N = VEC<T>;
   const Acc zeros[N] = {};
   // A row's scan starts at its border number: the last of its last vector when Reverse.
-  const int border = Along && Reverse ? row_end - 1 : first;
+  const int border = Along && Reverse ? walker.row_end - 1 : walker.first;
   Run<Acc> runs[Along ? 1 : N];
 #pragma unroll
-  for (int j = 0; j < (Along ? 1 : N); ++j) runs[j] = Run<Acc>::start(border + j);
-  for (int first_step = 0; first_step < steps; first_step += Ahead) {  // as the forward
+  for (int j = 0; j < (Along ? 1 : N); ++j)
+    runs[j] = Blocked && walker.scan_block > 0 && j < walker.lines
+                  ? Run<Acc>::enter(blocks.maxima[walker.slot + j])
+                  : Run<Acc>::start(border + j);
+  for (int first_step = 0; first_step < walker.steps; first_step += Ahead) {  // as the forward
     Loaded<T, Vectorized> values[Ahead], grads[Ahead];  // widened where used (`load`)
     int offsets[Ahead], counts[Ahead];
 #pragma unroll
     for (int r = 0; r < Ahead; ++r) {
-      const bool inside = first_step + r < steps;  // a step past the end loads nothing
-      offsets[r] = first + (inside ? first_step + r : 0) * stride;
-      // An aligned row holds whole vectors: every line and every number is there. (The
-      // counts also keep the loads predicated: loads that nothing guards are moved by the
-      // compiler past the end-of-line test below, next to their use, one step at a time.)
-      counts[r] = !inside ? 0 : Vectorized ? N : Along ? min(N, row_end - offsets[r]) : lines;
+      offsets[r] = walker.offset(first_step + r);
+      counts[r] = walker.count<T, Vectorized, Along>(first_step + r, offsets[r]);
       values[r] = load<Vectorized>(map, offsets[r], counts[r]);
       grads[r] = load<Vectorized>(grad_out, offsets[r], counts[r]);
     }
 #pragma unroll
     for (int r = 0; r < Ahead; ++r) {
-      if (first_step + r >= steps) break;
+      if (first_step + r >= walker.steps) break;
       // Not a maximum, unless a run says so.
       store<Vectorized>(grad, offsets[r], counts[r], zeros);
 #pragma unroll
       for (int step = 0; step < N; ++step) {
         const int j = Along && Reverse ? N - 1 - step : step;
         if (Vectorized || j < counts[r])
-          runs[Along ? 0 : j].step(widen<Acc, T>(values[r], j), widen<Acc, T>(grads[r], j),
-                                   offsets[r] + j, grad);
+          runs[Along ? 0 : j].template step<Blocked>(
+              widen<Acc, T>(values[r], j), widen<Acc, T>(grads[r], j), offsets[r] + j, grad);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < (Along ? 1 : N); ++j) {
+    if (j >= walker.lines) break;
+    if constexpr (!Blocked) {
+      grad[runs[j].at] = static_cast<T>(runs[j].sum);  // the last run
+    } else {
+      const int64_t slot = walker.slot + j;
+      blocks.heads[slot] = runs[j].at < 0 ? runs[j].sum : runs[j].head;
+      blocks.tails[slot] = runs[j].sum;
+      blocks.tail_at[slot] = runs[j].at;
+    }
+  }
+}
+
+// The first of the three kernels of blocked lines: each block's maximum, per line, into
+// blocks.maxima (prefix_kernel then makes it the maximum of the blocks before). A thread per
+// block of a column vector (`column`) or of a row, numbered as the walkers are; the last
+// block in scan order is not needed.
+template <typename T, bool Reverse, bool Vectorized, bool Along>
+__global__ void __launch_bounds__(THREADS)
+    block_maxima_kernel(const T* __restrict__ map, Blocks<typename Accumulate<T>::type> blocks,
+                        int64_t planes, int height, int width) {
+  using Acc = typename Accumulate<T>::type;
+  constexpr int N = VEC<T>;
+  const int64_t unit = static_cast<int64_t>(blockIdx.x) * THREADS + threadIdx.x;
+  const Walker walker = Walker::of<T, Reverse, true>(unit, !Along, blocks, planes, height, width);
+  if (!walker.valid || walker.scan_block == blocks.count - 1) return;
+  map = plane_start(map, walker.plane, height, width);
+  Acc best[Along ? 1 : N];
+#pragma unroll
+  for (int j = 0; j < (Along ? 1 : N); ++j) best[j] = neutral<Acc>();
+  for (int first_step = 0; first_step < walker.steps; first_step += AHEAD) {
+    Loaded<T, Vectorized> values[AHEAD];  // loaded together, as in `walk`
+    int counts[AHEAD];
+#pragma unroll
+    for (int r = 0; r < AHEAD; ++r) {
+      const int offset = walker.offset(first_step + r);
+      counts[r] = walker.count<T, Vectorized, Along>(first_step + r, offset);
+      values[r] = load<Vectorized>(map, offset, counts[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < AHEAD; ++r) {
+#pragma unroll
+      for (int step = 0; step < N; ++step) {
+        const int j = Along && Reverse ? N - 1 - step : step;
+        if (Vectorized || j < counts[r])
+          best[Along ? 0 : j] = first_max(best[Along ? 0 : j], widen<Acc, T>(values[r], j));
       }
     }
   }
 #pragma unroll
   for (int j = 0; j < (Along ? 1 : N); ++j)
-    if (j < lines) grad[runs[j].at] = static_cast<T>(runs[j].sum);  // the last runs
+    if (j < walker.lines) blocks.maxima[walker.slot + j] = best[j];
 }
 
 // The backward's warps are column walkers' (the gradient of a) and row walkers' (that of
 // b): `column_warps` of the first kind among `warps`, interleaved in proportion, so that the
 // two read the same planes at about the same time and the second read of the output
-// gradient comes mostly from the L2 cache. The lanes of a warp take consecutive units:
-// column vectors (VEC columns of one plane), or rows. `ColumnAhead` and `RowAhead` are
-// each kind's steps loaded ahead, 0 for a launch without that kind: a few long lines take
-// a launch of their own, whose deep loads ahead need registers that would cut the
-// occupancy of the other kind's many short walkers.
-template <typename T, bool Reverse, bool Vectorized, int ColumnAhead, int RowAhead>
+// gradient comes mostly from the L2 cache. The lanes of a warp take consecutive units of
+// their kind (see Walker::of). `ColumnAhead` and `RowAhead` are each kind's steps loaded
+// ahead, 0 for a launch without that kind: a few long lines take a launch of their own,
+// whose deep loads ahead need registers that would cut the occupancy of the other kind's
+// many short walkers. `Blocked`: walkers of blocks (the launch's kind of lines is cut into
+// blocks), each launched alone.
+template <typename T, bool Reverse, bool Vectorized, int ColumnAhead, int RowAhead, bool Blocked>
 __global__ void __launch_bounds__(THREADS)
     backward_kernel(const T* __restrict__ a, const T* __restrict__ b,
                     const T* __restrict__ grad_out, T* __restrict__ grad_a,
-                    T* __restrict__ grad_b, int64_t planes, int height, int width,
-                    int64_t warps, int64_t column_warps) {
-  constexpr int N = VEC<T>;
+                    T* __restrict__ grad_b, Blocks<typename Accumulate<T>::type> column_blocks,
+                    Blocks<typename Accumulate<T>::type> row_blocks, int64_t planes,
+                    int height, int width, int64_t warps, int64_t column_warps) {
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * WARPS + threadIdx.x / WARP;
   if (warp >= warps) return;
   // Warp w is the k-th column warp, k = floor(w C / warps), when k moves at w.
   const int64_t columns_before = warp * column_warps / warps;
   const bool column = (warp + 1) * column_warps / warps > columns_before;
-  const int64_t first_unit =
-      (column ? columns_before : warp - columns_before) * WARP + threadIdx.x % WARP;
-  const int vectors = static_cast<int>(ceil_div(width, N));  // column vectors per row
-  if (first_unit >= planes * (column ? vectors : height)) return;
-  const int64_t plane = first_unit / (column ? vectors : height);
-  const int index = static_cast<int>(first_unit % (column ? vectors : height));
-  const T* map = plane_start(column ? a : b, plane, height, width);
-  const T* grad = plane_start(grad_out, plane, height, width);
-  T* result = plane_start(column ? grad_a : grad_b, plane, height, width);
+  const int64_t unit = (column ? columns_before : warp - columns_before) * WARP + threadIdx.x % WARP;
+  const auto& blocks = column ? column_blocks : row_blocks;
+  const Walker walker =
+      Walker::of<T, Reverse, Blocked>(unit, column, blocks, planes, height, width);
+  if (!walker.valid) return;
+  const T* map = plane_start(column ? a : b, walker.plane, height, width);
+  const T* grad = plane_start(grad_out, walker.plane, height, width);
+  T* result = plane_start(column ? grad_a : grad_b, walker.plane, height, width);
   if constexpr (ColumnAhead > 0) {
-    if (column) {
-      const int at = index * N;  // the walker's first column
-      const int first = (Reverse ? height - 1 : 0) * width + at;  // in the border row
-      walk<T, Reverse, Vectorized, false, ColumnAhead>(
-          map, grad, result, first, height, Reverse ? -width : width, min(N, width - at), 0);
-    }
+    if (column)
+      walk<T, Reverse, Vectorized, false, ColumnAhead, Blocked>(map, grad, result, walker, blocks);
   }
   if constexpr (RowAhead > 0) {
-    if (!column) {
-      const int row_start = index * width;
-      const int first = row_start + (Reverse ? (vectors - 1) * N : 0);
-      walk<T, Reverse, Vectorized, true, RowAhead>(map, grad, result, first, vectors,
-                                                   Reverse ? -N : N, 1, row_start + width);
+    if (!column)
+      walk<T, Reverse, Vectorized, true, RowAhead, Blocked>(map, grad, result, walker, blocks);
+  }
+}
+
+// The last kernel of blocked lines: a thread per line joins the pieces of its runs that
+// cross blocks, block after block in scan order. The run coming into a block, whose maximum
+// lies before it, adds the block's head to its sum (the blocks' partial sums are added in
+// scan order, as the reference adds them); if a new maximum started a run in the block, the
+// run coming in is complete (its sum goes to its maximum) and the block's last run comes
+// out of it. The line's last run ends at the far border.
+template <typename T>
+__global__ void __launch_bounds__(THREADS)
+    join_kernel(T* __restrict__ grad, Blocks<typename Accumulate<T>::type> blocks,
+                int64_t planes, int lines, int height, int width) {
+  using Acc = typename Accumulate<T>::type;
+  const int64_t line = static_cast<int64_t>(blockIdx.x) * THREADS + threadIdx.x;
+  if (line >= planes * lines) return;
+  T* plane = plane_start(grad, line / lines, height, width);
+  const int64_t first = (line / lines) * blocks.count * lines + line % lines;  // scan block 0
+  int at = blocks.tail_at[first];  // the first block starts at the border: it has a run
+  Acc sum = blocks.tails[first];
+  for (int block = 1; block < blocks.count; ++block) {
+    const int64_t slot = first + static_cast<int64_t>(block) * lines;
+    sum = sum + blocks.heads[slot];
+    if (blocks.tail_at[slot] >= 0) {
+      plane[at] = static_cast<T>(sum);
+      at = blocks.tail_at[slot];
+      sum = blocks.tails[slot];
     }
   }
+  plane[at] = static_cast<T>(sum);
 }
 
 const char* launch_error() {
@@ -681,8 +889,10 @@ const char* launch_prefix(Acc* values, int64_t planes, int segments, int lines, 
   return launch_error();
 }
 
-template <typename T, int ColumnAhead, int RowAhead>
+template <typename T, int ColumnAhead, int RowAhead, bool Blocked = false>
 const char* launch_walkers(const T* a, const T* b, const T* grad_out, T* grad_a, T* grad_b,
+                           const Blocks<typename Accumulate<T>::type>& column_blocks,
+                           const Blocks<typename Accumulate<T>::type>& row_blocks,
                            int64_t planes, int height, int width, bool reverse,
                            bool vectorized, int64_t column_walkers, int64_t row_walkers,
                            void* stream) {
@@ -691,16 +901,47 @@ const char* launch_walkers(const T* a, const T* b, const T* grad_out, T* grad_a,
   const int64_t blocks = ceil_div(warps, WARPS);
   if (warps > INT32_MAX)  // so that warp * column_warps fits in 64 bits
     return "corner_pool: too many planes for one launch";
-  using Kernel = decltype(&backward_kernel<T, false, false, ColumnAhead, RowAhead>);
+  using Kernel = decltype(&backward_kernel<T, false, false, ColumnAhead, RowAhead, Blocked>);
   const Kernel kernels[2][2] = {  // [reverse][vectorized]
-      {backward_kernel<T, false, false, ColumnAhead, RowAhead>,
-       backward_kernel<T, false, true, ColumnAhead, RowAhead>},
-      {backward_kernel<T, true, false, ColumnAhead, RowAhead>,
-       backward_kernel<T, true, true, ColumnAhead, RowAhead>}};
+      {backward_kernel<T, false, false, ColumnAhead, RowAhead, Blocked>,
+       backward_kernel<T, false, true, ColumnAhead, RowAhead, Blocked>},
+      {backward_kernel<T, true, false, ColumnAhead, RowAhead, Blocked>,
+       backward_kernel<T, true, true, ColumnAhead, RowAhead, Blocked>}};
   const Kernel kernel = kernels[reverse][vectorized];
   LAUNCH_KERNEL(kernel, static_cast<unsigned int>(blocks), THREADS,
-                static_cast<cudaStream_t>(stream))(a, b, grad_out, grad_a, grad_b, planes,
-                                                   height, width, warps, column_warps);
+                static_cast<cudaStream_t>(stream))(a, b, grad_out, grad_a, grad_b, column_blocks,
+                                                   row_blocks, planes, height, width, warps,
+                                                   column_warps);
+  return launch_error();
+}
+
+// Before the walkers of one kind of blocked lines (`Along`: rows of b, else columns of a):
+// each block's maximum, then the maximum of the blocks before each one.
+template <typename T, bool Along>
+const char* launch_block_maxima(const T* map, const Blocks<typename Accumulate<T>::type>& blocks,
+                                int64_t planes, int height, int width, bool reverse,
+                                bool vectorized, void* stream) {
+  const int64_t units = planes * blocks.count * (Along ? height : ceil_div(width, VEC<T>));
+  const int64_t grid = ceil_div(units, THREADS);
+  if (grid > INT32_MAX) return "corner_pool: too many planes for one launch";
+  using Kernel = decltype(&block_maxima_kernel<T, false, false, Along>);
+  const Kernel kernels[2][2] = {  // [reverse][vectorized]
+      {block_maxima_kernel<T, false, false, Along>, block_maxima_kernel<T, false, true, Along>},
+      {block_maxima_kernel<T, true, false, Along>, block_maxima_kernel<T, true, true, Along>}};
+  LAUNCH_KERNEL(kernels[reverse][vectorized], static_cast<unsigned int>(grid), THREADS,
+                static_cast<cudaStream_t>(stream))(map, blocks, planes, height, width);
+  if (const char* error = launch_error()) return error;
+  return launch_prefix(blocks.maxima, planes, blocks.count, Along ? height : width, stream);
+}
+
+// After the walkers: the runs that cross blocks, joined (`lines` per plane).
+template <typename T>
+const char* launch_join(T* grad, const Blocks<typename Accumulate<T>::type>& blocks,
+                        int64_t planes, int lines, int height, int width, void* stream) {
+  const int64_t grid = ceil_div(planes * lines, THREADS);
+  if (grid > INT32_MAX) return "corner_pool: too many planes for one launch";
+  LAUNCH_KERNEL(join_kernel<T>, static_cast<unsigned int>(grid), THREADS,
+                static_cast<cudaStream_t>(stream))(grad, blocks, planes, lines, height, width);
   return launch_error();
 }
 
@@ -736,7 +977,9 @@ const char* launch_forward(const T* a, const T* b, T* out,
 
 template <typename T>
 const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a, T* grad_b,
-                            int64_t planes, int height, int width, bool reverse, void* stream) {
+                            int64_t planes, int height, int width, bool reverse, int sum_block,
+                            void* scratch, void* stream) {
+  using Acc = typename Accumulate<T>::type;
   if (const char* problem = size_problem(planes, height, width)) return problem;
   if (transposes(height, width)) {  // an H x 1 plane walked as 1 x H (corner_pool.h)
     std::swap(a, b);
@@ -745,24 +988,61 @@ const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a
     height = 1;
   }
   const bool vectorized = rows_aligned<T>(width, {a, b, grad_out, grad_a, grad_b});
-  const int64_t columns = a == nullptr ? 0 : planes * ceil_div(width, VEC<T>);
-  const int64_t rows = b == nullptr ? 0 : planes * height;
-  constexpr int DEEP = DEEP_AHEAD<T>;
-  if ((columns == 0 || columns >= FEW_WALKERS) && (rows == 0 || rows >= FEW_WALKERS))
-    return launch_walkers<T, AHEAD, AHEAD>(a, b, grad_out, grad_a, grad_b, planes, height,
-                                           width, reverse, vectorized, columns, rows, stream);
-  // A kind of walker that is few walks deep, in a launch of its own.
-  if (columns > 0) {
-    const auto launch = columns < FEW_WALKERS ? launch_walkers<T, DEEP, 0>
-                                              : launch_walkers<T, AHEAD, 0>;
-    if (const char* error = launch(a, nullptr, grad_out, grad_a, nullptr, planes, height,
-                                   width, reverse, vectorized, columns, 0, stream))
+  // The blocks of long lines, their arrays in `scratch` (as backward_scratch_bytes counts).
+  char* bytes = static_cast<char*>(scratch);
+  const Blocks<Acc> column_blocks =
+      Blocks<Acc>::carve(bytes, planes * width, height, a == nullptr ? 0 : sum_block);
+  const Blocks<Acc> row_blocks =
+      Blocks<Acc>::carve(bytes, planes * height, width, b == nullptr ? 0 : sum_block);
+  if (column_blocks.count > 1) {
+    if (const char* error = launch_block_maxima<T, false>(a, column_blocks, planes, height,
+                                                          width, reverse, vectorized, stream))
       return error;
   }
-  if (rows == 0) return nullptr;
-  const auto launch = rows < FEW_WALKERS ? launch_walkers<T, 0, DEEP> : launch_walkers<T, 0, AHEAD>;
-  return launch(nullptr, b, grad_out, nullptr, grad_b, planes, height, width, reverse,
-                vectorized, 0, rows, stream);
+  if (row_blocks.count > 1) {
+    if (const char* error = launch_block_maxima<T, true>(b, row_blocks, planes, height, width,
+                                                         reverse, vectorized, stream))
+      return error;
+  }
+  const int64_t columns = a == nullptr ? 0 : planes * column_blocks.count * ceil_div(width, VEC<T>);
+  const int64_t rows = b == nullptr ? 0 : planes * row_blocks.count * height;
+  constexpr int DEEP = DEEP_AHEAD<T>;
+  const bool blocked = column_blocks.count > 1 || row_blocks.count > 1;
+  if (!blocked && (columns == 0 || columns >= FEW_WALKERS) && (rows == 0 || rows >= FEW_WALKERS)) {
+    if (const char* error = launch_walkers<T, AHEAD, AHEAD>(
+            a, b, grad_out, grad_a, grad_b, column_blocks, row_blocks, planes, height, width,
+            reverse, vectorized, columns, rows, stream))
+      return error;
+  } else {
+    // A kind of walker that is few, or walks blocks, in a launch of its own; blocks are cut
+    // long lines, whose walkers are few but for many planes: they walk deep.
+    if (columns > 0) {
+      const auto launch = column_blocks.count > 1 ? launch_walkers<T, DEEP, 0, true>
+                          : columns < FEW_WALKERS ? launch_walkers<T, DEEP, 0>
+                                                  : launch_walkers<T, AHEAD, 0>;
+      if (const char* error = launch(a, nullptr, grad_out, grad_a, nullptr, column_blocks,
+                                     row_blocks, planes, height, width, reverse, vectorized,
+                                     columns, 0, stream))
+        return error;
+    }
+    if (rows > 0) {
+      const auto launch = row_blocks.count > 1 ? launch_walkers<T, 0, DEEP, true>
+                          : rows < FEW_WALKERS ? launch_walkers<T, 0, DEEP>
+                                               : launch_walkers<T, 0, AHEAD>;
+      if (const char* error = launch(nullptr, b, grad_out, nullptr, grad_b, column_blocks,
+                                     row_blocks, planes, height, width, reverse, vectorized, 0,
+                                     rows, stream))
+        return error;
+    }
+  }
+  if (column_blocks.count > 1) {
+    if (const char* error = launch_join(grad_a, column_blocks, planes, width, height, width,
+                                        stream))
+      return error;
+  }
+  if (row_blocks.count > 1)
+    return launch_join(grad_b, row_blocks, planes, height, height, width, stream);
+  return nullptr;
 }
 
 #define CORNER_POOL_INSTANTIATE(T)                                                          \
@@ -770,7 +1050,7 @@ const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a
                                          Accumulate<T>::type*, const Plan&, int64_t, int,    \
                                          int, bool, void*);                                  \
   template const char* launch_backward<T>(const T*, const T*, const T*, T*, T*, int64_t, int, \
-                                          int, bool, void*);
+                                          int, bool, int, void*, void*);
 
 CORNER_POOL_INSTANTIATE(float)
 CORNER_POOL_INSTANTIATE(double)

@@ -141,9 +141,45 @@ const char* launch_forward(const T* a, const T* b, T* out,
                            typename Accumulate<T>::type* column_maxima, const Plan& plan,
                            int64_t planes, int height, int width, bool reverse, void* stream);
 
-// Backward: grad_a and grad_b (each may be nullptr together with its input) from grad_out.
+// The backward's blocks (corner_pool.cu, "Blocks of long lines"): a line of more than
+// `sum_block` positions (sum_block > 0, a multiple of 16) is cut at every multiple of
+// sum_block into blocks walked in parallel; any other line is one block.
+inline int sum_blocks(int length, int sum_block) {
+  return sum_block > 0 && length > sum_block ? static_cast<int>(ceil_div(length, sum_block)) : 1;
+}
+
+// What the blocks of one kind of line carry between the backward's kernels: per line and
+// block, three values in Acc (the block's maximum, the sum that continues the run coming in,
+// the sum of its last run) and an offset (where that run's maximum is), 16-byte aligned.
+template <typename T>
+int64_t blocked_bytes(int64_t lines, int blocks) {
+  using Acc = typename Accumulate<T>::type;
+  if (blocks <= 1) return 0;
+  return ceil_div(lines * blocks * static_cast<int64_t>(3 * sizeof(Acc) + sizeof(int)), 16) * 16;
+}
+
+// The bytes of `scratch` that launch_backward needs: the column blocks' (of a), then the row
+// blocks' (of b), for the planes as walked (an H x 1 plane as 1 x H, see `transposes`).
+template <typename T>
+int64_t backward_scratch_bytes(bool has_a, bool has_b, int64_t planes, int height, int width,
+                               int sum_block) {
+  if (transposes(height, width)) {
+    const bool has_vertical = has_b;  // the maps swap their roles
+    has_b = has_a;
+    has_a = has_vertical;
+    width = height;
+    height = 1;
+  }
+  return (has_a ? blocked_bytes<T>(planes * width, sum_blocks(height, sum_block)) : 0) +
+         (has_b ? blocked_bytes<T>(planes * height, sum_blocks(width, sum_block)) : 0);
+}
+
+// Backward: grad_a and grad_b (each may be nullptr together with its input) from grad_out,
+// each line's sums taken in blocks of `sum_block` (0: whole lines); `scratch` holds
+// backward_scratch_bytes(...) bytes (nullptr when that is 0).
 template <typename T>
 const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a, T* grad_b,
-                            int64_t planes, int height, int width, bool reverse, void* stream);
+                            int64_t planes, int height, int width, bool reverse, int sum_block,
+                            void* scratch, void* stream);
 
 }  // namespace corner_pool

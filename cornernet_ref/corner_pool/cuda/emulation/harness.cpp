@@ -6,6 +6,7 @@
 // dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16. A map that is absent is nullptr.
 // segments: how many segments the forward cuts each plane's rows into; 0 lets the kernel
 // choose (as the binding does), a positive number forces it (the tests run both).
+// sum_block: the backward's blocks of long lines (0: whole lines).
 // Returns nullptr, or the error message of the launch.
 #include <vector>
 
@@ -14,6 +15,11 @@
 namespace {
 
 using corner_pool::Accumulate;
+
+// 16 bytes, aligned as the allocations of a GPU are (the backward's scratch holds floats).
+struct alignas(16) Aligned16 {
+  unsigned char bytes[16];
+};
 
 template <typename T>
 const char* forward(const void* a, const void* b, void* out, int64_t planes, int height,
@@ -33,10 +39,17 @@ const char* forward(const void* a, const void* b, void* out, int64_t planes, int
 
 template <typename T>
 const char* backward(const void* a, const void* b, const void* grad_out, void* grad_a,
-                     void* grad_b, int64_t planes, int height, int width, bool reverse) {
+                     void* grad_b, int64_t planes, int height, int width, bool reverse,
+                     int sum_block) {
+  // 16-byte aligned, as at::empty gives it on a GPU.
+  std::vector<Aligned16> scratch(corner_pool::ceil_div(
+      corner_pool::backward_scratch_bytes<T>(a != nullptr, b != nullptr, planes, height, width,
+                                             sum_block),
+      sizeof(Aligned16)));
   return corner_pool::launch_backward<T>(
       static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(grad_out),
-      static_cast<T*>(grad_a), static_cast<T*>(grad_b), planes, height, width, reverse, nullptr);
+      static_cast<T*>(grad_a), static_cast<T*>(grad_b), planes, height, width, reverse,
+      sum_block, scratch.empty() ? nullptr : scratch.data(), nullptr);
 }
 
 }  // namespace
@@ -57,15 +70,20 @@ const char* corner_pool_forward(int dtype, const void* a, const void* b, void* o
 
 const char* corner_pool_backward(int dtype, const void* a, const void* b, const void* grad_out,
                                  void* grad_a, void* grad_b, int64_t planes, int height,
-                                 int width, bool reverse) {
+                                 int width, bool reverse, int sum_block) {
   switch (dtype) {
-    case 0: return backward<float>(a, b, grad_out, grad_a, grad_b, planes, height, width, reverse);
-    case 1: return backward<double>(a, b, grad_out, grad_a, grad_b, planes, height, width, reverse);
+    case 0:
+      return backward<float>(a, b, grad_out, grad_a, grad_b, planes, height, width, reverse,
+                             sum_block);
+    case 1:
+      return backward<double>(a, b, grad_out, grad_a, grad_b, planes, height, width, reverse,
+                              sum_block);
     case 2:
-      return backward<c10::Half>(a, b, grad_out, grad_a, grad_b, planes, height, width, reverse);
+      return backward<c10::Half>(a, b, grad_out, grad_a, grad_b, planes, height, width,
+                                 reverse, sum_block);
     case 3:
       return backward<c10::BFloat16>(a, b, grad_out, grad_a, grad_b, planes, height, width,
-                                     reverse);
+                                     reverse, sum_block);
     default: return "corner_pool: unknown dtype code";
   }
 }

@@ -7,8 +7,9 @@
 //
 // For each shape: float32 and bfloat16, both corners, both maps and each map alone, and both
 // maps starting one element off a vector boundary; forward (each plane's rows cut into 3
-// segments, and as the kernel chooses) and backward, on integer maps full of ties. Every
-// output starts as NaN and the inputs hold none, so an output left unwritten is caught too.
+// segments, and as the kernel chooses) and backward (lines cut into blocks of 16), on
+// integer maps full of ties. Every output starts as NaN and the inputs hold none, so an
+// output left unwritten is caught too.
 // Exit status 0 when all went well.
 #include <algorithm>
 #include <cmath>
@@ -25,10 +26,13 @@ const char* corner_pool_forward(int dtype, const void* a, const void* b, void* o
                                 int segments);
 const char* corner_pool_backward(int dtype, const void* a, const void* b, const void* grad_out,
                                  void* grad_a, void* grad_b, int64_t planes, int height,
-                                 int width, bool reverse);
+                                 int width, bool reverse, int sum_block);
 }
 
 namespace {
+
+// Blocks of 16 positions: every line longer than that is walked in blocks and joined.
+constexpr int SUM_BLOCK = 16;
 
 template <typename T>
 bool all_written(const std::vector<T>& values) {
@@ -69,7 +73,7 @@ bool run(int dtype, int64_t planes, int height, int width, std::mt19937& random)
         error = corner_pool_backward(dtype, a_in, b_in, grad.data() + shift,
                                      a_in ? grad_a.data() : nullptr,
                                      b_in ? grad_b.data() : nullptr, planes, height, width,
-                                     reverse);
+                                     reverse, SUM_BLOCK);
       if (error != nullptr) {
         std::fprintf(stderr, "launch failed: %s\n", error);
         ok = false;
