@@ -71,10 +71,6 @@ GPU_SHAPES = {
     "wide": (1, 1, 4, 2**23),
 }
 MAIN_SHAPES = ("training", "large")  # where the targets hold; elsewhere within 2x
-# Forward only: the backward gives each scanned line to one thread, which adds its
-# gradients one after the other in the reference's order; a plane of 4 lines of 2^23
-# numbers is 4 threads' work, seconds per call, by design.
-FORWARD_ONLY = ("tall", "wide")
 CPU_SHAPES = {"training": (2, 128, 128, 128), "large": (1, 128, 192, 256)}
 DRY_RUN_SHAPES = {
     "training": (1, 8, 16, 16),
@@ -357,10 +353,9 @@ def run_all(
         by_shape = report["results"].setdefault(str(dtype).removeprefix("torch."), {})
         for key, shape in shapes.items():
             here = [n for n in names if key in MAIN_SHAPES or n == "cuda"]
-            modes = ("forward",) if key in FORWARD_ONLY else tuple(MAPS_MOVED)
             try:
                 by_shape[key] = measure(
-                    here, shape, device, repeats, copy_bytes_per_s, dtype, modes
+                    here, shape, device, repeats, copy_bytes_per_s, dtype, tuple(MAPS_MOVED)
                 )
             except Exception as error:  # one dtype or shape failing keeps the others
                 by_shape[key] = {"error": f"{type(error).__name__}: {error}"}
