@@ -263,6 +263,28 @@ def test_blocked_lines_give_the_reference_gradients(
             assert same_bits(got.nan_to_num(), wanted.nan_to_num())
 
 
+@pytest.mark.parametrize("maxima", ["border", "every 300"])
+@pytest.mark.parametrize("reverse", [True, False])
+def test_a_run_across_many_blocks_is_joined_in_order(maxima, reverse):
+    """Lines of 50 blocks of 16: with the maximum at the border, one run crosses every block
+    (join_kernel follows it over more blocks than it loads at a time); with a new maximum
+    every 300 positions, runs cross 18 or 19 blocks. Large gradients, so that a head added
+    out of order changes the float32 sum."""
+    length, sum_block = 800, 16
+    steps = torch.arange(length, dtype=torch.float32)
+    from_border = steps.flip(0) if reverse else steps  # 0 at the border
+    line = -from_border if maxima == "border" else (from_border // 300) * 1000 - from_border
+    rows = torch.stack([line, line.roll(7)]).view(1, 1, 2, length)  # b: two rows
+    grad = torch.randn(rows.shape, generator=torch.Generator().manual_seed(21)) * 1e6
+    columns, column_grad = rows.transpose(2, 3).contiguous(), grad.transpose(2, 3).contiguous()
+    for a, b, g in ((None, rows, grad), (columns, None, column_grad)):  # a: two columns
+        actual = kernels().backward(a, b, g, reverse, sum_block)
+        expected = REFERENCE_KERNELS.backward(a, b, g, reverse, sum_block)
+        for got, wanted in zip(actual, expected, strict=True):
+            assert (got is None) == (wanted is None)
+            assert got is None or same_bits(got, wanted)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 2100, 3), (2, 3, 1, 2100), (1, 2, 2100, 1)], ids=str)
 def test_the_default_blocks_cut_long_lines_as_the_reference_does(shape):
     """Through the operator and its autograd formula, with the default ``sum_block`` (1024):

@@ -107,10 +107,9 @@
 //                        and keeps what it adds to that run until a new maximum completes
 //                        it (its `head`); its own runs are written as on a whole line, but
 //                        the last, which may go on in the next block, is kept (its `tail`);
-//   join_kernel          a thread per line, block after block in scan order: the run
-//                        coming into a block adds the block's head; if a new maximum
-//                        started a run in the block, the run coming in is complete (its sum
-//                        goes to its maximum) and the block's tail comes out.
+//   join_kernel          a thread per tail: the run follows the blocks after its own in
+//                        scan order, adding each block's head, until a new maximum
+//                        completes it; its sum goes to its maximum.
 
 #include <cuda_runtime.h>
 
@@ -144,6 +143,8 @@ constexpr int AHEAD = 4;  // steps a backward walker loads before it uses the fi
 template <typename T>
 constexpr int DEEP_AHEAD = sizeof(T) == 2 ? 8 : 16;
 constexpr int64_t FEW_WALKERS = 32768;
+// The blocks whose heads join_kernel loads at a time, following a run across blocks.
+constexpr int JOIN_AHEAD = 16;
 // The forward's rows in flight: 8 vectors of 16 bytes per map and lane, so that 1000 warps
 // keep about 8 MB on their way from memory. A 2-byte type has twice the columns per lane,
 // and with them twice the running maxima and scan values in registers: 6 rows fit in the
@@ -740,17 +741,19 @@ __global__ void __launch_bounds__(THREADS)
   Acc best[Along ? 1 : N];
 #pragma unroll
   for (int j = 0; j < (Along ? 1 : N); ++j) best[j] = neutral<Acc>();
-  for (int first_step = 0; first_step < walker.steps; first_step += AHEAD) {
-    Loaded<T, Vectorized> values[AHEAD];  // loaded together, as in `walk`
-    int counts[AHEAD];
+  // Blocks are long lines cut, whose walkers are few: DEEP_AHEAD loads in flight, as theirs.
+  constexpr int Ahead = DEEP_AHEAD<T>;
+  for (int first_step = 0; first_step < walker.steps; first_step += Ahead) {
+    Loaded<T, Vectorized> values[Ahead];  // loaded together, as in `walk`
+    int counts[Ahead];
 #pragma unroll
-    for (int r = 0; r < AHEAD; ++r) {
+    for (int r = 0; r < Ahead; ++r) {
       const int offset = walker.offset(first_step + r);
       counts[r] = walker.count<T, Vectorized, Along>(first_step + r, offset);
       values[r] = load<Vectorized>(map, offset, counts[r]);
     }
 #pragma unroll
-    for (int r = 0; r < AHEAD; ++r) {
+    for (int r = 0; r < Ahead; ++r) {
 #pragma unroll
       for (int step = 0; step < N; ++step) {
         const int j = Along && Reverse ? N - 1 - step : step;
@@ -803,33 +806,47 @@ __global__ void __launch_bounds__(THREADS)
   }
 }
 
-// The last kernel of blocked lines: a thread per line joins the pieces of its runs that
-// cross blocks, block after block in scan order. The run coming into a block, whose maximum
-// lies before it, adds the block's head to its sum (the blocks' partial sums are added in
-// scan order, as the reference adds them); if a new maximum started a run in the block, the
-// run coming in is complete (its sum goes to its maximum) and the block's last run comes
-// out of it. The line's last run ends at the far border.
+// The last kernel of blocked lines: a thread per block whose walker started a run (every
+// line's first block does: it starts at the border) follows that run, its tail, through the
+// blocks after it, adding each block's head to the run's sum in scan order (as the
+// reference adds the blocks' partial sums), up to the block where a new maximum completes
+// it, or the line's end; then writes the sum at the run's maximum. Each head belongs to one
+// run, so the threads share the work without order; a run is one thread's walk however far
+// it goes (a line whose maximum is at its border is a single run), JOIN_AHEAD blocks loaded
+// at a time.
 template <typename T>
 __global__ void __launch_bounds__(THREADS)
     join_kernel(T* __restrict__ grad, Blocks<typename Accumulate<T>::type> blocks,
                 int64_t planes, int lines, int height, int width) {
   using Acc = typename Accumulate<T>::type;
-  const int64_t line = static_cast<int64_t>(blockIdx.x) * THREADS + threadIdx.x;
-  if (line >= planes * lines) return;
-  T* plane = plane_start(grad, line / lines, height, width);
-  const int64_t first = (line / lines) * blocks.count * lines + line % lines;  // scan block 0
-  int at = blocks.tail_at[first];  // the first block starts at the border: it has a run
-  Acc sum = blocks.tails[first];
-  for (int block = 1; block < blocks.count; ++block) {
-    const int64_t slot = first + static_cast<int64_t>(block) * lines;
-    sum = sum + blocks.heads[slot];
-    if (blocks.tail_at[slot] >= 0) {
-      plane[at] = static_cast<T>(sum);
-      at = blocks.tail_at[slot];
-      sum = blocks.tails[slot];
+  // The arrays' own order, [plane][block in scan order][line]: adjacent threads read
+  // adjacent values.
+  const int64_t slot = static_cast<int64_t>(blockIdx.x) * THREADS + threadIdx.x;
+  if (slot >= planes * blocks.count * lines) return;
+  const int at = blocks.tail_at[slot];
+  if (at < 0) return;  // no run starts in this block
+  const int64_t plane = slot / (static_cast<int64_t>(blocks.count) * lines);
+  const int block = static_cast<int>(slot / lines % blocks.count);
+  Acc sum = blocks.tails[slot];
+  bool complete = false;
+  for (int first = block + 1; first < blocks.count && !complete; first += JOIN_AHEAD) {
+    Acc heads[JOIN_AHEAD];
+    bool ends[JOIN_AHEAD];  // a new maximum in the block completes the run
+#pragma unroll
+    for (int k = 0; k < JOIN_AHEAD; ++k) {
+      const int64_t next = slot + static_cast<int64_t>(first + k - block) * lines;
+      const bool inside = first + k < blocks.count;
+      heads[k] = inside ? blocks.heads[next] : Acc(0);
+      ends[k] = !inside || blocks.tail_at[next] >= 0;
+    }
+#pragma unroll
+    for (int k = 0; k < JOIN_AHEAD; ++k) {
+      if (complete || first + k >= blocks.count) break;
+      sum = sum + heads[k];
+      complete = ends[k];
     }
   }
-  plane[at] = static_cast<T>(sum);
+  plane_start(grad, plane, height, width)[at] = static_cast<T>(sum);
 }
 
 const char* launch_error() {
@@ -938,7 +955,7 @@ const char* launch_block_maxima(const T* map, const Blocks<typename Accumulate<T
 template <typename T>
 const char* launch_join(T* grad, const Blocks<typename Accumulate<T>::type>& blocks,
                         int64_t planes, int lines, int height, int width, void* stream) {
-  const int64_t grid = ceil_div(planes * lines, THREADS);
+  const int64_t grid = ceil_div(planes * blocks.count * lines, THREADS);
   if (grid > INT32_MAX) return "corner_pool: too many planes for one launch";
   LAUNCH_KERNEL(join_kernel<T>, static_cast<unsigned int>(grid), THREADS,
                 static_cast<cudaStream_t>(stream))(grad, blocks, planes, lines, height, width);
