@@ -323,6 +323,26 @@ def test_cuda_kernel_splits_like_the_reference(dtype, shape):
         assert same_bits(actual, expected)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("corner", ["tl", "br"])
+def test_cuda_kernel_sums_blocks_like_the_reference(dtype, corner):
+    """Blocks of 16 on rows of 70 and columns of 300 (19 blocks): the three kernels of
+    blocked lines on the GPU, against the reference's blocked sums."""
+    shape = (1, 2, 300, 70)
+    steps = torch.arange(300 * 70, dtype=torch.float32).view(1, 1, 300, 70)
+    a, b = ((relu_like(shape, torch.float32, k) - steps / 500).round().to(dtype) for k in (3, 4))
+    grad = (torch.randn(shape, generator=torch.Generator().manual_seed(5)) * 1e4).to(dtype)
+    results = []
+    for device, backend in (("cpu", "reference"), ("cuda", "cuda")):
+        a_in, b_in = (t.to(device, copy=True).requires_grad_() for t in (a, b))
+        corner_pool(a_in, b_in, corner, backend=backend, sum_block=16).backward(grad.to(device))
+        results.append((a_in.grad, b_in.grad))
+    for expected, actual in zip(*results, strict=True):
+        assert same_bits(actual, expected)
+
+
 @pytest.mark.parametrize("direction", ["top", "bottom", "left", "right"])
 def test_lines_that_start_at_minus_infinity_or_nan_keep_the_reference_gradient(direction):
     """Each line's run starts as "maximum -inf, sum -0.0" at its border position. A border
