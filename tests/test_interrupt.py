@@ -38,7 +38,7 @@ def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(tmp_path):
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: to the command and its loader worker
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == INTERRUPTED == 130
+    assert process.returncode == INTERRUPTED == 130, stderr  # what it printed, if it failed
     last_line = stderr.strip().splitlines()[-1]
     assert last_line.startswith("cornernet-ref: error: interrupted (Ctrl-C)")
     assert "Traceback" not in stderr
