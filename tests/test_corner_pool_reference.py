@@ -143,6 +143,26 @@ def test_a_sum_block_the_kernel_cannot_walk_is_refused(sum_block) -> None:
         reference.check_sum_block(sum_block)
 
 
+@pytest.mark.parametrize("sum_block", [0, 16, 1024])
+def test_whole_lines_and_multiples_of_16_are_accepted(sum_block) -> None:
+    reference.check_sum_block(sum_block)
+
+
+@pytest.mark.parametrize("from_end", [True, False])
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 31, 32, 33, 48, 50])
+@pytest.mark.parametrize("sum_block", [0, 16])
+def test_block_starts_are_where_the_block_changes_in_scan_order(length, from_end, sum_block):
+    """Against the definition: a row after the border whose block (row // sum_block) is not
+    the block of the row met before it; lengths that leave the border alone in its block."""
+    rows = reference.scan_positions(length, from_end)
+    expected = {
+        row
+        for previous, row in zip(rows, rows[1:], strict=False)
+        if sum_block and row // sum_block != previous // sum_block
+    }
+    assert reference.block_starts(length, from_end, sum_block) == expected
+
+
 @pytest.mark.parametrize("direction", sorted(SCANS))
 def test_reference_pool_of_an_empty_map(direction) -> None:
     for shape in [(1, 2, 0, 3), (1, 2, 3, 0), (0, 1, 2, 2)]:
