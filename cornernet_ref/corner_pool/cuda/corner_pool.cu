@@ -999,10 +999,8 @@ const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a
   using Acc = typename Accumulate<T>::type;
   if (const char* problem = size_problem(planes, height, width)) return problem;
   if (transposes(height, width)) {  // an H x 1 plane walked as 1 x H (corner_pool.h)
-    std::swap(a, b);
+    pool_as_row(a, b, height, width);
     std::swap(grad_a, grad_b);
-    width = height;
-    height = 1;
   }
   const bool vectorized = rows_aligned<T>(width, {a, b, grad_out, grad_a, grad_b});
   // The blocks of long lines, their arrays in `scratch` (as backward_scratch_bytes counts).

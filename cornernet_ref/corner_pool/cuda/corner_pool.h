@@ -35,6 +35,17 @@ constexpr int VEC = 16 / static_cast<int>(sizeof(T));
 // walked chunk after chunk by one group, while a long column is cut into segments.
 inline bool transposes(int height, int width) { return width == 1 && height > 1; }
 
+// The H x 1 plane as the 1 x H plane it is pooled as: the maps `a` and `b` (or whatever
+// stands for them) swap their roles, and the sizes become 1 and H.
+template <typename Map>
+void pool_as_row(Map& a, Map& b, int& height, int& width) {
+  const Map vertical = b;
+  b = a;
+  a = vertical;
+  width = height;
+  height = 1;
+}
+
 // How the forward shares a map out among warps (see corner_pool.cu). A plane's row is cut
 // into chunks of `lanes` * VEC columns, `lanes` a power of two up to 32: a group of `lanes`
 // lanes scans it, and a warp holds 32 / lanes groups, each on a plane of its own. Its rows
@@ -92,13 +103,7 @@ Plan plan_forward(bool has_a, bool has_b, int64_t planes, int height, int width,
                   int segments = 0) {
   const bool transposed = transposes(height, width) &&
                           (height <= WARP * VEC<T> || planes >= MIN_WARPS);
-  if (transposed) {
-    const bool has_vertical = has_b;  // the maps swap their roles
-    has_b = has_a;
-    has_a = has_vertical;
-    width = height;
-    height = 1;
-  }
+  if (transposed) pool_as_row(has_a, has_b, height, width);
   Plan plan{transposed, height, width, 1, 1, 1, height, 1, 1, false, false};
   while (plan.lanes < WARP && plan.lanes * VEC<T> < width) plan.lanes *= 2;
   plan.chunks = static_cast<int>(ceil_div(width, plan.lanes * VEC<T>));
@@ -163,13 +168,7 @@ int64_t blocked_bytes(int64_t lines, int blocks) {
 template <typename T>
 int64_t backward_scratch_bytes(bool has_a, bool has_b, int64_t planes, int height, int width,
                                int sum_block) {
-  if (transposes(height, width)) {
-    const bool has_vertical = has_b;  // the maps swap their roles
-    has_b = has_a;
-    has_a = has_vertical;
-    width = height;
-    height = 1;
-  }
+  if (transposes(height, width)) pool_as_row(has_a, has_b, height, width);
   return (has_a ? blocked_bytes<T>(planes * width, sum_blocks(height, sum_block)) : 0) +
          (has_b ? blocked_bytes<T>(planes * height, sum_blocks(width, sum_block)) : 0);
 }
