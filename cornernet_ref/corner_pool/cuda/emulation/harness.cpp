@@ -16,11 +16,6 @@ namespace {
 
 using corner_pool::Accumulate;
 
-// 16 bytes, aligned as the allocations of a GPU are (the backward's scratch holds floats).
-struct alignas(16) Aligned16 {
-  unsigned char bytes[16];
-};
-
 template <typename T>
 const char* forward(const void* a, const void* b, void* out, int64_t planes, int height,
                     int width, bool reverse, int segments) {
@@ -41,11 +36,11 @@ template <typename T>
 const char* backward(const void* a, const void* b, const void* grad_out, void* grad_a,
                      void* grad_b, int64_t planes, int height, int width, bool reverse,
                      int sum_block) {
-  // 16-byte aligned, as at::empty gives it on a GPU.
-  std::vector<Aligned16> scratch(corner_pool::ceil_div(
+  // In 16-byte units (the kernel's Words), aligned as at::empty aligns it on a GPU.
+  std::vector<corner_pool::Words> scratch(corner_pool::ceil_div(
       corner_pool::backward_scratch_bytes<T>(a != nullptr, b != nullptr, planes, height, width,
                                              sum_block),
-      sizeof(Aligned16)));
+      sizeof(corner_pool::Words)));
   return corner_pool::launch_backward<T>(
       static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(grad_out),
       static_cast<T*>(grad_a), static_cast<T*>(grad_b), planes, height, width, reverse,
