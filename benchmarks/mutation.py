@@ -154,9 +154,9 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
      "targets lie in [0, 1] (documented); y = 1 adds a zero term, as for `<=`"),
     ("losses", "pairs &= count >= (1 if single_object_push else 2)", "`1` -> `0`",
      "an image with no object has no occupied slot, hence no pair in `pairs` already"),
-    ("corner_pool.reference", "sum_block < 0:", "`0` -> `-1`",
-     "-1, the one integer it lets through, fails the next test (not a multiple of 16) with "
-     "the same message"),
+    ("corner_pool.reference", "sum_block < 0 or", "`0` -> `-1`",
+     "-1, the one integer it lets through, fails the next test (not a multiple of 16): the "
+     "same error"),
     ("corner_pool.reference", "if step > 0:", "`>` -> `>=`",
      "at step 0 the loop ends: the run total it would update is never read"),
     ("corner_pool.reference", "if step > 0:", "`0` -> `-1`",

@@ -116,10 +116,9 @@ SUM_BLOCK = 1024
 def check_sum_block(sum_block: int) -> None:
     r"""Raise ValueError unless ``sum_block`` is 0 or a positive multiple of 16 (a block then
     holds whole 16-byte vectors of every dtype, as the kernel reads them)."""
-    if isinstance(sum_block, bool) or not isinstance(sum_block, int) or sum_block < 0:
+    integer = isinstance(sum_block, int) and not isinstance(sum_block, bool)
+    if not integer or sum_block < 0 or sum_block % 16:
         raise ValueError(f"sum_block must be 0 or a positive multiple of 16, got {sum_block!r}")
-    if sum_block % 16:
-        raise ValueError(f"sum_block must be 0 or a positive multiple of 16, got {sum_block}")
 
 
 def block_starts(length: int, from_end: bool, sum_block: int) -> set[int]:
