@@ -137,7 +137,7 @@ def test_blocks_change_the_sum_where_float32_rounding_says(direction) -> None:
     assert sums == {16: 2.0**24 + 16, 1024: 2.0**24, 0: 2.0**24}
 
 
-@pytest.mark.parametrize("sum_block", [-16, 8, 17, 1.5, True])
+@pytest.mark.parametrize("sum_block", [-16, 8, 17, 1.5, True, False])
 def test_a_sum_block_the_kernel_cannot_walk_is_refused(sum_block) -> None:
     with pytest.raises(ValueError, match="sum_block must be 0 or a positive multiple of 16"):
         reference.check_sum_block(sum_block)
