@@ -17,9 +17,10 @@ The file is the zip archive ``torch.save`` writes, which keeps a CRC-32 of every
 target's folder, forces it to disk (``fsync``), renames it over the target (``os.replace``,
 atomic) and forces the folder's entry to disk too. A process killed at any moment leaves
 the old checkpoint or the new one, never a mix; its temporary file is removed by the next
-write of the same file. A write that fails (a full disk, a
-read-only folder) removes its temporary file, keeps the old checkpoint and raises
-:class:`OutputError`, naming the file and the operating system's reason.
+write of the same file. A Ctrl-C during the write takes effect once the new file is in
+place. A write that fails (a full disk, a read-only folder) removes its temporary file,
+keeps the old checkpoint and raises :class:`OutputError`, naming the file and the operating
+system's reason.
 
 **Clear errors.** :func:`load_checkpoint` raises :class:`CheckpointError`, naming the file,
 when it is missing, truncated or corrupt (not a zip archive, or a record whose bytes no
@@ -48,6 +49,8 @@ import contextlib
 import glob
 import os
 import secrets
+import signal
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,13 +95,40 @@ class OutputError(InputError, OSError):
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     r"""Call ``write`` on a temporary file beside ``path``, force it to disk, rename it over.
 
-    See :func:`atomic_path`.
+    A Ctrl-C meanwhile takes effect once the file is in place (:func:`interrupt_deferred`):
+    a checkpoint being saved is finished, not abandoned halfway. See :func:`atomic_path`.
     """
-
-    with atomic_path(path) as temporary, temporary.open("wb") as file:
+    with interrupt_deferred(), atomic_path(path) as temporary, temporary.open("wb") as file:
         write(file)
         file.flush()
         os.fsync(file.fileno())
+
+
+@contextlib.contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    r"""Hold a Ctrl-C (SIGINT) until the block is over, then raise ``KeyboardInterrupt``.
+
+    Interrupted inside a writer, a KeyboardInterrupt can turn into another error on its
+    way out (``torch.save`` closing its archive raises a ``RuntimeError`` about the file
+    position), which would end the command with a traceback instead of the one line of a
+    Ctrl-C. Signals reach the main thread only, and only Python's own handler is replaced:
+    elsewhere, or with a handler of the caller's, the block runs as it is. An error raised
+    by the block goes on its way, the held Ctrl-C with it.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -276,6 +306,7 @@ __all__ = [
     "CheckpointError",
     "OutputError",
     "atomic_path",
+    "interrupt_deferred",
     "load_checkpoint",
     "save_checkpoint",
     "write_atomically",

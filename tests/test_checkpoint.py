@@ -7,8 +7,10 @@ import io
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ from cornernet_ref.checkpoint import (
     CheckpointError,
     OutputError,
     atomic_path,
+    interrupt_deferred,
     load_checkpoint,
     save_checkpoint,
     write_atomically,
@@ -288,3 +291,58 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["last.pt", running.name, other.name]
     )
+
+
+def _save_pressing_ctrl_c(path, state, after_bytes: int) -> None:
+    """save_checkpoint, with a SIGINT to this process once ``after_bytes`` are written."""
+
+    class CtrlC(io.RawIOBase):
+        def __init__(self, file):
+            self.file, self.written = file, 0
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            if self.written < after_bytes <= self.written + len(data):
+                os.kill(os.getpid(), signal.SIGINT)  # handled at the next Python line
+            self.written += len(data)
+            return self.file.write(data)
+
+    write_atomically(path, lambda file: torch.save({**state, "format": FORMAT}, CtrlC(file)))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.5, 0.99])
+def test_ctrl_c_during_a_save_finishes_the_file_then_interrupts(tmp_path, share):
+    """Interrupted mid-write, torch.save turns the KeyboardInterrupt into a RuntimeError
+    about the file position; held until the file is in place, it stays a Ctrl-C."""
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, model_state(seed=1))
+    state = {**model_state(seed=2), "version": VERSION}
+    size = len(path.read_bytes())  # the same tensors' sizes: about the size of the new file
+    with pytest.raises(KeyboardInterrupt):
+        _save_pressing_ctrl_c(path, state, after_bytes=max(1, int(share * size)))
+    assert_same_state(load_checkpoint(path), state)  # the new file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_error_in_the_held_block_is_raised_and_the_handler_restored():
+    with pytest.raises(ZeroDivisionError), interrupt_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        1 / 0  # noqa: B018
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_outside_the_main_thread_nothing_is_held():
+    """Signals reach the main thread only: another thread's block runs as it is."""
+    handlers = []
+
+    def run():
+        with interrupt_deferred():
+            handlers.append(signal.getsignal(signal.SIGINT))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert handlers == [signal.default_int_handler]
