@@ -14,13 +14,16 @@ compiler version: a session builds each variant once, and later sessions reuse i
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -119,6 +122,20 @@ def pointer(x: Tensor | None) -> ctypes.c_void_p | None:
     return None if x is None else ctypes.c_void_p(x.data_ptr())
 
 
+ALIGNMENT = 512  # bytes: what PyTorch's CUDA caching allocator guarantees
+
+
+def empty_aligned(shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """A zeroed CPU tensor whose data starts on an ALIGNMENT-byte boundary, as a CUDA
+    tensor's does (the CPU allocator aligns to 64 bytes only), at offset 0 of its storage."""
+    count = math.prod(shape)
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    buffer = bytearray(count * torch.empty((), dtype=dtype).element_size() + ALIGNMENT)
+    skip = -torch.frombuffer(buffer, dtype=torch.uint8).data_ptr() % ALIGNMENT
+    return torch.frombuffer(buffer, dtype=dtype, count=count, offset=skip).view(shape)
+
+
 class EmulatedKernels:
     """The kernels of ``corner_pool.cu`` on the CPU, with the interface of the CUDA
     extension's binding: CPU tensors in, contiguous CPU tensors out. ``segments``: how many
@@ -141,6 +158,30 @@ class EmulatedKernels:
             *SIZES,
             ctypes.c_int,  # sum_block
         ]
+        self.library.corner_pool_trace_end.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+    @contextlib.contextmanager
+    def trace(self) -> Iterator[list[dict[str, int]]]:
+        """The global memory requests of the kernels launched inside the ``with`` block,
+        one warp instruction each (``cuda/emulation/cuda_runtime.h``): a list, filled on
+        exit, of ``{"store", "lanes", "bytes", "sectors", "lines", "count"}``, ``count``
+        requests of each kind (``sectors`` of 32 bytes and cache ``lines`` of 128 bytes
+        touched by one request). The loads and stores of the maps only, not the carries."""
+        requests: list[dict[str, int]] = []
+        self.library.corner_pool_trace_begin()
+        try:
+            yield requests
+        finally:
+            size = 1 << 16
+            while True:  # the trace stays until the next begins: ask again if it was cut
+                text = ctypes.create_string_buffer(size)
+                needed = self.library.corner_pool_trace_end(text, size)
+                if needed < size:
+                    break
+                size = needed + 1
+            keys = ("store", "lanes", "bytes", "sectors", "lines", "count")
+            for line in text.value.decode().splitlines():
+                requests.append(dict(zip(keys, map(int, line.split()), strict=True)))
 
     @staticmethod
     def check(error: bytes | None) -> None:
@@ -150,7 +191,7 @@ class EmulatedKernels:
     def forward(self, a: Tensor | None, b: Tensor | None, reverse: bool) -> Tensor:
         map_ = a if a is not None else b
         a, b = (None if x is None else x.contiguous() for x in (a, b))
-        out = torch.empty(map_.shape, dtype=map_.dtype)
+        out = empty_aligned(map_.shape, map_.dtype)
         if out.numel():
             planes, height, width = map_.shape[0] * map_.shape[1], *map_.shape[2:]
             self.check(
@@ -173,7 +214,7 @@ class EmulatedKernels:
     ) -> tuple[Tensor | None, Tensor | None]:
         a, b = (None if x is None else x.contiguous() for x in (a, b))
         grad = grad.contiguous()
-        grad_a, grad_b = (None if x is None else torch.empty_like(x) for x in (a, b))
+        grad_a, grad_b = (None if x is None else empty_aligned(x.shape, x.dtype) for x in (a, b))
         if grad.numel():
             planes, height, width = grad.shape[0] * grad.shape[1], *grad.shape[2:]
             self.check(

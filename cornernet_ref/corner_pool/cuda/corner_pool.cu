@@ -132,6 +132,14 @@
 #define LAUNCH_KERNEL(kernel, blocks, threads, stream) kernel<<<blocks, threads, 0, stream>>>
 #endif
 
+// CORNER_POOL_ACCESS(base, offset, bytes, active, store): a note of each global load and
+// store of the bulk of the traffic (the maps, not the carries), which the CPU build records
+// to count the memory requests of a warp (benchmarks/corner_pool_access.py). Nothing on a
+// GPU.
+#ifndef CORNER_POOL_ACCESS
+#define CORNER_POOL_ACCESS(base, offset, bytes, active, store)
+#endif
+
 namespace corner_pool {
 namespace {
 
@@ -219,12 +227,15 @@ __device__ __forceinline__ Loaded<T, Vectorized> load(const T* __restrict__ src,
   if constexpr (Vectorized) {
     Words words;
     memcpy(&words, &loaded, sizeof(Words));
+    CORNER_POOL_ACCESS(src, offset, sizeof(Words), count > 0, false);
     if (count > 0) words = *reinterpret_cast<const Words*>(src + offset);
     return words;
   } else {
 #pragma unroll
-    for (int j = 0; j < VEC<T>; ++j)
+    for (int j = 0; j < VEC<T>; ++j) {
+      CORNER_POOL_ACCESS(src, offset + j, sizeof(T), j < count, false);
       if (j < count) loaded.value[j] = src[offset + j];
+    }
     return loaded;
   }
 }
@@ -269,11 +280,14 @@ __device__ __forceinline__ void store(T* __restrict__ dst, int offset, int count
     Vector<T> stored;
 #pragma unroll
     for (int j = 0; j < N; ++j) stored.value[j] = static_cast<T>(values[j]);
+    CORNER_POOL_ACCESS(dst, offset, sizeof(Vector<T>), count > 0, true);
     if (count > 0) *reinterpret_cast<Vector<T>*>(dst + offset) = stored;
   } else {
 #pragma unroll
-    for (int j = 0; j < N; ++j)
+    for (int j = 0; j < N; ++j) {
+      CORNER_POOL_ACCESS(dst, offset + j, sizeof(T), j < count, true);
       if (j < count) dst[offset + j] = static_cast<T>(values[j]);
+    }
   }
 }
 
@@ -553,6 +567,7 @@ struct Run {
   template <bool Blocked, typename T>
   __device__ __forceinline__ void step(Acc value, Acc grad, int offset, T* __restrict__ dst) {
     const bool moved = greater(value, best);
+    CORNER_POOL_ACCESS(dst, at, sizeof(T), moved && (!Blocked || at >= 0), true);
     if constexpr (Blocked) {
       if (moved && at >= 0) dst[at] = static_cast<T>(sum);
       head = moved && at < 0 ? sum : head;
@@ -714,6 +729,7 @@ __device__ __forceinline__ void walk(const T* __restrict__ map, const T* __restr
   for (int j = 0; j < (Along ? 1 : N); ++j) {
     if (j >= walker.lines) break;
     if constexpr (!Blocked) {
+      CORNER_POOL_ACCESS(grad, runs[j].at, sizeof(T), true, true);
       grad[runs[j].at] = static_cast<T>(runs[j].sum);  // the last run
     } else {
       const int64_t slot = walker.slot + j;

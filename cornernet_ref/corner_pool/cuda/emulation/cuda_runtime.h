@@ -16,6 +16,8 @@
 //                                       std::barriers of the 32 threads of the warp.
 //   kernel<<<blocks, threads, 0, s>>>   LAUNCH_KERNEL(kernel, blocks, threads, s)(args...),
 //                                       which runs the blocks one after the other.
+//   CORNER_POOL_ACCESS(...)             the kernel's note of a global load or store (nothing
+//                                       on a GPU): recorded while a trace is on (below).
 //
 // Launch errors are those of CUDA: a grid of 0 or more than 2^31 - 1 blocks, or a block of 0
 // or more than 1024 threads, is an "invalid configuration argument" reported by
@@ -32,9 +34,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -76,19 +81,74 @@ namespace cuda_emulation {
 
 constexpr unsigned int WARP = 32;
 
+// One global load or store of one thread, as the kernel notes it (CORNER_POOL_ACCESS):
+// `bytes` 0 for an instruction whose predicate is off in this thread.
+struct Access {
+  uintptr_t address;
+  int bytes;
+  bool store;
+};
+
 // What the threads of the running block share.
 struct Block {
   std::barrier<> sync;  // __syncthreads()
   std::vector<std::unique_ptr<std::barrier<>>> warp_sync;  // one per warp
   std::vector<uint64_t> slots;  // one per thread: the value it offers to a shuffle
+  std::vector<std::vector<Access>> accesses;  // one list per thread, while a trace is on
 
-  explicit Block(unsigned int threads) : sync(threads), slots(threads) {
+  explicit Block(unsigned int threads) : sync(threads), slots(threads), accesses(threads) {
     for (unsigned int first = 0; first < threads; first += WARP)
       warp_sync.push_back(std::make_unique<std::barrier<>>(std::min(WARP, threads - first)));
   }
 };
 
 inline thread_local Block* current_block = nullptr;
+
+// The memory requests of a trace. A warp's instruction is one request: the k-th access each
+// lane of the warp notes belongs to its k-th request (the kernel keeps the lanes of a warp
+// in step, and notes predicated-off accesses too). Requests are counted by their kind, the
+// lanes taking part, the bytes they ask for, and the 32-byte sectors and 128-byte cache
+// lines those bytes lie in: what decides the work of the L1 cache and the bytes it fetches.
+using RequestKind = std::tuple<bool, int, int, int, int>;  // store, lanes, bytes, sectors, lines
+inline bool tracing = false;                  // changed between launches only
+inline std::map<RequestKind, int64_t> requests;  // kind -> count
+
+// Called by the block's first thread once all its threads have run the kernel.
+inline void count_requests(Block& block) {
+  for (size_t first = 0; first < block.accesses.size(); first += WARP) {
+    const size_t last = std::min(first + WARP, block.accesses.size());
+    size_t longest = 0;
+    for (size_t t = first; t < last; ++t) longest = std::max(longest, block.accesses[t].size());
+    for (size_t k = 0; k < longest; ++k) {
+      std::set<uintptr_t> sectors, lines;
+      int lanes = 0, bytes = 0;
+      bool store = false;
+      for (size_t t = first; t < last; ++t) {
+        if (k >= block.accesses[t].size() || block.accesses[t][k].bytes == 0) continue;
+        const Access& access = block.accesses[t][k];
+        for (uintptr_t byte = access.address; byte < access.address + access.bytes; ++byte) {
+          sectors.insert(byte / 32);
+          lines.insert(byte / 128);
+        }
+        lanes += 1;
+        bytes += access.bytes;
+        store = access.store;
+      }
+      if (lanes > 0)
+        requests[{store, lanes, bytes, static_cast<int>(sectors.size()),
+                  static_cast<int>(lines.size())}] += 1;
+    }
+  }
+}
+
+// A thread's note of a global access of `bytes` bytes at element `offset` of `base`;
+// `active`: the thread's predicate (off: nothing is read or written, and `base` may be null).
+template <typename T>
+void note_access(const T* base, int64_t offset, int bytes, bool active, bool store) {
+  if (!tracing) return;
+  const uintptr_t address = active ? reinterpret_cast<uintptr_t>(base + offset) : 0;
+  current_block->accesses[threadIdx.x].push_back({address, active ? bytes : 0, store});
+}
 
 inline std::barrier<>& warp_barrier() { return *current_block->warp_sync[threadIdx.x / WARP]; }
 
@@ -137,6 +197,11 @@ auto launch(Kernel kernel, unsigned int blocks, unsigned int threads, cudaStream
           blockIdx = {b, 0, 0};
           kernel(args...);
           block.sync.arrive_and_wait();  // the block is over before the next one starts
+          if (tracing) {
+            if (t == 0) count_requests(block);
+            block.sync.arrive_and_wait();  // counted: each thread clears its own list
+            block.accesses[t].clear();
+          }
         }
       });
     }
@@ -172,6 +237,9 @@ template <typename T>
 T __shfl_xor_sync(unsigned int, T value, int mask, int = 32) {
   return cuda_emulation::exchange(value, static_cast<int>(cuda_emulation::lane()) ^ mask);
 }
+
+#define CORNER_POOL_ACCESS(base, offset, bytes, active, store) \
+  ::cuda_emulation::note_access(base, offset, bytes, active, store)
 
 // kernel<<<blocks, threads, 0, stream>>>(args...) becomes
 // LAUNCH_KERNEL(kernel, blocks, threads, stream)(args...); the stream is ignored.

@@ -8,6 +8,11 @@
 // choose (as the binding does), a positive number forces it (the tests run both).
 // sum_block: the backward's blocks of long lines (0: whole lines).
 // Returns nullptr, or the error message of the launch.
+//
+// corner_pool_trace_begin / corner_pool_trace_end: the memory requests of the launches in
+// between (see cuda_runtime.h), for benchmarks/corner_pool_access.py.
+#include <cstdio>
+#include <string>
 #include <vector>
 
 #include "../corner_pool.cu"
@@ -81,6 +86,27 @@ const char* corner_pool_backward(int dtype, const void* a, const void* b, const 
                                      reverse, sum_block);
     default: return "corner_pool: unknown dtype code";
   }
+}
+
+void corner_pool_trace_begin() {
+  cuda_emulation::requests.clear();
+  cuda_emulation::tracing = true;
+}
+
+// Ends the trace. Writes one line per kind of request into `text` (at most `size` bytes,
+// with the final 0), "store lanes bytes sectors lines count"; returns the length the whole
+// text needs (more than size - 1: it was cut, and another call writes it again).
+int corner_pool_trace_end(char* text, int size) {
+  cuda_emulation::tracing = false;
+  std::string lines;
+  for (const auto& [kind, count] : cuda_emulation::requests) {
+    const auto [store, lanes, bytes, sectors, cache_lines] = kind;
+    lines += std::to_string(store) + " " + std::to_string(lanes) + " " + std::to_string(bytes) +
+             " " + std::to_string(sectors) + " " + std::to_string(cache_lines) + " " +
+             std::to_string(count) + "\n";
+  }
+  std::snprintf(text, static_cast<size_t>(size), "%s", lines.c_str());
+  return static_cast<int>(lines.size());
 }
 
 }  // extern "C"
