@@ -1,0 +1,157 @@
+"""A second proxy that needs no GPU: the memory requests of the corner pooling kernel.
+
+The instruction count (``corner_pool_sass.py``) says whether the warps can issue fast
+enough; this says what their loads and stores ask of the memory system. The kernel's
+source runs on the CPU (``tests/kernel_emulation.py``), noting every load and store of the
+maps; a warp's instruction is one *request*, and each request is counted by the 32-byte
+*sectors* and 128-byte cache *lines* its lanes touch. For each kernel, dtype and shape:
+
+* ``sector_bytes_per_byte``: the bytes of the sectors requested, per byte used (1.0: every
+  sector a request touches is used whole; 2.0: half of each, the other half left for a
+  later request, which must then find it in the L1 cache);
+* ``l1_tag_cycles_per_kilobyte``: the cycles the L1 cache's tag stage spends per KB, at
+  4 cache lines a cycle (the rate NVIDIA gives for Volta and later: 4 sets x 4 sectors per
+  cycle), beside ``l1_cycles_per_kilobyte_at_copy_bandwidth``, the cycles an SM of an H200
+  has for each KB when the whole chip moves bytes at the copy bandwidth: the tag stage
+  keeps up if it needs a small share of those;
+* the same, and the shares of the bytes and of the requests, for each kind of request: a
+  full warp's 16-byte vectors or other accesses (the backward's scattered stores of a run's
+  sum, say), loads or stores, sectors used whole or in part.
+
+Maps are allocated 512-byte aligned, as PyTorch's CUDA allocator gives them, and filled with
+random numbers (whose running maxima change a few times per line, as in a trained
+network's maps). Small shapes: the pattern of a warp's requests does not depend on the
+number of planes.
+
+    python benchmarks/corner_pool_access.py    # writes benchmarks/results/corner_pool_access.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+from corner_pool_sass import H200
+from report import RESULTS, header, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the CPU build of the kernel lives with the tests
+from kernel_emulation import ALIGNMENT, empty_aligned, emulated_kernels  # noqa: E402
+
+TAG_LINES_PER_CYCLE = 4
+# The cycles an SM has per KB when the chip moves bytes at the copy bandwidth.
+CYCLES_PER_KILOBYTE = H200["sms"] * H200["clock_ghz"] * 1e9 / (H200["copy_gb_per_s"] * 1e9 / 1024)
+SHAPES = {  # the benchmark's shapes (corner_pool.py), fewer planes
+    "training": (1, 8, 128, 128),
+    "large": (1, 4, 192, 256),
+    "thin": (1, 64, 32, 32),
+}
+
+
+def random_map(
+    shape: tuple[int, ...], dtype: torch.dtype, generator: torch.Generator
+) -> torch.Tensor:
+    """Random numbers, aligned as on a GPU."""
+    return empty_aligned(shape, dtype).copy_(torch.randn(shape, generator=generator))
+
+
+def kind(request: dict[str, int]) -> str:
+    """The kind of a request: a full warp's 16-byte vectors or other accesses, loads or
+    stores, and whether it uses the sectors it touches whole or in part."""
+    vectors = request["lanes"] == 32 and request["bytes"] == 32 * 16
+    whole = request["sectors"] * 32 == request["bytes"]
+    return "_".join(
+        [
+            "vector" if vectors else "other",
+            "stores" if request["store"] else "loads",
+            "whole" if whole else "partial",
+            "sectors",
+        ]
+    )
+
+
+def figures(requests: list[dict[str, int]]) -> dict:
+    """The figures of the module docstring for some kinds of request."""
+    count = sum(r["count"] for r in requests)
+    used = sum(r["count"] * r["bytes"] for r in requests)
+    lines = sum(r["count"] * r["lines"] for r in requests)
+    sector_bytes = sum(r["count"] * r["sectors"] * 32 for r in requests)
+    tag_cycles = sum(r["count"] * math.ceil(r["lines"] / TAG_LINES_PER_CYCLE) for r in requests)
+    return {
+        "requests": count,
+        "bytes": used,
+        "mean_lines_per_request": round(lines / count, 2),
+        "sector_bytes_per_byte": round(sector_bytes / used, 3),
+        "l1_tag_cycles_per_kilobyte": round(tag_cycles / (used / 1024), 2),
+    }
+
+
+def summary(requests: list[dict[str, int]]) -> dict:
+    """The figures of all the requests of a kernel, and of each kind."""
+    total = figures(requests)
+    by_kind = {}
+    for name in sorted({kind(r) for r in requests}):
+        part = figures([r for r in requests if kind(r) == name])
+        by_kind[name] = part | {
+            "share_of_bytes": round(part["bytes"] / total["bytes"], 3),
+            "share_of_requests": round(part["requests"] / total["requests"], 3),
+        }
+    return total | {
+        "l1_cycles_per_kilobyte_at_copy_bandwidth": round(CYCLES_PER_KILOBYTE, 1),
+        "by_kind": by_kind,
+    }
+
+
+def measure(shapes: dict[str, tuple[int, ...]]) -> dict:
+    """Forward and backward (top-left) of each shape in float32 and bfloat16."""
+    kernels = emulated_kernels(segments=1)  # as with the many planes of corner_pool.py
+    generator = torch.Generator().manual_seed(0)
+    results: dict = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        for shape_name, shape in shapes.items():
+            a, b, grad = (random_map(shape, dtype, generator) for _ in range(3))
+            with kernels.trace() as forward:
+                kernels.forward(a, b, reverse=False)
+            with kernels.trace() as backward:
+                kernels.backward(a, b, grad, reverse=False, sum_block=1024)
+            results.setdefault(str(dtype).removeprefix("torch."), {})[shape_name] = {
+                "shape": list(shape),
+                "forward": summary(forward),
+                "backward": summary(backward),
+            }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=RESULTS / "corner_pool_access.json")
+    args = parser.parse_args()
+    result = header("corner_pool_access") | {
+        "kernel": "cornernet_ref/corner_pool/cuda/corner_pool.cu, built for the CPU "
+        "(tests/kernel_emulation.py)",
+        "model": {
+            "request": "one warp instruction: the k-th load or store each lane notes",
+            "l1_tag_lines_per_cycle": TAG_LINES_PER_CYCLE,
+            "cycle_budget": H200,
+            "alignment_bytes": ALIGNMENT,
+        },
+        "results": measure(SHAPES),
+    }
+    write_result(args.out, result)
+    for dtype, shapes in result["results"].items():
+        for shape, kernels in shapes.items():
+            for direction in ("forward", "backward"):
+                kernel = kernels[direction]
+                print(
+                    f"{dtype:9} {shape:9} {direction:9} sector bytes/byte "
+                    f"{kernel['sector_bytes_per_byte']:.2f}, L1 tag cycles/KB "
+                    f"{kernel['l1_tag_cycles_per_kilobyte']:5.1f} of "
+                    f"{kernel['l1_cycles_per_kilobyte_at_copy_bandwidth']}"
+                )
+
+
+if __name__ == "__main__":
+    main()
