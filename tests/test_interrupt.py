@@ -31,6 +31,9 @@ def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(tmp_path):
         text=True,
         env=os.environ | {"PYTHONPATH": str(REPO_ROOT)},
         start_new_session=True,  # a process group of its own, as a terminal's foreground job
+        # Ctrl-C as a terminal delivers it, even where this test runs with SIGINT ignored
+        # (a shell's background job): an ignored SIGINT is inherited, and Python keeps it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     checkpoint = out / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 300
