@@ -44,10 +44,18 @@ from kernel_emulation import ALIGNMENT, empty_aligned, emulated_kernels  # noqa:
 TAG_LINES_PER_CYCLE = 4
 # The cycles an SM has per KB when the chip moves bytes at the copy bandwidth.
 CYCLES_PER_KILOBYTE = H200["sms"] * H200["clock_ghz"] * 1e9 / (H200["copy_gb_per_s"] * 1e9 / 1024)
-SHAPES = {  # the benchmark's shapes (corner_pool.py), fewer planes
-    "training": (1, 8, 128, 128),
-    "large": (1, 4, 192, 256),
-    "thin": (1, 64, 32, 32),
+# The shapes of corner_pool.py's GPU_SHAPES with fewer planes or shorter lines, chosen so
+# that the kernel takes the same paths (shape, and the forward's segments per plane: 1 as
+# for many planes, 0 for the kernel's choice on few). A warp's requests do not depend on
+# how many warps there are.
+SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "training": ((1, 8, 128, 128), 1),
+    "large": ((1, 4, 192, 256), 1),
+    "thin": ((1, 64, 32, 32), 1),
+    "one_row": ((1, 64, 1, 4096), 1),  # lines longer than sum_block: the backward's blocks
+    "one_column": ((1, 1024, 2048, 1), 1),  # 1024 planes or more: pooled as rows
+    "tall": ((1, 1, 2**15, 4), 0),  # one plane: cut into segments
+    "wide": ((1, 1, 4, 2**15), 0),  # one plane: cut into column segments
 }
 
 
@@ -105,13 +113,13 @@ def summary(requests: list[dict[str, int]]) -> dict:
     }
 
 
-def measure(shapes: dict[str, tuple[int, ...]]) -> dict:
+def measure(shapes: dict[str, tuple[tuple[int, ...], int]]) -> dict:
     """Forward and backward (top-left) of each shape in float32 and bfloat16."""
-    kernels = emulated_kernels(segments=1)  # as with the many planes of corner_pool.py
     generator = torch.Generator().manual_seed(0)
     results: dict = {}
     for dtype in (torch.float32, torch.bfloat16):
-        for shape_name, shape in shapes.items():
+        for shape_name, (shape, segments) in shapes.items():
+            kernels = emulated_kernels(segments)
             a, b, grad = (random_map(shape, dtype, generator) for _ in range(3))
             with kernels.trace() as forward:
                 kernels.forward(a, b, reverse=False)
@@ -119,6 +127,7 @@ def measure(shapes: dict[str, tuple[int, ...]]) -> dict:
                 kernels.backward(a, b, grad, reverse=False, sum_block=1024)
             results.setdefault(str(dtype).removeprefix("torch."), {})[shape_name] = {
                 "shape": list(shape),
+                "segments": segments,
                 "forward": summary(forward),
                 "backward": summary(backward),
             }
