@@ -56,6 +56,9 @@ SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
     "one_column": ((1, 1024, 2048, 1), 1),  # 1024 planes or more: pooled as rows
     "tall": ((1, 1, 2**15, 4), 0),  # one plane: cut into segments
     "wide": ((1, 1, 4, 2**15), 0),  # one plane: cut into column segments
+    # Not in GPU_SHAPES: fewer than 1024 planes of one column, too tall to be pooled as rows
+    # (section 4 of chapter 3): cut into segments, a lane each.
+    "few_tall_columns": ((1, 64, 2048, 1), 0),
 }
 
 
@@ -115,11 +118,11 @@ def summary(requests: list[dict[str, int]]) -> dict:
 
 def measure(shapes: dict[str, tuple[tuple[int, ...], int]]) -> dict:
     """Forward and backward (top-left) of each shape in float32 and bfloat16."""
-    generator = torch.Generator().manual_seed(0)
     results: dict = {}
     for dtype in (torch.float32, torch.bfloat16):
         for shape_name, (shape, segments) in shapes.items():
             kernels = emulated_kernels(segments)
+            generator = torch.Generator().manual_seed(0)  # the same maps, whatever the list
             a, b, grad = (random_map(shape, dtype, generator) for _ in range(3))
             with kernels.trace() as forward:
                 kernels.forward(a, b, reverse=False)
