@@ -20,7 +20,7 @@ from PIL import Image
 
 from cornernet_ref import evaluate as evaluate_module
 from cornernet_ref.checkpoint import save_checkpoint
-from cornernet_ref.cli import main
+from cornernet_ref.cli import INTERRUPTED, main
 from cornernet_ref.config import CONFIGS, get_config
 from cornernet_ref.inference import TestConfig
 from cornernet_ref.model import CornerNet, ModelConfig
@@ -145,6 +145,27 @@ def test_predict_names_the_bad_file(files, capsys, image, checkpoint, fragments)
     status, err = run(argv, capsys)
     assert status == 2
     assert_one_error_line(err, *fragments)
+
+
+def _interrupted_import():
+    """What torch.onnx.export raised when Ctrl-C stopped an import it ran: handling the
+    KeyboardInterrupt failed on the half-made module, and the exporter wrapped that."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        try:
+            raise AttributeError("module 'torch._dynamo' has no attribute 'exc'")
+        except AttributeError as error:
+            raise RuntimeError("Failed to export the model with torch.export") from error
+
+
+def test_an_error_raised_by_ctrl_c_ends_as_a_ctrl_c(files, capsys, monkeypatch):
+    """Libraries that catch broadly turn a KeyboardInterrupt into errors of their own; it
+    stays in the chain of contexts, and the command ends with one line and status 130."""
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda *args, **kwargs: _interrupted_import())
+    status, err = run(evaluate_args(files), capsys)
+    assert status == INTERRUPTED
+    assert_one_error_line(err, "interrupted (Ctrl-C)", after_log=True)
 
 
 @pytest.mark.parametrize(

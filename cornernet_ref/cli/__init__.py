@@ -53,12 +53,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(argv)
     except KeyboardInterrupt:
-        # Files are written whole or not at all (atomic writes), so what is on disk is usable.
-        print_error(
-            "interrupted (Ctrl-C); the files written so far are complete, and a training run "
-            "continues with --resume OUT/checkpoints/last.pt"
-        )
-        return INTERRUPTED
+        pass
+    except Exception as error:
+        if not _raised_by_ctrl_c(error):
+            raise  # a bug: its traceback
+    # Files are written whole or not at all (atomic writes), so what is on disk is usable.
+    print_error(
+        "interrupted (Ctrl-C); the files written so far are complete, and a training run "
+        "continues with --resume OUT/checkpoints/last.pt"
+    )
+    return INTERRUPTED
+
+
+def _raised_by_ctrl_c(error: BaseException) -> bool:
+    r"""Whether ``error`` came of a Ctrl-C: a library that catches exceptions broadly can
+    turn the KeyboardInterrupt into an error of its own (``torch.onnx.export`` interrupted
+    inside an import: the half-imported module then lacks an attribute, and the exporter
+    wraps that ``AttributeError`` in a ``TorchExportError``). The KeyboardInterrupt stays in
+    the chain of causes and contexts."""
+    link: BaseException | None = error
+    seen: set[int] = set()
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
 
 
 def _run(argv: Sequence[str] | None) -> int:
