@@ -948,32 +948,48 @@ const char* launch_walkers(const T* a, const T* b, const T* grad_out, T* grad_a,
   return launch_error();
 }
 
-// Before the walkers of one kind of blocked lines (`Along`: rows of b, else columns of a):
-// each block's maximum, then the maximum of the blocks before each one.
+// One kind of line in launches of its own (`Along`: the rows of b, else the columns of a),
+// `walkers` of them: a few long lines, or blocks. Blocked lines take three launches: each
+// block's maximum (then the maximum of the blocks before each one), the walkers, and the
+// join of the runs that cross blocks. Walkers that are few, or walk blocks (cut long lines,
+// few but for many planes), walk deep.
 template <typename T, bool Along>
-const char* launch_block_maxima(const T* map, const Blocks<typename Accumulate<T>::type>& blocks,
-                                int64_t planes, int height, int width, bool reverse,
-                                bool vectorized, void* stream) {
-  const int64_t units = planes * blocks.count * (Along ? height : ceil_div(width, VEC<T>));
-  const int64_t grid = ceil_div(units, THREADS);
-  if (grid > INT32_MAX) return "corner_pool: too many planes for one launch";
-  using Kernel = decltype(&block_maxima_kernel<T, false, false, Along>);
-  const Kernel kernels[2][2] = {  // [reverse][vectorized]
-      {block_maxima_kernel<T, false, false, Along>, block_maxima_kernel<T, false, true, Along>},
-      {block_maxima_kernel<T, true, false, Along>, block_maxima_kernel<T, true, true, Along>}};
-  LAUNCH_KERNEL(kernels[reverse][vectorized], static_cast<unsigned int>(grid), THREADS,
-                static_cast<cudaStream_t>(stream))(map, blocks, planes, height, width);
-  if (const char* error = launch_error()) return error;
-  return launch_prefix(blocks.maxima, planes, blocks.count, Along ? height : width, stream);
-}
-
-// After the walkers: the runs that cross blocks, joined (`lines` per plane).
-template <typename T>
-const char* launch_join(T* grad, const Blocks<typename Accumulate<T>::type>& blocks,
-                        int64_t planes, int lines, int height, int width, void* stream) {
-  const int64_t grid = ceil_div(planes * blocks.count * lines, THREADS);
-  if (grid > INT32_MAX) return "corner_pool: too many planes for one launch";
-  LAUNCH_KERNEL(join_kernel<T>, static_cast<unsigned int>(grid), THREADS,
+const char* launch_kind(const T* map, const T* grad_out, T* grad,
+                        const Blocks<typename Accumulate<T>::type>& blocks, int64_t walkers,
+                        int64_t planes, int height, int width, bool reverse, bool vectorized,
+                        void* stream) {
+  const bool blocked = blocks.count > 1;
+  const int lines = Along ? height : width;  // per plane
+  const int64_t grid = ceil_div(walkers, THREADS);  // a thread per walker, in the first two
+  if (blocked) {
+    if (grid > INT32_MAX) return "corner_pool: too many planes for one launch";
+    using Kernel = decltype(&block_maxima_kernel<T, false, false, Along>);
+    const Kernel kernels[2][2] = {  // [reverse][vectorized]
+        {block_maxima_kernel<T, false, false, Along>, block_maxima_kernel<T, false, true, Along>},
+        {block_maxima_kernel<T, true, false, Along>, block_maxima_kernel<T, true, true, Along>}};
+    LAUNCH_KERNEL(kernels[reverse][vectorized], static_cast<unsigned int>(grid), THREADS,
+                  static_cast<cudaStream_t>(stream))(map, blocks, planes, height, width);
+    if (const char* error = launch_error()) return error;
+    if (const char* error = launch_prefix(blocks.maxima, planes, blocks.count, lines, stream))
+      return error;
+  }
+  // The steps each kind loads ahead (launch_walkers): this kind's, and 0 for the other.
+  constexpr int DEEP = DEEP_AHEAD<T>;
+  constexpr int DeepColumns = Along ? 0 : DEEP, DeepRows = Along ? DEEP : 0;
+  constexpr int ShallowColumns = Along ? 0 : AHEAD, ShallowRows = Along ? AHEAD : 0;
+  const auto launch = blocked ? launch_walkers<T, DeepColumns, DeepRows, true>
+                      : walkers < FEW_WALKERS ? launch_walkers<T, DeepColumns, DeepRows>
+                                              : launch_walkers<T, ShallowColumns, ShallowRows>;
+  // The other kind's maps are absent, and its blocks unused (the same ones are passed).
+  if (const char* error =
+          launch(Along ? nullptr : map, Along ? map : nullptr, grad_out, Along ? nullptr : grad,
+                 Along ? grad : nullptr, blocks, blocks, planes, height, width, reverse,
+                 vectorized, Along ? 0 : walkers, Along ? walkers : 0, stream))
+    return error;
+  if (!blocked) return nullptr;
+  const int64_t tails = ceil_div(planes * blocks.count * lines, THREADS);  // join: per line
+  if (tails > INT32_MAX) return "corner_pool: too many planes for one launch";
+  LAUNCH_KERNEL(join_kernel<T>, static_cast<unsigned int>(tails), THREADS,
                 static_cast<cudaStream_t>(stream))(grad, blocks, planes, lines, height, width);
   return launch_error();
 }
@@ -1025,55 +1041,23 @@ const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a
       Blocks<Acc>::carve(bytes, planes * width, height, a == nullptr ? 0 : sum_block);
   const Blocks<Acc> row_blocks =
       Blocks<Acc>::carve(bytes, planes * height, width, b == nullptr ? 0 : sum_block);
-  if (column_blocks.count > 1) {
-    if (const char* error = launch_block_maxima<T, false>(a, column_blocks, planes, height,
-                                                          width, reverse, vectorized, stream))
-      return error;
-  }
-  if (row_blocks.count > 1) {
-    if (const char* error = launch_block_maxima<T, true>(b, row_blocks, planes, height, width,
-                                                         reverse, vectorized, stream))
-      return error;
-  }
   const int64_t columns = a == nullptr ? 0 : planes * column_blocks.count * ceil_div(width, VEC<T>);
   const int64_t rows = b == nullptr ? 0 : planes * row_blocks.count * height;
-  constexpr int DEEP = DEEP_AHEAD<T>;
   const bool blocked = column_blocks.count > 1 || row_blocks.count > 1;
-  if (!blocked && (columns == 0 || columns >= FEW_WALKERS) && (rows == 0 || rows >= FEW_WALKERS)) {
-    if (const char* error = launch_walkers<T, AHEAD, AHEAD>(
-            a, b, grad_out, grad_a, grad_b, column_blocks, row_blocks, planes, height, width,
-            reverse, vectorized, columns, rows, stream))
-      return error;
-  } else {
-    // A kind of walker that is few, or walks blocks, in a launch of its own; blocks are cut
-    // long lines, whose walkers are few but for many planes: they walk deep.
-    if (columns > 0) {
-      const auto launch = column_blocks.count > 1 ? launch_walkers<T, DEEP, 0, true>
-                          : columns < FEW_WALKERS ? launch_walkers<T, DEEP, 0>
-                                                  : launch_walkers<T, AHEAD, 0>;
-      if (const char* error = launch(a, nullptr, grad_out, grad_a, nullptr, column_blocks,
-                                     row_blocks, planes, height, width, reverse, vectorized,
-                                     columns, 0, stream))
-        return error;
-    }
-    if (rows > 0) {
-      const auto launch = row_blocks.count > 1 ? launch_walkers<T, 0, DEEP, true>
-                          : rows < FEW_WALKERS ? launch_walkers<T, 0, DEEP>
-                                               : launch_walkers<T, 0, AHEAD>;
-      if (const char* error = launch(nullptr, b, grad_out, nullptr, grad_b, column_blocks,
-                                     row_blocks, planes, height, width, reverse, vectorized, 0,
-                                     rows, stream))
-        return error;
-    }
-  }
-  if (column_blocks.count > 1) {
-    if (const char* error = launch_join(grad_a, column_blocks, planes, width, height, width,
-                                        stream))
+  if (!blocked && (columns == 0 || columns >= FEW_WALKERS) && (rows == 0 || rows >= FEW_WALKERS))
+    return launch_walkers<T, AHEAD, AHEAD>(a, b, grad_out, grad_a, grad_b, column_blocks,
+                                           row_blocks, planes, height, width, reverse,
+                                           vectorized, columns, rows, stream);
+  // Otherwise each kind in launches of its own.
+  if (columns > 0) {
+    if (const char* error =
+            launch_kind<T, false>(a, grad_out, grad_a, column_blocks, columns, planes, height,
+                                  width, reverse, vectorized, stream))
       return error;
   }
-  if (row_blocks.count > 1)
-    return launch_join(grad_b, row_blocks, planes, height, height, width, stream);
-  return nullptr;
+  if (rows == 0) return nullptr;
+  return launch_kind<T, true>(b, grad_out, grad_b, row_blocks, rows, planes, height, width,
+                              reverse, vectorized, stream);
 }
 
 #define CORNER_POOL_INSTANTIATE(T)                                                          \
