@@ -49,7 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 KERNEL = Path("cornernet_ref/corner_pool/cuda/corner_pool.cu")
 ARCH = "sm_90"
 DTYPES = {"IfE": ("float32", 4), "IN3c108BFloat16EE": ("bfloat16", 2)}  # mangled -> name, bytes
-MAPS_MOVED = {"forward": 3, "backward": 5}  # read a, b (and grad_out); write out (or 2 grads)
+# read a, b (and grad_out); write out (or 2 grads)
+MAPS_MOVED = {"forward": 3, "forward_packed": 3, "backward": 5}
+# The forward of packed narrow rows is recorded for rows of half a vector, two to a vector:
+# the widest that pack (4 bfloat16 numbers: the tall benchmark plane's rows).
+PACKED_WIDTH = {"float32": "2", "bfloat16": "4"}
 # sm_90 limits per SM: registers, shared memory (bytes, 1 KB of it reserved per block),
 # threads, warps, blocks; registers are allocated per warp in units of 256.
 SM_REGISTERS, SM_SHARED, SM_THREADS, SM_BLOCKS = 65536, 233472, 2048, 32
@@ -101,6 +105,14 @@ VERSIONS: dict[str, dict] = {
         "loads are predicated instead of branched around; forward passes of 8 rows, 6 for "
         "bfloat16 (1536 cells); backward passes of 4 steps of each kind",
         "forward": {
+            "cells": {"float32": 1024, "bfloat16": 1536},
+            "warps": 1,
+            "inner": [],
+            "unaligned_path_inside": False,
+        },
+        # Rows narrower than a vector, packed two to a vector: a lane per plane or segment,
+        # passes of 8 vectors (6 in bfloat16) of each map, as the forward's.
+        "forward_packed": {
             "cells": {"float32": 1024, "bfloat16": 1536},
             "warps": 1,
             "inner": [],
@@ -171,9 +183,14 @@ def kernel_name(mangled: str) -> tuple[str, str, str] | None:
 
     The template's flags, by version: ``<Reverse>``, then ``<Reverse, Maxima>`` in the
     forward, then ``<Reverse, Vectorized, Maxima>`` (and ``<Reverse, Vectorized>`` before
-    the backward's steps ahead, ``<Reverse, Vectorized, ..., Blocked>`` after its blocks)."""
+    the backward's steps ahead, ``<Reverse, Vectorized, ..., Blocked>`` after its blocks);
+    ``<..., Maxima, Packed>`` in the forward and ``<..., Blocked, Packed>`` in the backward
+    after the packed rows: the main shapes run ``Packed`` = 0 (rows as they are); the
+    forward's instance of ``PACKED_WIDTH`` is recorded as ``forward_packed``, the other
+    packed instances not."""
     found = re.search(
-        r"(forward|backward)_kernelI(f|N3c108BFloat16E)((?:Lb[01]E)*)((?:Li\d+E)*)((?:Lb[01]E)*)E",
+        r"(forward|backward)_kernelI(f|N3c108BFloat16E)((?:Lb[01]E)*)((?:Li\d+E)*)((?:Lb[01]E)*)"
+        r"((?:Li\d+E)*)E",
         mangled,
     )
     if not found:
@@ -181,11 +198,17 @@ def kernel_name(mangled: str) -> tuple[str, str, str] | None:
     kind, flags = found.group(1), re.findall(r"Lb([01])E", found.group(3))
     vectorized = flags[1] if len(flags) == (3 if kind == "forward" else 2) else "1"
     maxima = flags[-1] if kind == "forward" and len(flags) > 1 else "0"
-    ahead = re.findall(r"Li(\d+)E", found.group(4))
+    numbers, last = (re.findall(r"Li(\d+)E", found.group(g)) for g in (4, 6))
+    ahead, packed = (numbers, last) if kind == "backward" else ([], numbers)
+    packed = "".join(packed) or "0"
     blocked = "1" in re.findall(r"Lb([01])E", found.group(5))
+    dtype = DTYPES["IfE" if found.group(2) == "f" else "IN3c108BFloat16EE"][0]
+    if kind == "forward" and packed == PACKED_WIDTH[dtype]:
+        kind = "forward_packed"
+    elif packed != "0":
+        return None
     if vectorized == "0" or maxima == "1" or blocked or any(a != "4" for a in ahead):
         return None
-    dtype = DTYPES["IfE" if found.group(2) == "f" else "IN3c108BFloat16EE"][0]
     corner = {"1": "tl", "0": "br"}[flags[0]] if flags else ""
     return kind, dtype, corner
 

@@ -142,6 +142,53 @@ def test_wide_rows_of_few_planes_are_split_into_column_segments_exactly(
     assert same_bits(actual.nan_to_num(), expected.nan_to_num())
 
 
+def vectors_of(dtype: torch.dtype) -> int:
+    """VEC: the numbers of dtype in one 16-byte vector."""
+    return 16 // torch.empty((), dtype=dtype).element_size()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dtype=st.sampled_from(DTYPES),
+    width=st.sampled_from([1, 2, 3, 4]),
+    vectors=st.integers(1, 300),
+    extra_row=st.booleans(),
+    planes=st.integers(1, 3),
+    segments=st.integers(0, 12),
+    maps=st.sampled_from(["both", "a", "b"]),
+    offset=st.sampled_from([0, 0, 1]),
+    corner=st.sampled_from(["tl", "br"]),
+    seed=st.integers(0, 2**16),
+)
+def test_narrow_rows_packed_in_vectors_give_the_reference_bits(
+    dtype, width, vectors, extra_row, planes, segments, maps, offset, corner, seed
+):
+    """Rows narrower than a vector, several to a vector (``packed_width`` in corner_pool.h)
+    when the height is a multiple of the rows per vector and the maps are aligned, any number
+    of segments: the vertical scan carried from row to row inside a vector and across
+    vectors, each row's horizontal scan inside its vector. One row more, or maps one number
+    off alignment, take the unpacked path, which must agree too. Signed zeros, NaN, ties."""
+    height = vectors * max(1, vectors_of(dtype) // width) + extra_row
+    shape = (2, 1, planes, height, width)
+    generator = torch.Generator().manual_seed(seed)
+    pair = relu_like(shape, torch.float32, seed)
+    sign = torch.where(torch.rand(shape, generator=generator) < 0.5, -1.0, 1.0)
+    pair = (pair * sign).masked_fill(torch.rand(shape, generator=generator) < 0.01, math.nan)
+    # `offset` numbers before the maps: 1 moves them off the 16-byte boundary
+    storage = pair.to(dtype).flatten(1)
+    storage = torch.cat([storage.new_zeros(2, offset), storage], 1)[:, offset:]
+    a, b = storage.view(shape)
+    if maps == "b":
+        actual = corner_forward(kernels(segments), None, b, corner)
+        expected = pool(b, {"tl": "left", "br": "right"}[corner], backend="reference")
+    else:
+        b = b if maps == "both" else None
+        actual = corner_forward(kernels(segments), a, b, corner)
+        expected = reference_forward(a, b, corner)
+    assert torch.equal(actual.isnan(), expected.isnan())
+    assert same_bits(actual.nan_to_num(), expected.nan_to_num())
+
+
 @pytest.mark.parametrize("direction", ["top", "bottom"])
 def test_a_tall_column_is_split_and_pooled_exactly(direction):
     """One plane, 20 000 rows, 3 columns: too few warps, so the kernel cuts it into
@@ -199,6 +246,10 @@ WALKER_SHAPES = {
     "one long column, many planes": (1, 1024, 200, 1),  # the forward walks it as a row
     "one row": (2, 3, 1, 50),
     "one number": (3, 2, 1, 1),
+    # Rows of 2 packed in vectors (2 rows of float32, 4 of bfloat16): a column walker per
+    # plane, a row walker per vector; few of them, or enough of both kinds for one launch.
+    "narrow rows, few planes": (1, 2, 64, 2),
+    "narrow rows, many planes": (1, 32768, 8, 2),
 }
 
 
@@ -254,6 +305,54 @@ def test_blocked_lines_give_the_reference_gradients(
     a, b = a.to(dtype), b.to(dtype)
     a, b = (None, b) if maps == "b" else (a, None) if maps == "a" else (a, b)
     grad = (torch.randn(shape, generator=generator, dtype=torch.float64) * 100).to(dtype)
+    actual = kernels().backward(a, b, grad, reverse, sum_block)
+    expected = REFERENCE_KERNELS.backward(a, b, grad, reverse, sum_block)
+    for got, wanted in zip(actual, expected, strict=True):
+        assert (got is None) == (wanted is None)
+        if got is not None:
+            assert torch.equal(got.isnan(), wanted.isnan())
+            assert same_bits(got.nan_to_num(), wanted.nan_to_num())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dtype=st.sampled_from(DTYPES),
+    width=st.sampled_from([1, 2, 3, 4]),
+    vectors=st.integers(1, 40),
+    extra_row=st.booleans(),
+    planes=st.integers(1, 3),
+    sum_block=st.sampled_from([0, 16, 32]),
+    maps=st.sampled_from(["both", "a", "b"]),
+    offset=st.sampled_from([0, 0, 1]),
+    reverse=st.booleans(),
+    special=st.sampled_from(["none", "nan", "-inf", "signed zeros"]),
+    seed=st.integers(0, 2**16),
+)
+def test_narrow_rows_packed_in_vectors_give_the_reference_gradients(
+    dtype, width, vectors, extra_row, planes, sum_block, maps, offset, reverse, special, seed
+):
+    """The backward of rows narrower than a vector (``packed_width``): a column walker steps
+    a vector of rows at a time through its plane's W columns, in blocks or whole; a row
+    walker takes the rows of one vector, each its own run. Heights that are not a multiple
+    of the rows per vector, and maps one number off alignment, take the unpacked walkers.
+    Ties, NaN, -inf and signed zeros where the first maximum decides."""
+    height = vectors * max(1, vectors_of(dtype) // width) + extra_row
+    shape = (3, 1, planes, height, width)
+    generator = torch.Generator().manual_seed(seed)
+    steps = torch.arange(height * width, dtype=torch.float64).view(height, width)
+    maps_ = (steps / 64 + relu_like(shape, torch.float64, seed)).round()
+    maps_[2] = torch.randn(shape[1:], generator=generator, dtype=torch.float64) * 100  # grad
+    if special != "none":
+        where = torch.rand(shape[1:], generator=generator) < 0.03
+        for x in maps_[:2]:
+            if special == "signed zeros":  # -0.0 where the maps held 0.0: ties of two bits
+                x.copy_(torch.where(where & (x == 0), -0.0, x))
+            else:
+                x.masked_fill_(where, math.nan if special == "nan" else -math.inf)
+    storage = maps_.to(dtype).flatten(1)  # `offset` numbers before each: 1 moves it off
+    storage = torch.cat([storage.new_zeros(3, offset), storage], 1)[:, offset:]
+    a, b, grad = storage.view(shape)
+    a, b = (None, b) if maps == "b" else (a, None) if maps == "a" else (a, b)
     actual = kernels().backward(a, b, grad, reverse, sum_block)
     expected = REFERENCE_KERNELS.backward(a, b, grad, reverse, sum_block)
     for got, wanted in zip(actual, expected, strict=True):

@@ -64,8 +64,11 @@ at::Tensor forward(const MaybeTensor& a, const MaybeTensor& b, bool reverse, int
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "corner_pool_forward", [&] {
     using Acc = typename corner_pool::Accumulate<scalar_t>::type;
     // The carries between chunks of a wide row, and between segments of a long column.
+    const bool aligned = corner_pool::starts_aligned(
+        {a_in.defined() ? a_in.data_ptr() : nullptr, b_in.defined() ? b_in.data_ptr() : nullptr,
+         out.data_ptr()});
     const corner_pool::Plan plan = corner_pool::plan_forward<scalar_t>(
-        a_in.defined(), b_in.defined(), planes, height, width);
+        a_in.defined(), b_in.defined(), planes, height, width, aligned);
     const int64_t row_values = plan.row_carry_values(planes);
     const int64_t column_values = plan.column_maxima_values(planes);
     const at::Tensor row_carry = row_values ? at::empty({row_values}, carry_options) : at::Tensor();

@@ -48,6 +48,19 @@
 // the reference's, bit for bit. A row wider than 32 VEC columns is walked chunk after chunk
 // in scan order; between chunks each row's maximum waits in a register, or in `row_carry`.
 //
+// Narrow rows: several to a vector
+// --------------------------------
+// Rows narrower than a vector, W < VEC, would leave most of a lane's 16 bytes unused (and are
+// not vector-aligned). When W divides VEC and the plane's height is a multiple of P = VEC / W
+// (and the maps are aligned), every vector holds P whole rows: the rows are *packed*
+// (`packed_width` in corner_pool.h). The forward pools the plane as one of H / P rows of VEC
+// columns, a group of one lane each: the lane takes its vector's numbers in scan order, the
+// vertical maxima of the W columns going on from row to row, each row's horizontal scan
+// starting afresh (`pool_packed`). The backward's walkers take them too (`Lines`): a column
+// walker owns the W columns and steps P rows at a time; a row walker takes the P rows of a
+// vector, each its own run. The width is a template parameter (`Packed`), so that every
+// register index is a constant.
+//
 // Long columns and wide rows: segments
 // ------------------------------------
 // When the planes alone give too few warps to keep the memory busy (a few planes, or a
@@ -341,6 +354,27 @@ __device__ __forceinline__ Acc scan_row(Acc (&values)[N], Acc carry, int lanes, 
   return __shfl_sync(ALL_LANES, total, group_start + (Reverse ? 0 : lanes - 1));
 }
 
+// One vector of packed rows (`packed_width` in corner_pool.h): N / W rows of W numbers, all
+// in this lane, pooled without shuffles. The vertical scan goes on from row to row in
+// column_max[0 .. W - 1]; each row's horizontal scan starts afresh, since the row lies whole
+// in the vector. On return pooled[j] is V(a) + H(b) at number j, or the pool of the map given
+// alone.
+template <typename T, bool Reverse, int W, typename Acc, typename Numbers, int N>
+__device__ __forceinline__ void pool_packed(const Numbers& a, const Numbers& b, bool has_a,
+                                            bool has_b, Acc (&column_max)[N],
+                                            Acc (&pooled)[N]) {
+  Acc running = neutral<Acc>();  // H(b) along the current row
+#pragma unroll
+  for (int t = 0; t < N; ++t) {
+    const int j = Reverse ? N - 1 - t : t;  // in scan order: the rows, and in each its columns
+    const int column = j % W;
+    if (t % W == 0) running = neutral<Acc>();  // a row's first number in scan order
+    if (has_a) column_max[column] = first_max(column_max[column], widen<Acc, T>(a, j));
+    if (has_b) running = first_max(running, widen<Acc, T>(b, j));
+    pooled[j] = !has_a ? running : has_b ? column_max[column] + running : column_max[column];
+  }
+}
+
 // One kernel for both passes, each group of lanes on one (plane, segment, column segment):
 // its rows in scan order, and its chunks in scan order.
 //
@@ -360,7 +394,10 @@ __device__ __forceinline__ Acc scan_row(Acc (&values)[N], Acc carry, int lanes, 
 // Every lane of a warp runs the same loops the same number of times (a group with less or
 // no work masks its loads and stores; column segments exist only when a group is a whole
 // warp), so that the shuffles of the row scan always find all 32 lanes.
-template <typename T, bool Reverse, bool Vectorized, bool Maxima>
+//
+// `Packed` > 0: the plan's rows are vectors of packed rows of that width (then Vectorized,
+// and a group is one lane: see `pool_packed`); 0: rows as they are.
+template <typename T, bool Reverse, bool Vectorized, bool Maxima, int Packed>
 __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
     forward_kernel(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out,
                    typename Accumulate<T>::type* __restrict__ row_carry,
@@ -450,32 +487,37 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         if (first_row + r >= plan.segment_rows) break;  // the same in every lane
-        if (a != nullptr) {
+        // out = V(a) + H(b), computed in Acc and rounded once to T, as PyTorch rounds a + b.
+        Acc pooled[N];
+        if constexpr (Packed > 0) {
+          pool_packed<T, Reverse, Packed>(a_rows[r], b_rows[r], a != nullptr, scans_b,
+                                          column_max, pooled);
+        } else {
+          if (a != nullptr) {
 #pragma unroll
-          for (int j = 0; j < N; ++j)
-            column_max[j] = first_max(column_max[j], widen<Acc, T>(a_rows[r], j));
-        }
-        Acc row[N] = {};  // b's row: the row scan turns it into the running maxima
-        if (scans_b) {  // the same in every lane, those of groups with no work too
-          const bool carried = carry != nullptr && starts && rows[r] >= 0;
-#pragma unroll
-          for (int j = 0; j < N; ++j) row[j] = widen<Acc, T>(b_rows[r], j);
-          const Acc row_max = scan_row<Reverse>(row, before[r], plan.lanes, g, lane);
-          if (carried && k + 1 < end_k) {
-            if (kept_in_registers)
-              before[r] = row_max;
-            else
-              carry[rows[r]] = row_max;
-          } else if (carried && Maxima) {
-            carry[rows[r]] = row_max;  // this column segment's row maximum
+            for (int j = 0; j < N; ++j)
+              column_max[j] = first_max(column_max[j], widen<Acc, T>(a_rows[r], j));
           }
-        }
-        if (!Maxima) {
-          // out = V(a) + H(b), computed in Acc and rounded once to T, as PyTorch rounds a + b.
-          Acc pooled[N];
+          Acc row[N] = {};  // b's row: the row scan turns it into the running maxima
+          if (scans_b) {  // the same in every lane, those of groups with no work too
+            const bool carried = carry != nullptr && starts && rows[r] >= 0;
+#pragma unroll
+            for (int j = 0; j < N; ++j) row[j] = widen<Acc, T>(b_rows[r], j);
+            const Acc row_max = scan_row<Reverse>(row, before[r], plan.lanes, g, lane);
+            if (carried && k + 1 < end_k) {
+              if (kept_in_registers)
+                before[r] = row_max;
+              else
+                carry[rows[r]] = row_max;
+            } else if (carried && Maxima) {
+              carry[rows[r]] = row_max;  // this column segment's row maximum
+            }
+          }
 #pragma unroll
           for (int j = 0; j < N; ++j)
             pooled[j] = a == nullptr ? row[j] : scans_b ? column_max[j] + row[j] : column_max[j];
+        }
+        if (!Maxima) {
           // The offset again, as for the loads: kept from there, R offsets would take R
           // registers, and a lambda shared by the two sites counted 9 more warp instructions
           // per KB in the float32 SASS.
@@ -609,11 +651,33 @@ struct Blocks {
   }
 };
 
+// How the VEC numbers of one loaded vector belong to the lines a walker scans (`Along`: rows,
+// else columns; `Packed`: rows of that width packed in each vector, see `packed_width` in
+// corner_pool.h; 0: rows as they are). A vector holds ROWS rows of ROW numbers of a walker's
+// lines: one row of VEC columns (a column walker: VEC lines), a piece of one row (a row
+// walker: one line), or ROWS packed rows (a column walker: their ROW columns; a row walker:
+// each row a line).
+template <typename T, bool Reverse, bool Along, int Packed>
+struct Lines {
+  static constexpr int N = VEC<T>;
+  static constexpr int ROW = Packed > 0 ? Packed : N;
+  static constexpr int ROWS = N / ROW;
+  static constexpr int COUNT = Along ? ROWS : ROW;  // lines per walker, at most
+  // The t-th number of the vector in scan order (a row's numbers run backwards when Reverse,
+  // and so do packed rows; the VEC columns of one row are independent lines: any order).
+  static __device__ __forceinline__ int number(int t) {
+    return Reverse && (Along || Packed > 0) ? N - 1 - t : t;
+  }
+  // The line of number j, among the walker's.
+  static __device__ __forceinline__ int line(int j) { return Along ? j / ROW : j % ROW; }
+};
+
 // The share of one thread of the backward (a *walker*): `lines` adjacent lines of one plane
-// (VEC columns, or one row), over one block of positions, walked in scan order from the
-// offset `first` on, `steps` steps a `stride` apart in memory (negative when the scan runs
-// towards smaller offsets). A column walker steps +-W, a row at a time, through its VEC
-// lines; a row walker steps +-VEC through its row, a vector at a time, and its
+// (VEC columns, or one row; with packed rows, the plane's W columns, or the rows of one
+// vector), over one block of positions, walked in scan order from the offset `first` on,
+// `steps` steps a `stride` apart in memory (negative when the scan runs towards smaller
+// offsets). A column walker steps +-W, a row at a time (a vector of packed rows at a time),
+// through its lines; a row walker steps +-VEC through its row, a vector at a time, and its
 // block ends at `row_end`. `slot`: where its first line's values lie in the Blocks arrays.
 struct Walker {
   bool valid;  // false: past the last unit of the launch
@@ -626,12 +690,14 @@ struct Walker {
   // plane by plane, block by block in index order, then unit by unit in the block, so that
   // the lanes of a warp take adjacent column vectors, or rows, of one block.
   // `Blocked`: the lines may be cut into blocks (else `blocks` is not read: whole lines).
-  template <typename T, bool Reverse, bool Blocked, typename Acc>
+  // `Packed`: rows of that width, ROWS to a vector (block lengths are multiples of ROWS).
+  template <typename T, bool Reverse, bool Blocked, int Packed, typename Acc>
   static __device__ __forceinline__ Walker of(int64_t unit, bool column, const Blocks<Acc>& blocks,
                                               int64_t planes, int height, int width) {
-    constexpr int N = VEC<T>;
-    const int vectors = static_cast<int>(ceil_div(width, N));  // column vectors per row
-    const int per_block = column ? vectors : height;
+    constexpr int N = VEC<T>, ROWS = Lines<T, Reverse, false, Packed>::ROWS;
+    // Column vectors per row: VEC columns each, or the whole row of packed rows.
+    const int vectors = Packed > 0 ? 1 : static_cast<int>(ceil_div(width, N));
+    const int per_block = column ? vectors : height / ROWS;
     const int count = Blocked ? blocks.count : 1;
     Walker walker{};
     walker.valid = unit < planes * count * per_block;
@@ -647,12 +713,20 @@ struct Walker {
     const int lines_per_plane = column ? width : height;
     if (column) {
       const int at = index * N;  // the walker's first column
-      walker.first = (Reverse ? end - 1 : start) * width + at;  // in the block's border row
-      walker.steps = end - start;
-      walker.stride = Reverse ? -width : width;
-      walker.lines = min(N, width - at);
+      // In the block's border row, or the border vector of packed rows.
+      walker.first = (Reverse ? end - ROWS : start) * width + at;
+      walker.steps = (end - start) / ROWS;
+      walker.stride = (Reverse ? -width : width) * ROWS;
+      walker.lines = Packed > 0 ? Packed : min(N, width - at);
       walker.row_end = 0;
       walker.slot = (walker.plane * count + walker.scan_block) * lines_per_plane + at;
+    } else if (Packed > 0) {  // the ROWS rows of one vector, each a line of one step
+      walker.first = index * N;
+      walker.steps = 1;
+      walker.stride = N;
+      walker.lines = ROWS;
+      walker.row_end = walker.first + N;
+      walker.slot = (walker.plane * count + walker.scan_block) * lines_per_plane + index * ROWS;
     } else {
       const int row_start = index * width;
       const int first_vector = start / N, end_vector = static_cast<int>(ceil_div(end, N));
@@ -683,24 +757,31 @@ struct Walker {
 };
 
 // The walker's scan of its block, Ahead vectors of each map in flight (`Along`: a row
-// walker): the zeros and the completed runs' sums into `grad`; at the end, each line's last
-// run into `grad` (a whole line), or (`Blocked`: lines cut into blocks) what its block
-// carries into `blocks` for join_kernel.
-template <typename T, bool Reverse, bool Vectorized, bool Along, int Ahead, bool Blocked>
+// walker; `Packed` as for Lines): the zeros and the completed runs' sums into `grad`; at the
+// end, each line's last run into `grad` (a whole line), or (`Blocked`: lines cut into
+// blocks) what its block carries into `blocks` for join_kernel.
+template <typename T, bool Reverse, bool Vectorized, bool Along, int Packed, int Ahead,
+          bool Blocked>
 __device__ __forceinline__ void walk(const T* __restrict__ map, const T* __restrict__ grad_out,
                                      T* __restrict__ grad, const Walker& walker,
                                      const Blocks<typename Accumulate<T>::type>& blocks) {
   using Acc = typename Accumulate<T>::type;
+  using Of = Lines<T, Reverse, Along, Packed>;
   constexpr int N = VEC<T>;
   const Acc zeros[N] = {};
-  // A row's scan starts at its border number: the last of its last vector when Reverse.
-  const int border = Along && Reverse ? walker.row_end - 1 : walker.first;
-  Run<Acc> runs[Along ? 1 : N];
+  Run<Acc> runs[Of::COUNT];
 #pragma unroll
-  for (int j = 0; j < (Along ? 1 : N); ++j)
-    runs[j] = Blocked && walker.scan_block > 0 && j < walker.lines
-                  ? Run<Acc>::enter(blocks.maxima[walker.slot + j])
-                  : Run<Acc>::start(border + j);
+  for (int k = 0; k < Of::COUNT; ++k) {
+    // Line k's scan starts at its border number: in the walker's first vector, its first
+    // row's when Reverse (packed rows) or its own last (a row, which may end mid-vector).
+    const int border =
+        Along ? (Reverse ? walker.row_end - 1 - (Of::COUNT - 1 - k) * Of::ROW
+                         : walker.first + k * Of::ROW)
+              : walker.first + (Reverse ? N - Of::ROW : 0) + k;
+    runs[k] = Blocked && walker.scan_block > 0 && k < walker.lines
+                  ? Run<Acc>::enter(blocks.maxima[walker.slot + k])
+                  : Run<Acc>::start(border);
+  }
   for (int first_step = 0; first_step < walker.steps; first_step += Ahead) {  // as the forward
     Loaded<T, Vectorized> values[Ahead], grads[Ahead];  // widened where used (`load`)
     int offsets[Ahead], counts[Ahead];
@@ -717,25 +798,25 @@ __device__ __forceinline__ void walk(const T* __restrict__ map, const T* __restr
       // Not a maximum, unless a run says so.
       store<Vectorized>(grad, offsets[r], counts[r], zeros);
 #pragma unroll
-      for (int step = 0; step < N; ++step) {
-        const int j = Along && Reverse ? N - 1 - step : step;
+      for (int t = 0; t < N; ++t) {
+        const int j = Of::number(t);
         if (Vectorized || j < counts[r])
-          runs[Along ? 0 : j].template step<Blocked>(
+          runs[Of::line(j)].template step<Blocked>(
               widen<Acc, T>(values[r], j), widen<Acc, T>(grads[r], j), offsets[r] + j, grad);
       }
     }
   }
 #pragma unroll
-  for (int j = 0; j < (Along ? 1 : N); ++j) {
-    if (j >= walker.lines) break;
+  for (int k = 0; k < Of::COUNT; ++k) {
+    if (k >= walker.lines) break;
     if constexpr (!Blocked) {
-      CORNER_POOL_ACCESS(grad, runs[j].at, sizeof(T), true, true);
-      grad[runs[j].at] = static_cast<T>(runs[j].sum);  // the last run
+      CORNER_POOL_ACCESS(grad, runs[k].at, sizeof(T), true, true);
+      grad[runs[k].at] = static_cast<T>(runs[k].sum);  // the last run
     } else {
-      const int64_t slot = walker.slot + j;
-      blocks.heads[slot] = runs[j].at < 0 ? runs[j].sum : runs[j].head;
-      blocks.tails[slot] = runs[j].sum;
-      blocks.tail_at[slot] = runs[j].at;
+      const int64_t slot = walker.slot + k;
+      blocks.heads[slot] = runs[k].at < 0 ? runs[k].sum : runs[k].head;
+      blocks.tails[slot] = runs[k].sum;
+      blocks.tail_at[slot] = runs[k].at;
     }
   }
 }
@@ -744,19 +825,21 @@ __device__ __forceinline__ void walk(const T* __restrict__ map, const T* __restr
 // blocks.maxima (prefix_kernel then makes it the maximum of the blocks before). A thread per
 // block of a column vector (`column`) or of a row, numbered as the walkers are; the last
 // block in scan order is not needed.
-template <typename T, bool Reverse, bool Vectorized, bool Along>
+template <typename T, bool Reverse, bool Vectorized, bool Along, int Packed>
 __global__ void __launch_bounds__(THREADS)
     block_maxima_kernel(const T* __restrict__ map, Blocks<typename Accumulate<T>::type> blocks,
                         int64_t planes, int height, int width) {
   using Acc = typename Accumulate<T>::type;
+  using Of = Lines<T, Reverse, Along, Packed>;
   constexpr int N = VEC<T>;
   const int64_t unit = static_cast<int64_t>(blockIdx.x) * THREADS + threadIdx.x;
-  const Walker walker = Walker::of<T, Reverse, true>(unit, !Along, blocks, planes, height, width);
+  const Walker walker =
+      Walker::of<T, Reverse, true, Packed>(unit, !Along, blocks, planes, height, width);
   if (!walker.valid || walker.scan_block == blocks.count - 1) return;
   map = plane_start(map, walker.plane, height, width);
-  Acc best[Along ? 1 : N];
+  Acc best[Of::COUNT];
 #pragma unroll
-  for (int j = 0; j < (Along ? 1 : N); ++j) best[j] = neutral<Acc>();
+  for (int k = 0; k < Of::COUNT; ++k) best[k] = neutral<Acc>();
   // Blocks are long lines cut, whose walkers are few: DEEP_AHEAD loads in flight, as theirs.
   constexpr int Ahead = DEEP_AHEAD<T>;
   for (int first_step = 0; first_step < walker.steps; first_step += Ahead) {
@@ -771,16 +854,15 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
     for (int r = 0; r < Ahead; ++r) {
 #pragma unroll
-      for (int step = 0; step < N; ++step) {
-        const int j = Along && Reverse ? N - 1 - step : step;
-        if (Vectorized || j < counts[r])
-          best[Along ? 0 : j] = first_max(best[Along ? 0 : j], widen<Acc, T>(values[r], j));
+      for (int t = 0; t < N; ++t) {
+        const int j = Of::number(t), k = Of::line(j);
+        if (Vectorized || j < counts[r]) best[k] = first_max(best[k], widen<Acc, T>(values[r], j));
       }
     }
   }
 #pragma unroll
-  for (int j = 0; j < (Along ? 1 : N); ++j)
-    if (j < walker.lines) blocks.maxima[walker.slot + j] = best[j];
+  for (int k = 0; k < Of::COUNT; ++k)
+    if (k < walker.lines) blocks.maxima[walker.slot + k] = best[k];
 }
 
 // The backward's warps are column walkers' (the gradient of a) and row walkers' (that of
@@ -791,8 +873,9 @@ __global__ void __launch_bounds__(THREADS)
 // ahead, 0 for a launch without that kind: a few long lines take a launch of their own,
 // whose deep loads ahead need registers that would cut the occupancy of the other kind's
 // many short walkers. `Blocked`: walkers of blocks (the launch's kind of lines is cut into
-// blocks), each launched alone.
-template <typename T, bool Reverse, bool Vectorized, int ColumnAhead, int RowAhead, bool Blocked>
+// blocks), each launched alone. `Packed` as for Lines.
+template <typename T, bool Reverse, bool Vectorized, int ColumnAhead, int RowAhead, bool Blocked,
+          int Packed>
 __global__ void __launch_bounds__(THREADS)
     backward_kernel(const T* __restrict__ a, const T* __restrict__ b,
                     const T* __restrict__ grad_out, T* __restrict__ grad_a,
@@ -807,18 +890,20 @@ __global__ void __launch_bounds__(THREADS)
   const int64_t unit = (column ? columns_before : warp - columns_before) * WARP + threadIdx.x % WARP;
   const auto& blocks = column ? column_blocks : row_blocks;
   const Walker walker =
-      Walker::of<T, Reverse, Blocked>(unit, column, blocks, planes, height, width);
+      Walker::of<T, Reverse, Blocked, Packed>(unit, column, blocks, planes, height, width);
   if (!walker.valid) return;
   const T* map = plane_start(column ? a : b, walker.plane, height, width);
   const T* grad = plane_start(grad_out, walker.plane, height, width);
   T* result = plane_start(column ? grad_a : grad_b, walker.plane, height, width);
   if constexpr (ColumnAhead > 0) {
     if (column)
-      walk<T, Reverse, Vectorized, false, ColumnAhead, Blocked>(map, grad, result, walker, blocks);
+      walk<T, Reverse, Vectorized, false, Packed, ColumnAhead, Blocked>(map, grad, result, walker,
+                                                                        blocks);
   }
   if constexpr (RowAhead > 0) {
     if (!column)
-      walk<T, Reverse, Vectorized, true, RowAhead, Blocked>(map, grad, result, walker, blocks);
+      walk<T, Reverse, Vectorized, true, Packed, RowAhead, Blocked>(map, grad, result, walker,
+                                                                    blocks);
   }
 }
 
@@ -886,11 +971,26 @@ const char* size_problem(int64_t planes, int height, int width) {
 // Whether every row of the (planes, H, W) maps starts on a 16-byte boundary (nullptr, an
 // absent map, does): the kernels then move whole vectors (their `Vectorized` instance).
 template <typename T>
-bool rows_aligned(int width, std::initializer_list<const T*> maps) {
-  if (width % VEC<T> != 0) return false;
-  for (const T* map : maps)
-    if (reinterpret_cast<uintptr_t>(map) % sizeof(Vector<T>) != 0) return false;
-  return true;
+bool rows_aligned(int width, std::initializer_list<const void*> maps) {
+  return width % VEC<T> == 0 && starts_aligned(maps);
+}
+
+// `launch(std::integral_constant<int, W>{})` for the width W of packed rows (`packed`; 0:
+// rows as they are), each width a kernel instance of its own: the widths below VEC that
+// divide it, from `Narrowest` on (VEC: none, where rows are never packed).
+template <typename T, int Narrowest, typename Launch>
+const char* for_packed_width(int packed, Launch&& launch) {
+  if (packed == 0) return launch(std::integral_constant<int, 0>{});
+  if constexpr (PACKS<T> && Narrowest <= 1) {
+    if (packed == 1) return launch(std::integral_constant<int, 1>{});
+  }
+  if constexpr (PACKS<T> && Narrowest <= 2 && VEC<T> > 2) {
+    if (packed == 2) return launch(std::integral_constant<int, 2>{});
+  }
+  if constexpr (PACKS<T> && Narrowest <= 4 && VEC<T> > 4) {
+    if (packed == 4) return launch(std::integral_constant<int, 4>{});
+  }
+  return "corner_pool: no kernel instance for these packed rows";
 }
 
 template <typename T, bool Maxima>
@@ -898,19 +998,22 @@ const char* launch_pass(const T* a, const T* b, T* out, typename Accumulate<T>::
                         typename Accumulate<T>::type* column_maxima, const Plan& plan,
                         int64_t planes, int height, int width, bool reverse, bool vectorized,
                         void* stream) {
-  using Kernel = decltype(&forward_kernel<T, false, false, Maxima>);
-  const Kernel kernels[2][2] = {  // [reverse][vectorized]
-      {forward_kernel<T, false, false, Maxima>, forward_kernel<T, false, true, Maxima>},
-      {forward_kernel<T, true, false, Maxima>, forward_kernel<T, true, true, Maxima>}};
-  const Kernel kernel = kernels[reverse][vectorized];
   const int64_t units = planes * plan.segments * plan.column_segments;
   const int64_t warps = ceil_div(units, WARP / plan.lanes);
   const int64_t blocks = ceil_div(warps, WARPS);
   if (blocks > INT32_MAX) return "corner_pool: too many planes for one launch";
-  LAUNCH_KERNEL(kernel, static_cast<unsigned int>(blocks), THREADS,
-                static_cast<cudaStream_t>(stream))(a, b, out, row_carry, column_maxima, plan,
-                                                   planes, height, width);
-  return launch_error();
+  return for_packed_width<T, 1>(plan.packed, [&](auto packed) {
+    constexpr int W = decltype(packed)::value;
+    constexpr bool V = W > 0;  // packed rows are loaded as vectors: no instance without
+    using Kernel = decltype(&forward_kernel<T, false, V, Maxima, W>);
+    const Kernel kernels[2][2] = {  // [reverse][vectorized]
+        {forward_kernel<T, false, V, Maxima, W>, forward_kernel<T, false, true, Maxima, W>},
+        {forward_kernel<T, true, V, Maxima, W>, forward_kernel<T, true, true, Maxima, W>}};
+    LAUNCH_KERNEL(kernels[reverse][vectorized], static_cast<unsigned int>(blocks), THREADS,
+                  static_cast<cudaStream_t>(stream))(a, b, out, row_carry, column_maxima, plan,
+                                                     planes, height, width);
+    return launch_error();
+  });
 }
 
 template <typename Acc>
@@ -922,30 +1025,41 @@ const char* launch_prefix(Acc* values, int64_t planes, int segments, int lines, 
   return launch_error();
 }
 
+// The backward's rows are packed (`packed_width` in corner_pool.h) from width 2 on: a plane
+// of one column is walked as a row (`transposes`). Packed rows are never cut into blocks
+// (a row is shorter than a vector, a block at least 16 numbers): a walk of blocked rows
+// has no packed instance.
+template <typename T, bool BlockedRows>
+constexpr int NARROWEST_PACKED_WALK = BlockedRows ? VEC<T> : 2;
+
 template <typename T, int ColumnAhead, int RowAhead, bool Blocked = false>
 const char* launch_walkers(const T* a, const T* b, const T* grad_out, T* grad_a, T* grad_b,
                            const Blocks<typename Accumulate<T>::type>& column_blocks,
                            const Blocks<typename Accumulate<T>::type>& row_blocks,
                            int64_t planes, int height, int width, bool reverse,
-                           bool vectorized, int64_t column_walkers, int64_t row_walkers,
-                           void* stream) {
+                           bool vectorized, int packed, int64_t column_walkers,
+                           int64_t row_walkers, void* stream) {
   const int64_t column_warps = ceil_div(column_walkers, WARP);
   const int64_t warps = column_warps + ceil_div(row_walkers, WARP);
   const int64_t blocks = ceil_div(warps, WARPS);
   if (warps > INT32_MAX)  // so that warp * column_warps fits in 64 bits
     return "corner_pool: too many planes for one launch";
-  using Kernel = decltype(&backward_kernel<T, false, false, ColumnAhead, RowAhead, Blocked>);
-  const Kernel kernels[2][2] = {  // [reverse][vectorized]
-      {backward_kernel<T, false, false, ColumnAhead, RowAhead, Blocked>,
-       backward_kernel<T, false, true, ColumnAhead, RowAhead, Blocked>},
-      {backward_kernel<T, true, false, ColumnAhead, RowAhead, Blocked>,
-       backward_kernel<T, true, true, ColumnAhead, RowAhead, Blocked>}};
-  const Kernel kernel = kernels[reverse][vectorized];
-  LAUNCH_KERNEL(kernel, static_cast<unsigned int>(blocks), THREADS,
-                static_cast<cudaStream_t>(stream))(a, b, grad_out, grad_a, grad_b, column_blocks,
-                                                   row_blocks, planes, height, width, warps,
-                                                   column_warps);
-  return launch_error();
+  constexpr int Narrowest = NARROWEST_PACKED_WALK<T, (Blocked && RowAhead > 0)>;
+  return for_packed_width<T, Narrowest>(packed, [&](auto packed_rows) {
+    constexpr int W = decltype(packed_rows)::value;
+    constexpr bool V = W > 0;  // packed rows are loaded as vectors: no instance without
+    using Kernel = decltype(&backward_kernel<T, false, V, ColumnAhead, RowAhead, Blocked, W>);
+    const Kernel kernels[2][2] = {  // [reverse][vectorized]
+        {backward_kernel<T, false, V, ColumnAhead, RowAhead, Blocked, W>,
+         backward_kernel<T, false, true, ColumnAhead, RowAhead, Blocked, W>},
+        {backward_kernel<T, true, V, ColumnAhead, RowAhead, Blocked, W>,
+         backward_kernel<T, true, true, ColumnAhead, RowAhead, Blocked, W>}};
+    LAUNCH_KERNEL(kernels[reverse][vectorized], static_cast<unsigned int>(blocks), THREADS,
+                  static_cast<cudaStream_t>(stream))(a, b, grad_out, grad_a, grad_b,
+                                                     column_blocks, row_blocks, planes, height,
+                                                     width, warps, column_warps);
+    return launch_error();
+  });
 }
 
 // One kind of line in launches of its own (`Along`: the rows of b, else the columns of a),
@@ -957,19 +1071,27 @@ template <typename T, bool Along>
 const char* launch_kind(const T* map, const T* grad_out, T* grad,
                         const Blocks<typename Accumulate<T>::type>& blocks, int64_t walkers,
                         int64_t planes, int height, int width, bool reverse, bool vectorized,
-                        void* stream) {
+                        int packed, void* stream) {
   const bool blocked = blocks.count > 1;
   const int lines = Along ? height : width;  // per plane
   const int64_t grid = ceil_div(walkers, THREADS);  // a thread per walker, in the first two
   if (blocked) {
     if (grid > INT32_MAX) return "corner_pool: too many planes for one launch";
-    using Kernel = decltype(&block_maxima_kernel<T, false, false, Along>);
-    const Kernel kernels[2][2] = {  // [reverse][vectorized]
-        {block_maxima_kernel<T, false, false, Along>, block_maxima_kernel<T, false, true, Along>},
-        {block_maxima_kernel<T, true, false, Along>, block_maxima_kernel<T, true, true, Along>}};
-    LAUNCH_KERNEL(kernels[reverse][vectorized], static_cast<unsigned int>(grid), THREADS,
-                  static_cast<cudaStream_t>(stream))(map, blocks, planes, height, width);
-    if (const char* error = launch_error()) return error;
+    constexpr int Narrowest = NARROWEST_PACKED_WALK<T, Along>;  // these walk blocks
+    const char* error = for_packed_width<T, Narrowest>(packed, [&](auto rows) {
+      constexpr int W = decltype(rows)::value;
+      constexpr bool V = W > 0;  // as in launch_walkers
+      using Kernel = decltype(&block_maxima_kernel<T, false, V, Along, W>);
+      const Kernel kernels[2][2] = {  // [reverse][vectorized]
+          {block_maxima_kernel<T, false, V, Along, W>,
+           block_maxima_kernel<T, false, true, Along, W>},
+          {block_maxima_kernel<T, true, V, Along, W>,
+           block_maxima_kernel<T, true, true, Along, W>}};
+      LAUNCH_KERNEL(kernels[reverse][vectorized], static_cast<unsigned int>(grid), THREADS,
+                    static_cast<cudaStream_t>(stream))(map, blocks, planes, height, width);
+      return launch_error();
+    });
+    if (error) return error;
     if (const char* error = launch_prefix(blocks.maxima, planes, blocks.count, lines, stream))
       return error;
   }
@@ -984,7 +1106,7 @@ const char* launch_kind(const T* map, const T* grad_out, T* grad,
   if (const char* error =
           launch(Along ? nullptr : map, Along ? map : nullptr, grad_out, Along ? nullptr : grad,
                  Along ? grad : nullptr, blocks, blocks, planes, height, width, reverse,
-                 vectorized, Along ? 0 : walkers, Along ? walkers : 0, stream))
+                 vectorized, packed, Along ? 0 : walkers, Along ? walkers : 0, stream))
     return error;
   if (!blocked) return nullptr;
   const int64_t tails = ceil_div(planes * blocks.count * lines, THREADS);  // join: per line
@@ -1034,30 +1156,36 @@ const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a
     pool_as_row(a, b, height, width);
     std::swap(grad_a, grad_b);
   }
+  const bool aligned = starts_aligned({a, b, grad_out, grad_a, grad_b});
   const bool vectorized = rows_aligned<T>(width, {a, b, grad_out, grad_a, grad_b});
+  const int packed = packed_width<T>(height, width, aligned);  // 0, or rows of 2 or 4
+  const int rows_per_vector = packed > 0 ? VEC<T> / packed : 1;
   // The blocks of long lines, their arrays in `scratch` (as backward_scratch_bytes counts).
   char* bytes = static_cast<char*>(scratch);
   const Blocks<Acc> column_blocks =
       Blocks<Acc>::carve(bytes, planes * width, height, a == nullptr ? 0 : sum_block);
   const Blocks<Acc> row_blocks =
       Blocks<Acc>::carve(bytes, planes * height, width, b == nullptr ? 0 : sum_block);
-  const int64_t columns = a == nullptr ? 0 : planes * column_blocks.count * ceil_div(width, VEC<T>);
-  const int64_t rows = b == nullptr ? 0 : planes * row_blocks.count * height;
+  // Walkers: a column walker per VEC columns (all of packed rows' columns) and block, a row
+  // walker per row and block (per vector of packed rows).
+  const int64_t column_vectors = packed > 0 ? 1 : ceil_div(width, VEC<T>);
+  const int64_t columns = a == nullptr ? 0 : planes * column_blocks.count * column_vectors;
+  const int64_t rows = b == nullptr ? 0 : planes * row_blocks.count * (height / rows_per_vector);
   const bool blocked = column_blocks.count > 1 || row_blocks.count > 1;
   if (!blocked && (columns == 0 || columns >= FEW_WALKERS) && (rows == 0 || rows >= FEW_WALKERS))
     return launch_walkers<T, AHEAD, AHEAD>(a, b, grad_out, grad_a, grad_b, column_blocks,
                                            row_blocks, planes, height, width, reverse,
-                                           vectorized, columns, rows, stream);
+                                           vectorized, packed, columns, rows, stream);
   // Otherwise each kind in launches of its own.
   if (columns > 0) {
     if (const char* error =
             launch_kind<T, false>(a, grad_out, grad_a, column_blocks, columns, planes, height,
-                                  width, reverse, vectorized, stream))
+                                  width, reverse, vectorized, packed, stream))
       return error;
   }
   if (rows == 0) return nullptr;
   return launch_kind<T, true>(b, grad_out, grad_b, row_blocks, rows, planes, height, width,
-                              reverse, vectorized, stream);
+                              reverse, vectorized, packed, stream);
 }
 
 #define CORNER_POOL_INSTANTIATE(T)                                                          \

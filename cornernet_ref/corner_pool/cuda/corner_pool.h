@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 namespace corner_pool {
 
@@ -21,8 +22,33 @@ struct Accumulate<double> {
 constexpr int WARP = 32;
 // Every lane loads 16 bytes at a time: VEC<T> consecutive numbers (4 float32, 8 float16 or
 // bfloat16, 2 float64), so that a warp reads 512 contiguous bytes in one instruction.
+constexpr int VECTOR_BYTES = 16;
 template <typename T>
-constexpr int VEC = 16 / static_cast<int>(sizeof(T));
+constexpr int VEC = VECTOR_BYTES / static_cast<int>(sizeof(T));
+
+// Whether every map given starts on a 16-byte boundary (nullptr, an absent map, does).
+inline bool starts_aligned(std::initializer_list<const void*> maps) {
+  for (const void* map : maps)
+    if (reinterpret_cast<uintptr_t>(map) % VECTOR_BYTES != 0) return false;
+  return true;
+}
+
+// Whether rows of T may be packed (below): not float64's, since each width is a kernel
+// instance of its own, and float64's speed is no goal.
+template <typename T>
+constexpr bool PACKS = sizeof(T) <= 4;
+
+// Rows narrower than a vector, *packed*: when VEC is a multiple of the width W, the maps
+// start on 16-byte boundaries and the height is a multiple of P = VEC / W, every vector of a
+// plane holds P whole rows (each plane's first vector included), and the kernels load and
+// store 16 bytes, P rows, at a time instead of one number at a time. Returns W, or 0 when the
+// rows are not packed; float64 rows never are (`PACKS`).
+template <typename T>
+int packed_width(int height, int width, bool aligned) {
+  const bool packs = PACKS<T> && aligned && width < VEC<T> && VEC<T> % width == 0 &&
+                     height % (VEC<T> / width) == 0;
+  return packs ? width : 0;
+}
 
 // A plane of one column (W = 1) is also a plane of one row: its H values lie one after the
 // other, the vertical scan runs along them, and the horizontal scan of a single column is
@@ -54,10 +80,15 @@ void pool_as_row(Map& a, Map& b, int& height, int& width) {
 // column segment) is one group's work. A segment starts from the column maxima of `a` over
 // the segments before it, a column segment from the row maxima of `b` over the column
 // segments before it (both computed by a first pass, into `column_maxima` and `row_carry`).
+//
+// Packed rows (see `packed_width`) are pooled as a plane of H / P rows of VEC columns, one
+// vector each, scanned by one lane: `height` and `width` are those of that plane, and
+// `packed` the width W of the rows inside each vector.
 struct Plan {
   bool transposed;   // an H x 1 plane pooled as 1 x H, the maps swapped (see `transposes`)
-  int height;        // of the planes as pooled: H and W, or 1 and H when transposed
-  int width;
+  int packed;        // rows of `packed` numbers, P of them per vector; 0: rows as they are
+  int height;        // of the planes as pooled: H and W, 1 and H when transposed, or
+  int width;         // H / P and VEC when packed
   int lanes;         // lanes per group: the fewest that cover a row, at most 32
   int chunks;        // chunks per row, scanned one after the other by the group
   int segments;         // per plane
@@ -96,15 +127,21 @@ constexpr int MIN_SEGMENT_CHUNKS = 8;
 
 constexpr int64_t ceil_div(int64_t n, int64_t d) { return (n + d - 1) / d; }
 
-// `has_a`, `has_b`: which maps are given. `segments` = 0 chooses the split as above; a
-// positive value forces it (tests).
+// `has_a`, `has_b`: which maps are given; `aligned`: every map starts on a 16-byte boundary
+// (`starts_aligned`). `segments` = 0 chooses the split as above; a positive value forces it
+// (tests).
 template <typename T>
-Plan plan_forward(bool has_a, bool has_b, int64_t planes, int height, int width,
+Plan plan_forward(bool has_a, bool has_b, int64_t planes, int height, int width, bool aligned,
                   int segments = 0) {
   const bool transposed = transposes(height, width) &&
                           (height <= WARP * VEC<T> || planes >= MIN_WARPS);
   if (transposed) pool_as_row(has_a, has_b, height, width);
-  Plan plan{transposed, height, width, 1, 1, 1, height, 1, 1, false, false};
+  const int packed = packed_width<T>(height, width, aligned);
+  if (packed > 0) {  // the plane of vectors it is pooled as
+    height /= VEC<T> / packed;
+    width = VEC<T>;
+  }
+  Plan plan{transposed, packed, height, width, 1, 1, 1, height, 1, 1, false, false};
   while (plan.lanes < WARP && plan.lanes * VEC<T> < width) plan.lanes *= 2;
   plan.chunks = static_cast<int>(ceil_div(width, plan.lanes * VEC<T>));
   plan.row_carry = has_b && plan.chunks > 1;

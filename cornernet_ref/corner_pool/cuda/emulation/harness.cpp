@@ -26,8 +26,9 @@ const char* forward(const void* a, const void* b, void* out, int64_t planes, int
                     int width, bool reverse, int segments) {
   using Acc = typename Accumulate<T>::type;
   if (planes < 1 || height < 1 || width < 1) segments = 1;  // the launch says what is wrong
-  const corner_pool::Plan plan =
-      corner_pool::plan_forward<T>(a != nullptr, b != nullptr, planes, height, width, segments);
+  const corner_pool::Plan plan = corner_pool::plan_forward<T>(
+      a != nullptr, b != nullptr, planes, height, width,
+      corner_pool::starts_aligned({a, b, out}), segments);
   std::vector<Acc> row_carry(plan.row_carry_values(planes));
   std::vector<Acc> column_maxima(plan.column_maxima_values(planes));
   return corner_pool::launch_forward<T>(
