@@ -191,7 +191,7 @@ for name, function in [
 # %% [markdown]
 # ## 5. The CUDA kernel against the reference
 #
-# On a machine with a GPU, the fused kernel (built on first use, about a minute) must equal
+# On a machine with a GPU, the fused kernel (built on first use, under a minute) must equal
 # the reference bit for bit: forward and both gradients, ties included, in float32 and in
 # float16 (where the reference runs in float16 too). Without a GPU the cell says so and
 # skips.

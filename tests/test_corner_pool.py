@@ -14,6 +14,7 @@ Both kernel backends must also equal the reference bit for bit.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -502,6 +503,21 @@ def test_kernel_without_a_gpu_says_so():
         fused.load_extension()
     x = torch.randn(1, 2, 3, 4)
     assert torch.equal(pool(x, "left"), pool(x, "left", backend="reference"))  # auto on CPU
+
+
+def test_the_extension_compiles_every_dtype_of_the_kernel_once():
+    """The extension compiles corner_pool.cu once per dtype (CORNER_POOL_ONLY): its sources
+    must instantiate each dtype the whole file does, and no other, each once; a dtype
+    missing here would fail only when the extension is linked, on a GPU."""
+    kernel = (fused.SOURCE_DIR / "corner_pool.cu").read_text()
+    every = kernel[kernel.index("#else") : kernel.index("#endif", kernel.index("#else"))]
+    whole = re.findall(r"CORNER_POOL_INSTANTIATE\(([\w:]+)\)", every)
+    one_each = [
+        re.search(r"#define CORNER_POOL_ONLY ([\w:]+)", path.read_text()).group(1)
+        for path in fused.SOURCES
+        if path.suffix == ".cu"
+    ]
+    assert sorted(one_each) == sorted(whole) and len(whole) == 4
 
 
 # --- The kernel against the reference ----------------------------------------------------

@@ -21,7 +21,8 @@ corner-pool operator ([op][cornernet_ref.corner_pool.op]) gives them their autog
 formula and lets ``torch.compile`` and ``torch.export`` keep them as one node.
 
 The extension is compiled on first use by ``torch.utils.cpp_extension.load`` (nvcc and
-ninja; a minute or so) into PyTorch's extension cache (``$TORCH_EXTENSIONS_DIR``, by
+ninja, which compiles the four dtypes' kernels at the same time; under a minute) into
+PyTorch's extension cache (``$TORCH_EXTENSIONS_DIR``, by
 default ``~/.cache/torch_extensions``), and loaded from there afterwards. Supported dtypes:
 float32, float64, float16, bfloat16; planes of up to 2^31 - 257 values; any layout (inputs
 are made contiguous).
@@ -36,7 +37,9 @@ import torch
 from torch import Tensor
 
 SOURCE_DIR = Path(__file__).resolve().parent / "cuda"
-SOURCES = (SOURCE_DIR / "binding.cpp", SOURCE_DIR / "corner_pool.cu")
+# corner_pool.cu once per dtype, so that the build compiles the four at the same time.
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+SOURCES = (SOURCE_DIR / "binding.cpp", *(SOURCE_DIR / f"corner_pool_{d}.cu" for d in DTYPES))
 EXTENSION_NAME = "cornernet_corner_pool"
 
 _extension: ModuleType | None = None

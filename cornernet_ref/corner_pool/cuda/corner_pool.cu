@@ -1195,9 +1195,15 @@ const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a
   template const char* launch_backward<T>(const T*, const T*, const T*, T*, T*, int64_t, int, \
                                           int, bool, int, void*, void*);
 
+// The four dtypes, or only CORNER_POOL_ONLY: the extension compiles this file once per dtype
+// (corner_pool_<dtype>.cu), so that its build compiles the four at the same time.
+#ifdef CORNER_POOL_ONLY
+CORNER_POOL_INSTANTIATE(CORNER_POOL_ONLY)
+#else
 CORNER_POOL_INSTANTIATE(float)
 CORNER_POOL_INSTANTIATE(double)
 CORNER_POOL_INSTANTIATE(c10::Half)
 CORNER_POOL_INSTANTIATE(c10::BFloat16)
+#endif
 
 }  // namespace corner_pool
