@@ -50,8 +50,8 @@ KERNEL = Path("cornernet_ref/corner_pool/cuda/corner_pool.cu")
 ARCH = "sm_90"
 DTYPES = {"IfE": ("float32", 4), "IN3c108BFloat16EE": ("bfloat16", 2)}  # mangled -> name, bytes
 # read a, b (and grad_out); write out (or 2 grads)
-MAPS_MOVED = {"forward": 3, "forward_packed": 3, "backward": 5}
-# The forward of packed narrow rows is recorded for rows of half a vector, two to a vector:
+MAPS_MOVED = {"forward": 3, "forward_packed": 3, "backward": 5, "backward_packed": 5}
+# The kernels of packed narrow rows are recorded for rows of half a vector, two to a vector:
 # the widest that pack (4 bfloat16 numbers: the tall benchmark plane's rows).
 PACKED_WIDTH = {"float32": "2", "bfloat16": "4"}
 # sm_90 limits per SM: registers, shared memory (bytes, 1 KB of it reserved per block),
@@ -125,6 +125,15 @@ VERSIONS: dict[str, dict] = {
             "inner": [],
             "unaligned_path_inside": False,
         },
+        # Packed rows: a column walker steps a vector of 2 rows, a row walker takes the 2
+        # rows of a vector; passes of 4 steps of each kind, as the backward's.
+        "backward_packed": {
+            "cells": {"float32": 512, "bfloat16": 1024},
+            "warps": 1,
+            "loops": 2,
+            "inner": [],
+            "unaligned_path_inside": False,
+        },
     },
 }
 
@@ -186,8 +195,8 @@ def kernel_name(mangled: str) -> tuple[str, str, str] | None:
     the backward's steps ahead, ``<Reverse, Vectorized, ..., Blocked>`` after its blocks);
     ``<..., Maxima, Packed>`` in the forward and ``<..., Blocked, Packed>`` in the backward
     after the packed rows: the main shapes run ``Packed`` = 0 (rows as they are); the
-    forward's instance of ``PACKED_WIDTH`` is recorded as ``forward_packed``, the other
-    packed instances not."""
+    instances of ``PACKED_WIDTH`` are recorded as ``forward_packed`` and
+    ``backward_packed``, the other widths not."""
     found = re.search(
         r"(forward|backward)_kernelI(f|N3c108BFloat16E)((?:Lb[01]E)*)((?:Li\d+E)*)((?:Lb[01]E)*)"
         r"((?:Li\d+E)*)E",
@@ -203,8 +212,8 @@ def kernel_name(mangled: str) -> tuple[str, str, str] | None:
     packed = "".join(packed) or "0"
     blocked = "1" in re.findall(r"Lb([01])E", found.group(5))
     dtype = DTYPES["IfE" if found.group(2) == "f" else "IN3c108BFloat16EE"][0]
-    if kind == "forward" and packed == PACKED_WIDTH[dtype]:
-        kind = "forward_packed"
+    if packed == PACKED_WIDTH[dtype]:
+        kind += "_packed"
     elif packed != "0":
         return None
     if vectorized == "0" or maxima == "1" or blocked or any(a != "4" for a in ahead):
