@@ -71,6 +71,38 @@ def relu_like(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Te
     return (torch.randn(shape, generator=generator) * 3).round().clamp(min=0).to(dtype)
 
 
+def add_special_values(x: torch.Tensor, special: str, generator: torch.Generator) -> None:
+    """Put ``special`` values ("nan", "-inf", "signed zeros": -0.0 for 0.0, ties of two
+    bits; "none": nothing) at 3% of the places of ``x``, in place."""
+    where = torch.rand(x.shape, generator=generator) < 0.03
+    if special == "signed zeros":
+        x.copy_(torch.where(where & (x == 0), -0.0, x))
+    elif special != "none":
+        x.masked_fill_(where, math.nan if special == "nan" else -math.inf)
+
+
+def shifted(x: torch.Tensor, offset: int) -> torch.Tensor:
+    """A copy of ``x`` that starts ``offset`` numbers into a new allocation (aligned): 1
+    puts it off the 16-byte boundary."""
+    return torch.cat([x.new_zeros(offset), x.flatten()])[offset:].view(x.shape)
+
+
+def assert_forward_is_exact(
+    segments: int, a: torch.Tensor, b: torch.Tensor, maps: str, corner: str
+) -> None:
+    """The CPU build's forward, ``segments`` forced, of both maps, ``a`` alone or ``b`` alone
+    (``maps``), has the reference's bits, and NaN where the reference has."""
+    if maps == "b":  # b alone: its horizontal pool
+        actual = corner_forward(kernels(segments), None, b, corner)
+        expected = pool(b, {"tl": "left", "br": "right"}[corner], backend="reference")
+    else:
+        b = b if maps == "both" else None
+        actual = corner_forward(kernels(segments), a, b, corner)
+        expected = reference_forward(a, b, corner)
+    assert torch.equal(actual.isnan(), expected.isnan())
+    assert same_bits(actual.nan_to_num(), expected.nan_to_num())
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("segments", [2, 3, 7, 1000])
 @pytest.mark.parametrize("shape", [(2, 1, 37, 5), (1, 2, 20, 129), (3, 1, 9, 300)], ids=str)
@@ -131,62 +163,49 @@ def test_wide_rows_of_few_planes_are_split_into_column_segments_exactly(
     sign = torch.where(torch.rand(pair.shape, generator=generator) < 0.5, -1.0, 1.0)
     a, b = (pair * sign).to(dtype)
     b = b.masked_fill(torch.rand(b.shape, generator=generator) < 0.001, math.nan)
-    if maps == "b":  # b alone: its horizontal pool
-        actual = corner_forward(kernels(segments), None, b, corner)
-        expected = pool(b, {"tl": "left", "br": "right"}[corner], backend="reference")
-    else:
-        b = b if maps == "both" else None
-        actual = corner_forward(kernels(segments), a, b, corner)
-        expected = reference_forward(a, b, corner)
-    assert torch.equal(actual.isnan(), expected.isnan())
-    assert same_bits(actual.nan_to_num(), expected.nan_to_num())
+    assert_forward_is_exact(segments, a, b, maps, corner)
 
 
-def vectors_of(dtype: torch.dtype) -> int:
-    """VEC: the numbers of dtype in one 16-byte vector."""
-    return 16 // torch.empty((), dtype=dtype).element_size()
+@st.composite
+def narrow_planes(draw, most_vectors: int) -> tuple[torch.dtype, tuple[int, ...]]:
+    """A dtype and a (1, planes, H, W) shape of rows of 1 to 4 numbers, H a multiple of the
+    rows per 16-byte vector (packed, if narrower than a vector), or one more (not packed)."""
+    dtype = draw(st.sampled_from(DTYPES))
+    width = draw(st.sampled_from([1, 2, 3, 4]))
+    per_vector = max(1, 16 // torch.empty((), dtype=dtype).element_size() // width)
+    height = draw(st.integers(1, most_vectors)) * per_vector + draw(st.booleans())
+    return dtype, (1, draw(st.integers(1, 3)), height, width)
+
+
+# Maps at the start of a new allocation (aligned) or one number after it (not aligned).
+OFFSETS = st.sampled_from([0, 0, 1])
 
 
 @settings(max_examples=40, deadline=None)
 @given(
-    dtype=st.sampled_from(DTYPES),
-    width=st.sampled_from([1, 2, 3, 4]),
-    vectors=st.integers(1, 300),
-    extra_row=st.booleans(),
-    planes=st.integers(1, 3),
+    narrow=narrow_planes(300),
     segments=st.integers(0, 12),
     maps=st.sampled_from(["both", "a", "b"]),
-    offset=st.sampled_from([0, 0, 1]),
+    offset=OFFSETS,
     corner=st.sampled_from(["tl", "br"]),
     seed=st.integers(0, 2**16),
 )
 def test_narrow_rows_packed_in_vectors_give_the_reference_bits(
-    dtype, width, vectors, extra_row, planes, segments, maps, offset, corner, seed
+    narrow, segments, maps, offset, corner, seed
 ):
     """Rows narrower than a vector, several to a vector (``packed_width`` in corner_pool.h)
     when the height is a multiple of the rows per vector and the maps are aligned, any number
     of segments: the vertical scan carried from row to row inside a vector and across
     vectors, each row's horizontal scan inside its vector. One row more, or maps one number
     off alignment, take the unpacked path, which must agree too. Signed zeros, NaN, ties."""
-    height = vectors * max(1, vectors_of(dtype) // width) + extra_row
-    shape = (2, 1, planes, height, width)
+    dtype, plane_shape = narrow
+    shape = (2, *plane_shape)
     generator = torch.Generator().manual_seed(seed)
     pair = relu_like(shape, torch.float32, seed)
     sign = torch.where(torch.rand(shape, generator=generator) < 0.5, -1.0, 1.0)
     pair = (pair * sign).masked_fill(torch.rand(shape, generator=generator) < 0.01, math.nan)
-    # `offset` numbers before the maps: 1 moves them off the 16-byte boundary
-    storage = pair.to(dtype).flatten(1)
-    storage = torch.cat([storage.new_zeros(2, offset), storage], 1)[:, offset:]
-    a, b = storage.view(shape)
-    if maps == "b":
-        actual = corner_forward(kernels(segments), None, b, corner)
-        expected = pool(b, {"tl": "left", "br": "right"}[corner], backend="reference")
-    else:
-        b = b if maps == "both" else None
-        actual = corner_forward(kernels(segments), a, b, corner)
-        expected = reference_forward(a, b, corner)
-    assert torch.equal(actual.isnan(), expected.isnan())
-    assert same_bits(actual.nan_to_num(), expected.nan_to_num())
+    a, b = (shifted(x, offset) for x in pair.to(dtype))
+    assert_forward_is_exact(segments, a, b, maps, corner)
 
 
 @pytest.mark.parametrize("direction", ["top", "bottom"])
@@ -270,6 +289,18 @@ def test_many_walkers_of_both_kinds_share_one_launch_exactly(corner, dtype):
     assert_walks_like_the_reference((1, 2048, 16, 128), dtype, corner, seed=9)
 
 
+def assert_backward_is_exact(a, b, grad: torch.Tensor, reverse: bool, sum_block: int) -> None:
+    """The CPU build's gradients (None for an absent map) have the reference's blocked sums'
+    bits, and NaN where the reference has."""
+    actual = kernels().backward(a, b, grad, reverse, sum_block)
+    expected = REFERENCE_KERNELS.backward(a, b, grad, reverse, sum_block)
+    for got, wanted in zip(actual, expected, strict=True):
+        assert (got is None) == (wanted is None)
+        if got is not None:
+            assert torch.equal(got.isnan(), wanted.isnan())
+            assert same_bits(got.nan_to_num(), wanted.nan_to_num())
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     planes=st.integers(1, 3),
@@ -295,71 +326,43 @@ def test_blocked_lines_give_the_reference_gradients(
     shape = (1, planes, height, width)
     steps = torch.arange(height * width, dtype=torch.float64).view(1, 1, height, width)
     a, b = ((steps / 64 + relu_like(shape, torch.float64, seed + k)).round() for k in (0, 1))
-    if special != "none":
-        for x in (a, b):
-            where = torch.rand(shape, generator=generator) < 0.03
-            if special == "signed zeros":  # -0.0 where the maps held 0.0: ties of two bits
-                x.copy_(torch.where(where & (x == 0), -0.0, x))
-            else:
-                x.masked_fill_(where, math.nan if special == "nan" else -math.inf)
+    for x in (a, b):
+        add_special_values(x, special, generator)
     a, b = a.to(dtype), b.to(dtype)
     a, b = (None, b) if maps == "b" else (a, None) if maps == "a" else (a, b)
     grad = (torch.randn(shape, generator=generator, dtype=torch.float64) * 100).to(dtype)
-    actual = kernels().backward(a, b, grad, reverse, sum_block)
-    expected = REFERENCE_KERNELS.backward(a, b, grad, reverse, sum_block)
-    for got, wanted in zip(actual, expected, strict=True):
-        assert (got is None) == (wanted is None)
-        if got is not None:
-            assert torch.equal(got.isnan(), wanted.isnan())
-            assert same_bits(got.nan_to_num(), wanted.nan_to_num())
+    assert_backward_is_exact(a, b, grad, reverse, sum_block)
 
 
 @settings(max_examples=40, deadline=None)
 @given(
-    dtype=st.sampled_from(DTYPES),
-    width=st.sampled_from([1, 2, 3, 4]),
-    vectors=st.integers(1, 40),
-    extra_row=st.booleans(),
-    planes=st.integers(1, 3),
+    narrow=narrow_planes(40),
     sum_block=st.sampled_from([0, 16, 32]),
     maps=st.sampled_from(["both", "a", "b"]),
-    offset=st.sampled_from([0, 0, 1]),
+    offset=OFFSETS,
     reverse=st.booleans(),
     special=st.sampled_from(["none", "nan", "-inf", "signed zeros"]),
     seed=st.integers(0, 2**16),
 )
 def test_narrow_rows_packed_in_vectors_give_the_reference_gradients(
-    dtype, width, vectors, extra_row, planes, sum_block, maps, offset, reverse, special, seed
+    narrow, sum_block, maps, offset, reverse, special, seed
 ):
     """The backward of rows narrower than a vector (``packed_width``): a column walker steps
     a vector of rows at a time through its plane's W columns, in blocks or whole; a row
     walker takes the rows of one vector, each its own run. Heights that are not a multiple
     of the rows per vector, and maps one number off alignment, take the unpacked walkers.
     Ties, NaN, -inf and signed zeros where the first maximum decides."""
-    height = vectors * max(1, vectors_of(dtype) // width) + extra_row
-    shape = (3, 1, planes, height, width)
+    dtype, plane_shape = narrow
+    shape = (3, *plane_shape)
     generator = torch.Generator().manual_seed(seed)
-    steps = torch.arange(height * width, dtype=torch.float64).view(height, width)
+    steps = torch.arange(math.prod(plane_shape), dtype=torch.float64).view(plane_shape)
     maps_ = (steps / 64 + relu_like(shape, torch.float64, seed)).round()
     maps_[2] = torch.randn(shape[1:], generator=generator, dtype=torch.float64) * 100  # grad
-    if special != "none":
-        where = torch.rand(shape[1:], generator=generator) < 0.03
-        for x in maps_[:2]:
-            if special == "signed zeros":  # -0.0 where the maps held 0.0: ties of two bits
-                x.copy_(torch.where(where & (x == 0), -0.0, x))
-            else:
-                x.masked_fill_(where, math.nan if special == "nan" else -math.inf)
-    storage = maps_.to(dtype).flatten(1)  # `offset` numbers before each: 1 moves it off
-    storage = torch.cat([storage.new_zeros(3, offset), storage], 1)[:, offset:]
-    a, b, grad = storage.view(shape)
+    for x in maps_[:2]:
+        add_special_values(x, special, generator)
+    a, b, grad = (shifted(x, offset) for x in maps_.to(dtype))
     a, b = (None, b) if maps == "b" else (a, None) if maps == "a" else (a, b)
-    actual = kernels().backward(a, b, grad, reverse, sum_block)
-    expected = REFERENCE_KERNELS.backward(a, b, grad, reverse, sum_block)
-    for got, wanted in zip(actual, expected, strict=True):
-        assert (got is None) == (wanted is None)
-        if got is not None:
-            assert torch.equal(got.isnan(), wanted.isnan())
-            assert same_bits(got.nan_to_num(), wanted.nan_to_num())
+    assert_backward_is_exact(a, b, grad, reverse, sum_block)
 
 
 @pytest.mark.parametrize("maxima", ["border", "every 300"])
