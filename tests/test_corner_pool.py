@@ -525,7 +525,8 @@ def test_the_extension_compiles_every_dtype_of_the_kernel_once():
 # Shapes that reach every path of the kernel: a row as wide as one 128-column chunk (the
 # training shape), one short of it and one past it; several chunks (the row carry between
 # them); widths that are and are not multiples of 4 (vector and single loads and stores); 31,
-# 32, 33, 64 and 65 rows and columns (the 32-lane groups); single rows and columns.
+# 32, 33, 64 and 65 rows and columns (the 32-lane groups); single rows and columns; rows
+# narrower than a vector, packed several to a vector (a column of 300 float32 too).
 KERNEL_SHAPES = [
     (2, 3, 5, 7),
     (1, 2, 32, 32),
@@ -541,6 +542,8 @@ KERNEL_SHAPES = [
     (1, 1, 1, 300),
     (1, 1, 300, 1),
     (1, 2, 40, 520),
+    (2, 3, 16, 2),
+    (1, 2, 64, 4),
 ]
 
 

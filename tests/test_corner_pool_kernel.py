@@ -407,12 +407,15 @@ def test_the_default_blocks_cut_long_lines_as_the_reference_does(shape):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("shape", [(1, 1, 4096, 3), (1, 2, 3000, 200), (1, 1, 2, 5000)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 4096, 3), (1, 1, 4096, 2), (1, 2, 3000, 200), (1, 1, 2, 5000)], ids=str
+)
 def test_cuda_kernel_splits_like_the_reference(dtype, shape):
-    """Shapes with too few planes for the GPU: the kernel cuts their rows into 16 and 11
-    segments (the second also has 2 chunks per row); and a wide one, 40 chunks per row in
-    float32. Forward and gradients against the reference (whose Python loops over H or W
-    steps keep the sizes small); the backward walks the long lines in blocks of 1024."""
+    """Shapes with too few planes for the GPU, whose rows the kernel cuts into segments
+    (of rows packed in vectors in the second, of rows of 2 chunks in the third); and a wide
+    one, 40 chunks per row in float32. Forward and gradients against the reference (whose
+    Python loops over H or W steps keep the sizes small); the backward walks the long lines
+    in blocks of 1024."""
     a, b = relu_like((2, *shape), dtype, 6)
     grad = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(dtype)
     results = []
