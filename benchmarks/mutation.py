@@ -1,6 +1,7 @@
 """Mutation testing of the core modules: how many small, plausible bugs the tests catch.
 
-Each mutant changes one node of one module's syntax tree (see ``OPERATORS``), is written into
+Each mutant changes one node of one module's syntax tree (see ``OPERATORS``; in the CUDA
+kernel, one token of one line, see ``CUDA_TOKENS``), is written into
 a temporary copy of the checkout (the worktree is never touched) and is run against the
 test files that cover that module (``MODULES``), with ``-x`` and the bounded hypothesis
 profile (``CI=true``, without shrinking). A mutant is *killed* when the tests fail, *killed
@@ -32,6 +33,7 @@ import ast
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -91,6 +93,12 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         "cornernet_ref/data/augment.py",
         ("tests/test_data_augment.py", "tests/test_data_loader.py"),
     ),
+    # The kernel's source, run by the tests through its CPU build (tests/kernel_emulation.py),
+    # which each mutant rebuilds (about 17 s on 2 cores).
+    "corner_pool.kernel": (
+        "cornernet_ref/corner_pool/cuda/corner_pool.cu",
+        ("tests/test_corner_pool_kernel.py", "tests/test_corner_pool.py"),
+    ),
 }
 
 # The forked child runs pytest in a process that imported hypothesis already (for the profile
@@ -120,6 +128,23 @@ NAME_SWAPS = {
     "amin": "amax", "amax": "amin", "argmin": "argmax", "argmax": "argmin",
     "floor": "ceil", "ceil": "floor", "cummax": "cummin", "cummin": "cummax",
 }  # fmt: skip
+# The CUDA kernel's mutations, the operators above that C++ shares: (pattern, replacement,
+# description). A binary operator is matched with the spaces the source puts around it, so
+# that template brackets (VEC<T>), shifts and -> are left alone.
+CUDA_TOKENS = (
+    (r" < ", " <= ", "`<` -> `<=`"), (r" <= ", " < ", "`<=` -> `<`"),
+    (r" > ", " >= ", "`>` -> `>=`"), (r" >= ", " > ", "`>=` -> `>`"),
+    (r" == ", " != ", "`==` -> `!=`"), (r" != ", " == ", "`!=` -> `==`"),
+    (r" \+ ", " - ", "`+` -> `-`"), (r" - ", " + ", "`-` -> `+`"),
+    (r" \* ", " / ", "`*` -> `/`"), (r" / ", " * ", "`/` -> `*`"),
+    (r" && ", " || ", "`&&` -> `||`"), (r" \|\| ", " && ", "`||` -> `&&`"),
+    (r" & ", " | ", "`&` -> `|`"),
+    (r"!(?=[\w(])", "", "`!` removed"),
+    (r"\btrue\b", "false", "`true` -> `false`"), (r"\bfalse\b", "true", "`false` -> `true`"),
+    (r"\bmin\(", "max(", "`min` -> `max`"), (r"\bmax\(", "min(", "`max` -> `min`"),
+)  # fmt: skip
+CUDA_INTEGER = r"(?<![\w.])\d+(?![\w.])"  # a decimal constant: +1 and -1
+
 OPERATORS = (
     "comparison flip: < <=, > >=, == !=, is / is not, in / not in",
     "arithmetic: + -, * /, // %, ** -> *, & |",
@@ -130,7 +155,10 @@ OPERATORS = (
 )
 
 # Lines left out, each with its reason: (module, text the line contains, reason).
-EXCLUDED: tuple[tuple[str, str, str], ...] = ()
+EXCLUDED: tuple[tuple[str, str, str], ...] = (
+    ("corner_pool.kernel", "CORNER_POOL_ACCESS(",
+     "a note for the access proxy's trace, empty on a GPU: it computes nothing"),
+)  # fmt: skip
 
 # Survivors that cannot change behaviour: (module, text the line contains, mutation, reason).
 EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
@@ -359,14 +387,50 @@ def node_mutations(node: ast.AST) -> Iterator[tuple[str, object]]:
         )
 
 
+def cuda_code(line: str) -> str:
+    """The code of one line of CUDA source, its comment cut off and its string literals
+    blanked (a message is not logic); "" for a comment line, a preprocessor line or the head
+    of a template (whose `<` and `>` are brackets)."""
+    code = re.sub(r'"[^"]*"', lambda found: '"' + " " * (len(found.group()) - 2) + '"', line)
+    code = code.split("//")[0]
+    stripped = code.strip()
+    if stripped.startswith(("#", "template <", "*")) or not stripped:
+        return ""
+    return code
+
+
+def cuda_mutants(source: str, excluded: set[int]) -> list[Mutant]:
+    """Every mutant of a CUDA source: each ``CUDA_TOKENS`` match and each integer constant
+    (+1, -1) in the code of each line, one at a time."""
+    lines = source.splitlines(keepends=True)
+    found = []
+    for number, line in enumerate(lines, 1):
+        code = cuda_code(line)
+        if not code or number in excluded:
+            continue
+        edits = [
+            (match, replacement, desc)
+            for pattern, replacement, desc in CUDA_TOKENS
+            for match in re.finditer(pattern, code)
+        ]
+        for match in re.finditer(CUDA_INTEGER, code):
+            value = int(match.group())
+            edits += [(match, str(value + step), f"`{value}` -> `{value + step}`")
+                      for step in (1, -1) if value + step >= 0]  # fmt: skip
+        for match, replacement, desc in edits:
+            mutated = line[: match.start()] + replacement + line[match.end() :]
+            text = "".join(lines[: number - 1]) + mutated + "".join(lines[number:])
+            ident = f"L{number}C{match.start()} {desc}"
+            found.append(Mutant(ident, number, desc, line.strip(), text))
+    return sorted(found, key=lambda m: (m.line, m.id))
+
+
 def mutants(module: str) -> list[Mutant]:
-    """Every mutant of ``module``, in source order, those that unparse unchanged left out."""
+    """Every mutant of ``module``, in source order (of a Python module, those that unparse
+    unchanged left out)."""
     path = ROOT / MODULES[module][0]
     source = path.read_text()
     lines = source.splitlines()
-    tree = ast.parse(source)
-    original = ast.unparse(tree)
-    skip = skipped_nodes(tree)
     excluded = {
         number
         for name, text, _ in EXCLUDED
@@ -374,6 +438,11 @@ def mutants(module: str) -> list[Mutant]:
         for number, line in enumerate(lines, 1)
         if text in line
     }
+    if path.suffix == ".cu":
+        return cuda_mutants(source, excluded)
+    tree = ast.parse(source)
+    original = ast.unparse(tree)
+    skip = skipped_nodes(tree)
     found, seen_ids, seen_sources = [], set(), {original}
     for index, node in enumerate(ast.walk(tree)):
         if id(node) in skip or getattr(node, "lineno", None) in excluded:
@@ -405,8 +474,16 @@ class FirstFailure:
             self.nodeid = report.nodeid
 
 
-def run_tests(copy_root: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, str, float]:
-    """Run ``tests`` in a forked child on the copy: (outcome, first failing test, seconds)."""
+NOT_COMPILED = 98  # the child's exit status when a mutant of the kernel does not compile
+
+
+def run_tests(
+    copy_root: Path, tests: tuple[str, ...], timeout: float, build_kernel: bool = False
+) -> tuple[str, str, float]:
+    """Run ``tests`` in a forked child on the copy: (outcome, first failing test, seconds).
+    ``build_kernel``: first build the kernel's CPU build from the copy; a mutant that does
+    not compile is ``not_compiled``, neither killed nor survived (the tests would fail on
+    the build, which says nothing about them)."""
     report = copy_root / ".first_failure"
     report.unlink(missing_ok=True)
     start = time.monotonic()
@@ -420,6 +497,14 @@ def run_tests(copy_root: Path, tests: tuple[str, ...], timeout: float) -> tuple[
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
+            if build_kernel:
+                sys.path.insert(1, str(copy_root / "tests"))
+                import kernel_emulation  # from the copy: it builds the copy's kernel
+
+                try:
+                    kernel_emulation.build("library")
+                except kernel_emulation.BuildError:
+                    os._exit(NOT_COMPILED)
             plugin = FirstFailure()
             code = pytest.main([*tests, *PYTEST_ARGS], plugins=[plugin])
             report.write_text(plugin.nodeid)
@@ -441,6 +526,8 @@ def run_tests(copy_root: Path, tests: tuple[str, ...], timeout: float) -> tuple[
     failed = report.read_text() if report.exists() else ""
     if code == 0:
         return "survived", "", seconds
+    if build_kernel and code == NOT_COMPILED:
+        return "not_compiled", "", seconds
     if code == 1:
         return "killed", failed, seconds
     # Interrupted, an internal error, a usage error or an import error at collection: the
@@ -467,12 +554,17 @@ def equivalent_reason(module: str, mutant: dict) -> str | None:
 
 def summarise(result: dict) -> None:
     """Fill the counts and survivors of each module and of the whole run."""
-    totals = {"killed": 0, "total": 0, "timeouts": 0, "first_run_killed": 0, "not_run": 0}
+    totals = {
+        "killed": 0, "total": 0, "timeouts": 0, "first_run_killed": 0, "not_run": 0,
+        "not_compiled": 0,
+    }  # fmt: skip
     for module, entry in result["modules"].items():
-        done = [m for m in entry["mutants"] if m.get("outcome")]
+        run = [m for m in entry["mutants"] if m.get("outcome")]
+        done = [m for m in run if m["outcome"] != "not_compiled"]
         entry["generated"] = len(entry["mutants"])
         entry["total"] = len(done)  # the mutants run; a module may be stopped half-way
-        entry["not_run"] = entry["generated"] - entry["total"]
+        entry["not_compiled"] = len(run) - len(done)  # C++ mutants the compiler rejects
+        entry["not_run"] = entry["generated"] - len(run)
         entry["killed"] = sum(m["outcome"] in ("killed", "timeout") for m in done)
         entry["timeouts"] = sum(m["outcome"] == "timeout" for m in done)
         entry["first_run_killed"] = sum(m["first_outcome"] in ("killed", "timeout") for m in done)
@@ -523,15 +615,27 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, help="seconds per mutant (default 4x baseline)")
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
     parser.add_argument(
+        "--lines",
+        action="append",
+        type=lambda text: tuple(map(int, text.split("-"))),
+        metavar="FIRST-LAST",
+        help="run only the mutants of these lines (repeatable; of each module given); the "
+        "others stay not run",
+    )
+    parser.add_argument(
         "--summarise", action="store_true", help="recount the result (after editing EQUIVALENT)"
     )
     args = parser.parse_args()
     modules = args.module or list(MODULES)
 
+    def chosen(line: int) -> bool:
+        return args.lines is None or any(first <= line <= last for first, last in args.lines)
+
     if args.list:
         for module in modules:
             for m in mutants(module):
-                print(f"{module} {m.id}  | {m.code}")
+                if chosen(m.line):
+                    print(f"{module} {m.id}  | {m.code}")
         return
 
     result = json.loads(RESULT.read_text()) if RESULT.exists() else {}
@@ -557,12 +661,15 @@ def main() -> None:
     )
     result.setdefault("modules", {})
     copy_root = make_copy()
+    # The kernel's CPU builds of this run (one per mutant of the kernel) go beside the copy.
+    os.environ["CORNERNET_EMULATION_CACHE"] = str(copy_root.parent / "kernel_emulation")
     try:
         for module in modules:
             file, tests = MODULES[module]
             target = copy_root / file
             pristine = target.read_text()
-            outcome, failed, baseline = run_tests(copy_root, tests, timeout=1800)
+            build_kernel = file.endswith(".cu")
+            outcome, failed, baseline = run_tests(copy_root, tests, 1800, build_kernel)
             if outcome != "survived":
                 sys.exit(f"{module}: the tests fail without a mutant ({failed}); fix them first")
             timeout = args.timeout or max(30.0, 4 * baseline)
@@ -581,7 +688,7 @@ def main() -> None:
             result["modules"][module] = entry
             todo = [
                 m for m in entry["mutants"]
-                if not m.get("outcome") or m["outcome"] in args.rerun
+                if (not m.get("outcome") or m["outcome"] in args.rerun) and chosen(m["line"])
             ]  # fmt: skip
             print(f"{module}: {len(fresh)} mutants, {len(todo)} to run, baseline {baseline:.1f} s,"
                   f" estimate {len(todo) * baseline / 60:.0f} min at most", flush=True)  # fmt: skip
@@ -589,7 +696,7 @@ def main() -> None:
             for n, m in enumerate(todo, 1):
                 target.write_text(fresh[m["id"]].source)
                 try:
-                    outcome, failed, seconds = run_tests(copy_root, tests, timeout)
+                    outcome, failed, seconds = run_tests(copy_root, tests, timeout, build_kernel)
                 finally:
                     target.write_text(pristine)
                 m.setdefault("first_outcome", outcome)
