@@ -685,6 +685,8 @@ def main() -> None:
             for m in entry["mutants"]:  # line numbers may have moved
                 m["line"], m["code"] = fresh[m["id"]].line, fresh[m["id"]].code
             entry.update(tests=list(tests), baseline_seconds=round(baseline, 1), timeout=timeout)
+            if args.lines:  # the part run this time
+                entry["lines_run"] = [f"{first}-{last}" for first, last in args.lines]
             result["modules"][module] = entry
             todo = [
                 m for m in entry["mutants"]
