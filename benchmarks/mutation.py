@@ -290,6 +290,47 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
     ("targets", "enumerate(zip(boxes, labels, strict=True))", "`True` -> `False`",
      "labels are checked to have one entry per box and filtered by the same mask: the zip "
      "cannot be uneven"),
+    *[
+        ("corner_pool.kernel", code, "`0` -> `1`",
+         "Lines and Walker serve the backward, whose packed rows are 2 or 4 wide (a column "
+         "is walked as a row): Packed is never 1")
+        for code in (
+            "static constexpr int ROW = Packed > 0 ? Packed : N;",
+            "return Reverse && (Along || Packed > 0) ? N - 1 - t : t;",
+            "const int vectors = Packed > 0 ? 1 : static_cast<int>(ceil_div(width, N));",
+            "walker.lines = Packed > 0 ? Packed : min(N, width - at);",
+            "} else if (Packed > 0) {",
+        )
+    ],
+    *[
+        ("corner_pool.kernel", code, mutation,
+         "with one block (count 1), block is 0 and the block's length is the line's: "
+         "start 0 and end the length either way")
+        for code, mutation in (
+            ("const int start = count > 1 ? block * blocks.length : 0;", "`>` -> `>=`"),
+            ("const int start = count > 1 ? block * blocks.length : 0;", "`1` -> `0`"),
+            ("const int end = count > 1 ? min(start + blocks.length, length) : length;",
+             "`>` -> `>=`"),
+            ("const int end = count > 1 ? min(start + blocks.length, length) : length;",
+             "`1` -> `0`"),
+        )
+    ],
+    ("corner_pool.kernel", "walker.row_end = 0;", "`0` -> `1`",
+     "a column walker never reads row_end (only a row walker's border and counts do)"),
+    *[
+        ("corner_pool.kernel",
+         "* lines_per_plane + index * ROWS;",
+         mutation,
+         "the slot of a row walker of packed rows is never read: packed rows are never cut "
+         "into blocks")
+        for mutation in ("`*` -> `/`", "`+` -> `-`")
+    ],
+    ("corner_pool.kernel", "return Reverse && (Along || Packed > 0) ? N - 1 - t : t;",
+     "`>` -> `>=`",
+     "then a column walker of rows as they are takes its vector's numbers backwards too: "
+     "each is a column of its own, a line apart, so their order changes nothing"),
+    ("corner_pool.kernel", "ROWS = Lines<T, Reverse, false, Packed>::ROWS;", "`false` -> `true`",
+     "Lines' ROWS, the rows of a vector, does not depend on the kind of line"),
 )  # fmt: skip
 
 
