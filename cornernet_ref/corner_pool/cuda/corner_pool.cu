@@ -1157,7 +1157,7 @@ const char* launch_backward(const T* a, const T* b, const T* grad_out, T* grad_a
     std::swap(grad_a, grad_b);
   }
   const bool aligned = starts_aligned({a, b, grad_out, grad_a, grad_b});
-  const bool vectorized = rows_aligned<T>(width, {a, b, grad_out, grad_a, grad_b});
+  const bool vectorized = aligned && width % VEC<T> == 0;  // as rows_aligned
   const int packed = packed_width<T>(height, width, aligned);  // 0, or rows of 2 or 4
   const int rows_per_vector = packed > 0 ? VEC<T> / packed : 1;
   // The blocks of long lines, their arrays in `scratch` (as backward_scratch_bytes counts).
