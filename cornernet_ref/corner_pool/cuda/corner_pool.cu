@@ -756,6 +756,35 @@ struct Walker {
   }
 };
 
+// `visit(offset, count, values, grads)` for each step of a walker in scan order: its offset,
+// how many of its numbers lie in the walker's lines (Walker::count), and the vectors of
+// `map` and (`Grads`; else not loaded) of `grad_out` there. The steps go Ahead at a time, as
+// the forward's rows: first the loads of a batch, so that they travel from memory together,
+// then the visits.
+template <typename T, bool Vectorized, bool Along, int Ahead, bool Grads, typename Visit>
+__device__ __forceinline__ void visit_steps(const T* __restrict__ map,
+                                            const T* __restrict__ grad_out, const Walker& walker,
+                                            Visit&& visit) {
+  for (int first_step = 0; first_step < walker.steps; first_step += Ahead) {
+    Loaded<T, Vectorized> values[Ahead], grads[Ahead];  // widened where used (`load`)
+    int offsets[Ahead], counts[Ahead];
+#pragma unroll
+    for (int r = 0; r < Ahead; ++r) {
+      offsets[r] = walker.offset(first_step + r);
+      counts[r] = walker.count<T, Vectorized, Along>(first_step + r, offsets[r]);
+      values[r] = load<Vectorized>(map, offsets[r], counts[r]);
+      if constexpr (Grads) grads[r] = load<Vectorized>(grad_out, offsets[r], counts[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < Ahead; ++r) {
+      // A step past the end loaded nothing: its numbers read as -inf, which moves no maximum,
+      // but its gradients (-inf too) must not be added to a run.
+      if (Grads && first_step + r >= walker.steps) break;
+      visit(offsets[r], counts[r], values[r], grads[r]);
+    }
+  }
+}
+
 // The walker's scan of its block, Ahead vectors of each map in flight (`Along`: a row
 // walker; `Packed` as for Lines): the zeros and the completed runs' sums into `grad`; at the
 // end, each line's last run into `grad` (a whole line), or (`Blocked`: lines cut into
@@ -782,30 +811,19 @@ __device__ __forceinline__ void walk(const T* __restrict__ map, const T* __restr
                   ? Run<Acc>::enter(blocks.maxima[walker.slot + k])
                   : Run<Acc>::start(border);
   }
-  for (int first_step = 0; first_step < walker.steps; first_step += Ahead) {  // as the forward
-    Loaded<T, Vectorized> values[Ahead], grads[Ahead];  // widened where used (`load`)
-    int offsets[Ahead], counts[Ahead];
+  visit_steps<T, Vectorized, Along, Ahead, true>(
+      map, grad_out, walker,
+      [&](int offset, int count, const Loaded<T, Vectorized>& values,
+          const Loaded<T, Vectorized>& grads) {
+        store<Vectorized>(grad, offset, count, zeros);  // not a maximum, unless a run says so
 #pragma unroll
-    for (int r = 0; r < Ahead; ++r) {
-      offsets[r] = walker.offset(first_step + r);
-      counts[r] = walker.count<T, Vectorized, Along>(first_step + r, offsets[r]);
-      values[r] = load<Vectorized>(map, offsets[r], counts[r]);
-      grads[r] = load<Vectorized>(grad_out, offsets[r], counts[r]);
-    }
-#pragma unroll
-    for (int r = 0; r < Ahead; ++r) {
-      if (first_step + r >= walker.steps) break;
-      // Not a maximum, unless a run says so.
-      store<Vectorized>(grad, offsets[r], counts[r], zeros);
-#pragma unroll
-      for (int t = 0; t < N; ++t) {
-        const int j = Of::number(t);
-        if (Vectorized || j < counts[r])
-          runs[Of::line(j)].template step<Blocked>(
-              widen<Acc, T>(values[r], j), widen<Acc, T>(grads[r], j), offsets[r] + j, grad);
-      }
-    }
-  }
+        for (int t = 0; t < N; ++t) {
+          const int j = Of::number(t);
+          if (Vectorized || j < count)
+            runs[Of::line(j)].template step<Blocked>(
+                widen<Acc, T>(values, j), widen<Acc, T>(grads, j), offset + j, grad);
+        }
+      });
 #pragma unroll
   for (int k = 0; k < Of::COUNT; ++k) {
     if (k >= walker.lines) break;
@@ -841,25 +859,14 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
   for (int k = 0; k < Of::COUNT; ++k) best[k] = neutral<Acc>();
   // Blocks are long lines cut, whose walkers are few: DEEP_AHEAD loads in flight, as theirs.
-  constexpr int Ahead = DEEP_AHEAD<T>;
-  for (int first_step = 0; first_step < walker.steps; first_step += Ahead) {
-    Loaded<T, Vectorized> values[Ahead];  // loaded together, as in `walk`
-    int counts[Ahead];
+  visit_steps<T, Vectorized, Along, DEEP_AHEAD<T>, false>(
+      map, nullptr, walker, [&](int, int count, const Loaded<T, Vectorized>& values, const auto&) {
 #pragma unroll
-    for (int r = 0; r < Ahead; ++r) {
-      const int offset = walker.offset(first_step + r);
-      counts[r] = walker.count<T, Vectorized, Along>(first_step + r, offset);
-      values[r] = load<Vectorized>(map, offset, counts[r]);
-    }
-#pragma unroll
-    for (int r = 0; r < Ahead; ++r) {
-#pragma unroll
-      for (int t = 0; t < N; ++t) {
-        const int j = Of::number(t), k = Of::line(j);
-        if (Vectorized || j < counts[r]) best[k] = first_max(best[k], widen<Acc, T>(values[r], j));
-      }
-    }
-  }
+        for (int t = 0; t < N; ++t) {
+          const int j = Of::number(t), k = Of::line(j);
+          if (Vectorized || j < count) best[k] = first_max(best[k], widen<Acc, T>(values, j));
+        }
+      });
 #pragma unroll
   for (int k = 0; k < Of::COUNT; ++k)
     if (k < walker.lines) blocks.maxima[walker.slot + k] = best[k];
