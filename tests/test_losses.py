@@ -147,6 +147,16 @@ def test_flag_restores_the_official_single_object_push(seed, counts):
         assert losses[name].item() == pytest.approx(value, rel=1e-5, abs=tolerance), name
 
 
+def test_by_default_an_image_with_one_object_pushes_nothing():
+    """L_push sums over pairs of distinct objects: one object has none, so by default its
+    image adds 0; the official constant, 1 / (1 + 1e-4) per such image (summed over the
+    images, within 1e-3 each in float32), is the flag's."""
+    outputs, targets = random_case(5, counts=[1, 1], stacks=1)
+    assert CornerNetLoss()(outputs, targets)["push"].item() == 0.0
+    official = CornerNetLoss(LossConfig(push_weight=1.0, single_object_push=True))
+    assert official(outputs, targets)["push"].item() == pytest.approx(2 / (1 + 1e-4), abs=2e-3)
+
+
 @pytest.mark.claim("official-loss-values")
 def test_each_term_is_the_weighted_mean_over_stacks():
     outputs, targets = random_case(3, counts=[2, 3], stacks=2)
