@@ -75,7 +75,7 @@ RESULT = ROOT / "benchmarks" / "results" / "mutation.json"
 # Module -> (source file, the test files that cover it, the fastest and most direct first).
 MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "targets": ("cornernet_ref/targets.py", ("tests/test_targets.py", "tests/test_losses.py")),
-    "losses": ("cornernet_ref/losses.py", ("tests/test_losses.py",)),
+    "losses": ("cornernet_ref/losses.py", ("tests/test_losses.py", "tests/test_config.py")),
     "corner_pool.reference": (
         "cornernet_ref/corner_pool/reference.py",
         (
@@ -91,7 +91,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "data.augment": (
         "cornernet_ref/data/augment.py",
-        ("tests/test_data_augment.py", "tests/test_data_loader.py"),
+        ("tests/test_data_augment.py", "tests/test_data_loader.py", "tests/test_config.py"),
     ),
     # The kernel's source, run by the tests through its CPU build (tests/kernel_emulation.py),
     # which each mutant rebuilds (about 17 s on 2 cores).
@@ -342,6 +342,19 @@ class Mutant:
     code: str  # the source line, stripped
     source: str  # the whole mutated module
 
+    def anchor(self, lines: list[str]) -> str:
+        """The mutant's name that survives edits elsewhere in the file: its line's code, which
+        of the lines with that code it is, and the rest of its id. A resumed run keeps the
+        outcome of a mutant whose anchor it finds again, and runs the others."""
+        return anchor(self.id, self.line, lines)
+
+
+def anchor(ident: str, line: int, lines: list[str]) -> str:
+    """See ``Mutant.anchor``: ``lines`` are the module's lines, stripped."""
+    code = lines[line - 1]
+    occurrence = lines[: line - 1].count(code)
+    return f"{code} #{occurrence} {ident.removeprefix(f'L{line}')}"
+
 
 def skipped_nodes(tree: ast.AST) -> set[int]:
     """ids of nodes never mutated: docstrings, annotations, argument defaults, raise
@@ -586,6 +599,19 @@ def make_copy() -> Path:
     return target
 
 
+def refresh(entry: dict, module: str) -> dict[str, Mutant]:
+    """Make ``entry["mutants"]`` the module's mutants as the file stands, each keeping the
+    outcome of its earlier run if its anchor is found again; return them by anchor."""
+    lines = [line.strip() for line in (ROOT / MODULES[module][0]).read_text().splitlines()]
+    fresh = {m.anchor(lines): m for m in mutants(module)}
+    old = {m["anchor"]: m for m in entry["mutants"]}
+    entry["mutants"] = [old.get(a, {"anchor": a, "mutation": m.mutation}) for a, m in fresh.items()]
+    for m in entry["mutants"]:  # the lines may have moved since its run
+        mutant = fresh[m["anchor"]]
+        m.update(id=mutant.id, line=mutant.line, code=mutant.code)
+    return fresh
+
+
 def equivalent_reason(module: str, mutant: dict) -> str | None:
     for name, text, mutation, reason in EQUIVALENT:
         if name == module and text in mutant["code"] and mutation == mutant["mutation"]:
@@ -681,6 +707,8 @@ def main() -> None:
 
     result = json.loads(RESULT.read_text()) if RESULT.exists() else {}
     if args.summarise:
+        for module, entry in result["modules"].items():
+            refresh(entry, module)
         result["modules_not_run"] = {
             module: len(mutants(module)) for module in MODULES if module not in result["modules"]
         }
@@ -715,16 +743,9 @@ def main() -> None:
                 sys.exit(f"{module}: the tests fail without a mutant ({failed}); fix them first")
             timeout = args.timeout or max(30.0, 4 * baseline)
             entry = result["modules"].get(module)
-            fresh = {m.id: m for m in mutants(module)}
             if entry is None or not (args.resume or args.rerun):
                 entry = {"file": file, "tests": list(tests), "mutants": []}
-            old = {m["id"]: m for m in entry["mutants"]}
-            entry["mutants"] = [
-                old.get(i, {"id": i, "line": m.line, "mutation": m.mutation, "code": m.code})
-                for i, m in fresh.items()
-            ]
-            for m in entry["mutants"]:  # line numbers may have moved
-                m["line"], m["code"] = fresh[m["id"]].line, fresh[m["id"]].code
+            fresh = refresh(entry, module)
             entry.update(tests=list(tests), baseline_seconds=round(baseline, 1), timeout=timeout)
             if args.lines:  # the part run this time
                 entry["lines_run"] = [f"{first}-{last}" for first, last in args.lines]
@@ -737,7 +758,7 @@ def main() -> None:
                   f" estimate {len(todo) * baseline / 60:.0f} min at most", flush=True)  # fmt: skip
             started = time.monotonic()
             for n, m in enumerate(todo, 1):
-                target.write_text(fresh[m["id"]].source)
+                target.write_text(fresh[m["anchor"]].source)
                 try:
                     outcome, failed, seconds = run_tests(copy_root, tests, timeout, build_kernel)
                 finally:
