@@ -159,6 +159,19 @@ class EmulatedKernels:
             ctypes.c_int,  # sum_block
         ]
         self.library.corner_pool_trace_end.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        self.library.emulation_shuffle.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p]
+
+    SHUFFLES = ("sync", "up", "down", "xor")
+
+    def shuffle(self, kind: str, operand: int, width: int) -> list[int]:
+        """The lane each of the 32 lanes of a warp reads in one shuffle of the emulation:
+        ``__shfl_<kind>_sync`` (``sync``: ``__shfl_sync``) with ``operand`` (the source lane,
+        the delta or the mask) and ``width``."""
+        got = (ctypes.c_int * 32)()
+        self.library.emulation_shuffle(
+            self.SHUFFLES.index(kind), operand, width, ctypes.cast(got, ctypes.c_void_p)
+        )
+        return list(got)
 
     @contextlib.contextmanager
     def trace(self) -> Iterator[list[dict[str, int]]]:

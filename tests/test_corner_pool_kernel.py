@@ -103,6 +103,39 @@ def assert_forward_is_exact(
     assert same_bits(actual.nan_to_num(), expected.nan_to_num())
 
 
+def documented_shuffle(kind: str, operand: int, width: int, lane: int) -> int:
+    """The lane that ``lane`` reads in a shuffle of ``width`` lanes, as the CUDA C++
+    Programming Guide ("Warp Shuffle Functions") describes it: the warp is cut into groups of
+    ``width`` lanes; a lane whose source would lie before its group's start (``up``) or past
+    its end (``down``), or in a later group (``xor``), reads itself, and ``__shfl_sync``
+    takes its source lane modulo the width."""
+    start = lane // width * width
+    if kind == "sync":
+        return start + operand % width
+    if kind == "up":
+        return lane - operand if lane - start >= operand else lane
+    if kind == "down":
+        return lane + operand if lane - start + operand < width else lane
+    return lane ^ operand if lane ^ operand < start + width else lane
+
+
+@pytest.mark.parametrize("width", [1, 2, 4, 8, 16, 32])
+@pytest.mark.parametrize("kind", kernel_emulation.EmulatedKernels.SHUFFLES)
+def test_the_emulated_shuffles_are_cudas(kind, width):
+    """The CPU build's shuffles, which the row scan runs with the width of a group of lanes,
+    read the lanes CUDA's do, for every operand."""
+    operands = range(40) if kind == "sync" else range(33) if kind != "xor" else range(32)
+    for operand in operands:
+        expected = [documented_shuffle(kind, operand, width, lane) for lane in range(32)]
+        assert kernels().shuffle(kind, operand, width) == expected, operand
+
+
+def test_a_shuffle_up_within_groups_of_8_keeps_each_groups_first_lanes():
+    got = kernels().shuffle("up", 3, 8)
+    assert got[:8] == [0, 1, 2, 0, 1, 2, 3, 4]
+    assert got[8:11] == [8, 9, 10] and got[31] == 28
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("segments", [2, 3, 7, 1000])
 @pytest.mark.parametrize("shape", [(2, 1, 37, 5), (1, 2, 20, 129), (3, 1, 9, 300)], ids=str)

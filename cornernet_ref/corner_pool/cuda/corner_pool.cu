@@ -320,8 +320,7 @@ __device__ T* plane_start(T* tensor, int64_t plane, int height, int width) {
 // scan: the maximum of the chunks before, or -inf; -inf in the others). Returns the maximum
 // of the whole chunk, in every lane of the group. Every lane of the warp calls it together.
 template <bool Reverse, typename Acc, int N>
-__device__ __forceinline__ Acc scan_row(Acc (&values)[N], Acc carry, int lanes, int g,
-                                        int lane) {
+__device__ __forceinline__ Acc scan_row(Acc (&values)[N], Acc carry, int lanes, int g) {
   // This lane's own values, in scan order, after the carry (-inf but in the lane that
   // starts the scan, so the other lanes are unchanged by it).
   const int first_value = Reverse ? N - 1 : 0;
@@ -333,25 +332,24 @@ __device__ __forceinline__ Acc scan_row(Acc (&values)[N], Acc carry, int lanes, 
   }
   // The lanes' totals: after the step of distance d, a lane holds the maximum of its own and
   // the 2d - 1 lanes before it in its group (in scan order: below it, or above it when
-  // Reverse). A value shuffled in from another group is not used.
+  // Reverse). The shuffles have the group's width: a lane with fewer than d lanes before it
+  // in its group gets its own total back, and first_max(total, total) is total.
   Acc total = values[Reverse ? 0 : N - 1];
 #pragma unroll
-  for (int distance = 1; distance < WARP; distance *= 2) {  // no lane exists past `lanes`
-    const Acc before = Reverse ? __shfl_down_sync(ALL_LANES, total, distance)
-                               : __shfl_up_sync(ALL_LANES, total, distance);
-    const bool exists = Reverse ? g + distance < lanes : g >= distance;
-    const Acc combined = first_max(before, total);
-    total = exists ? combined : total;  // a select, not a branch
+  for (int distance = 1; distance < WARP; distance *= 2) {  // a group has at most WARP lanes
+    const Acc before = Reverse ? __shfl_down_sync(ALL_LANES, total, distance, lanes)
+                               : __shfl_up_sync(ALL_LANES, total, distance, lanes);
+    total = first_max(before, total);
   }
   // Fold the maximum of the lanes before this one into its values.
-  const Acc lanes_before = Reverse ? __shfl_down_sync(ALL_LANES, total, 1)
-                                   : __shfl_up_sync(ALL_LANES, total, 1);
-  if (g != (Reverse ? lanes - 1 : 0)) {
+  // The lane that starts the scan has none: -inf, which changes no value (a select, where a
+  // branch around the fold would cost its own instructions and divide the warp).
+  const Acc shuffled = Reverse ? __shfl_down_sync(ALL_LANES, total, 1)
+                               : __shfl_up_sync(ALL_LANES, total, 1);
+  const Acc lanes_before = g == (Reverse ? lanes - 1 : 0) ? neutral<Acc>() : shuffled;
 #pragma unroll
-    for (int j = 0; j < N; ++j) values[j] = first_max(lanes_before, values[j]);
-  }
-  const int group_start = lane - g;
-  return __shfl_sync(ALL_LANES, total, group_start + (Reverse ? 0 : lanes - 1));
+  for (int j = 0; j < N; ++j) values[j] = first_max(lanes_before, values[j]);
+  return __shfl_sync(ALL_LANES, total, Reverse ? 0 : lanes - 1, lanes);
 }
 
 // One vector of packed rows (`packed_width` in corner_pool.h): N / W rows of W numbers, all
@@ -503,7 +501,7 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
             const bool carried = carry != nullptr && starts && rows[r] >= 0;
 #pragma unroll
             for (int j = 0; j < N; ++j) row[j] = widen<Acc, T>(b_rows[r], j);
-            const Acc row_max = scan_row<Reverse>(row, before[r], plan.lanes, g, lane);
+            const Acc row_max = scan_row<Reverse>(row, before[r], plan.lanes, g);
             if (carried && k + 1 < end_k) {
               if (kept_in_registers)
                 before[r] = row_max;

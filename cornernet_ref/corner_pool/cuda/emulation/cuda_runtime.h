@@ -217,25 +217,36 @@ inline void __syncwarp(unsigned int = 0xffffffffu) {
   cuda_emulation::warp_barrier().arrive_and_wait();
 }
 
+// A shuffle of `width` lanes (a power of two, at most 32) cuts the warp into segments of that
+// many lanes, each shuffling on its own: a lane whose source would lie outside its segment
+// (past its start for __shfl_up_sync, past its end for __shfl_down_sync and, beyond
+// the lanes after its segment, for __shfl_xor_sync) gets its own value back, and
+// __shfl_sync's source is taken modulo the width, inside the segment.
 template <typename T>
-T __shfl_sync(unsigned int, T value, int source, int = 32) {
-  return cuda_emulation::exchange(value, source % 32);
+T __shfl_sync(unsigned int, T value, int source, int width = 32) {
+  const int start = static_cast<int>(cuda_emulation::lane()) / width * width;
+  return cuda_emulation::exchange(value, start + source % width);
 }
 
 template <typename T>
-T __shfl_up_sync(unsigned int, T value, unsigned int delta, int = 32) {
-  return cuda_emulation::exchange(value, static_cast<int>(cuda_emulation::lane()) -
-                                             static_cast<int>(delta));
+T __shfl_up_sync(unsigned int, T value, unsigned int delta, int width = 32) {
+  const int lane = static_cast<int>(cuda_emulation::lane());
+  const bool inside = lane % width >= static_cast<int>(delta);
+  return cuda_emulation::exchange(value, inside ? lane - static_cast<int>(delta) : lane);
 }
 
 template <typename T>
-T __shfl_down_sync(unsigned int, T value, unsigned int delta, int = 32) {
-  return cuda_emulation::exchange(value, static_cast<int>(cuda_emulation::lane() + delta));
+T __shfl_down_sync(unsigned int, T value, unsigned int delta, int width = 32) {
+  const int lane = static_cast<int>(cuda_emulation::lane());
+  const bool inside = lane % width + static_cast<int>(delta) < width;
+  return cuda_emulation::exchange(value, inside ? lane + static_cast<int>(delta) : lane);
 }
 
 template <typename T>
-T __shfl_xor_sync(unsigned int, T value, int mask, int = 32) {
-  return cuda_emulation::exchange(value, static_cast<int>(cuda_emulation::lane()) ^ mask);
+T __shfl_xor_sync(unsigned int, T value, int mask, int width = 32) {
+  const int lane = static_cast<int>(cuda_emulation::lane()), source = lane ^ mask;
+  const bool inside = source < (lane / width + 1) * width;
+  return cuda_emulation::exchange(value, inside ? source : lane);
 }
 
 #define CORNER_POOL_ACCESS(base, offset, bytes, active, store) \

@@ -11,6 +11,9 @@
 //
 // corner_pool_trace_begin / corner_pool_trace_end: the memory requests of the launches in
 // between (see cuda_runtime.h), for benchmarks/corner_pool_access.py.
+//
+// emulation_shuffle: what each lane of a warp gets from one shuffle of the emulation, for
+// the test that holds it to CUDA's documented semantics.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -53,9 +56,25 @@ const char* backward(const void* a, const void* b, const void* grad_out, void* g
       sum_block, scratch.empty() ? nullptr : scratch.data(), nullptr);
 }
 
+// Each lane offers its own number and writes down the lane number it gets back.
+__global__ void shuffle_kernel(int kind, int operand, int width, int* got) {
+  const int lane = static_cast<int>(threadIdx.x);
+  const unsigned int all = 0xffffffffu, by = static_cast<unsigned int>(operand);
+  got[lane] = kind == 0   ? __shfl_sync(all, lane, operand, width)
+              : kind == 1 ? __shfl_up_sync(all, lane, by, width)
+              : kind == 2 ? __shfl_down_sync(all, lane, by, width)
+                          : __shfl_xor_sync(all, lane, operand, width);
+}
+
 }  // namespace
 
 extern "C" {
+
+// kind: 0 __shfl_sync (operand: the source lane), 1 __shfl_up_sync, 2 __shfl_down_sync
+// (operand: delta), 3 __shfl_xor_sync (operand: the mask); `got`: 32 ints.
+void emulation_shuffle(int kind, int operand, int width, int* got) {
+  LAUNCH_KERNEL(shuffle_kernel, 1, 32, nullptr)(kind, operand, width, got);
+}
 
 const char* corner_pool_forward(int dtype, const void* a, const void* b, void* out,
                                 int64_t planes, int height, int width, bool reverse,
