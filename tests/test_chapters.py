@@ -129,6 +129,24 @@ def run_problem(name: str, run: list[str], after: list[str], whole: list[str]) -
     return f"{line!r} stands in {name} before the previous quoted run"
 
 
+CUDA_BLOCK = re.compile(r"^```cuda\n(.*?)^```", flags=re.MULTILINE | re.DOTALL)
+KERNEL_SOURCE = REPO / "cornernet_ref" / "corner_pool" / "cuda" / "corner_pool.cu"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
+def test_quoted_kernel_code_is_a_run_of_the_kernel(chapter: Path) -> None:
+    """A ``cuda`` block quotes ``corner_pool.cu``: contiguous runs (``...`` between them) in
+    the order of the file."""
+    text = chapter.read_text(encoding="utf-8")
+    source = KERNEL_SOURCE.read_text(encoding="utf-8").splitlines()
+    for block in CUDA_BLOCK.finditer(text):
+        line, start = text.count("\n", 0, block.start()) + 1, 0
+        for run in runs_between_elisions(block.group(1)):
+            at = find_run(run, source, start)
+            assert at >= 0, f"{chapter.name} line {line}: {run[0]!r}... is not in the kernel"
+            start = at + len(run)
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
 def test_quoted_code_is_a_run_of_the_named_function(chapter: Path) -> None:
     text = chapter.read_text(encoding="utf-8")
