@@ -42,11 +42,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from report import RESULTS, header, write_result
+from report import RESULTS, header, sources_digest, write_result
 from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = Path("cornernet_ref/corner_pool/cuda/corner_pool.cu")
+# What the working tree's record depends on ("sources_sha256" of the version "after").
+KERNEL_SOURCES = [ROOT / KERNEL, ROOT / KERNEL.parent / "corner_pool.h"]
 ARCH = "sm_90"
 DTYPES = {"IfE": ("float32", 4), "IN3c108BFloat16EE": ("bfloat16", 2)}  # mangled -> name, bytes
 # read a, b (and grad_out); write out (or 2 grads)
@@ -558,6 +560,8 @@ def main() -> None:
                     (source.parent / name).write_text(text)
             analysis = analyse(source, version)
             result["versions"][label] = {"commit": version.get("commit")} | analysis
+            if not version.get("commit"):
+                result["versions"][label]["sources_sha256"] = sources_digest(KERNEL_SOURCES)
             print(label, {
                 k: (v["warp_instructions_per_kilobyte"], v["loads_in_flight"])
                 for k, v in analysis["kernels"].items()

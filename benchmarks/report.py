@@ -9,6 +9,7 @@ claim's id in a top-level ``"claims"`` list. The scripts import this module from
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -47,6 +48,15 @@ def header(benchmark: str, device: torch.device | str = "cpu", claims: tuple = (
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def sources_digest(paths: list[Path]) -> str:
+    """The SHA-256 of ``paths``' names and contents: a result that depends on source files
+    records it, so that a test can tell when they have changed since it was written."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def write_result(path: Path, result: dict) -> None:

@@ -7,6 +7,7 @@ L1 cache can serve at the copy bandwidth, on every benchmark shape."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -31,6 +32,15 @@ def traced(direction: str, shape: tuple[int, ...], dtype: torch.dtype, segments:
         else:
             emulated.backward(a, b, grad, reverse=True, sum_block=1024)
     return requests
+
+
+def test_the_record_is_of_the_kernel_as_it_stands():
+    """``benchmarks/results/corner_pool_access.json`` (which chapter 3 quotes) was counted
+    on the kernel and its CPU build as they are now."""
+    record = corner_pool_access.RESULTS / "corner_pool_access.json"
+    recorded = json.loads(record.read_text())["sources_sha256"]
+    current = corner_pool_access.sources_digest(corner_pool_access.SOURCES)
+    assert recorded == current, "the kernel changed: run python benchmarks/corner_pool_access.py"
 
 
 def test_a_row_of_128_float32_is_three_whole_requests():

@@ -34,6 +34,14 @@ def table_row(kernel: str, before: dict, after: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def test_the_record_is_of_the_kernel_as_it_stands():
+    """The working tree's figures ("after") were counted on the kernel's sources as they are
+    now: an edit to them calls for ``python benchmarks/corner_pool_sass.py`` again."""
+    recorded = json.loads(RESULT.read_text())["versions"]["after"]["sources_sha256"]
+    current = corner_pool_sass.sources_digest(corner_pool_sass.KERNEL_SOURCES)
+    assert recorded == current, "the kernel changed: run python benchmarks/corner_pool_sass.py"
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_chapter_quotes_the_recorded_proxy(kernel):
     versions = json.loads(RESULT.read_text())["versions"]
