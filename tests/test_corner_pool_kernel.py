@@ -111,7 +111,7 @@ def documented_shuffle(kind: str, operand: int, width: int, lane: int) -> int:
     takes its source lane modulo the width."""
     start = lane // width * width
     if kind == "sync":
-        return start + operand % width
+        return start + operand % width  # Python's modulo: -1 is the group's last lane
     if kind == "up":
         return lane - operand if lane - start >= operand else lane
     if kind == "down":
@@ -124,7 +124,7 @@ def documented_shuffle(kind: str, operand: int, width: int, lane: int) -> int:
 def test_the_emulated_shuffles_are_cudas(kind, width):
     """The CPU build's shuffles, which the row scan runs with the width of a group of lanes,
     read the lanes CUDA's do, for every operand."""
-    operands = range(40) if kind == "sync" else range(33) if kind != "xor" else range(32)
+    operands = range(-8, 40) if kind == "sync" else range(33) if kind != "xor" else range(32)
     for operand in operands:
         expected = [documented_shuffle(kind, operand, width, lane) for lane in range(32)]
         assert kernels().shuffle(kind, operand, width) == expected, operand

@@ -225,7 +225,7 @@ inline void __syncwarp(unsigned int = 0xffffffffu) {
 template <typename T>
 T __shfl_sync(unsigned int, T value, int source, int width = 32) {
   const int start = static_cast<int>(cuda_emulation::lane()) / width * width;
-  return cuda_emulation::exchange(value, start + source % width);
+  return cuda_emulation::exchange(value, start + (source & (width - 1)));  // width: 2^k
 }
 
 template <typename T>
