@@ -331,6 +331,11 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
      "each is a column of its own, a line apart, so their order changes nothing"),
     ("corner_pool.kernel", "ROWS = Lines<T, Reverse, false, Packed>::ROWS;", "`false` -> `true`",
      "Lines' ROWS, the rows of a vector, does not depend on the kind of line"),
+    ("corner_pool.kernel", "for (int distance = 1; distance < WARP; distance *= 2) {",
+     "`<` -> `<=`",
+     "one more shuffle step, 32 lanes apart: no lane of a warp (or of a group of at most 32) "
+     "has a lane that far before it, so each gets its own value back, which first_max leaves "
+     "as it is (and prefix_kernel's `lane >= distance` holds for none)"),
 )  # fmt: skip
 
 
@@ -619,6 +624,22 @@ def equivalent_reason(module: str, mutant: dict) -> str | None:
     return None
 
 
+def lines_run(mutants: list[dict]) -> list[str]:
+    """``FIRST-LAST`` for each stretch of lines (among those with mutants) whose mutants all
+    have an outcome."""
+    lines = sorted({m["line"] for m in mutants})
+    pending = {m["line"] for m in mutants if not m.get("outcome")}
+    stretches: list[list[int]] = []
+    for line, previous in zip(lines, [None, *lines], strict=False):
+        if line in pending:
+            continue
+        if stretches and previous == stretches[-1][1]:
+            stretches[-1][1] = line
+        else:
+            stretches.append([line, line])
+    return [f"{first}-{last}" for first, last in stretches]
+
+
 def summarise(result: dict) -> None:
     """Fill the counts and survivors of each module and of the whole run."""
     totals = {
@@ -647,16 +668,16 @@ def summarise(result: dict) -> None:
                     {"at": f"{entry['file']}:{m['line']}", "code": m["code"],
                      "mutation": m["mutation"], "note": note}
                 )  # fmt: skip
+        entry.pop("lines_run", None)
+        if entry["not_run"]:  # a partial run: the lines whose mutants have all been run
+            entry["lines_run"] = lines_run(entry["mutants"])
+        entry["equivalent"] = sum(s["note"].startswith("equivalent") for s in entry["survivors"])
+        entry["unexplained"] = sum(s["note"] == "not explained" for s in entry["survivors"])
         for key in totals:
             totals[key] += entry[key]
     result.update(totals)
-    result["equivalent"] = sum(
-        s["note"].startswith("equivalent") for e in result["modules"].values()
-        for s in e["survivors"]
-    )  # fmt: skip
-    result["unexplained"] = sum(
-        s["note"] == "not explained" for e in result["modules"].values() for s in e["survivors"]
-    )
+    result["equivalent"] = sum(e["equivalent"] for e in result["modules"].values())
+    result["unexplained"] = sum(e["unexplained"] for e in result["modules"].values())
     result["score"] = round(result["killed"] / result["total"], 4) if result["total"] else None
 
 
@@ -747,8 +768,6 @@ def main() -> None:
                 entry = {"file": file, "tests": list(tests), "mutants": []}
             fresh = refresh(entry, module)
             entry.update(tests=list(tests), baseline_seconds=round(baseline, 1), timeout=timeout)
-            if args.lines:  # the part run this time
-                entry["lines_run"] = [f"{first}-{last}" for first, last in args.lines]
             result["modules"][module] = entry
             todo = [
                 m for m in entry["mutants"]
