@@ -336,6 +336,16 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
      "one more shuffle step, 32 lanes apart: no lane of a warp (or of a group of at most 32) "
      "has a lane that far before it, so each gets its own value back, which first_max leaves "
      "as it is (and prefix_kernel's `lane >= distance` holds for none)"),
+    ("corner_pool.kernel", "return {neutral<Acc>(), first, -Acc(0), -Acc(0)};", "`0` -> `1`",
+     "(the last field, `head`) a run that starts at a border has a position from the start, "
+     "so nothing sets its head; it is written only for a line's first block, whose head no "
+     "join reads (a join adds the heads of the blocks after a tail's)"),
+    ("corner_pool.kernel", "return {maximum, -1, -Acc(0), -Acc(0)};", "`1` -> `2`",
+     "only the sign of `at` is ever tested (`at >= 0`, `at < 0`, `tail_at >= 0`): -2 says "
+     "\"no position\" as -1 does"),
+    ("corner_pool.kernel", "return {maximum, -1, -Acc(0), -Acc(0)};", "`0` -> `1`",
+     "(the last field, `head`) an entered run's head is set when a new maximum completes the "
+     "run, and when none does its sum is written in its place: the first value is never read"),
 )  # fmt: skip
 
 
