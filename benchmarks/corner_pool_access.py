@@ -39,13 +39,12 @@ from report import RESULTS, header, sources_digest, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the CPU build of the kernel lives with the tests
-from kernel_emulation import ALIGNMENT, empty_aligned, emulated_kernels  # noqa: E402
+from kernel_emulation import ALIGNMENT, SOURCE_DIR, empty_aligned, emulated_kernels  # noqa: E402
 
 # What the record depends on: the kernel, and the CPU build that runs it and notes its
 # accesses (``sources_sha256``).
-CUDA = ROOT / "cornernet_ref" / "corner_pool" / "cuda"
-SOURCES = [CUDA / "corner_pool.cu", CUDA / "corner_pool.h"]
-SOURCES += [CUDA / "emulation" / "cuda_runtime.h", CUDA / "emulation" / "harness.cpp"]
+SOURCES = [SOURCE_DIR / "corner_pool.cu", SOURCE_DIR / "corner_pool.h"]
+SOURCES += [SOURCE_DIR / "emulation" / "cuda_runtime.h", SOURCE_DIR / "emulation" / "harness.cpp"]
 TAG_LINES_PER_CYCLE = 4
 # The cycles an SM has per KB when the chip moves bytes at the copy bandwidth.
 CYCLES_PER_KILOBYTE = H200["sms"] * H200["clock_ghz"] * 1e9 / (H200["copy_gb_per_s"] * 1e9 / 1024)

@@ -358,17 +358,13 @@ class Mutant:
     source: str  # the whole mutated module
 
     def anchor(self, lines: list[str]) -> str:
-        """The mutant's name that survives edits elsewhere in the file: its line's code, which
-        of the lines with that code it is, and the rest of its id. A resumed run keeps the
-        outcome of a mutant whose anchor it finds again, and runs the others."""
-        return anchor(self.id, self.line, lines)
-
-
-def anchor(ident: str, line: int, lines: list[str]) -> str:
-    """See ``Mutant.anchor``: ``lines`` are the module's lines, stripped."""
-    code = lines[line - 1]
-    occurrence = lines[: line - 1].count(code)
-    return f"{code} #{occurrence} {ident.removeprefix(f'L{line}')}"
+        """The mutant's name that survives edits elsewhere in the file (``lines``: the
+        module's lines, stripped): its line's code, which of the lines with that code it is,
+        and the rest of its id. A resumed run keeps the outcome of a mutant whose anchor it
+        finds again, and runs the others."""
+        code = lines[self.line - 1]
+        occurrence = lines[: self.line - 1].count(code)
+        return f"{code} #{occurrence} {self.id.removeprefix(f'L{self.line}')}"
 
 
 def skipped_nodes(tree: ast.AST) -> set[int]:

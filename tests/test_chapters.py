@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from cornernet_ref.corner_pool import fused
+
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((REPO / "chapters").glob("*.md"))
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.MULTILINE | re.DOTALL)
@@ -130,7 +132,7 @@ def run_problem(name: str, run: list[str], after: list[str], whole: list[str]) -
 
 
 CUDA_BLOCK = re.compile(r"^```cuda\n(.*?)^```", flags=re.MULTILINE | re.DOTALL)
-KERNEL_SOURCE = REPO / "cornernet_ref" / "corner_pool" / "cuda" / "corner_pool.cu"
+KERNEL_SOURCE = fused.SOURCE_DIR / "corner_pool.cu"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
