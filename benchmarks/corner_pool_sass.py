@@ -138,6 +138,14 @@ VERSIONS: dict[str, dict] = {
         },
     },
 }
+# Not kept (chapter 3, section 7): fewer instructions per byte, but half the lanes on a map,
+# and so half the bytes in flight on the benchmark's shapes. A pass covers what after's does.
+VERSIONS["two_vectors_a_lane"] = VERSIONS["after"] | {
+    "commit": "abcad3f",
+    "design": "as after, but a lane of the forward holds two vectors of a 2-byte type (16 "
+    "bfloat16 columns, a chunk of 512), in batches of 3 rows (1536 cells), so that a row's "
+    "shuffle steps and bookkeeping serve twice the numbers; float32 and packed rows as after",
+}
 
 # The bandwidth target in instructions. A warp scheduler issues at most one warp instruction
 # per cycle; an H200 has 132 SMs of 4 schedulers at up to 1.98 GHz (datasheet boost clock),

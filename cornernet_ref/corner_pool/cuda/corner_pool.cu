@@ -28,26 +28,24 @@
 //
 // Forward: a group of lanes per plane, rows in scan order
 // -------------------------------------------------------
-// A *group* of G lanes (G a power of two, the fewest whose C columns each cover a row, at
-// most 32) owns a plane: lane g of the group holds the C consecutive columns g C ..
-// g C + C - 1 of a *chunk* of G C columns, and the group walks the rows in scan order, 8
-// rows at a time: first the loads of the rows, then their scans. C is a vector's VEC
-// numbers (4 float32), or two vectors' for a 2-byte type (16 bfloat16, 3 rows at a time):
-// a row's scan across the group and its bookkeeping then serve twice the numbers
-// (`forward_columns` in corner_pool.h). A warp holds 32 / G groups, so a narrow map keeps
-// every lane busy (a 128-column bfloat16 row needs 8 lanes: a warp pools four planes). For
-// each row a lane has its C values of a and of b:
+// A *group* of G lanes (G a power of two, the fewest whose VEC columns each cover a row, at
+// most 32) owns a plane: lane g of the group holds the VEC consecutive columns g VEC ..
+// g VEC + VEC - 1 of a *chunk* of G VEC columns, and the group walks the rows in scan order,
+// 8 rows at a time (6 for 2-byte types): first the loads of the rows, then their scans.
+// A warp holds 32 / G groups, so a narrow map keeps every lane busy (a 128-column bfloat16
+// row needs 16 lanes: a warp pools two planes). For each row a lane has its VEC values of a
+// and of b:
 //
 //   vertical   (a): the running maximum of each of its columns stays in its registers;
 //   horizontal (b): the row's running maximum is a *scan across the group*: each lane scans
-//              its C values, then the lanes combine their totals in log2(G) shuffle steps
+//              its VEC values, then the lanes combine their totals in log2(G) shuffle steps
 //              (1, 2, 4, ... lanes apart), and each lane folds in the total of the lanes
 //              before it.
 //
 // Taking a maximum in this order instead of one value after the other changes nothing: the
 // running maximum keeps the first of the largest values met (see `first_max`), and "the first
 // largest value" of a sequence is the same however its parts are grouped. So the result is
-// the reference's, bit for bit. A row wider than 32 C columns is walked chunk after chunk
+// the reference's, bit for bit. A row wider than 32 VEC columns is walked chunk after chunk
 // in scan order; between chunks each row's maximum waits in a register, or in `row_carry`.
 //
 // Narrow rows: several to a vector
@@ -168,11 +166,10 @@ constexpr int DEEP_AHEAD = sizeof(T) == 2 ? 8 : 16;
 constexpr int64_t FEW_WALKERS = 32768;
 // The blocks whose heads join_kernel loads at a time, following a run across blocks.
 constexpr int JOIN_AHEAD = 16;
-// The forward's vectors in flight per map and lane: 8 of 16 bytes (8 rows of float32), so
-// that 1000 warps keep about 8 MB on their way from memory. A vector of a 2-byte type holds
-// twice the numbers, and with them twice the running maxima and scan values in registers: 6
-// vectors fit in the 128 registers without spilling (3 rows of its two vectors a lane, 6
-// packed rows of one), and 4 when its rows are loaded number by number.
+// The forward's rows in flight: 8 vectors of 16 bytes per map and lane, so that 1000 warps
+// keep about 8 MB on their way from memory. A 2-byte type has twice the columns per lane,
+// and with them twice the running maxima and scan values in registers: 6 rows fit in the
+// 128 registers without spilling, and 4 when its rows are loaded number by number.
 template <typename T, bool Vectorized>
 constexpr int FORWARD_AHEAD = sizeof(T) == 2 ? (Vectorized ? 6 : 4) : 8;
 // Blocks per SM that the forward's registers must allow (at most 128 registers a thread):
@@ -287,47 +284,17 @@ __device__ __forceinline__ Acc widen(const Words& loaded, int j) {
   }
 }
 
-// A lane's C columns of one row in the forward (C = V VEC, see `forward_columns`): V
-// vectors side by side, each as `load` returns it.
-template <typename T, bool Vectorized, int V>
-struct Columns {
-  Loaded<T, Vectorized> vector[V];
-};
-
-// The C numbers of `src` from `offset` on; `count` of them lie inside the row (C, or fewer at
-// its end, or none), the others read as -inf. Vectorized: `count` is a multiple of VEC.
-// The V vectors are built in one expression, vector v from `offset + v VEC`: assigned one
-// after the other into a Columns declared first, the packed instances (V = 1) took 5 more
-// registers, and the top-left one lost a block per SM.
-template <bool Vectorized, int V, typename T>
-__device__ __forceinline__ Columns<T, Vectorized, V> load_columns(const T* __restrict__ src,
-                                                                  int offset, int count) {
-  return [&]<int... v>(std::integer_sequence<int, v...>) {
-    return Columns<T, Vectorized, V>{{load<Vectorized>(src, offset + v * VEC<T>,
-                                                       count - v * VEC<T>)...}};
-  }(std::make_integer_sequence<int, V>());
-}
-
-template <typename Acc, typename T, bool Vectorized, int V>
-__device__ __forceinline__ Acc widen(const Columns<T, Vectorized, V>& columns, int j) {
-  return widen<Acc, T>(columns.vector[j / VEC<T>], j % VEC<T>);
-}
-
 // Store the first `count` of `values` at `offset`, rounded once to T (`Vectorized` as for
-// `load`: `count` is a multiple of VEC, and N / VEC vectors are stored, those inside).
+// `load`: `count` is VEC or none).
 template <bool Vectorized, typename T, typename Acc, int N>
 __device__ __forceinline__ void store(T* __restrict__ dst, int offset, int count,
                                       const Acc (&values)[N]) {
   if constexpr (Vectorized) {
+    Vector<T> stored;
 #pragma unroll
-    for (int v = 0; v < N / VEC<T>; ++v) {
-      Vector<T> stored;
-#pragma unroll
-      for (int j = 0; j < VEC<T>; ++j) stored.value[j] = static_cast<T>(values[v * VEC<T> + j]);
-      const int at = offset + v * VEC<T>;
-      CORNER_POOL_ACCESS(dst, at, sizeof(Vector<T>), count > v * VEC<T>, true);
-      if (count > v * VEC<T>) *reinterpret_cast<Vector<T>*>(dst + at) = stored;
-    }
+    for (int j = 0; j < N; ++j) stored.value[j] = static_cast<T>(values[j]);
+    CORNER_POOL_ACCESS(dst, offset, sizeof(Vector<T>), count > 0, true);
+    if (count > 0) *reinterpret_cast<Vector<T>*>(dst + offset) = stored;
   } else {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
@@ -435,8 +402,7 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
                    typename Accumulate<T>::type* __restrict__ column_maxima, Plan plan,
                    int64_t planes, int height, int width) {
   using Acc = typename Accumulate<T>::type;
-  constexpr int V = Packed > 0 ? 1 : FORWARD_VECTORS<T>;  // vectors of a lane's row
-  constexpr int N = V * VEC<T>;                           // its columns: forward_columns
+  constexpr int N = VEC<T>;
   const int lane = threadIdx.x % WARP, g = lane % plan.lanes;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * WARPS + threadIdx.x / WARP;
   const int64_t unit = warp * (WARP / plan.lanes) + lane / plan.lanes;
@@ -466,7 +432,7 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
   // When the segment's rows fit in one batch of R (one row, say), each row's maximum over
   // the chunks before stays in a register of the lane that starts its scan, not in memory:
   // a chunk then waits for its own loads only.
-  constexpr int R = FORWARD_AHEAD<T, Vectorized> / V;  // rows per batch (below)
+  constexpr int R = FORWARD_AHEAD<T, Vectorized>;  // rows per batch (below)
   const bool kept_in_registers = plan.segment_rows <= R;
   // Each row of a batch: its maximum over the chunks before (see `before` below).
   Acc before[R];
@@ -494,7 +460,7 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
     // from memory together (a load does not wait for its value; the instruction that uses
     // the value does), then the scans.
     for (int first_row = 0; first_row < plan.segment_rows; first_row += R) {
-      Columns<T, Vectorized, V> a_rows[R], b_rows[R];  // widened where used (see `load`)
+      Loaded<T, Vectorized> a_rows[R], b_rows[R];  // widened where used (see `load`)
       int rows[R];  // rows[r] < 0: past the segment
       // Each row's maximum over the chunks before: over those of this column segment
       // (kept in `before` from the chunk before, or row_carry), or, at its first chunk,
@@ -506,8 +472,8 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
         rows[r] = first_row + r < steps ? (Reverse ? height - 1 - step : step) : -1;
         const int inside = rows[r] >= 0 ? count : 0;  // nothing past the segment's end
         const int offset = inside > 0 ? rows[r] * width + first : 0;
-        a_rows[r] = load_columns<Vectorized, V>(a, offset, a == nullptr ? 0 : inside);
-        b_rows[r] = load_columns<Vectorized, V>(b, offset, b == nullptr ? 0 : inside);
+        a_rows[r] = load<Vectorized>(a, offset, a == nullptr ? 0 : inside);
+        b_rows[r] = load<Vectorized>(b, offset, b == nullptr ? 0 : inside);
         const bool carried = carry != nullptr && starts && rows[r] >= 0;
         const bool in_memory = carried && (k > first_k ? !kept_in_registers
                                                        : !Maxima && column_segment > 0);
@@ -522,7 +488,7 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
         // out = V(a) + H(b), computed in Acc and rounded once to T, as PyTorch rounds a + b.
         Acc pooled[N];
         if constexpr (Packed > 0) {
-          pool_packed<T, Reverse, Packed>(a_rows[r].vector[0], b_rows[r].vector[0], a != nullptr, scans_b,
+          pool_packed<T, Reverse, Packed>(a_rows[r], b_rows[r], a != nullptr, scans_b,
                                           column_max, pooled);
         } else {
           if (a != nullptr) {

@@ -50,18 +50,6 @@ int packed_width(int height, int width, bool aligned) {
   return packs ? width : 0;
 }
 
-// The forward's columns per lane: two vectors side by side for a 2-byte type (16 numbers,
-// 32 bytes), one vector for the others, and one for packed rows (a lane pools its vector's
-// rows alone). A lane's share of a row pays for that row's scan across the lanes (the
-// shuffle steps) and for its bookkeeping (carries, offsets, branches); at 8 numbers a lane
-// these cost about as much as the 8 numbers' own comparisons, at 16 half as much per number.
-template <typename T>
-constexpr int FORWARD_VECTORS = sizeof(T) == 2 ? 2 : 1;
-template <typename T>
-constexpr int forward_columns(int packed) {
-  return packed > 0 ? VEC<T> : FORWARD_VECTORS<T> * VEC<T>;
-}
-
 // A plane of one column (W = 1) is also a plane of one row: its H values lie one after the
 // other, the vertical scan runs along them, and the horizontal scan of a single column is
 // the identity. So the kernels may pool an H x 1 plane as a 1 x H plane with the two maps
@@ -85,11 +73,11 @@ void pool_as_row(Map& a, Map& b, int& height, int& width) {
 }
 
 // How the forward shares a map out among warps (see corner_pool.cu). A plane's row is cut
-// into chunks of `lanes` * C columns (C = forward_columns, a lane's columns), `lanes` a power
-// of two up to 32: a group of `lanes` lanes scans it, and a warp holds 32 / lanes groups,
-// each on a plane of its own. Its rows are cut into `segments` runs of `segment_rows`
-// consecutive rows in scan order, and its chunks into `column_segments` runs of
-// `segment_chunks` chunks; each (plane, segment, column segment) is one group's work. A segment starts from the column maxima of `a` over
+// into chunks of `lanes` * VEC columns, `lanes` a power of two up to 32: a group of `lanes`
+// lanes scans it, and a warp holds 32 / lanes groups, each on a plane of its own. Its rows
+// are cut into `segments` runs of `segment_rows` consecutive rows in scan order, and its
+// chunks into `column_segments` runs of `segment_chunks` chunks; each (plane, segment,
+// column segment) is one group's work. A segment starts from the column maxima of `a` over
 // the segments before it, a column segment from the row maxima of `b` over the column
 // segments before it (both computed by a first pass, into `column_maxima` and `row_carry`).
 //
@@ -146,7 +134,7 @@ template <typename T>
 Plan plan_forward(bool has_a, bool has_b, int64_t planes, int height, int width, bool aligned,
                   int segments = 0) {
   const bool transposed = transposes(height, width) &&
-                          (height <= WARP * forward_columns<T>(0) || planes >= MIN_WARPS);
+                          (height <= WARP * VEC<T> || planes >= MIN_WARPS);
   if (transposed) pool_as_row(has_a, has_b, height, width);
   const int packed = packed_width<T>(height, width, aligned);
   if (packed > 0) {  // the plane of vectors it is pooled as
@@ -154,9 +142,8 @@ Plan plan_forward(bool has_a, bool has_b, int64_t planes, int height, int width,
     width = VEC<T>;
   }
   Plan plan{transposed, packed, height, width, 1, 1, 1, height, 1, 1, false, false};
-  const int columns = forward_columns<T>(packed);  // of a lane
-  while (plan.lanes < WARP && plan.lanes * columns < width) plan.lanes *= 2;
-  plan.chunks = static_cast<int>(ceil_div(width, plan.lanes * columns));
+  while (plan.lanes < WARP && plan.lanes * VEC<T> < width) plan.lanes *= 2;
+  plan.chunks = static_cast<int>(ceil_div(width, plan.lanes * VEC<T>));
   plan.row_carry = has_b && plan.chunks > 1;
   if (segments <= 0) {
     const int64_t groups_per_warp = WARP / plan.lanes;
