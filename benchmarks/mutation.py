@@ -1,14 +1,14 @@
 """Mutation testing of the core modules: how many small, plausible bugs the tests catch.
 
 Each mutant changes one node of one module's syntax tree (see ``OPERATORS``; in the CUDA
-kernel, one token of one line, see ``CUDA_TOKENS``), is written into
-a temporary copy of the checkout (the worktree is never touched) and is run against the
-test files that cover that module (``MODULES``), with ``-x`` and the bounded hypothesis
-profile (``CI=true``, without shrinking). A mutant is *killed* when the tests fail, *killed
-by timeout* when they run longer than ``--timeout`` (reported apart), and *survives* when
-they pass. Every
-survivor is either killed by a new test or listed in ``EQUIVALENT`` with the reason it
-cannot change behaviour; the result lists both.
+kernel, one token of one line, see ``CUDA_TOKENS``), is written into a temporary copy of the
+checkout (the worktree is never touched; ``--jobs N`` runs N mutants at once, each on a copy
+of its own) and is run against the test files that cover that module (``MODULES``), with
+``-x`` and the bounded hypothesis profile (``CI=true``, without shrinking). A mutant is
+*killed* when the tests fail, *killed by timeout* when they run longer than ``--timeout``
+(reported apart), and *survives* when they pass. Every survivor is either killed by a new
+test or listed in ``EQUIVALENT`` with the reason it cannot change behaviour; the result
+lists both.
 
 To save the ``import torch`` of every run, one parent process imports torch, pytest and
 hypothesis, then forks a child per mutant; the child imports the mutated package from the
@@ -18,6 +18,7 @@ it can be stopped and resumed::
     nice -n 15 python benchmarks/mutation.py                     # all modules (hours on 2 cores)
     nice -n 15 python benchmarks/mutation.py --module decode     # one module
     nice -n 15 python benchmarks/mutation.py --resume            # go on where it stopped
+    nice -n 15 python benchmarks/mutation.py --resume --jobs 2   # two at once, on 2 cores
     nice -n 15 python benchmarks/mutation.py --resume --rerun survived  # after adding tests
     nice -n 15 python benchmarks/mutation.py --resume --rerun timeout --timeout 300
     python benchmarks/mutation.py --list --module decode         # print the mutants only
@@ -343,6 +344,14 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
     ("corner_pool.kernel", "return {maximum, -1, -Acc(0), -Acc(0)};", "`1` -> `2`",
      "only the sign of `at` is ever tested (`at >= 0`, `at < 0`, `tail_at >= 0`): -2 says "
      "\"no position\" as -1 does"),
+    *[
+        ("corner_pool.kernel", "head = moved && at < 0 ? sum : head;", mutation,
+         "then at == 0 counts as entered too: the run's maximum is the plane's first number, "
+         "the first position of its line in scan order (scanning backwards, the last, after "
+         "which nothing moves), so only a line's first block has it, and no join reads that "
+         "block's head")
+        for mutation in ("`<` -> `<=`", "`0` -> `1`")
+    ],
     ("corner_pool.kernel", "return {maximum, -1, -Acc(0), -Acc(0)};", "`0` -> `1`",
      "(the last field, `head`) an entered run's head is set when a new maximum completes the "
      "run, and when none does its sum is written in its place: the first value is never read"),
@@ -542,21 +551,33 @@ class FirstFailure:
 NOT_COMPILED = 98  # the child's exit status when a mutant of the kernel does not compile
 
 
-def run_tests(
+@dataclass(frozen=True)
+class TestRun:
+    """The tests of one copy, running in a forked child (``start_tests``)."""
+
+    pid: int
+    copy_root: Path
+    start: float
+    timeout: float
+    build_kernel: bool
+
+
+def start_tests(
     copy_root: Path, tests: tuple[str, ...], timeout: float, build_kernel: bool = False
-) -> tuple[str, str, float]:
-    """Run ``tests`` in a forked child on the copy: (outcome, first failing test, seconds).
-    ``build_kernel``: first build the kernel's CPU build from the copy; a mutant that does
-    not compile is ``not_compiled``, neither killed nor survived (the tests would fail on
-    the build, which says nothing about them)."""
-    report = copy_root / ".first_failure"
-    report.unlink(missing_ok=True)
+) -> TestRun:
+    """Start ``tests`` in a forked child on the copy (``outcome`` waits for them).
+    ``build_kernel``: first build the kernel's CPU build from the copy, into a cache beside
+    it (each copy has its own, so that runs on several copies do not share one); a mutant
+    that does not compile is ``not_compiled``, neither killed nor survived (the tests would
+    fail on the build, which says nothing about them)."""
+    (copy_root / ".first_failure").unlink(missing_ok=True)
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:  # child: import the package from the copy, never from the worktree
         try:
             os.setpgid(0, 0)
             os.chdir(copy_root)
+            os.environ["CORNERNET_EMULATION_CACHE"] = str(copy_root.parent / "kernel_emulation")
             sys.path[:] = [str(copy_root)] + [p for p in sys.path if Path(p or ".") != ROOT]
             sys.dont_write_bytecode = True
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -572,32 +593,43 @@ def run_tests(
                     os._exit(NOT_COMPILED)
             plugin = FirstFailure()
             code = pytest.main([*tests, *PYTEST_ARGS], plugins=[plugin])
-            report.write_text(plugin.nodeid)
+            (copy_root / ".first_failure").write_text(plugin.nodeid)
             os._exit(int(code))
         except BaseException:
             os._exit(99)
-    deadline = start + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return "timeout", "", time.monotonic() - start
-        time.sleep(0.05)
-    seconds = time.monotonic() - start
+    return TestRun(pid, copy_root, start, timeout, build_kernel)
+
+
+def ended(run: TestRun) -> tuple[str, str, float] | None:
+    """(outcome, first failing test, seconds) of a run that has ended, or None while it
+    runs; a run past its timeout is killed and ends as ``timeout``."""
+    done, status = os.waitpid(run.pid, os.WNOHANG)
+    seconds = time.monotonic() - run.start
+    if not done:
+        if seconds <= run.timeout:
+            return None
+        os.killpg(run.pid, signal.SIGKILL)
+        os.waitpid(run.pid, 0)
+        return "timeout", "", seconds
     code = os.waitstatus_to_exitcode(status)
+    report = run.copy_root / ".first_failure"
     failed = report.read_text() if report.exists() else ""
     if code == 0:
         return "survived", "", seconds
-    if build_kernel and code == NOT_COMPILED:
+    if run.build_kernel and code == NOT_COMPILED:
         return "not_compiled", "", seconds
     if code == 1:
         return "killed", failed, seconds
     # Interrupted, an internal error, a usage error or an import error at collection: the
     # mutant broke the module (an import-time crash counts as a failing suite).
     return "killed", failed or f"pytest exit code {code}", seconds
+
+
+def wait(run: TestRun) -> tuple[str, str, float]:
+    """The outcome of ``run`` once it has ended."""
+    while (result := ended(run)) is None:
+        time.sleep(0.05)
+    return result
 
 
 def make_copy() -> Path:
@@ -719,6 +751,12 @@ def main() -> None:
     parser.add_argument(
         "--summarise", action="store_true", help="recount the result (after editing EQUIVALENT)"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="mutants run at once, each on a copy of its own (one core each)",
+    )
     args = parser.parse_args()
     modules = args.module or list(MODULES)
 
@@ -756,16 +794,14 @@ def main() -> None:
         "module's run began; `outcome` is its latest run (survivors rerun after new tests).",
     )
     result.setdefault("modules", {})
-    copy_root = make_copy()
-    # The kernel's CPU builds of this run (one per mutant of the kernel) go beside the copy.
-    os.environ["CORNERNET_EMULATION_CACHE"] = str(copy_root.parent / "kernel_emulation")
+    copies = [make_copy() for _ in range(max(1, args.jobs))]
+    running: dict[Path, tuple[dict, TestRun]] = {}  # copy -> its mutant and the run of it
     try:
         for module in modules:
             file, tests = MODULES[module]
-            target = copy_root / file
-            pristine = target.read_text()
+            pristine = (copies[0] / file).read_text()
             build_kernel = file.endswith(".cu")
-            outcome, failed, baseline = run_tests(copy_root, tests, 1800, build_kernel)
+            outcome, failed, baseline = wait(start_tests(copies[0], tests, 1800, build_kernel))
             if outcome != "survived":
                 sys.exit(f"{module}: the tests fail without a mutant ({failed}); fix them first")
             timeout = args.timeout or max(30.0, 4 * baseline)
@@ -781,21 +817,33 @@ def main() -> None:
             ]  # fmt: skip
             print(f"{module}: {len(fresh)} mutants, {len(todo)} to run, baseline {baseline:.1f} s,"
                   f" estimate {len(todo) * baseline / 60:.0f} min at most", flush=True)  # fmt: skip
-            started = time.monotonic()
-            for n, m in enumerate(todo, 1):
-                target.write_text(fresh[m["anchor"]].source)
-                try:
-                    outcome, failed, seconds = run_tests(copy_root, tests, timeout, build_kernel)
-                finally:
-                    target.write_text(pristine)
-                m.setdefault("first_outcome", outcome)
-                m.update(outcome=outcome, killed_by=failed, seconds=round(seconds, 1))
-                print(f"  [{n}/{len(todo)}] {m['id']}: {outcome} {failed}", flush=True)
-                save(result)
+            started, waiting, done = time.monotonic(), list(todo), 0
+            while waiting or running:
+                for root in copies:  # a mutant for each idle copy
+                    if root not in running and waiting:
+                        m = waiting.pop(0)
+                        (root / file).write_text(fresh[m["anchor"]].source)
+                        running[root] = m, start_tests(root, tests, timeout, build_kernel)
+                for root, (m, run) in list(running.items()):
+                    if (finished := ended(run)) is None:
+                        continue
+                    outcome, failed, seconds = finished
+                    (root / file).write_text(pristine)
+                    del running[root]
+                    done += 1
+                    m.setdefault("first_outcome", outcome)
+                    m.update(outcome=outcome, killed_by=failed, seconds=round(seconds, 1))
+                    print(f"  [{done}/{len(todo)}] {m['id']}: {outcome} {failed}", flush=True)
+                    save(result)
+                time.sleep(0.05)
             entry["last_run_seconds"] = round(time.monotonic() - started)
             save(result)
     finally:
-        shutil.rmtree(copy_root.parent, ignore_errors=True)
+        for _, run in running.values():  # stopped early: no run outlives its copy
+            os.killpg(run.pid, signal.SIGKILL)
+            os.waitpid(run.pid, 0)
+        for root in copies:
+            shutil.rmtree(root.parent, ignore_errors=True)
     print(f"killed {result['killed']} of {result['total']} (timeouts {result['timeouts']})")
 
 
