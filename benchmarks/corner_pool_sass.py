@@ -26,9 +26,10 @@ measures those (``benchmarks/corner_pool.py``).
 
 The versions compared are git commits of the kernel (``"before"``, the kernel before its
 16-byte vectors; ``"measured"``, the kernel timed on an H200 in
-``benchmarks/results/corner_pool_cuda.json``) and the working tree (``"after"``).
-Needs nvcc, and cuobjdump with nvdisasm (the ``nvidia-cuda-cuobjdump`` and
-``nvidia-cuda-nvdisasm`` wheels provide them).
+``benchmarks/results/corner_pool_cuda.json``; ``"two_vectors_a_lane"``, a variant not kept)
+and the working tree (``"after"``). Needs nvcc, and cuobjdump with nvdisasm: the
+``nvidia-cuda-cuobjdump`` and ``nvidia-cuda-nvdisasm`` wheels provide them
+(``pip install -e ".[sass]"``).
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def tool(name: str) -> str:
         candidate = base / "nvidia" / "cu13" / "bin" / name
         if candidate.is_file():
             return str(candidate)
-    raise SystemExit(f"{name} not found: put it on PATH or pip install nvidia-cuda-{name}")
+    raise SystemExit(f"{name} not found: put it on PATH, or pip install -e '.[sass]'")
 
 
 def compile_kernel(source: Path, scratch: Path) -> tuple[str, str]:
