@@ -345,6 +345,22 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
      "only the sign of `at` is ever tested (`at >= 0`, `at < 0`, `tail_at >= 0`): -2 says "
      "\"no position\" as -1 does"),
     *[
+        ("corner_pool.kernel", "return first + (step < steps ? step : 0) * stride;", mutation,
+         "it changes only the offsets of steps past the end, which nothing reads: their count "
+         "is 0, so no load or store uses them (nor the access trace), the backward's visits "
+         "stop at the end, and block_maxima_kernel's visit ignores the offset")
+        for mutation in ("`<` -> `<=`", "`0` -> `1`")
+    ],
+    ("corner_pool.kernel", "walker.lines = 1;", "`1` -> `2`",
+     "a row walker of rows as they are has one line (its Lines' COUNT is 1), and `lines` is "
+     "only ever compared with k < COUNT, so k = 0 only: any count of at least 1 reads the "
+     "same"),
+    ("corner_pool.kernel", "if (blocks.count == 1) return blocks;", "`1` -> `0`",
+     "a count is never 0: without the early return, lines of one block get a block length "
+     "and arrays as if cut, and scratch moves by blocked_bytes(lines, 1) = 0; nothing reads "
+     "them, since only lines of several blocks launch the walkers of blocks, their maxima, "
+     "prefix and join (`blocked = blocks.count > 1`)"),
+    *[
         ("corner_pool.kernel", "head = moved && at < 0 ? sum : head;", mutation,
          "then at == 0 counts as entered too: the run's maximum is the plane's first number, "
          "the first position of its line in scan order (scanning backwards, the last, after "
