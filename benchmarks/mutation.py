@@ -351,6 +351,12 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
          "stop at the end, and block_maxima_kernel's visit ignores the offset")
         for mutation in ("`<` -> `<=`", "`0` -> `1`")
     ],
+    ("corner_pool.kernel",
+     "for (int first_step = 0; first_step < walker.steps; first_step += Ahead) {",
+     "`<` -> `<=`",
+     "one more batch when the steps are a multiple of Ahead, all of whose steps lie past the "
+     "end: their count is 0, so it loads nothing, and its visits stop at once (the walkers) "
+     "or fold -inf, which moves no maximum (block_maxima_kernel)"),
     ("corner_pool.kernel", "walker.lines = 1;", "`1` -> `2`",
      "a row walker of rows as they are has one line (its Lines' COUNT is 1), and `lines` is "
      "only ever compared with k < COUNT, so k = 0 only: any count of at least 1 reads the "
