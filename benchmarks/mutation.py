@@ -587,7 +587,7 @@ class TestRun:
 def start_tests(
     copy_root: Path, tests: tuple[str, ...], timeout: float, build_kernel: bool = False
 ) -> TestRun:
-    """Start ``tests`` in a forked child on the copy (``outcome`` waits for them).
+    """Start ``tests`` in a forked child on the copy (``ended`` says when they have ended).
     ``build_kernel``: first build the kernel's CPU build from the copy, into a cache beside
     it (each copy has its own, so that runs on several copies do not share one); a mutant
     that does not compile is ``not_compiled``, neither killed nor survived (the tests would
