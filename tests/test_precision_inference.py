@@ -34,7 +34,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 IMAGES = 8
 STEPS = 50  # AP about 0.4 on the 8 images: enough detections, right and wrong, to compare
-AP_TOLERANCE = 0.005
+# bfloat16 convolutions on the CPU differ between processors (oneDNN picks its kernels by
+# instruction set), and an AP over 8 images moves in steps: float32 0.435 and bfloat16 0.442
+# on an AMD EPYC, within 0.005 of each other on the Intel Xeon where the test was written.
+AP_TOLERANCE = 0.01
 needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")]
 
 
