@@ -105,8 +105,9 @@ VERSIONS: dict[str, dict] = {
         "per 16-byte vector) and each number is unpacked and widened where it is used, so "
         "that no instruction waits for a load before the batch's last load has left; the "
         "kernels have an instance for vector-aligned rows (chosen on the host), so the "
-        "loads are predicated instead of branched around; forward passes of 8 rows, 6 for "
-        "bfloat16 (1536 cells); backward passes of 4 steps of each kind",
+        "loads are predicated instead of branched around, and in the forward a row past the "
+        "end keeps what its registers held instead of being set to -inf; forward passes of 8 "
+        "rows, 6 for bfloat16 (1536 cells); backward passes of 4 steps of each kind",
         "forward": {
             "cells": {"float32": 1024, "bfloat16": 1536},
             "warps": 1,
@@ -145,7 +146,8 @@ VERSIONS["two_vectors_a_lane"] = VERSIONS["after"] | {
     "commit": "abcad3f",
     "design": "as after, but a lane of the forward holds two vectors of a 2-byte type (16 "
     "bfloat16 columns, a chunk of 512), in batches of 3 rows (1536 cells), so that a row's "
-    "shuffle steps and bookkeeping serve twice the numbers; float32 and packed rows as after",
+    "shuffle steps and bookkeeping serve twice the numbers; built on commit 5fad691, whose "
+    "float32 and packed rows it leaves as they were (after has changed since)",
 }
 
 # The bandwidth target in instructions. A warp scheduler issues at most one warp instruction

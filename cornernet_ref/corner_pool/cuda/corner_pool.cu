@@ -220,8 +220,24 @@ struct alignas(16) Words {
 template <typename T, bool Vectorized>
 using Loaded = std::conditional_t<Vectorized, Words, Vector<T>>;
 
+// -inf in each of the VEC numbers, in the form `load` returns.
+template <typename T, bool Vectorized>
+__device__ __forceinline__ Loaded<T, Vectorized> minus_infinity() {
+  Vector<T> numbers;
+#pragma unroll
+  for (int j = 0; j < VEC<T>; ++j) numbers.value[j] = static_cast<T>(neutral<float>());
+  if constexpr (Vectorized) {
+    Words words;
+    memcpy(&words, &numbers, sizeof(Words));
+    return words;
+  } else {
+    return numbers;
+  }
+}
+
 // The VEC numbers of `src` from `offset` on, as stored; `count` of them lie inside the row
-// (VEC, or fewer at its end, or none: then nothing is read), the others read as -inf.
+// (VEC, or fewer at its end, or none: then nothing is read), the others are `outside`'s
+// (-inf unless the caller gives them).
 // `Vectorized`: every row starts on a 16-byte boundary, so `count` is VEC or none and one
 // instruction loads them all.
 //
@@ -232,25 +248,21 @@ using Loaded = std::conditional_t<Vectorized, Words, Vector<T>>;
 // one load in flight instead of a batch (benchmarks/corner_pool_sass.py counts the loads in
 // flight in the machine code).
 template <bool Vectorized, typename T>
-__device__ __forceinline__ Loaded<T, Vectorized> load(const T* __restrict__ src, int offset,
-                                                      int count) {
-  Vector<T> loaded;
-#pragma unroll
-  for (int j = 0; j < VEC<T>; ++j) loaded.value[j] = static_cast<T>(neutral<float>());
+__device__ __forceinline__ Loaded<T, Vectorized> load(
+    const T* __restrict__ src, int offset, int count,
+    Loaded<T, Vectorized> outside = minus_infinity<T, Vectorized>()) {
+  Loaded<T, Vectorized> loaded = outside;
   if constexpr (Vectorized) {
-    Words words;
-    memcpy(&words, &loaded, sizeof(Words));
     CORNER_POOL_ACCESS(src, offset, sizeof(Words), count > 0, false);
-    if (count > 0) words = *reinterpret_cast<const Words*>(src + offset);
-    return words;
+    if (count > 0) loaded = *reinterpret_cast<const Words*>(src + offset);
   } else {
 #pragma unroll
     for (int j = 0; j < VEC<T>; ++j) {
       CORNER_POOL_ACCESS(src, offset + j, sizeof(T), j < count, false);
       if (j < count) loaded.value[j] = src[offset + j];
     }
-    return loaded;
   }
+  return loaded;
 }
 
 // The j-th number of a loaded vector, widened for comparisons and sums.
@@ -438,6 +450,17 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
   Acc before[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) before[r] = neutral<Acc>();
+  // The batch's rows of a and b, as loaded (widened where used, see `load`). On aligned rows,
+  // a row past the segment's end and a lane past the row's end load nothing and keep what
+  // they held, where setting them to -inf would take 8 instructions a row in bfloat16.
+  // Nothing computed from them is stored, and no other lane's scan sees them: a lane past
+  // the row's end lies in the first chunk that a top-left (Reverse) row scan walks, and holds
+  // the -inf set here; in a bottom-right one it comes after every lane with columns, in the
+  // last chunk, whose total no one reads. Loaded number by number, a lane at the row's end
+  // holds some of its columns and not others, and the others must be -inf.
+  Loaded<T, Vectorized> a_rows[R], b_rows[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) a_rows[r] = b_rows[r] = minus_infinity<T, Vectorized>();
 
   for (int k = first_k; k < end_k; ++k) {
     const int chunk = Reverse ? plan.chunks - 1 - k : k;  // chunks in scan order
@@ -460,7 +483,6 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
     // from memory together (a load does not wait for its value; the instruction that uses
     // the value does), then the scans.
     for (int first_row = 0; first_row < plan.segment_rows; first_row += R) {
-      Loaded<T, Vectorized> a_rows[R], b_rows[R];  // widened where used (see `load`)
       int rows[R];  // rows[r] < 0: past the segment
       // Each row's maximum over the chunks before: over those of this column segment
       // (kept in `before` from the chunk before, or row_carry), or, at its first chunk,
@@ -472,8 +494,10 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
         rows[r] = first_row + r < steps ? (Reverse ? height - 1 - step : step) : -1;
         const int inside = rows[r] >= 0 ? count : 0;  // nothing past the segment's end
         const int offset = inside > 0 ? rows[r] * width + first : 0;
-        a_rows[r] = load<Vectorized>(a, offset, a == nullptr ? 0 : inside);
-        b_rows[r] = load<Vectorized>(b, offset, b == nullptr ? 0 : inside);
+        a_rows[r] = load<Vectorized>(a, offset, a == nullptr ? 0 : inside,
+                                     Vectorized ? a_rows[r] : minus_infinity<T, Vectorized>());
+        b_rows[r] = load<Vectorized>(b, offset, b == nullptr ? 0 : inside,
+                                     Vectorized ? b_rows[r] : minus_infinity<T, Vectorized>());
         const bool carried = carry != nullptr && starts && rows[r] >= 0;
         const bool in_memory = carried && (k > first_k ? !kept_in_registers
                                                        : !Maxima && column_segment > 0);
