@@ -137,10 +137,10 @@ def measure(shapes: dict[str, tuple[tuple[int, ...], int]]) -> dict:
             kernels = emulated_kernels(segments)
             generator = torch.Generator().manual_seed(0)  # the same maps, whatever the list
             a, b, grad = (random_map(shape, dtype, generator) for _ in range(3))
-            with kernels.trace() as forward:
-                kernels.forward(a, b, reverse=False)
-            with kernels.trace() as backward:
-                kernels.backward(a, b, grad, reverse=False, sum_block=1024)
+            forward, backward = (
+                kernels.top_left_requests(direction, a, b, grad)
+                for direction in ("forward", "backward")
+            )
             results.setdefault(str(dtype).removeprefix("torch."), {})[shape_name] = {
                 "shape": list(shape),
                 "segments": segments,

@@ -196,6 +196,18 @@ class EmulatedKernels:
             for line in text.value.decode().splitlines():
                 requests.append(dict(zip(keys, map(int, line.split()), strict=True)))
 
+    def top_left_requests(
+        self, direction: str, a: Tensor, b: Tensor, grad: Tensor
+    ) -> list[dict[str, int]]:
+        """The requests (see :meth:`trace`) of one top-left pool of ``a`` and ``b``:
+        ``direction`` ``"forward"``, or ``"backward"`` with ``grad`` the output's gradient."""
+        with self.trace() as requests:
+            if direction == "forward":
+                self.forward(a, b, reverse=True)
+            else:
+                self.backward(a, b, grad, reverse=True, sum_block=1024)
+        return requests
+
     @staticmethod
     def check(error: bytes | None) -> None:
         if error is not None:

@@ -23,15 +23,9 @@ import corner_pool_access  # noqa: E402 (benchmarks/ is not a package)
 
 def traced(direction: str, shape: tuple[int, ...], dtype: torch.dtype, segments: int = 0):
     """The requests of one top-left forward or backward on random maps aligned as on a GPU."""
-    emulated = kernels(segments)
     generator = torch.Generator().manual_seed(0)
     a, b, grad = (corner_pool_access.random_map(shape, dtype, generator) for _ in range(3))
-    with emulated.trace() as requests:
-        if direction == "forward":
-            emulated.forward(a, b, reverse=True)
-        else:
-            emulated.backward(a, b, grad, reverse=True, sum_block=1024)
-    return requests
+    return kernels(segments).top_left_requests(direction, a, b, grad)
 
 
 def test_the_record_is_of_the_kernel_as_it_stands():

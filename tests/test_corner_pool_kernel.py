@@ -525,9 +525,8 @@ def test_each_map_is_read_once_by_each_kind_of_line_that_needs_it(dtype, shape):
     def moved(requests: list[dict[str, int]], store: int) -> int:
         return sum(r["bytes"] * r["count"] for r in requests if r["store"] == store)
 
-    with kernels().trace() as forward:
-        kernels().forward(a, b, reverse=True)
-    with kernels().trace() as backward:
-        kernels().backward(a, b, grad, reverse=True, sum_block=1024)
+    forward, backward = (
+        kernels().top_left_requests(direction, a, b, grad) for direction in ("forward", "backward")
+    )
     assert moved(forward, store=0) == 2 * size and moved(forward, store=1) == size
     assert moved(backward, store=0) == 4 * size
