@@ -377,6 +377,21 @@ EQUIVALENT: tuple[tuple[str, str, str, str], ...] = (
     ("corner_pool.kernel", "return {maximum, -1, -Acc(0), -Acc(0)};", "`0` -> `1`",
      "(the last field, `head`) an entered run's head is set when a new maximum completes the "
      "run, and when none does its sum is written in its place: the first value is never read"),
+    ("corner_pool.kernel",
+     "if (count > 0) loaded = *reinterpret_cast<const Words*>(src + offset);", "`0` -> `1`",
+     "(load, a vector at once) the count of a vectorized load is VEC, at least 2, or none: "
+     "count > 1 is count > 0"),
+    ("corner_pool.kernel", "if (!Maxima && a != nullptr && count > 0 && segment > 0) {",
+     "`>` -> `>=`",
+     "then a lane whose count is 0 enters too, and its loop over `j < count` reads nothing"),
+    ("corner_pool.kernel", "for (int j = 0; j < VEC<T>; ++j) {", "`<` -> `<=`",
+     "(load, number by number) one more number, j = VEC, whose `j < count` is false since a "
+     "count is at most VEC: it is neither read nor noted by the access trace"),
+    ("corner_pool.kernel", "for (int r = 0; r < R; ++r) before[r] = neutral<Acc>();",
+     "`0` -> `1`",
+     "(the forward) the first row's carry is then not set before the chunks, but nothing "
+     "reads it before a batch sets it: at a column segment's first chunk every row's is read "
+     "from row_carry or set to -inf, and a later chunk keeps the one the chunk before left"),
 )  # fmt: skip
 
 

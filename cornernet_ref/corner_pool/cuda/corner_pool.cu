@@ -466,14 +466,12 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
     const int chunk = Reverse ? plan.chunks - 1 - k : k;  // chunks in scan order
     const int column = (chunk * plan.lanes + g) * N;      // this lane's first column
     const int count = working ? min(N, width - column) : 0;  // of its columns, those here
-    const int first = count > 0 ? column : 0;  // where its offsets start (a lane past the
-                                               // edge, or with no work, loads nothing)
-    Acc column_max[N];                         // vertical: the running maxima of a
+    Acc column_max[N];  // vertical: the running maxima of a
 #pragma unroll
     for (int j = 0; j < N; ++j) column_max[j] = neutral<Acc>();
     if (!Maxima && a != nullptr && count > 0 && segment > 0) {
       // The maxima of the segments before this one (prefix_kernel has combined them).
-      const Acc* maxima = column_maxima + (plane * plan.segments + segment) * width + first;
+      const Acc* maxima = column_maxima + (plane * plan.segments + segment) * width + column;
 #pragma unroll
       for (int j = 0; j < N; ++j)
         if (j < count) column_max[j] = maxima[j];
@@ -493,7 +491,7 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
         const int step = first_step + first_row + r;
         rows[r] = first_row + r < steps ? (Reverse ? height - 1 - step : step) : -1;
         const int inside = rows[r] >= 0 ? count : 0;  // nothing past the segment's end
-        const int offset = inside > 0 ? rows[r] * width + first : 0;
+        const int offset = inside > 0 ? rows[r] * width + column : 0;
         a_rows[r] = load<Vectorized>(a, offset, a == nullptr ? 0 : inside,
                                      Vectorized ? a_rows[r] : minus_infinity<T, Vectorized>());
         b_rows[r] = load<Vectorized>(b, offset, b == nullptr ? 0 : inside,
@@ -544,12 +542,12 @@ __global__ void __launch_bounds__(THREADS, FORWARD_BLOCKS<T>)
           // registers, and a lambda shared by the two sites counted 9 more warp instructions
           // per KB in the float32 SASS.
           const int inside = rows[r] >= 0 ? count : 0;
-          store<Vectorized>(out, inside > 0 ? rows[r] * width + first : 0, inside, pooled);
+          store<Vectorized>(out, inside > 0 ? rows[r] * width + column : 0, inside, pooled);
         }
       }
     }
     if (Maxima && a != nullptr && count > 0) {
-      Acc* maxima = column_maxima + (plane * plan.segments + segment) * width + first;
+      Acc* maxima = column_maxima + (plane * plan.segments + segment) * width + column;
 #pragma unroll
       for (int j = 0; j < N; ++j)
         if (j < count) maxima[j] = column_max[j];
